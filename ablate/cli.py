@@ -1,0 +1,149 @@
+"""The `ablate` command: run a study, show its results; user mistakes are one line and an exit code."""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .study import AblateError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Ablation studies for PyTorch: many seeds per cell, effects with confidence intervals.")
+out = Console()
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def user_errors(fn):
+    """AblateError -> `error: <one line>` on stderr and its exit code; no traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except AblateError as e:
+            err.print(f"[red]error:[/red] {e}", markup=True)
+            raise typer.Exit(e.code) from None
+    return wrapper
+
+
+def _describe(levels: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in levels.items()) or "base"
+
+
+class RichProgress:
+    """Cells done of total with ETA, and the current cell's epoch and loss."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                            TextColumn("{task.fields[now]}"), console=console, transient=False)
+        self.task, self.epochs = None, 0
+
+    def start(self, total, todo, device):
+        self.console.print(f"training {todo} of {total} cells on {device} ({total - todo} already done)")
+        self.bar.start()
+        self.task = self.bar.add_task("cells", total=total, completed=total - todo, now="")
+
+    def cell_start(self, cell):
+        self.epochs = cell.config["epochs"]
+        self.bar.update(self.task, now=f"{cell.id[:8]} seed {cell.seed} {_describe(cell.levels)}")
+
+    def epoch(self, cell, epoch, loss):
+        self.bar.update(self.task, now=f"{cell.id[:8]} seed {cell.seed} {_describe(cell.levels)}: "
+                                        f"epoch {epoch}/{self.epochs} loss {loss:.4f}")
+
+    def cell_done(self, cell, rows):
+        self.bar.advance(self.task)
+        if rows[-1]["status"] == "diverged":
+            self.console.print(f"[yellow]diverged:[/yellow] cell {cell.id} ({_describe(cell.levels)}, "
+                               f"seed {cell.seed}) at epoch {rows[-1]['epoch']}; the study goes on")
+
+    def warn(self, message):
+        self.console.print(f"[yellow]warning:[/yellow] {message}")
+
+    def stop(self):
+        self.bar.stop()
+
+
+@app.command()
+@user_errors
+def run(
+    study_file: Path = typer.Argument(..., metavar="STUDY", help="A study file defining `study = Study(...)`."),
+    out_dir: Path = typer.Option(Path("results"), "--out", help="Results go to OUT/<study name>/."),
+    set_: list[str] | None = typer.Option(None, "--set", help="Override a base value: key=value, "
+                                          "a Python literal or a bare word. Repeatable."),
+    seeds: int | None = typer.Option(None, "--seeds", help="Use seeds 0..N-1 instead of the study's."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
+    max_group: int = typer.Option(1, "--max-group", min=1, help="Most cells trained together."),
+    deterministic: bool = typer.Option(False, "--deterministic", help="Bitwise-repeatable kernels (slower on GPU)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the cells and their count; train nothing."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", envvar="ABLATE_DATA_DIR",
+                                         help="Folder holding MNIST/raw/*.gz and the like."),
+):
+    """Train every cell of STUDY not yet in the results directory (resumable)."""
+    from . import runner  # torch loads here, not for --help
+    from . import study as studies
+
+    st = studies.override(studies.load(study_file), set_ or [], seeds)
+    path = runner.results_dir(st, out_dir)
+    if dry_run:
+        return _print_cells(st, studies.cells(st), runner.finished(path), path)
+    progress = RichProgress(out)
+    try:
+        summary = runner.run(st, out_dir, device, max_group, deterministic, data_dir, progress)
+    except runner.Stopped as e:
+        progress.stop()
+        err.print(str(e))
+        raise typer.Exit(130) from None
+    finally:
+        progress.stop()
+    if summary.trained == 0:
+        out.print(f"nothing to train: all {summary.total} cells are in {path}")
+        return
+    diverged = f", {len(summary.diverged)} diverged" if summary.diverged else ""
+    out.print(f"trained {summary.trained} cells in {summary.seconds:.1f}s{diverged}; "
+              f"{summary.total} of {summary.total} in {path}")
+
+
+def _print_cells(st, cells, done, path):
+    table = Table(title=f"{st.name}: {st.design}, {len(cells)} cells "
+                        f"({len(cells) // len(st.seeds)} points x {len(st.seeds)} seeds)")
+    for col in ["cell", "seed", *st.factors, "done"]:
+        table.add_column(col)
+    for c in cells:
+        table.add_row(c.id, str(c.seed), *(str(c.levels[f]) for f in st.factors), "yes" if c.id in done else "")
+    out.print(table)
+    n_done = sum(c.id in done for c in cells)
+    out.print(f"{len(cells)} cells, {n_done} done, {len(cells) - n_done} to train -> {path}")
+
+
+@app.command()
+@user_errors
+def show(results_dir: Path = typer.Argument(..., metavar="RESULTS_DIR"),
+         metric: str = typer.Option("test_acc", "--metric")):
+    """Final-epoch metrics of every cell in RESULTS_DIR."""
+    from . import store
+
+    df = store.read(results_dir)
+    if metric not in df.columns:
+        raise AblateError(f"{results_dir}: no metric '{metric}'; columns: {', '.join(df.columns)}")
+    factors = list(store.read_manifest(results_dir).get("factors") or [])
+    factors = [f for f in factors if f in df.columns]
+    last = df.sort_values("epoch").groupby("cell", sort=False).tail(1)
+    last = last.sort_values([*factors, "seed"], key=lambda s: s.astype(str), kind="stable")
+    table = Table(title=f"{results_dir}: {len(last)} cells, final epoch")
+    for col in [*factors, "seed", "epoch", metric, "status"]:
+        table.add_column(col, justify="right" if col in ("seed", "epoch", metric) else "left")
+    for _, r in last.iterrows():
+        value = f"{r[metric]:.4f}" if r["status"] == "ok" else f"[yellow]{r[metric]:.4f}[/yellow]"
+        table.add_row(*(str(r[f]) for f in factors), str(r["seed"]), str(r["epoch"]), value, r["status"])
+    out.print(table)
+
+
+def main():
+    sys.exit(app())

@@ -1,0 +1,113 @@
+"""Training and evaluation of a group of cells on one device; each cell's numbers come from its seed alone."""
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from . import models, rng
+from .data import Data, hflip, to_float
+from .study import Cell
+
+EVAL_BATCH = 2000  # test-set chunk: bounds activation memory, large enough to keep a GPU busy
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def configure(deterministic: bool) -> None:
+    """fp32 everywhere (no TF32), and with `deterministic` the algorithms that repeat bitwise."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.use_deterministic_algorithms(deterministic)
+
+
+def optimizer(net: torch.nn.Module, cfg: dict) -> torch.optim.Optimizer:
+    if cfg["optimizer"] == "adam":
+        return torch.optim.Adam(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    return torch.optim.SGD(net.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
+                           weight_decay=cfg["weight_decay"])
+
+
+def epoch_order(seed: int, epoch: int, n: int, device) -> torch.Tensor:
+    """The cell's sample order in this epoch (1-based): a permutation of range(n)."""
+    return rng.permutation(rng.key(seed, rng.ORDER, epoch), n, device)
+
+
+def epoch_flips(seed: int, epoch: int, n: int, device) -> torch.Tensor:
+    """Whether the sample at each position of this epoch's order is mirrored (p 0.5)."""
+    return rng.uniform24(rng.key(seed, rng.FLIP, epoch), n, device) < rng.threshold(0.5)
+
+
+@torch.no_grad()
+def evaluate(net: torch.nn.Module, data: Data, normalize: bool) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (fraction) on the whole test set."""
+    net.eval()
+    loss = torch.zeros((), device=data.test_x.device)
+    correct = torch.zeros((), dtype=torch.int64, device=data.test_x.device)
+    for i in range(0, len(data.test_x), EVAL_BATCH):
+        logits = net(to_float(data, data.test_x[i:i + EVAL_BATCH], normalize))
+        y = data.test_y[i:i + EVAL_BATCH]
+        loss += F.cross_entropy(logits, y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+    n = len(data.test_x)
+    return loss.item() / n, correct.item() / n
+
+
+def train_cell(cell: Cell, data: Data, model, device, on_epoch: Callable | None = None,
+               trace: list | None = None) -> list[dict]:
+    """Train one cell; a row per epoch. Stops at the first epoch whose train loss is not finite
+    (that epoch's row is kept and every row says "diverged"). `trace` collects per-step losses."""
+    cfg, seed = cell.config, cell.seed
+    torch.manual_seed(rng.key(seed, rng.TORCH))  # a study's own modules (nn.Dropout) draw from here
+    net = models.build(model, cfg, data.shape, data.classes, seed).to(device)
+    opt = optimizer(net, cfg)
+    n = min(cfg["train_subset"] or len(data.train_x), len(data.train_x))
+    xs, ys, bs = data.train_x[:n], data.train_y[:n], cfg["batch_size"]
+    steps = math.ceil(n / bs)
+    rows = []
+    for epoch in range(1, cfg["epochs"] + 1):
+        start = time.perf_counter()
+        net.train()
+        order = epoch_order(seed, epoch, n, device)
+        flips = epoch_flips(seed, epoch, n, device) if cfg["hflip"] else None
+        total = torch.zeros((), device=device)
+        for s in range(0, n, bs):
+            idx = order[s:s + bs]
+            x = to_float(data, xs[idx], cfg["normalize"])
+            if flips is not None:
+                x = hflip(x, flips[s:s + bs])
+            loss = F.cross_entropy(net(x), ys[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach()  # summed on the device: one sync per epoch, not per step
+            if trace is not None:
+                trace.append(loss.item())
+        train_loss = total.item() / steps
+        test_loss, test_acc = evaluate(net, data, cfg["normalize"])
+        ok = math.isfinite(train_loss)
+        rows.append(dict(epoch=epoch, train_loss=train_loss, test_loss=test_loss, test_acc=test_acc,
+                         seconds=time.perf_counter() - start, status="ok" if ok else "diverged"))
+        if on_epoch:
+            on_epoch(cell, epoch, train_loss)
+        if not ok:
+            for r in rows:
+                r["status"] = "diverged"
+            break
+    return rows
+
+
+def train(group: list[Cell], data: Data, model, device, on_epoch: Callable | None = None) -> list[list[dict]]:
+    """Train a group of cells that share their shapes; rows per cell, in the group's order.
+    Groups of one take the plain per-cell path."""
+    return [train_cell(cell, data, model, device, on_epoch) for cell in group]

@@ -1,0 +1,159 @@
+"""Expand a study, skip finished cells, form groups, train them, and store each group as it finishes."""
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import platform
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import torch
+
+from . import __version__, engine
+from . import data as datasets
+from .store import Store, parquet_files
+from .study import AblateError, Cell, Study, StudyError, model_name
+from .study import cells as expand
+
+ROW_COLUMNS = ("epoch", "train_loss", "test_loss", "test_acc", "seconds", "status")
+
+
+class Stopped(Exception):
+    """The user interrupted the run; finished cells are stored."""
+
+    def __init__(self, done: int, total: int):
+        super().__init__(f"stopped: {done} of {total} cells done; run the same command to finish")
+        self.done, self.total = done, total
+
+
+class Progress:
+    """What the runner tells its caller; the CLI draws it with Rich. Every method is optional."""
+
+    def start(self, total: int, todo: int, device: str) -> None: ...
+    def cell_start(self, cell: Cell) -> None: ...
+    def epoch(self, cell: Cell, epoch: int, train_loss: float) -> None: ...
+    def cell_done(self, cell: Cell, rows: list[dict]) -> None: ...
+    def warn(self, message: str) -> None: ...
+
+
+@dataclass
+class Summary:
+    total: int
+    skipped: int
+    trained: int = 0
+    diverged: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    path: Path | None = None
+
+
+def results_dir(study: Study, out: str | Path) -> Path:
+    return Path(out) / study.name
+
+
+def finished(path: Path) -> set[str]:
+    """Cell ids already stored, read without the lock (files are complete or absent)."""
+    ids = set()
+    for f in parquet_files(path) if path.is_dir() else []:
+        try:
+            ids.update(pq.read_table(f, columns=["cell"]).column("cell").to_pylist())
+        except Exception:  # the locked pass in Store.done() names and moves such files
+            pass
+    return ids
+
+
+def group_key(cell: Cell) -> str:
+    """Cells with equal keys share every shape and loop bound, so they can train as one group."""
+    shape = {k: cell.config[k] for k in ("hidden", "batchnorm", "activation", "batch_size",
+                                         "epochs", "train_subset", "optimizer")}
+    return json.dumps(shape, sort_keys=True, default=list)
+
+
+def groups(todo: list[Cell], max_group: int) -> list[list[Cell]]:
+    by_key: dict[str, list[Cell]] = {}
+    for c in todo:
+        by_key.setdefault(group_key(c), []).append(c)
+    return [g[i:i + max_group] for g in by_key.values() for i in range(0, len(g), max_group)]
+
+
+def rows_for(study: Study, cell: Cell, epochs: list[dict]) -> list[dict]:
+    """The tidy schema: study, cell, seed, one column per factor, the epoch's metrics, config JSON."""
+    config = json.dumps(cell.config, sort_keys=True, default=list)
+    levels = {k: list(v) if isinstance(v, tuple) else v for k, v in cell.levels.items()}
+    return [{"study": study.name, "cell": cell.id, "seed": cell.seed, **levels,
+             **{k: r[k] for k in ROW_COLUMNS}, "config": config} for r in epochs]
+
+
+def manifest(study: Study, old: dict, device: torch.device, deterministic: bool) -> dict:
+    text = Path(study.source).read_text() if Path(study.source).is_file() else ""
+    run = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ablate": __version__,
+           "python": platform.python_version(), "torch": torch.__version__,
+           "device": device_name(device), "host": socket.gethostname(), "user": getpass.getuser(),
+           "deterministic": deterministic, "argv": sys.argv}
+    return {"study": study.name, "dataset": study.dataset, "model": model_name(study.model),
+            "design": study.design, "base": study.base, "factors": study.factors,
+            "seeds": study.seeds, "source": {"path": study.source, "text": text,
+                                             "sha256": hashlib.sha256(text.encode()).hexdigest()},
+            "claims": [vars(c) for c in study.claims], "runs": old.get("runs", []) + [run]}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def run(study: Study, out: str | Path = "results", device: str = "auto", max_group: int = 1,
+        deterministic: bool = False, data_dir: str | None = None,
+        progress: Progress | None = None) -> Summary:
+    """Train every cell of `study` not yet in `out/<name>/`. Raises Stopped on Ctrl-C."""
+    progress = progress or Progress()
+    path, started = results_dir(study, out), time.perf_counter()
+    cells = expand(study)
+    if not (todo := [c for c in cells if c.id not in finished(path)]):
+        return Summary(len(cells), len(cells), path=path)
+    dev = engine.pick_device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise AblateError(f"--device {device}: no CUDA device is visible to torch")
+    engine.configure(deterministic)
+    data = datasets.load(study.dataset, dev, data_dir)  # fails before anything is written
+    store = Store(path, warn=progress.warn).open()
+    try:
+        done = store.done()
+        todo = [c for c in cells if c.id not in done]
+        store.write_manifest(manifest(study, store.manifest(), dev, deterministic))
+        summary = Summary(len(cells), len(cells) - len(todo), path=path)
+        progress.start(len(cells), len(todo), device_name(dev))
+        try:
+            for group in groups(todo, max_group):
+                for cell in group:
+                    progress.cell_start(cell)
+                results = _train(study, group, data, dev, progress)
+                for cell, epochs in zip(group, results, strict=True):
+                    store.write(rows_for(study, cell, epochs), cell.id)
+                    summary.trained += 1
+                    if epochs[-1]["status"] == "diverged":
+                        summary.diverged.append(cell.id)
+                    progress.cell_done(cell, epochs)
+        except KeyboardInterrupt:
+            raise Stopped(summary.skipped + summary.trained, len(cells)) from None
+        summary.seconds = time.perf_counter() - started
+        return summary
+    finally:
+        store.close()
+
+
+def _train(study: Study, group: list[Cell], data, device, progress: Progress) -> list[list[dict]]:
+    try:
+        return engine.train(group, data, study.model, device, progress.epoch)
+    except (KeyboardInterrupt, AblateError, torch.OutOfMemoryError):
+        raise
+    except Exception as e:
+        if callable(study.model):  # the study's own code failed: name the file, not our frames
+            raise StudyError(f"{study.source}: the model callable failed in cell {group[0].id}: "
+                             f"{type(e).__name__}: {e}") from None
+        raise

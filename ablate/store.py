@@ -1,0 +1,154 @@
+"""The results directory: one Parquet file per finished cell or group, written atomically, read as one frame.
+
+Layout of results/<study>/:
+  <name>.parquet   rows of finished cells; every file is complete or absent
+  _manifest.json   study source and hash, claims, versions, devices of every run
+  _quarantine/     unreadable or foreign Parquet files moved aside
+  .lock            held by the run writing here (flock: a dead process holds nothing)
+Names beginning with "_" or "." are skipped by pyarrow's and DuckDB's readers, so
+`pandas.read_parquet("results/<study>")` sees the rows alone.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .study import AblateError
+
+MANIFEST = "_manifest.json"
+QUARANTINE = "_quarantine"
+LOCK = ".lock"
+
+
+class StoreError(AblateError):
+    code = 1
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable) -> None:
+    """write(f) into a hidden temp file beside `path`, fsync, rename over `path`, fsync the folder:
+    a crash at any point leaves the old file or the new one, never a part."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def parquet_files(path: Path) -> list[Path]:
+    return sorted(p for p in Path(path).glob("*.parquet") if not p.name.startswith((".", "_")))
+
+
+class Store:
+    """A results directory owned by one writer at a time."""
+
+    def __init__(self, path: str | Path, warn: Callable[[str], None] = print):
+        self.path, self.warn, self._lock = Path(path), warn, None
+
+    def open(self) -> Store:
+        """Create the directory, take the lock, clear temp files a killed run left behind."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._lock = open(self.path / LOCK, "a+")
+        except OSError as e:
+            raise StoreError(f"{self.path}: cannot write results here ({e.strerror})") from None
+        try:
+            import fcntl
+
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.seek(0)
+            pid = self._lock.read().strip() or "unknown"
+            self._lock.close()
+            raise StoreError(f"{self.path}: another ablate run (pid {pid}) is writing here; "
+                             "wait for it to finish or stop it") from None
+        except ImportError:  # no flock on Windows: single-writer is then the user's to keep
+            pass
+        self._lock.truncate(0)
+        self._lock.write(str(os.getpid()))
+        self._lock.flush()
+        for tmp in self.path.glob(".*.tmp-*"):
+            tmp.unlink()
+        return self
+
+    def close(self) -> None:
+        if self._lock:
+            self._lock.close()
+            self._lock = None
+
+    def _quarantine(self, file: Path, why: str) -> None:
+        (self.path / QUARANTINE).mkdir(exist_ok=True)
+        os.replace(file, self.path / QUARANTINE / file.name)
+        self.warn(f"{file}: {why}; moved to {self.path / QUARANTINE}/")
+
+    def done(self) -> set[str]:
+        """Ids of the cells with rows here. Unreadable or foreign files are moved aside, never merged."""
+        ids = set()
+        for f in parquet_files(self.path):
+            try:
+                table = pq.read_table(f)
+            except (pa.ArrowException, OSError) as e:
+                self._quarantine(f, f"unreadable Parquet ({str(e).splitlines()[0][:80]})")
+                continue
+            if "cell" not in table.column_names or "epoch" not in table.column_names:
+                self._quarantine(f, "not an ablate results file (no 'cell' or 'epoch' column)")
+                continue
+            ids.update(table.column("cell").to_pylist())
+        return ids
+
+    def write(self, rows: list[dict], name: str) -> Path:
+        """One finished cell or group's rows as <name>.parquet, atomically."""
+        table = pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False)
+        path = self.path / f"{name}.parquet"
+        atomic_write(path, lambda f: pq.write_table(table, f))
+        return path
+
+    def manifest(self) -> dict:
+        return read_manifest(self.path)
+
+    def write_manifest(self, manifest: dict) -> None:
+        text = json.dumps(manifest, indent=2, sort_keys=True, default=str).encode()
+        atomic_write(self.path / MANIFEST, lambda f: f.write(text))
+
+
+def read_manifest(path: str | Path) -> dict:
+    file = Path(path) / MANIFEST
+    if not file.is_file():
+        return {}
+    try:
+        return json.loads(file.read_text())
+    except (json.JSONDecodeError, OSError) as e:
+        raise StoreError(f"{file}: unreadable manifest ({e})") from None
+
+
+def read(path: str | Path) -> pd.DataFrame:
+    """Every row under `path` as one tidy frame, sorted by cell and epoch."""
+    path = Path(path)
+    if not path.is_dir():
+        raise StoreError(f"{path}: no such results directory; run `ablate run STUDY` first")
+    files = parquet_files(path)
+    if not files:
+        raise StoreError(f"{path}: holds no results (*.parquet); run `ablate run STUDY` first")
+    frames = []
+    for f in files:
+        try:
+            frames.append(pq.read_table(f).to_pandas())
+        except (pa.ArrowException, OSError) as e:
+            raise StoreError(f"{f}: unreadable Parquet ({str(e).splitlines()[0][:80]})") from None
+    df = pd.concat(frames, ignore_index=True)
+    return df.sort_values(["cell", "epoch"], kind="stable").reset_index(drop=True)

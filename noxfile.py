@@ -1,0 +1,31 @@
+"""nox sessions: `tests` (the suite), `study` (the reference study end to end)."""
+import os
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+def _env() -> dict:
+    """Point ablate at ../shared/datasets when it is there and nothing else was given."""
+    shared = ROOT.parent / "shared" / "datasets"
+    if "ABLATE_DATA_DIR" not in os.environ and (shared / "MNIST" / "raw").is_dir():
+        return {"ABLATE_DATA_DIR": str(shared)}
+    return {}
+
+
+@nox.session
+def tests(session):
+    session.install("-c", "constraints.txt", "-e", ".[test]")
+    session.run("pytest", *(session.posargs or ["-q"]), env=_env())
+
+
+@nox.session
+def study(session):
+    """Train the reference study (resumable) and show its results."""
+    session.install("-c", "constraints.txt", "-e", ".")
+    session.run("ablate", "run", "studies/mnist_mlp.py", *session.posargs, env=_env())
+    session.run("ablate", "show", "results/mnist_mlp", env=_env())

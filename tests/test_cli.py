@@ -1,0 +1,122 @@
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from ablate import engine
+from ablate.cli import app
+from ablate.store import MANIFEST
+from conftest import write_study
+
+cli = CliRunner()
+COLUMNS = ["study", "cell", "seed", "activation", "dropout", "epoch", "train_loss", "test_loss", "test_acc",
+           "seconds", "status", "config"]
+
+
+def run(*args):
+    return cli.invoke(app, [str(a) for a in args])
+
+
+def test_run_writes_tidy_parquet_then_trains_nothing_the_second_time(tmp_path, data_dir):
+    study = write_study(tmp_path, epochs=2)
+    first = run("run", study, "--out", tmp_path / "res")
+    assert first.exit_code == 0, first.output
+    assert "trained 8 cells" in first.stdout
+    df = pd.read_parquet(tmp_path / "res" / "tiny")
+    assert list(df.columns) == COLUMNS
+    assert len(df) == 16 and df.groupby("cell").size().eq(2).all() and df["cell"].nunique() == 8
+    assert df["dropout"].dtype == "float64" and df["seed"].dtype == "int64" and df["epoch"].tolist().count(1) == 8
+    assert set(df["status"]) == {"ok"} and df["test_acc"].between(0, 1).all()
+    relu = df[(df.activation == "relu") & (df.epoch == 2)]
+    assert relu["test_acc"].min() > 0.3  # 16 steps on 512 samples; chance is 0.1
+    config = json.loads(df["config"].iloc[0])
+    assert config["hidden"] == [32] and config["train_subset"] == 512
+    manifest = json.loads((tmp_path / "res" / "tiny" / MANIFEST).read_text())
+    assert manifest["source"]["text"] == study.read_text() and len(manifest["source"]["sha256"]) == 64
+    assert manifest["runs"][0]["torch"] and manifest["runs"][0]["device"].startswith("cpu")
+    assert manifest["claims"][0]["value"] == 0.8 and manifest["factors"]["dropout"] == [0.0, 0.25]
+
+    second = run("run", study, "--out", tmp_path / "res")
+    assert second.exit_code == 0 and "nothing to train: all 8 cells" in second.stdout
+    assert pd.read_parquet(tmp_path / "res" / "tiny").equals(df)
+
+    shown = run("show", tmp_path / "res" / "tiny")
+    assert shown.exit_code == 0 and "8 cells" in shown.stdout and "sigmoid" in shown.stdout
+
+
+def test_dry_run_lists_cells_and_writes_nothing(tmp_path):
+    result = run("run", write_study(tmp_path, seeds=3), "--out", tmp_path / "res", "--dry-run")
+    assert result.exit_code == 0
+    assert "12 cells, 0 done, 12 to train" in result.stdout
+    assert not (tmp_path / "res").exists()
+
+
+def test_set_and_seeds_reshape_the_study(tmp_path):
+    result = run("run", write_study(tmp_path), "--dry-run", "--set", "activation=relu", "--set", "hidden=(16, 8)",
+                 "--seeds", "3")
+    assert result.exit_code == 0 and "6 cells" in result.stdout
+
+
+@pytest.mark.parametrize("args, code, words", [
+    (["--set", "hidden=(64,"], 2, ["--set", "does not parse"]),
+    (["--set", "lrr=0.1"], 2, ["lrr", "did you mean 'lr'"]),
+    (["--set", "dropout=1.5"], 2, ["dropout=1.5", "0 <= p < 1"]),
+    (["--seeds", "0"], 2, ["seeds=0"]),
+])
+def test_user_mistakes_are_one_line_with_an_exit_code(tmp_path, args, code, words):
+    result = run("run", write_study(tmp_path), "--out", tmp_path / "res", *args)
+    assert result.exit_code == code
+    assert result.stderr.startswith("error:") and result.stderr.count("\n") == 1, result.stderr
+    assert "Traceback" not in result.output
+    for w in words:
+        assert w in result.stderr
+    assert not (tmp_path / "res").exists()
+
+
+def test_missing_data_is_exit_1_and_writes_nothing(tmp_path, monkeypatch):
+    import torchvision.datasets as tvd
+
+    from ablate import data
+
+    monkeypatch.setenv("ABLATE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "DEBIAN", {})
+    monkeypatch.setattr(tvd, "MNIST", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    data._load.cache_clear()
+    data._load_cpu.cache_clear()
+    result = run("run", write_study(tmp_path), "--out", tmp_path / "res", "--data-dir", tmp_path / "nodata")
+    data._load.cache_clear()
+    data._load_cpu.cache_clear()
+    assert result.exit_code == 1 and "dataset mnist" in result.stderr and str(tmp_path / "nodata") in result.stderr
+    assert not (tmp_path / "res").exists()
+
+
+def test_interrupted_run_keeps_finished_cells_and_the_rerun_finishes_the_rest(tmp_path, data_dir, monkeypatch):
+    study = write_study(tmp_path)
+    real, calls = engine.train_cell, []
+
+    def interrupt_third(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(engine, "train_cell", interrupt_third)
+    stopped = run("run", study, "--out", tmp_path / "res")
+    assert stopped.exit_code == 130
+    assert "stopped: 2 of 8 cells done; run the same command to finish" in stopped.stderr
+    assert pd.read_parquet(tmp_path / "res" / "tiny")["cell"].nunique() == 2
+
+    monkeypatch.setattr(engine, "train_cell", real)
+    rest = run("run", study, "--out", tmp_path / "res")
+    assert rest.exit_code == 0 and "training 6 of 8 cells" in rest.stdout
+    df = pd.read_parquet(tmp_path / "res" / "tiny")
+    assert df["cell"].nunique() == 8 and len(df) == 8  # every cell exactly once
+
+
+def test_a_changed_study_keeps_unchanged_cells(tmp_path, data_dir):
+    run("run", write_study(tmp_path, factors="dict(activation=['relu', 'sigmoid'])"), "--out", tmp_path / "res")
+    grown = run("run", write_study(tmp_path, factors="dict(activation=['relu', 'sigmoid', 'tanh'])"),
+                "--out", tmp_path / "res")
+    assert grown.exit_code == 0 and "training 2 of 6 cells" in grown.stdout
+    assert pd.read_parquet(tmp_path / "res" / "tiny")["cell"].nunique() == 6

@@ -1,0 +1,95 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pandas as pd
+import pytest
+
+from ablate.store import MANIFEST, QUARANTINE, Store, StoreError, atomic_write, parquet_files, read
+
+ROWS = [dict(study="s", cell="abc", seed=0, activation="relu", epoch=e, train_loss=1.0 / e, test_loss=0.5,
+             test_acc=0.9, seconds=1.0, status="ok", config="{}") for e in (1, 2)]
+
+
+def test_write_read_and_manifest_beside_readers_that_know_nothing_of_ablate(tmp_path):
+    s = Store(tmp_path / "s").open()
+    s.write(ROWS, "abc")
+    s.write_manifest({"study": "s", "runs": []})
+    s.close()
+    df = read(tmp_path / "s")
+    assert df["epoch"].tolist() == [1, 2] and df["train_loss"].tolist() == [1.0, 0.5]
+    assert len(pd.read_parquet(tmp_path / "s")) == 2  # the manifest and lock are skipped by name
+    duckdb = pytest.importorskip("duckdb")
+    assert duckdb.sql(f"select count(*) from read_parquet('{tmp_path}/s/*.parquet')").fetchall()[0][0] == 2
+    assert json.loads((tmp_path / "s" / MANIFEST).read_text())["study"] == "s"
+
+
+def test_a_write_killed_half_way_leaves_no_readable_partial_file(tmp_path):
+    folder = tmp_path / "s"
+    folder.mkdir()
+    # the child writes half a file through atomic_write, then dies as kill -9 would
+    code = textwrap.dedent(f"""
+        import os
+        from pathlib import Path
+        from ablate.store import atomic_write
+        def half(f):
+            f.write(b"PAR1" + b"x" * 100000)
+            f.flush()
+            os.kill(os.getpid(), 9)
+        atomic_write(Path({str(folder / 'c.parquet')!r}), half)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code])
+    assert proc.returncode == -9
+    assert not (folder / "c.parquet").exists()
+    assert [p.name for p in folder.iterdir()][0].startswith(".c.parquet.tmp-")
+    assert parquet_files(folder) == []
+    Store(folder).open().close()  # the next run clears what the killed one left
+    assert [p.name for p in folder.iterdir()] == [".lock"]
+
+
+def test_a_failed_write_keeps_the_old_file(tmp_path):
+    path = tmp_path / "m.json"
+    path.write_text("old")
+
+    def boom(f):
+        f.write(b"new, half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        atomic_write(path, boom)
+    assert path.read_text() == "old"
+
+
+def test_corrupt_and_foreign_files_are_moved_aside_not_merged(tmp_path):
+    warnings = []
+    s = Store(tmp_path / "s", warn=warnings.append).open()
+    s.write(ROWS, "abc")
+    (tmp_path / "s" / "broken.parquet").write_bytes(b"PAR1 garbage")
+    pd.DataFrame({"x": [1]}).to_parquet(tmp_path / "s" / "foreign.parquet")
+    assert s.done() == {"abc"}
+    assert sorted(p.name for p in (tmp_path / "s" / QUARANTINE).iterdir()) == ["broken.parquet", "foreign.parquet"]
+    assert len(warnings) == 2 and all("moved to" in w for w in warnings)
+    assert len(read(tmp_path / "s")) == 2
+
+
+def test_one_writer_at_a_time_and_a_dead_one_holds_nothing(tmp_path):
+    first = Store(tmp_path / "s").open()
+    with pytest.raises(StoreError, match=f"pid {os.getpid()}"):
+        Store(tmp_path / "s").open()
+    first.close()
+    code = f"from ablate.store import Store; Store({str(tmp_path / 's')!r}).open(); import os; os._exit(0)"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    Store(tmp_path / "s").open().close()
+
+
+def test_unwritable_and_missing_directories_are_one_line(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(StoreError, match="cannot write results here"):
+        Store(tmp_path / "file" / "s").open()
+    with pytest.raises(StoreError, match="no such results directory"):
+        read(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StoreError, match="holds no results"):
+        read(tmp_path / "empty")
