@@ -145,5 +145,32 @@ def show(results_dir: Path = typer.Argument(..., metavar="RESULTS_DIR"),
     out.print(table)
 
 
+@app.command()
+@user_errors
+def report(results_dir: Path = typer.Argument(..., metavar="RESULTS_DIR"),
+           metric: str = typer.Option("test_acc", "--metric", help="test_acc, test_loss or train_loss"),
+           out_dir: Path | None = typer.Option(None, "--out", help="Where to write (default RESULTS_DIR/_report).")):
+    """Charts, CSVs and index.html: does each factor help, by how much, how sure are we."""
+    from . import report as reports
+
+    rep = reports.build(results_dir, out_dir, metric)
+    table = Table(title=f"effects on final {metric}: level - baseline, paired by seed (95% t CI, Holm)")
+    for col in ["factor", "level vs baseline", "n", "diff", "95% CI", "p", "p Holm", ""]:
+        table.add_column(col, justify="left" if col in ("factor", "level vs baseline") else "right")
+    for _, r in rep.effects.iterrows():
+        ci = f"n={r.n_pairs}, no interval" if r.n_pairs < 2 else f"[{r.ci_low:+.4f}, {r.ci_high:+.4f}]"
+        table.add_row(str(r.factor), f"{r.level} vs {r.baseline}", str(r.n_pairs), f"{r['diff']:+.4f}", ci,
+                      f"{r.p_value:.3g}", f"{r.p_holm:.3g}", "[green]yes[/green]" if r.significant else "")
+    out.print(table)
+    for _, c in rep.claims.iterrows():
+        if c.n_seeds < 2:
+            out.print(f"claim {c.source or c.where}: {c.claimed:.4f}; n={c.n_seeds}, no interval to compare")
+            continue
+        mark = "[green]inside[/green]" if c.inside else "[red]outside[/red]"
+        out.print(f"claim {c.source or c.where}: {c.claimed:.4f} vs measured {c['mean']:.4f} "
+                  f"[{c.ci_low:.4f}, {c.ci_high:.4f}] (n={c.n_seeds}) {mark}")
+    out.print(f"report: {rep.path / 'index.html'} ({rep.n_cells} runs, {rep.seconds:.1f}s)")
+
+
 def main():
     sys.exit(app())

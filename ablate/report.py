@@ -1,0 +1,204 @@
+"""Charts, CSV tables and one self-contained HTML page, drawn from a results directory alone (no torch)."""
+from __future__ import annotations
+
+import base64
+import html
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from . import stats, store  # noqa: E402
+from .study import AblateError  # noqa: E402
+
+REPORT = "_report"  # beside the rows, named so Parquet readers skip it (see store.py)
+CHARTS = ("final", "curves", "effects", "claims")
+
+
+@dataclass
+class Report:
+    path: Path
+    summary: pd.DataFrame
+    effects: pd.DataFrame
+    claims: pd.DataFrame
+    n_cells: int
+    seeds: list
+    seconds: float
+
+
+def label(row, factors) -> str:
+    return ", ".join(f"{f}={row[f]}" for f in factors) or "base"
+
+
+def _save(fig, out: Path, name: str) -> None:
+    fig.savefig(out / f"{name}.png", dpi=150, bbox_inches="tight")
+    fig.savefig(out / f"{name}.svg", bbox_inches="tight")
+    plt.close(fig)
+
+
+def _height(n: int) -> float:
+    return max(2.5, 0.45 * n + 1.2)
+
+
+def chart_final(fin, summary, factors, metric, out):
+    """Every seed as a dot; the mean and its 95% CI as a bar, per design point."""
+    summary = summary.assign(label=[f"{label(r, factors)}  (n={r.n_seeds})" for _, r in summary.iterrows()])
+    lab = {tuple(r[factors]): r.label for _, r in summary.iterrows()}
+    ok = fin[fin.status == "ok"].assign(label=lambda d: [lab[tuple(r)] for r in d[factors].itertuples(index=False)])
+    fig, ax = plt.subplots(figsize=(8, _height(len(summary))))
+    sns.stripplot(data=ok, x=metric, y="label", order=summary.label, color="0.55", size=5, jitter=0.15, ax=ax)
+    ax.errorbar(summary["mean"], range(len(summary)), fmt="o", color="black", capsize=4,
+                xerr=[summary["mean"] - summary.ci_low.fillna(summary["mean"]),
+                      summary.ci_high.fillna(summary["mean"]) - summary["mean"]])
+    ax.set(xlabel=f"final {metric} (dots: seeds; black: mean, 95% t CI)", ylabel="")
+    _save(fig, out, "final")
+
+
+def chart_curves(df, factors, metric, out):
+    """Mean learning curve per design point with a 95% CI band."""
+    cur = stats.curves(df, factors, metric)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    palette = sns.color_palette("tab10", n_colors=max(1, cur.groupby(factors).ngroups if factors else 1))
+    for color, (key, g) in zip(palette, cur.groupby(factors, sort=False) if factors else [((), cur)], strict=False):
+        key = key if isinstance(key, tuple) else (key,)
+        name = ", ".join(f"{f}={v}" for f, v in zip(factors, key, strict=True)) or "base"
+        ax.plot(g.epoch, g["mean"], color=color, label=f"{name} (n={g.n.min()})", marker="o", markersize=3)
+        ax.fill_between(g.epoch, g.ci_low, g.ci_high, color=color, alpha=0.15, linewidth=0)
+    ax.set(xlabel="epoch", ylabel=metric)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    _save(fig, out, "curves")
+
+
+def chart_effects(eff, metric, out):
+    """Forest plot: each level minus its baseline, paired by seed; filled if it survives Holm."""
+    eff = eff.iloc[::-1].reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(8, _height(len(eff))))
+    for i, r in eff.iterrows():
+        lo, hi = r.ci_low if pd.notna(r.ci_low) else r["diff"], r.ci_high if pd.notna(r.ci_high) else r["diff"]
+        ax.plot([lo, hi], [i, i], color="black")
+        ax.plot(r["diff"], i, "o", color="black", markerfacecolor="black" if r.significant else "white")
+    ax.axvline(0, color="0.6", linestyle="--", linewidth=1)
+    ax.set_yticks(range(len(eff)), [f"{r.factor}: {r.level} vs {r.baseline}  (n={r.n_pairs})"
+                                    for _, r in eff.iterrows()])
+    ax.set(xlabel=f"difference in final {metric} (95% CI; filled: significant after Holm)")
+    _save(fig, out, "effects")
+
+
+def chart_claims(cl, out):
+    """Each claimed single-run value beside the measured mean and its 95% CI."""
+    cl = cl.iloc[::-1].reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(8, _height(len(cl))))
+    for i, r in cl.iterrows():
+        if pd.notna(r.ci_low):
+            ax.plot([r.ci_low, r.ci_high], [i, i], color="black")
+        ax.plot(r["mean"], i, "o", color="black")
+        ax.plot(r.claimed, i, "D", color="tab:green" if r.inside else "tab:red")
+    ax.set_yticks(range(len(cl)), [f"{r.source or r.where}  (n={r.n_seeds})" for _, r in cl.iterrows()])
+    ax.set(xlabel="final metric: claimed (diamond: green inside the CI, red outside) vs measured mean, 95% CI")
+    _save(fig, out, "claims")
+
+
+def build(results: str | Path, out: str | Path | None = None, metric: str = "test_acc") -> Report:
+    """Write charts, summary.csv, effects.csv, claims.csv and index.html for a results directory."""
+    start = time.perf_counter()
+    results = Path(results)
+    df, manifest = stats.tidy(store.read(results)), store.read_manifest(results)
+    if metric not in df.columns or not pd.api.types.is_numeric_dtype(df[metric]):
+        raise AblateError(f"{results}: no numeric metric '{metric}'; try test_acc, test_loss or train_loss")
+    factors = stats.factor_columns(df)
+    declared, declared_base = manifest.get("factors", {}), manifest.get("base", {})
+    levels = {f: [stats.hashable(v) for v in declared.get(f, [])] or sorted(df[f].unique(), key=str)
+              for f in factors}
+    base = {f: stats.hashable(declared_base[f]) if f in declared_base else levels[f][0] for f in factors}
+    rank = {f: {v: i for i, v in enumerate(levels[f])} for f in factors}
+    in_design_order = lambda d: d.sort_values(factors, key=lambda s: s.map(rank[s.name]), kind="stable")  # noqa: E731
+    df = in_design_order(df) if factors else df
+    fin = stats.final(df)
+    fin = in_design_order(fin) if factors else fin
+    summary = stats.summary(fin, factors, metric)
+    effects = stats.effects(fin, factors, base, levels, metric)
+    claims = stats.claims(fin, [c for c in manifest.get("claims", []) if c.get("metric", "test_acc") == metric],
+                          factors) if manifest.get("claims") else pd.DataFrame()
+    out = Path(out) if out else results / REPORT
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AblateError(f"{out}: cannot write the report here ({e.strerror})") from None
+    sns.set_theme(style="whitegrid", context="notebook")
+    chart_final(fin, summary, factors, metric, out)
+    chart_curves(df, factors, metric, out)
+    if len(effects):
+        chart_effects(effects, metric, out)
+    if len(claims):
+        chart_claims(claims, out)
+        claims.drop(columns=["metric"]).to_csv(out / "claims.csv", index=False)
+    summary.to_csv(out / "summary.csv", index=False)
+    effects.to_csv(out / "effects.csv", index=False)
+    rep = Report(out, summary, effects, claims, fin["cell"].nunique(), sorted(df["seed"].unique()), 0.0)
+    (out / "index.html").write_text(page(rep, manifest, fin, factors, metric))
+    rep.seconds = time.perf_counter() - start
+    return rep
+
+
+CSS = """body{font:15px/1.5 system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ddd}
+.meta{color:#555}figure{margin:1em 0}figure img{max-width:100%}figcaption{color:#444;font-size:.9em}
+table{border-collapse:collapse;font-size:.85em;margin:.5em 0}td,th{padding:.25em .6em;border-bottom:1px solid #eee;
+text-align:right}th{background:#f6f6f6}td:first-child,th:first-child{text-align:left}.warn{color:#a15c00}"""
+
+
+def _img(out: Path, name: str) -> str:
+    data = base64.b64encode((out / f"{name}.png").read_bytes()).decode()
+    return f'<img alt="{name} chart" src="data:image/png;base64,{data}">'
+
+
+def _table(df: pd.DataFrame) -> str:
+    return df.to_html(index=False, escape=True, border=0, float_format=lambda v: f"{v:.4g}", na_rep="n/a")
+
+
+def page(rep: Report, manifest: dict, fin: pd.DataFrame, factors: list[str], metric: str) -> str:
+    """One HTML file, charts inlined as PNG data: opens offline; every study-supplied string escaped."""
+    e = html.escape
+    runs = manifest.get("runs", [])
+    name = manifest.get("study") or fin["study"].iloc[0]
+    n_ok = sorted(rep.summary["n_seeds"].unique())
+    ok_txt = f"n={n_ok[0]} for every cell" if len(n_ok) == 1 else f"n from {n_ok[0]} to {n_ok[-1]}"
+    when = (f"ran {e(runs[0]['started'])} to {e(runs[-1]['started'])} (last start) on {e(runs[-1]['device'])}, "
+            f"host {e(runs[-1]['host'])}; torch {e(runs[-1]['torch'])}, Python {e(runs[-1]['python'])}, "
+            f"ablate {e(runs[-1]['ablate'])}") if runs else "no manifest: run details unknown"
+    diverged = fin[fin.status != "ok"]
+    parts = [
+        f"<!doctype html><html lang=en><meta charset=utf-8><title>{e(name)}: ablate report</title>",
+        f"<style>{CSS}</style><h1>{e(name)}</h1>",
+        f"<p class=meta>{e(str(manifest.get('dataset', '')))}, model {e(str(manifest.get('model', '')))}, "
+        f"design {e(str(manifest.get('design', '')))}: {len(rep.summary)} cells x {len(rep.seeds)} seeds "
+        f"({rep.n_cells} runs), metric {e(metric)}.<br>{when}.</p>",
+    ]
+    if len(diverged):
+        parts.append(f"<p class=warn>{len(diverged)} runs diverged (loss NaN or infinite) and are left out of "
+                     f"means and effects: " + ", ".join(f"{e(label(r, factors))} seed {r.seed} at epoch {r.epoch}"
+                                                         for _, r in diverged.iterrows()) + "</p>")
+    parts += ["<h2>Final metric per cell</h2><figure>", _img(rep.path, "final"),
+              f"<figcaption>Final-epoch {e(metric)}; each dot one seed, black the mean with its 95% t interval; "
+              f"n = seeds behind each mean ({ok_txt}).</figcaption></figure>", _table(rep.summary)]
+    parts += ["<h2>Learning curves</h2><figure>", _img(rep.path, "curves"),
+              f"<figcaption>Mean {e(metric)} per epoch with a 95% t band; n seeds per line in the legend."
+              "</figcaption></figure>"]
+    if len(rep.effects):
+        parts += ["<h2>Effects against the baseline</h2><figure>", _img(rep.path, "effects"),
+                  "<figcaption>Each level minus its baseline, paired by seed and averaged over the other factors' "
+                  "levels; 95% t interval over seeds; n = pairs (seeds). Filled: significant at 0.05 after Holm "
+                  "across all rows (paired t test).</figcaption></figure>", _table(rep.effects)]
+    if len(rep.claims):
+        parts += ["<h2>Claims against the measurements</h2><figure>", _img(rep.path, "claims"),
+                  "<figcaption>Each published single-run value beside the mean of the cells it describes and "
+                  "its 95% t interval; n = seeds.</figcaption></figure>", _table(rep.claims)]
+    parts.append(f"<p class=meta>Generated {e(time.strftime('%Y-%m-%d %H:%M'))} by ablate report from "
+                 f"{e(str(rep.path.parent))}.</p></html>")
+    return "\n".join(parts)

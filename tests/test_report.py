@@ -1,0 +1,113 @@
+import base64
+import io
+import json
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from html.parser import HTMLParser
+
+import matplotlib.image as mpimg
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from ablate.cli import app
+from ablate.report import REPORT
+from ablate.store import MANIFEST
+from conftest import write_study
+
+cli = CliRunner()
+EVIL = "<script>alert(1)</script>"
+STUDY = """
+from ablate import Claim, Study
+
+study = Study(
+    name="tinyrep",
+    dataset="mnist",
+    base=dict(hidden=(32,), activation="relu", lr=0.05, momentum=0.5, batch_size=64, epochs=2,
+              train_subset=512, batchnorm=False),
+    factors=dict(batchnorm=[False, True], lr=[0.05, 1e30]),
+    seeds=3,
+    claims=[Claim(where=dict(batchnorm=False, lr=0.05), value=0.5, source="{evil}")],
+)
+""".replace("{evil}", EVIL)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory, data_dir):
+    tmp = tmp_path_factory.mktemp("rep")
+    r = cli.invoke(app, ["run", str(write_study(tmp, name="tinyrep", body=STUDY)), "--out", str(tmp / "res")])
+    assert r.exit_code == 0, r.output
+    folder = tmp / "res" / "tinyrep"
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["study"] = EVIL  # as if a study's name carried markup
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    return folder
+
+
+class Collect(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags, self.imgs = [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag == "img":
+            self.imgs.append(dict(attrs)["src"])
+
+
+def test_report_writes_every_file_and_a_self_contained_page(results):
+    r = cli.invoke(app, ["report", str(results)])
+    assert r.exit_code == 0, r.output
+    out = results / REPORT
+    names = {p.name for p in out.iterdir()}
+    for chart in ("final", "curves", "effects", "claims"):
+        assert {f"{chart}.png", f"{chart}.svg"} <= names
+        assert mpimg.imread(out / f"{chart}.png").shape[2] in (3, 4)
+        ET.parse(out / f"{chart}.svg")
+    page = (out / "index.html").read_text()
+    parser = Collect()
+    parser.feed(page)
+    assert "script" not in parser.tags and EVIL not in page and "&lt;script&gt;" in page
+    assert len(parser.imgs) == 4 and all(src.startswith("data:image/png;base64,") for src in parser.imgs)
+    for src in parser.imgs:
+        assert mpimg.imread(io.BytesIO(base64.b64decode(src.split(",", 1)[1])), format="png").ndim == 3
+    assert "http" not in page.replace("http-equiv", "")  # nothing fetched from the network
+    assert "4 cells x 3 seeds" in page and "n from 0 to 3" in page and "6 runs diverged" in page
+    assert pd.read_parquet(results).shape[0] > 0  # the report folder does not disturb readers
+
+
+def test_csvs_have_the_documented_columns(results):
+    cli.invoke(app, ["report", str(results)])
+    out = results / REPORT
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary.columns[:2]) == ["batchnorm", "lr"]
+    assert {"n_seeds", "mean", "std", "ci_low", "ci_high"} <= set(summary.columns)
+    assert summary["n_seeds"].tolist() == [3, 0, 3, 0] and summary["n_diverged"].tolist() == [0, 3, 0, 3]
+    effects = pd.read_csv(out / "effects.csv")
+    assert list(effects.columns[:9]) == ["factor", "level", "baseline", "metric", "n_pairs", "diff", "ci_low",
+                                         "ci_high", "p_value"]
+    assert {"p_holm", "significant"} <= set(effects.columns)
+    bn = effects.set_index("factor").loc["batchnorm"]
+    assert bn["n_pairs"] == 3 and bn["baseline"] == "False"
+    lr = effects.set_index("factor").loc["lr"]
+    assert lr["n_pairs"] == 0 and not lr["significant"]  # every 1e30 cell diverged: nothing to pair
+    claims = pd.read_csv(out / "claims.csv")
+    assert list(claims.columns[:7]) == ["where", "claimed", "mean", "ci_low", "ci_high", "n_seeds", "inside"]
+    assert claims.loc[0, "n_seeds"] == 3 and claims.loc[0, "source"] == EVIL
+
+
+def test_report_never_imports_torch(results, tmp_path):
+    code = ("import sys; from typer.testing import CliRunner; from ablate.cli import app; "
+            f"r = CliRunner().invoke(app, ['report', {str(results)!r}, '--out', {str(tmp_path)!r}]); "
+            "assert r.exit_code == 0, r.output; assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("make", ["missing", "empty"])
+def test_report_on_a_missing_or_empty_directory_is_one_line(tmp_path, make):
+    if make == "empty":
+        (tmp_path / "d").mkdir()
+    r = cli.invoke(app, ["report", str(tmp_path / "d")])
+    assert r.exit_code == 1 and r.stderr.startswith("error:") and r.stderr.count("\n") == 1
+    assert str(tmp_path / "d") in r.stderr

@@ -1,0 +1,128 @@
+import itertools
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as st
+
+from ablate import stats
+
+
+def frame(values: dict, factors=("a", "b")) -> pd.DataFrame:
+    """values: (levels..., seed) -> final metric; one row per cell at epoch 1."""
+    rows = []
+    for (*levels, seed), y in values.items():
+        lv = dict(zip(factors, levels, strict=True))
+        rows.append(dict(study="s", cell=json.dumps([*levels, seed]), seed=seed, **lv, epoch=1, train_loss=0.1,
+                         test_loss=0.1, test_acc=y, seconds=1.0, status="ok", config=json.dumps(lv)))
+    return pd.DataFrame(rows)
+
+
+def test_interval_is_student_t_and_says_nothing_for_one_seed():
+    mean, std, lo, hi = stats.interval([1.0, 2.0, 3.0])
+    # by hand: t(0.975, 2) = 4.302653; 4.302653 * 1 / sqrt(3) = 2.484138
+    assert (mean, std) == (2.0, 1.0)
+    assert lo == pytest.approx(2 - 2.484138, abs=1e-6) and hi == pytest.approx(2 + 2.484138, abs=1e-6)
+    assert (lo, hi) == pytest.approx(st.t.interval(0.95, 2, loc=2, scale=st.sem([1, 2, 3])))
+    m, s, lo1, hi1 = stats.interval([0.9])
+    assert m == 0.9 and np.isnan(s) and np.isnan(lo1) and np.isnan(hi1)
+
+
+def test_holm_by_hand():
+    # sorted 0.01, 0.03, 0.04 -> 3*0.01, max(0.03, 2*0.03), max(0.06, 1*0.04)
+    assert stats.holm([0.01, 0.04, 0.03]).tolist() == pytest.approx([0.03, 0.06, 0.06])
+    out = stats.holm([0.5, np.nan, 0.01])
+    assert out[0] == pytest.approx(0.5) and np.isnan(out[1]) and out[2] == pytest.approx(0.02)
+
+
+def test_grid_effect_is_the_main_effect_paired_by_seed():
+    # a adds 0.02 when b=x and 0.04 when b=y: main effect 0.03 for every seed, plus seed noise
+    values = {}
+    for seed, noise in zip([0, 1, 2], [0.0, 0.01, -0.01], strict=True):
+        values[(0, "x", seed)] = 0.90 + noise
+        values[(1, "x", seed)] = 0.92 + noise + (0.003 if seed == 1 else 0)
+        values[(0, "y", seed)] = 0.80 + noise
+        values[(1, "y", seed)] = 0.84 + noise
+    fin = frame(values)
+    d = stats.paired_diffs(fin, ["a", "b"], "a", 1, 0)
+    # per seed: mean(0.02, 0.04) = 0.03; seed 1: mean(0.023, 0.04) = 0.0315
+    assert d.tolist() == pytest.approx([0.03, 0.0315, 0.03])
+    eff = stats.effects(fin, ["a", "b"], {"a": 0, "b": "x"}, {"a": [0, 1], "b": ["x", "y"]})
+    row = eff.set_index("factor").loc["a"]
+    assert row["n_pairs"] == 3 and row["diff"] == pytest.approx(0.0305)
+    # cross-check against scipy on the same per-seed numbers
+    ref = st.ttest_1samp([0.03, 0.0315, 0.03], 0)
+    assert row["p_value"] == pytest.approx(ref.pvalue)
+    ci = ref.confidence_interval(0.95)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((ci.low, ci.high))
+    b = eff.set_index("factor").loc["b"]
+    assert b["diff"] == pytest.approx(((0.80 - 0.90) + (0.84 - 0.92)) / 2, abs=0.002)
+    assert list(eff.columns[:11]) == ["factor", "level", "baseline", "metric", "n_pairs", "diff", "ci_low",
+                                      "ci_high", "p_value", "p_signflip", "p_holm"]
+
+
+def test_one_at_a_time_effect_equals_scipy_paired_t_test():
+    base = [0.91, 0.93, 0.92, 0.90, 0.94]
+    relu = [0.95, 0.96, 0.96, 0.93, 0.97]
+    bn = [0.92, 0.93, 0.95, 0.91, 0.95]
+    values = {}
+    for s in range(5):
+        values[("sigmoid", False, s)] = base[s]
+        values[("relu", False, s)] = relu[s]
+        values[("sigmoid", True, s)] = bn[s]
+    fin = frame(values, factors=("act", "bn"))
+    eff = stats.effects(fin, ["act", "bn"], {"act": "sigmoid", "bn": False},
+                        {"act": ["sigmoid", "relu"], "bn": [False, True]}).set_index("factor")
+    for f, ys in (("act", relu), ("bn", bn)):
+        ref = st.ttest_rel(ys, base)
+        ci = ref.confidence_interval(0.95)
+        assert eff.loc[f, "p_value"] == pytest.approx(ref.pvalue)
+        assert (eff.loc[f, "ci_low"], eff.loc[f, "ci_high"]) == pytest.approx((ci.low, ci.high))
+        assert eff.loc[f, "n_pairs"] == 5
+    flips = st.permutation_test((np.subtract(relu, base),), np.mean, permutation_type="samples",
+                                n_resamples=np.inf)
+    assert eff.loc["act", "p_signflip"] == pytest.approx(flips.pvalue)
+
+
+def test_summary_counts_seeds_and_keeps_diverged_cells_out_of_the_mean():
+    fin = frame({(0, "x", 0): 0.9, (0, "x", 1): 0.8, (0, "x", 2): 0.1})
+    fin.loc[2, "status"] = "diverged"
+    s = stats.summary(fin, ["a", "b"])
+    assert s.loc[0, "n_seeds"] == 2 and s.loc[0, "n_diverged"] == 1 and s.loc[0, "mean"] == pytest.approx(0.85)
+
+
+def test_claims_compare_against_the_selected_cells():
+    fin = frame({(0, "x", s): y for s, y in enumerate([0.90, 0.92, 0.91])} | {(1, "x", 0): 0.5, (1, "x", 1): 0.5})
+    out = stats.claims(fin, [{"where": {"a": 0}, "value": 0.91, "source": "t"},
+                             {"where": {"a": 0}, "value": 0.99, "source": "t"}], ["a", "b"])
+    assert out["n_seeds"].tolist() == [3, 3] and out["mean"][0] == pytest.approx(0.91)
+    assert out["inside"].tolist() == [True, False]
+
+
+def simulate(rng, effects=(0.02, -0.01, 0.0), seeds=5, noise=0.01):
+    values = {}
+    seed_shift = rng.normal(0, 0.02, seeds)  # seeds differ; pairing removes it
+    for levels in itertools.product([0, 1], repeat=3):
+        for s in range(seeds):
+            values[(*levels, s)] = 0.9 + np.dot(levels, effects) + seed_shift[s] + rng.normal(0, noise)
+    return frame(values, factors=("a", "b", "c"))
+
+
+def test_calibration_by_simulation():
+    rng = np.random.default_rng(20261123)
+    planted = {"a": 0.02, "b": -0.01, "c": 0.0}
+    covered = flagged_null = detected = 0
+    n = 500
+    for _ in range(n):
+        eff = stats.effects(simulate(rng), ["a", "b", "c"], dict(a=0, b=0, c=0), dict(a=[0, 1], b=[0, 1], c=[0, 1]))
+        for _, r in eff.iterrows():
+            covered += r["ci_low"] <= planted[r["factor"]] <= r["ci_high"]
+        flagged_null += bool(eff.set_index("factor").loc["c", "significant"])
+        detected += bool(eff.set_index("factor").loc["a", "significant"])
+    coverage, false_pos = covered / (3 * n), flagged_null / n
+    msg = f"coverage {coverage:.3f}, null flagged {false_pos:.3f}, planted 0.02 detected {detected / n:.3f}"
+    print(msg)
+    assert 0.92 <= coverage <= 0.98, msg
+    assert false_pos <= 0.06, msg
+    assert detected / n > 0.9, msg
