@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from . import models, rng
+from . import fused, models, rng
 from .data import Data, hflip, to_float
 from .study import Cell
 
@@ -49,13 +49,13 @@ def epoch_flips(seed: int, epoch: int, n: int, device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(net: torch.nn.Module, data: Data, normalize: bool) -> tuple[float, float]:
+def evaluate(net: torch.nn.Module, data: Data, normalize: bool, dtype=torch.float32) -> tuple[float, float]:
     """Mean cross-entropy and accuracy (fraction) on the whole test set."""
     net.eval()
-    loss = torch.zeros((), device=data.test_x.device)
+    loss = torch.zeros((), device=data.test_x.device, dtype=dtype)
     correct = torch.zeros((), dtype=torch.int64, device=data.test_x.device)
     for i in range(0, len(data.test_x), EVAL_BATCH):
-        logits = net(to_float(data, data.test_x[i:i + EVAL_BATCH], normalize))
+        logits = net(to_float(data, data.test_x[i:i + EVAL_BATCH], normalize).to(dtype))
         y = data.test_y[i:i + EVAL_BATCH]
         loss += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
@@ -69,7 +69,8 @@ def train_cell(cell: Cell, data: Data, model, device, on_epoch: Callable | None 
     (that epoch's row is kept and every row says "diverged"). `trace` collects per-step losses."""
     cfg, seed = cell.config, cell.seed
     torch.manual_seed(rng.key(seed, rng.TORCH))  # a study's own modules (nn.Dropout) draw from here
-    net = models.build(model, cfg, data.shape, data.classes, seed).to(device)
+    dtype = fused.DTYPES[cfg["precision"]]
+    net = models.build(model, cfg, data.shape, data.classes, seed).to(device, dtype)
     opt = optimizer(net, cfg)
     n = min(cfg["train_subset"] or len(data.train_x), len(data.train_x))
     xs, ys, bs = data.train_x[:n], data.train_y[:n], cfg["batch_size"]
@@ -80,10 +81,10 @@ def train_cell(cell: Cell, data: Data, model, device, on_epoch: Callable | None 
         net.train()
         order = epoch_order(seed, epoch, n, device)
         flips = epoch_flips(seed, epoch, n, device) if cfg["hflip"] else None
-        total = torch.zeros((), device=device)
+        total = torch.zeros((), device=device, dtype=dtype)
         for s in range(0, n, bs):
             idx = order[s:s + bs]
-            x = to_float(data, xs[idx], cfg["normalize"])
+            x = to_float(data, xs[idx], cfg["normalize"]).to(dtype)
             if flips is not None:
                 x = hflip(x, flips[s:s + bs])
             loss = F.cross_entropy(net(x), ys[idx])
@@ -94,7 +95,7 @@ def train_cell(cell: Cell, data: Data, model, device, on_epoch: Callable | None 
             if trace is not None:
                 trace.append(loss.item())
         train_loss = total.item() / steps
-        test_loss, test_acc = evaluate(net, data, cfg["normalize"])
+        test_loss, test_acc = evaluate(net, data, cfg["normalize"], dtype)
         ok = math.isfinite(train_loss)
         rows.append(dict(epoch=epoch, train_loss=train_loss, test_loss=test_loss, test_acc=test_acc,
                          seconds=time.perf_counter() - start, status="ok" if ok else "diverged"))
@@ -107,7 +108,29 @@ def train_cell(cell: Cell, data: Data, model, device, on_epoch: Callable | None 
     return rows
 
 
+OOM_ABOVE: int | None = None  # tests set it: groups larger than this raise OutOfMemoryError
+
+
+def auto_group(cells: list[Cell], data: Data, device: torch.device) -> int:
+    """The default --max-group: on a GPU, what fits in half the free memory (parameters with
+    gradient and two optimizer states, activations of a batch and of an eval chunk, the
+    epoch's order); on a CPU 8, past which fusing gains little on 2 cores (benchmarks/)."""
+    if device.type != "cuda" or not cells:
+        return 8
+    cfg = cells[0].config
+    widths = [math.prod(data.shape), *cfg["hidden"], data.classes]
+    params = sum(a * b + b for a, b in zip(widths, widths[1:], strict=False))
+    acts = (cfg["batch_size"] + EVAL_BATCH) * (sum(widths) * 4 + math.prod(data.shape))
+    per_cell = 4 * params * 4 + acts * 4 + len(data.train_x) * 8 * 2
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1, min(1024, free // 2 // per_cell))
+
+
 def train(group: list[Cell], data: Data, model, device, on_epoch: Callable | None = None) -> list[list[dict]]:
     """Train a group of cells that share their shapes; rows per cell, in the group's order.
-    Groups of one take the plain per-cell path."""
+    A group of one, or a study's own model, takes the plain per-cell path."""
+    if OOM_ABOVE is not None and len(group) > OOM_ABOVE:
+        raise torch.OutOfMemoryError(f"test hook: group of {len(group)} > {OOM_ABOVE}")
+    if len(group) > 1 and fused.can_fuse(group, model):
+        return fused.train(group, data, device, on_epoch)
     return [train_cell(cell, data, model, device, on_epoch) for cell in group]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 
-from . import __version__, engine
+from . import __version__, engine, fused
 from . import data as datasets
 from .store import Store, parquet_files
 from .study import AblateError, Cell, Study, StudyError, model_name
@@ -68,9 +68,7 @@ def finished(path: Path) -> set[str]:
 
 def group_key(cell: Cell) -> str:
     """Cells with equal keys share every shape and loop bound, so they can train as one group."""
-    shape = {k: cell.config[k] for k in ("hidden", "batchnorm", "activation", "batch_size",
-                                         "epochs", "train_subset", "optimizer")}
-    return json.dumps(shape, sort_keys=True, default=list)
+    return json.dumps({k: cell.config[k] for k in fused.SHAPE_KEYS}, sort_keys=True, default=list)
 
 
 def groups(todo: list[Cell], max_group: int) -> list[list[Cell]]:
@@ -107,7 +105,7 @@ def device_name(device: torch.device) -> str:
     return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
-def run(study: Study, out: str | Path = "results", device: str = "auto", max_group: int = 1,
+def run(study: Study, out: str | Path = "results", device: str = "auto", max_group: int | None = None,
         deterministic: bool = False, data_dir: str | None = None,
         progress: Progress | None = None) -> Summary:
     """Train every cell of `study` not yet in `out/<name>/`. Raises Stopped on Ctrl-C."""
@@ -127,12 +125,26 @@ def run(study: Study, out: str | Path = "results", device: str = "auto", max_gro
         todo = [c for c in cells if c.id not in done]
         store.write_manifest(manifest(study, store.manifest(), dev, deterministic))
         summary = Summary(len(cells), len(cells) - len(todo), path=path)
-        progress.start(len(cells), len(todo), device_name(dev))
+        max_group = max_group or engine.auto_group(todo, data, dev)
+        progress.start(len(cells), len(todo), f"{device_name(dev)}, groups of up to {max_group}")
         try:
-            for group in groups(todo, max_group):
+            queue = groups(todo, max_group)
+            while queue:
+                group = queue.pop(0)
                 for cell in group:
                     progress.cell_start(cell)
-                results = _train(study, group, data, dev, progress)
+                try:
+                    results = _train(study, group, data, dev, progress)
+                except torch.OutOfMemoryError:
+                    if len(group) == 1:
+                        raise AblateError(f"cell {group[0].id} alone does not fit in {dev} memory") from None
+                    half = len(group) // 2
+                    progress.warn(f"a group of {len(group)} cells ran out of {dev} memory; "
+                                  f"retrying as {half} + {len(group) - half}")
+                    if dev.type == "cuda":
+                        torch.cuda.empty_cache()
+                    queue[:0] = [group[:half], group[half:]]
+                    continue
                 for cell, epochs in zip(group, results, strict=True):
                     store.write(rows_for(study, cell, epochs), cell.id)
                     summary.trained += 1

@@ -32,6 +32,7 @@ DESIGNS = ("grid", "one_at_a_time")
 ACTIVATIONS = ("sigmoid", "relu", "tanh", "gelu")
 INITS = ("default", "kaiming_uniform", "kaiming_normal", "xavier_uniform")
 OPTIMIZERS = ("sgd", "adam")
+PRECISIONS = ("fp32", "fp64")  # fp64: for checks of numerics; it is slow on GPUs
 
 
 def _is_int(v):
@@ -86,6 +87,7 @@ KEYS: dict[str, tuple[Any, Callable, str]] = {
     "batch_size": (32, _int(1), "an int >= 1"),
     "epochs": (10, _int(1), "an int >= 1"),
     "train_subset": (None, _int(1, optional=True), "None or an int >= 1"),
+    "precision": ("fp32", _choice(PRECISIONS), "one of " + ", ".join(PRECISIONS)),
 }
 
 

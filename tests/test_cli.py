@@ -93,7 +93,7 @@ def test_missing_data_is_exit_1_and_writes_nothing(tmp_path, monkeypatch):
 
 def test_interrupted_run_keeps_finished_cells_and_the_rerun_finishes_the_rest(tmp_path, data_dir, monkeypatch):
     study = write_study(tmp_path)
-    real, calls = engine.train_cell, []
+    real, calls = engine.train, []
 
     def interrupt_third(*a, **k):
         calls.append(1)
@@ -101,17 +101,25 @@ def test_interrupted_run_keeps_finished_cells_and_the_rerun_finishes_the_rest(tm
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(engine, "train_cell", interrupt_third)
-    stopped = run("run", study, "--out", tmp_path / "res")
+    monkeypatch.setattr(engine, "train", interrupt_third)
+    stopped = run("run", study, "--out", tmp_path / "res", "--max-group", "2")
     assert stopped.exit_code == 130
-    assert "stopped: 2 of 8 cells done; run the same command to finish" in stopped.stderr
-    assert pd.read_parquet(tmp_path / "res" / "tiny")["cell"].nunique() == 2
+    assert "stopped: 4 of 8 cells done; run the same command to finish" in stopped.stderr
+    assert pd.read_parquet(tmp_path / "res" / "tiny")["cell"].nunique() == 4
 
-    monkeypatch.setattr(engine, "train_cell", real)
+    monkeypatch.setattr(engine, "train", real)
     rest = run("run", study, "--out", tmp_path / "res")
-    assert rest.exit_code == 0 and "training 6 of 8 cells" in rest.stdout
+    assert rest.exit_code == 0 and "training 4 of 8 cells" in rest.stdout
     df = pd.read_parquet(tmp_path / "res" / "tiny")
     assert df["cell"].nunique() == 8 and len(df) == 8  # every cell exactly once
+
+
+def test_out_of_memory_splits_the_group_and_the_study_completes(tmp_path, data_dir, monkeypatch):
+    monkeypatch.setattr(engine, "OOM_ABOVE", 2)
+    result = run("run", write_study(tmp_path), "--out", tmp_path / "res", "--max-group", "8")
+    assert result.exit_code == 0, result.output
+    assert "a group of 4 cells ran out of cpu memory; retrying as 2 + 2" in result.stdout
+    assert pd.read_parquet(tmp_path / "res" / "tiny")["cell"].nunique() == 8
 
 
 def test_a_changed_study_keeps_unchanged_cells(tmp_path, data_dir):

@@ -69,11 +69,12 @@ def test_a_diverging_cell_stops_and_says_so(data_dir):
     assert not math.isfinite(rows[-1]["train_loss"])
 
 
-def test_a_group_trains_each_cell_as_alone(data_dir):
+def test_a_study_model_trains_through_the_plain_path(data_dir):
+    def net(config):
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+
     d = load("mnist", "cpu", data_dir)
-    st = validate(Study(name="t", dataset="mnist", base={**BASE, "epochs": 1}, factors=dict(lr=[0.05, 0.1]),
-                        seeds=2))
-    group = cells(st)
-    together = engine.train(group, d, "mlp", "cpu")
-    alone = [engine.train_cell(c, d, "mlp", "cpu") for c in group]
-    assert [[r["train_loss"] for r in rows] for rows in together] == [[r["train_loss"] for r in rows] for rows in alone]
+    st = validate(Study(name="t", dataset="mnist", model=net, base={**BASE, "epochs": 1}, seeds=2))
+    rows = engine.train(cells(st), d, net, "cpu")
+    assert len(rows) == 2 and all(r[0]["test_acc"] > 0.6 for r in rows)
+    assert rows[0][0]["train_loss"] != rows[1][0]["train_loss"]  # seeds differ

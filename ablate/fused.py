@@ -1,0 +1,184 @@
+"""The fused engine: a group of MLP cells trained as stacked [G, ...] tensors with batched ops.
+
+Each cell keeps its own init (built by models.build, then stacked), its own sample
+order, flips and dropout masks (the same counter-based draws as the plain path), its
+own batchnorm statistics and its own lr, momentum and weight decay ([G] tensors).
+Cells never mix: every op is batched over G, and the loss is a sum of per-cell means,
+so each cell's gradient is its own.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import models, rng
+from .data import Data, hflip, to_float
+from .study import Cell
+
+DTYPES = {"fp32": torch.float32, "fp64": torch.float64}
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, as the plain path uses
+BN_MOMENTUM, BN_EPS = 0.1, 1e-5  # nn.BatchNorm1d's defaults
+EVAL_BATCH = 2000
+ACTIVATIONS = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "gelu": F.gelu}
+
+# a group shares every key that changes the graph or the loop; the rest may differ per cell
+SHAPE_KEYS = ("hidden", "activation", "batchnorm", "optimizer", "batch_size", "epochs", "train_subset", "precision")
+
+
+class Stack:
+    """The group's parameters as [G, ...] leaf tensors, plus batchnorm running stats."""
+
+    def __init__(self, nets: list[nn.Sequential], device):
+        linears = [[m for m in net if isinstance(m, nn.Linear)] for net in nets]
+        bns = [[m for m in net if isinstance(m, nn.BatchNorm1d)] for net in nets]
+        stack = lambda ts: torch.stack([t.detach() for t in ts]).to(device).requires_grad_()  # noqa: E731
+        self.w = [stack([ls[i].weight.T for ls in linears]) for i in range(len(linears[0]))]  # [G, in, out]
+        self.b = [stack([ls[i].bias for ls in linears]) for i in range(len(linears[0]))]
+        self.gamma = [stack([bs[i].weight for bs in bns]) for i in range(len(bns[0]))]
+        self.beta = [stack([bs[i].bias for bs in bns]) for i in range(len(bns[0]))]
+        self.mean = [torch.stack([bs[i].running_mean for bs in bns]).to(device) for i in range(len(bns[0]))]
+        self.var = [torch.stack([bs[i].running_var for bs in bns]).to(device) for i in range(len(bns[0]))]
+
+    def params(self) -> list[torch.Tensor]:
+        return [*self.w, *self.b, *self.gamma, *self.beta]
+
+
+def forward(s: Stack, x: torch.Tensor, cfg: dict, train: bool, drop_keys: list | None) -> torch.Tensor:
+    """x [G, B, D] -> logits [G, B, classes]."""
+    act = ACTIVATIONS[cfg["activation"]]
+    h = x
+    for i in range(len(s.w) - 1):
+        h = torch.baddbmm(s.b[i][:, None], h, s.w[i])
+        if s.gamma:
+            h = batchnorm(s, i, h, train)
+        h = act(h)
+        if drop_keys is not None:
+            keys, p = drop_keys[i], drop_keys[-1]
+            g, b, w = h.shape
+            keep = rng.uniform24(keys, b * w, h.device).view(g, b, w) >= p[0]
+            h = h * keep * p[1]
+    return torch.baddbmm(s.b[-1][:, None], h, s.w[-1])
+
+
+def batchnorm(s: Stack, i: int, h: torch.Tensor, train: bool) -> torch.Tensor:
+    if train:
+        mean, var = h.mean(1), h.var(1, unbiased=False)
+        n = h.shape[1]
+        with torch.no_grad():
+            s.mean[i].lerp_(mean.detach(), BN_MOMENTUM)
+            s.var[i].lerp_(var.detach() * n / max(n - 1, 1), BN_MOMENTUM)  # running var is unbiased
+    else:
+        mean, var = s.mean[i], s.var[i]
+    return (h - mean[:, None]) * torch.rsqrt(var[:, None] + BN_EPS) * s.gamma[i][:, None] + s.beta[i][:, None]
+
+
+class Optimizer:
+    """SGD (momentum, weight decay) and Adam with per-cell hyperparameters, as torch.optim computes them."""
+
+    def __init__(self, params: list[torch.Tensor], cells: list[Cell], device):
+        col = lambda k: torch.tensor([c.config[k] for c in cells], device=device, dtype=params[0].dtype)  # noqa: E731
+        self.params, self.kind, self.step_n = params, cells[0].config["optimizer"], 0
+        self.lr, self.momentum, self.wd = col("lr"), col("momentum"), col("weight_decay")
+        self.state = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.step_n += 1
+        for p, (m1, m2) in zip(self.params, self.state, strict=True):
+            shape = (-1,) + (1,) * (p.dim() - 1)
+            g = p.grad + self.wd.view(shape) * p
+            if self.kind == "sgd":
+                m1.mul_(self.momentum.view(shape)).add_(g)
+                p.sub_(self.lr.view(shape) * m1)
+            else:
+                b1, b2 = ADAM_BETAS
+                m1.lerp_(g, 1 - b1)
+                m2.mul_(b2).addcmul_(g, g, value=1 - b2)
+                denom = (m2.sqrt() / math.sqrt(1 - b2 ** self.step_n)).add_(ADAM_EPS)
+                p.sub_((self.lr / (1 - b1 ** self.step_n)).view(shape) * m1 / denom)
+            p.grad = None
+
+
+def can_fuse(cells: list[Cell], model) -> bool:
+    return model == "mlp" and len({tuple(str(c.config[k]) for k in SHAPE_KEYS) for c in cells}) == 1
+
+
+@torch.no_grad()
+def evaluate(s: Stack, data: Data, cfgs: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-cell mean test loss and accuracy, [G] each; normalisation may differ per cell."""
+    g = len(cfgs)
+    norm = torch.tensor([c["normalize"] for c in cfgs], device=data.test_x.device)
+    loss = torch.zeros(g, device=data.test_x.device, dtype=s.w[0].dtype)
+    correct = torch.zeros(g, device=data.test_x.device, dtype=torch.int64)
+    for i in range(0, len(data.test_x), EVAL_BATCH):
+        raw = data.test_x[i:i + EVAL_BATCH]
+        x = torch.where(norm.view(g, 1, 1, 1, 1), to_float(data, raw, True), to_float(data, raw, False))
+        logits = forward(s, x.flatten(2).to(s.w[0].dtype), cfgs[0], False, None)
+        y = data.test_y[i:i + EVAL_BATCH].expand(g, -1)
+        loss += F.cross_entropy(logits.transpose(1, 2), y, reduction="none").sum(1)
+        correct += (logits.argmax(-1) == y).sum(1)
+    n = len(data.test_x)
+    return loss / n, correct.double() / n
+
+
+def train(cells: list[Cell], data: Data, device, on_epoch: Callable | None = None) -> list[list[dict]]:
+    """Train the group at once; rows per cell as engine.train_cell returns them."""
+    g, cfg = len(cells), cells[0].config
+    dtype = DTYPES[cfg["precision"]]
+    cfgs = [c.config for c in cells]
+    nets = [models.build("mlp", c.config, data.shape, data.classes, c.seed) for c in cells]
+    s = Stack([n.to(dtype) for n in nets], device)
+    opt = Optimizer(s.params(), cells, device)
+    seeds = torch.tensor([[c.seed] for c in cells], device=device)
+    n = min(cfg["train_subset"] or len(data.train_x), len(data.train_x))
+    bs, steps = cfg["batch_size"], math.ceil(n / cfg["batch_size"])
+    norm = torch.tensor([c["normalize"] for c in cfgs], device=device).view(g, 1, 1, 1, 1)
+    flip_on = torch.tensor([c["hflip"] for c in cfgs], device=device).view(g, 1)
+    p = torch.tensor([c["dropout"] for c in cfgs], device=device, dtype=dtype)
+    use_dropout = bool((p > 0).any())
+    thresholds = torch.tensor([rng.threshold(c["dropout"]) for c in cfgs], device=device).view(g, 1, 1)
+    scale = (1.0 / (1.0 - p)).view(g, 1, 1)
+    layer_keys = [rng.key(seeds, rng.DROPOUT, i) for i in range(len(cfg["hidden"]))]
+    rows: list[list[dict]] = [[] for _ in cells]
+    alive = [True] * g
+    step = 0
+    for epoch in range(1, cfg["epochs"] + 1):
+        start = time.perf_counter()
+        order = rng.permutation(rng.key(seeds, rng.ORDER, epoch), n, device)  # [G, n]
+        flips = (rng.uniform24(rng.key(seeds, rng.FLIP, epoch), n, device) < rng.threshold(0.5)) & flip_on
+        total = torch.zeros(g, device=device, dtype=dtype)
+        for i in range(0, n, bs):
+            idx = order[:, i:i + bs]
+            raw = data.train_x[idx]  # [G, B, C, H, W] uint8, gathered on the device
+            x = torch.where(norm, to_float(data, raw, True), to_float(data, raw, False))
+            x = hflip(x, flips[:, i:i + bs]).flatten(2).to(dtype)
+            keys = [rng.key(k, step) for k in layer_keys] + [(thresholds, scale)] if use_dropout else None
+            logits = forward(s, x, cfg, True, keys)
+            loss = F.cross_entropy(logits.transpose(1, 2), data.train_y[idx], reduction="none").mean(1)
+            loss.sum().backward()  # cells are independent: each gets the gradient of its own loss
+            opt.step()
+            total += loss.detach()
+            step += 1
+        train_loss = (total / steps).tolist()
+        test_loss, test_acc = evaluate(s, data, cfgs)
+        seconds = time.perf_counter() - start
+        for j, cell in enumerate(cells):
+            if not alive[j]:
+                continue
+            ok = math.isfinite(train_loss[j])
+            rows[j].append(dict(epoch=epoch, train_loss=train_loss[j], test_loss=test_loss[j].item(),
+                                test_acc=test_acc[j].item(), seconds=seconds, status="ok" if ok else "diverged"))
+            if on_epoch:
+                on_epoch(cell, epoch, train_loss[j])
+            if not ok:
+                alive[j] = False
+                for r in rows[j]:
+                    r["status"] = "diverged"
+        if not any(alive):
+            break
+    return rows

@@ -1,0 +1,85 @@
+import math
+
+import pytest
+import torch
+
+from ablate import engine, fused
+from ablate.data import load
+from ablate.study import Study, cells, validate
+
+BASE = dict(hidden=(64, 32), activation="relu", lr=0.05, momentum=0.5, batch_size=50, epochs=1,
+            train_subset=5000)
+VARIANTS = {
+    "sgd": {},
+    "dropout+flip+norm+bn": dict(dropout=0.3, hflip=True, normalize=True, batchnorm=True),
+    "adam+bn+sigmoid": dict(optimizer="adam", lr=0.002, batchnorm=True, activation="sigmoid"),
+}
+
+
+def group(precision, extra, seeds=2):
+    base = {**BASE, **extra, "precision": precision}
+    lr = base["lr"]
+    st = validate(Study(name="t", dataset="mnist", base=base, seeds=seeds,
+                        factors=dict(lr=[lr, 2 * lr], weight_decay=[0.0, 1e-3])))
+    return cells(st)
+
+
+def in_groups(cs, data, size):
+    rows = []
+    for i in range(0, len(cs), size):
+        rows += engine.train(cs[i:i + size], data, "mlp", "cpu")
+    return rows
+
+
+# Tolerances: in fp64 the fused and plain paths differ only in the order of float sums
+# (bmm vs mm); after 100 steps we measured <= 5e-16 relative, so 1e-10 leaves room for
+# other BLAS builds. In fp32 SGD we measured 1.4e-7 and allow 1e-4. Adam divides by
+# sqrt(v), tiny early on, so fp32 rounding grows: 1.5e-4 on the test loss and 2 test
+# samples after 100 steps; it is checked in fp64, where the maths is shown to match.
+CASES = [("fp64", v) for v in VARIANTS] + [("fp32", v) for v in VARIANTS if not v.startswith("adam")]
+
+
+@pytest.mark.parametrize("precision, variant", CASES)
+def test_a_cell_is_itself_in_groups_of_1_3_and_8(data_dir, precision, variant):
+    rel = 1e-10 if precision == "fp64" else 1e-4
+    data = load("mnist", "cpu", data_dir)
+    cs = group(precision, VARIANTS[variant])
+    assert len(cs) == 8
+    alone, threes, eight = (in_groups(cs, data, n) for n in (1, 3, 8))
+    for a, b, c in zip(alone, threes, eight, strict=True):
+        for key in ("train_loss", "test_loss"):
+            assert math.isclose(a[0][key], b[0][key], rel_tol=rel), (key, a[0][key], b[0][key])
+            assert math.isclose(a[0][key], c[0][key], rel_tol=rel), (key, a[0][key], c[0][key])
+        assert abs(a[0]["test_acc"] - c[0]["test_acc"]) <= 1 / 10000  # within one test sample
+        assert abs(a[0]["test_acc"] - b[0]["test_acc"]) <= 1 / 10000
+
+
+def test_a_group_repeats_bitwise_in_deterministic_mode(data_dir):
+    data = load("mnist", "cpu", data_dir)
+    engine.configure(deterministic=True)
+    try:
+        cs = group("fp32", VARIANTS["dropout+flip+norm+bn"])
+        strip = lambda rows: [[{k: v for k, v in r.items() if k != "seconds"} for r in c] for c in rows]  # noqa: E731
+        assert strip(fused.train(cs, data, "cpu")) == strip(fused.train(cs, data, "cpu"))
+    finally:
+        engine.configure(deterministic=False)
+
+
+def test_a_diverging_cell_stops_inside_its_group_and_the_others_go_on(data_dir):
+    data = load("mnist", "cpu", data_dir)
+    st = validate(Study(name="t", dataset="mnist", base={**BASE, "epochs": 3, "train_subset": 1000},
+                        factors=dict(lr=[0.05, 1e30]), seeds=1))
+    cs = cells(st)
+    rows = fused.train(cs, data, "cpu")
+    assert [r["status"] for r in rows[0]] == ["ok"] * 3
+    assert len(rows[1]) < 3 and all(r["status"] == "diverged" for r in rows[1])
+    alone = engine.train_cell(cs[0], data, "mlp", "cpu")
+    assert [r["train_loss"] for r in rows[0]] == pytest.approx([r["train_loss"] for r in alone], rel=1e-5)
+
+
+def test_cells_of_another_shape_or_a_study_model_do_not_fuse():
+    cs = group("fp32", {})
+    assert fused.can_fuse(cs, "mlp")
+    other = validate(Study(name="t", dataset="mnist", base={**BASE, "hidden": (16,)}, seeds=1))
+    assert not fused.can_fuse(cs + cells(other), "mlp")
+    assert not fused.can_fuse(cs, lambda cfg: torch.nn.Linear(784, 10))
