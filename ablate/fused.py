@@ -85,16 +85,17 @@ class Optimizer:
         self.params, self.kind, self.step_n = params, cells[0].config["optimizer"], 0
         self.lr, self.momentum, self.wd = col("lr"), col("momentum"), col("weight_decay")
         self.state = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
+        self.any_wd = bool((self.wd != 0).any())
 
     @torch.no_grad()
     def step(self) -> None:
         self.step_n += 1
         for p, (m1, m2) in zip(self.params, self.state, strict=True):
             shape = (-1,) + (1,) * (p.dim() - 1)
-            g = p.grad + self.wd.view(shape) * p
+            g = p.grad.addcmul_(self.wd.view(shape), p) if self.any_wd else p.grad
             if self.kind == "sgd":
                 m1.mul_(self.momentum.view(shape)).add_(g)
-                p.sub_(self.lr.view(shape) * m1)
+                p.addcmul_(self.lr.view(shape), m1, value=-1)
             else:
                 b1, b2 = ADAM_BETAS
                 m1.lerp_(g, 1 - b1)
@@ -102,6 +103,19 @@ class Optimizer:
                 denom = (m2.sqrt() / math.sqrt(1 - b2 ** self.step_n)).add_(ADAM_EPS)
                 p.sub_((self.lr / (1 - b1 ** self.step_n)).view(shape) * m1 / denom)
             p.grad = None
+
+
+def prepare(data: Data, raw: torch.Tensor, norm: list[bool], flips: torch.Tensor | None) -> torch.Tensor:
+    """uint8 [G, B, C, H, W] (or [B, ...] shared by all cells) -> float [G or 1, B, C*H*W]; each
+    cell normalised or not, mirrored where `flips` [G, B] says. Skips the work no cell asks for."""
+    if all(norm) or not any(norm):
+        x = to_float(data, raw, norm[0])
+    else:
+        x = torch.where(torch.tensor(norm, device=raw.device).view(-1, 1, 1, 1, 1),
+                        to_float(data, raw, True), to_float(data, raw, False))
+    if flips is not None:
+        x = hflip(x, flips)
+    return x.flatten(-3) if x.dim() == 5 else x.flatten(-3)[None]
 
 
 def can_fuse(cells: list[Cell], model) -> bool:
@@ -112,13 +126,12 @@ def can_fuse(cells: list[Cell], model) -> bool:
 def evaluate(s: Stack, data: Data, cfgs: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-cell mean test loss and accuracy, [G] each; normalisation may differ per cell."""
     g = len(cfgs)
-    norm = torch.tensor([c["normalize"] for c in cfgs], device=data.test_x.device)
+    norm = [c["normalize"] for c in cfgs]
     loss = torch.zeros(g, device=data.test_x.device, dtype=s.w[0].dtype)
     correct = torch.zeros(g, device=data.test_x.device, dtype=torch.int64)
     for i in range(0, len(data.test_x), EVAL_BATCH):
-        raw = data.test_x[i:i + EVAL_BATCH]
-        x = torch.where(norm.view(g, 1, 1, 1, 1), to_float(data, raw, True), to_float(data, raw, False))
-        logits = forward(s, x.flatten(2).to(s.w[0].dtype), cfgs[0], False, None)
+        x = prepare(data, data.test_x[i:i + EVAL_BATCH], norm, None)
+        logits = forward(s, x.expand(g, -1, -1).to(s.w[0].dtype), cfgs[0], False, None)
         y = data.test_y[i:i + EVAL_BATCH].expand(g, -1)
         loss += F.cross_entropy(logits.transpose(1, 2), y, reduction="none").sum(1)
         correct += (logits.argmax(-1) == y).sum(1)
@@ -137,8 +150,9 @@ def train(cells: list[Cell], data: Data, device, on_epoch: Callable | None = Non
     seeds = torch.tensor([[c.seed] for c in cells], device=device)
     n = min(cfg["train_subset"] or len(data.train_x), len(data.train_x))
     bs, steps = cfg["batch_size"], math.ceil(n / cfg["batch_size"])
-    norm = torch.tensor([c["normalize"] for c in cfgs], device=device).view(g, 1, 1, 1, 1)
+    norm = [c["normalize"] for c in cfgs]
     flip_on = torch.tensor([c["hflip"] for c in cfgs], device=device).view(g, 1)
+    any_flip = any(c["hflip"] for c in cfgs)
     p = torch.tensor([c["dropout"] for c in cfgs], device=device, dtype=dtype)
     use_dropout = bool((p > 0).any())
     thresholds = torch.tensor([rng.threshold(c["dropout"]) for c in cfgs], device=device).view(g, 1, 1)
@@ -150,13 +164,12 @@ def train(cells: list[Cell], data: Data, device, on_epoch: Callable | None = Non
     for epoch in range(1, cfg["epochs"] + 1):
         start = time.perf_counter()
         order = rng.permutation(rng.key(seeds, rng.ORDER, epoch), n, device)  # [G, n]
-        flips = (rng.uniform24(rng.key(seeds, rng.FLIP, epoch), n, device) < rng.threshold(0.5)) & flip_on
+        if any_flip:
+            flips = (rng.uniform24(rng.key(seeds, rng.FLIP, epoch), n, device) < rng.threshold(0.5)) & flip_on
         total = torch.zeros(g, device=device, dtype=dtype)
         for i in range(0, n, bs):
             idx = order[:, i:i + bs]
-            raw = data.train_x[idx]  # [G, B, C, H, W] uint8, gathered on the device
-            x = torch.where(norm, to_float(data, raw, True), to_float(data, raw, False))
-            x = hflip(x, flips[:, i:i + bs]).flatten(2).to(dtype)
+            x = prepare(data, data.train_x[idx], norm, flips[:, i:i + bs] if any_flip else None).to(dtype)
             keys = [rng.key(k, step) for k in layer_keys] + [(thresholds, scale)] if use_dropout else None
             logits = forward(s, x, cfg, True, keys)
             loss = F.cross_entropy(logits.transpose(1, 2), data.train_y[idx], reduction="none").mean(1)

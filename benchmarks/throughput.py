@@ -1,0 +1,213 @@
+"""Throughput, side by side in one run: the tutorial loop vs ablate's plain path vs fused groups.
+
+(a) tutorial: torchvision MNIST + ToTensor + DataLoader(shuffle=True), one model, .to(device) per batch;
+(b) ablate, groups of 1 (the plain path); (c) ablate fused, groups of 2, 4, ... up to --max-group.
+Every measurement is one full epoch (or --quick's subset) after a warm-up, on the same device.
+
+    python benchmarks/throughput.py [--workload reference|fashion|both] [--device auto] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import math
+import os
+import platform
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ablate import data as datasets  # noqa: E402
+from ablate import engine  # noqa: E402
+from ablate.runner import device_name  # noqa: E402
+from ablate.study import Study, cells, validate  # noqa: E402
+
+WORKLOADS = {  # the reference study's baseline cell, and the Fashion-MNIST tutorial's MLP
+    "reference": ("mnist", dict(hidden=(512, 256), activation="sigmoid", dropout=0.5, lr=0.01, momentum=0.5,
+                                batch_size=32, epochs=10)),
+    "fashion": ("fashion_mnist", dict(hidden=(256, 128), activation="relu", lr=0.01, batch_size=64, epochs=30)),
+}
+REFERENCE_CELL_SAMPLES = 10 * 60_000  # one cell of studies/mnist_mlp.py: 10 epochs of 60k samples
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def flops_per_sample(hidden) -> int:
+    """Training FLOPs per sample: 2 per multiply-add forward, 4 backward (input and weight grads)."""
+    widths = [784, *hidden, 10]
+    return 6 * sum(a * b for a, b in zip(widths, widths[1:], strict=False))
+
+
+def torchvision_root(name: str, cache: Path) -> Path:
+    """torchvision wants the unzipped IDX files under <root>/<Folder>/raw/."""
+    folder = datasets.SOURCES[name][0]
+    raw = cache / folder / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for path in datasets.locate(name):
+        target = raw / path.name.removesuffix(".gz")
+        if not target.exists():
+            with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f, open(target, "wb") as out:
+                shutil.copyfileobj(f, out)
+    return cache
+
+
+def tutorial_epoch(name, cfg, device, limit, cache) -> tuple[int, float]:
+    """The notebook loop; returns (samples, seconds) of one timed epoch after 50 warm-up steps."""
+    import torchvision
+    from torchvision import transforms
+
+    cls = getattr(torchvision.datasets, datasets.SOURCES[name][1])
+    ds = cls(str(torchvision_root(name, cache)), train=True, download=False, transform=transforms.ToTensor())
+    if limit:
+        ds = torch.utils.data.Subset(ds, range(limit))
+    loader = torch.utils.data.DataLoader(ds, batch_size=cfg["batch_size"], shuffle=True)
+    layers, width = [nn.Flatten()], 784
+    act = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid}[cfg["activation"]]
+    for h in cfg["hidden"]:
+        layers += [nn.Linear(width, h), act()] + ([nn.Dropout(cfg["dropout"])] if cfg.get("dropout") else [])
+        width = h
+    model = nn.Sequential(*layers, nn.Linear(width, 10)).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg.get("momentum", 0.0))
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step(x, y):
+        x, y = x.to(device), y.to(device)
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+
+    for i, (x, y) in enumerate(loader):  # warm-up
+        step(x, y)
+        if i == 50:
+            break
+    sync(device)
+    start = time.perf_counter()
+    for x, y in loader:
+        step(x, y)
+    sync(device)
+    return len(ds), time.perf_counter() - start
+
+
+def ablate_epoch(name, cfg, device, limit, g) -> tuple[int, float]:
+    """G cells (seeds 0..G-1) for one epoch through engine.train; returns (cell-samples, seconds)."""
+    data = datasets.load(name, device)
+    base = {**cfg, "epochs": 1, "train_subset": limit or None}
+    group = cells(validate(Study(name="bench", dataset=name, base=base, seeds=g)))
+    warm = cells(validate(Study(name="bench", dataset=name, base={**base, "train_subset": 50 * cfg["batch_size"]},
+                                seeds=g)))
+    engine.train(warm, data, "mlp", device)
+    sync(device)
+    start = time.perf_counter()
+    engine.train(group, data, "mlp", device)
+    sync(device)
+    n = limit or len(data.train_x)
+    return g * n, time.perf_counter() - start
+
+
+def cpu_peak() -> tuple[float, str]:
+    """Dense fp32 peak: cores x GHz x FLOPs per cycle (2 FMA units x 8 lanes x 2 with AVX2; x2 with AVX-512)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    ghz = max([float(m) for m in re.findall(r"cpu MHz\s*:\s*([\d.]+)", info)] or [2500.0]) / 1000
+    per_cycle = 64 if "avx512f" in info else 32 if "avx2" in info else 16
+    cores = len(os.sched_getaffinity(0))
+    return cores * ghz * 1e9 * per_cycle, f"{cores} cores x {ghz:.2f} GHz x {per_cycle} FLOP/cycle"
+
+
+def device_limits(device) -> tuple[float, float, str]:
+    """(peak FLOP/s, memory bytes/s, how each was found)."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        known = {"H100": (67e12, 3.35e12), "H200": (67e12, 4.8e12), "A100": (19.5e12, 2.0e12)}  # fp32 non-tensor
+        for key, (peak, bw) in known.items():
+            if key in name:
+                return peak, bw, f"{name}: datasheet fp32 {peak / 1e12:.1f} TFLOP/s, {bw / 1e12:.2f} TB/s"
+    peak, how = cpu_peak()
+    x = torch.empty(64 * 2**20, dtype=torch.float32, device=device)  # 256 MiB: far past any cache
+    y = torch.empty_like(x)
+    y.copy_(x)
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(5):
+        y.copy_(x)
+    sync(device)
+    bw = 5 * 2 * x.numel() * 4 / (time.perf_counter() - start)
+    return peak, bw, f"{how}; copy bandwidth measured {bw / 1e9:.1f} GB/s"
+
+
+def intensity(cfg) -> float:
+    """FLOPs per DRAM byte of one fused step: weights read forward and backward, gradient written,
+    momentum read and written, weights written (6 passes of 4 bytes), plus the batch's activations."""
+    widths = [784, *cfg["hidden"], 10]
+    params = sum(a * b + b for a, b in zip(widths, widths[1:], strict=False))
+    acts = cfg["batch_size"] * sum(widths) * 4 * 3  # written forward, read backward, grads
+    return cfg["batch_size"] * flops_per_sample(cfg["hidden"]) / (6 * 4 * params + acts)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workload", choices=[*WORKLOADS, "both"], default="both")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--max-group", type=int, default=None, help="largest group (default 16 on CPU, 512 on GPU)")
+    ap.add_argument("--quick", action="store_true", help="6,400-sample epochs and groups up to 4: a smoke run")
+    ap.add_argument("--csv", default="benchmarks/throughput.csv")
+    args = ap.parse_args()
+    device = engine.pick_device(args.device)
+    engine.configure(deterministic=False)
+    limit = 6400 if args.quick else 0
+    top = args.max_group or (4 if args.quick else 512 if device.type == "cuda" else 16)
+    peak, bw, how = device_limits(device)
+    cache = datasets.cache_dir() / "torchvision"
+    names = list(WORKLOADS) if args.workload == "both" else [args.workload]
+    print(f"device: {device_name(device)}; "
+          f"torch {torch.__version__}, {platform.python_version()}; {time.strftime('%Y-%m-%d')}")
+    print(f"roofline inputs: {how}")
+    rows = []
+    for name in names:
+        dataset, cfg = WORKLOADS[name]
+        fps = flops_per_sample(cfg["hidden"])
+        n, s = tutorial_epoch(dataset, cfg, device, limit, cache)
+        tut = n / s
+        measured = [("tutorial", 1, n, s)]
+        g = 1
+        while g <= top:
+            try:
+                samples, secs = ablate_epoch(dataset, cfg, device, limit, g)
+            except torch.OutOfMemoryError:
+                break
+            measured.append(("ablate" if g == 1 else "fused", g, samples, secs))
+            g *= 2
+        for mode, g, samples, secs in measured:
+            rate = samples / secs
+            bound = min(peak, bw * intensity(cfg))
+            rows.append(dict(workload=name, mode=mode, group=g, cell_samples_per_s=round(rate),
+                             reference_cells_per_hour=round(rate * 3600 / REFERENCE_CELL_SAMPLES, 1),
+                             speedup=round(rate / tut, 2), gflops=round(rate * fps / 1e9, 2),
+                             roofline_gflops=round(bound / 1e9, 1), pct_roofline=round(100 * rate * fps / bound, 1)))
+    print(f"\n{'workload':10} {'mode':8} {'G':>4} {'cell-samples/s':>15} {'ref cells/h':>12} {'speedup':>8} "
+          f"{'GFLOP/s':>8} {'bound':>8} {'% bound':>8}")
+    for r in rows:
+        print(f"{r['workload']:10} {r['mode']:8} {r['group']:>4} {r['cell_samples_per_s']:>15,} "
+              f"{r['reference_cells_per_hour']:>12} {r['speedup']:>7}x {r['gflops']:>8} {r['roofline_gflops']:>8} "
+              f"{r['pct_roofline']:>7}%")
+    Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.csv, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print(f"\nwritten: {args.csv}; bound = min(peak, bandwidth x intensity); intensity "
+          + ", ".join(f"{n}: {intensity(WORKLOADS[n][1]):.1f} FLOP/B" for n in names))
+    return 0 if math.isfinite(rows[-1]["speedup"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
