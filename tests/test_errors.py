@@ -1,0 +1,133 @@
+"""The catalogue of user mistakes: each is one line on stderr naming the file and the key or
+value and what was expected, exit 2 (1 for runtime failures), no traceback, nothing written."""
+import gzip
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from ablate.cli import app
+from conftest import TINY, write_study
+
+cli = CliRunner()
+
+
+def tiny(**over) -> str:
+    args = dict(name="tiny", epochs=1, seeds=2, design="grid", factors="dict(activation=['relu', 'sigmoid'])")
+    args.update(over)
+    return TINY.format(**args)
+
+
+def bad_base(key_value: str) -> str:
+    return tiny().replace("train_subset=512", f"train_subset=512, {key_value}")
+
+
+STUDIES = {  # id: (study text, exit code, words the line must hold)
+    "syntax error": ("from ablate import Study\nstudy = Study(name='x',\n", 2, ["study.py:2", "syntax error"]),
+    "no study": ("x = 1\n", 2, ["study.py", "defines no `study`"]),
+    "study of the wrong type": ("study = {'name': 'x'}\n", 2, ["study.py", "dict", "ablate.Study"]),
+    "error inside the file": ("from ablate import Study\n\nstudy = Study(name=nme)\n", 2, ["study.py:3", "nme"]),
+    "unknown key": (bad_base("lrr=0.1"), 2, ["study.py", "lrr", "did you mean 'lr'"]),
+    "unknown level": (tiny(factors="dict(activation=['relu', 'swish'])"), 2,
+                      ["study.py", "activation", "'swish'", "sigmoid, relu, tanh, gelu"]),
+    "dropout out of range": (bad_base("dropout=1.5").replace("dropout=0.0, ", ""), 2,
+                             ["study.py", "dropout=1.5", "0 <= p < 1"]),
+    "negative lr": (tiny().replace("lr=0.05", "lr=-1"), 2, ["study.py", "lr=-1", "> 0"]),
+    "zero epochs": (tiny(epochs=0), 2, ["study.py", "epochs=0", ">= 1"]),
+    "zero batch": (tiny().replace("batch_size=64", "batch_size=0"), 2, ["study.py", "batch_size=0", ">= 1"]),
+    "zero seeds": (tiny(seeds=0), 2, ["study.py", "seeds=0", "int >= 1"]),
+    "empty factor": (tiny(factors="dict(activation=[])"), 2, ["study.py", "activation", "no levels"]),
+    "duplicate levels": (tiny(factors="dict(activation=['relu', 'relu'])"), 2, ["study.py", "activation", "twice"]),
+    "baseline not a level": (tiny(factors="dict(activation=['sigmoid', 'tanh'])"), 2,
+                             ["study.py", "activation", "baseline 'relu'", "not among its levels"]),
+    "unknown dataset": (tiny().replace('dataset="mnist"', 'dataset="imagenet"'), 2,
+                        ["study.py", "'imagenet'", "mnist, fashion_mnist"]),
+    "wrong type": (bad_base("batchnorm='yes'"), 2, ["study.py", "batchnorm='yes'", "True or False"]),
+}
+
+
+def check(result, code, words, tmp_path):
+    assert result.exit_code == code, (result.exit_code, result.output)
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert "Traceback" not in result.output
+    for w in words:
+        assert w in result.stderr, (w, result.stderr)
+    assert not (tmp_path / "res").exists()
+
+
+@pytest.mark.parametrize("case", list(STUDIES))
+def test_bad_study_files(tmp_path, case):
+    text, code, words = STUDIES[case]
+    path = tmp_path / "study.py"
+    path.write_text(text)
+    check(cli.invoke(app, ["run", str(path), "--out", str(tmp_path / "res")]), code, words, tmp_path)
+
+
+def test_missing_study_file(tmp_path):
+    r = cli.invoke(app, ["run", str(tmp_path / "nope.py"), "--out", str(tmp_path / "res")])
+    check(r, 2, ["nope.py", "no such study file"], tmp_path)
+
+
+@pytest.mark.parametrize("value, words", [("hidden=(64,", ["--set", "does not parse"]),
+                                          ("epochs", ["--set", "key=value"])])
+def test_set_values_that_do_not_parse(tmp_path, value, words):
+    r = cli.invoke(app, ["run", str(write_study(tmp_path)), "--out", str(tmp_path / "res"), "--set", value])
+    check(r, 2, words, tmp_path)
+
+
+def _copy_mnist(src, dst):
+    raw = dst / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in (src / "MNIST" / "raw").iterdir():
+        shutil.copy(f, raw / f.name)
+    return raw
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("missing", ["dataset mnist", "files not found"]),
+    ("bad gzip", ["train-images-idx3-ubyte.gz", "cannot read it"]),
+    ("wrong magic", ["train-images-idx3-ubyte.gz", "not an IDX file", "magic 00000d03"]),
+])
+def test_dataset_files_missing_or_corrupt(tmp_path, data_dir, monkeypatch, damage, words):
+    import torchvision.datasets as tvd
+
+    from ablate import data
+
+    monkeypatch.setenv("ABLATE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "DEBIAN", {})
+    monkeypatch.setattr(tvd, "MNIST", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    raw = _copy_mnist(data_dir, tmp_path / "data")
+    images = raw / "train-images-idx3-ubyte.gz"
+    if damage == "missing":
+        images.unlink()
+    elif damage == "bad gzip":
+        images.write_bytes(b"not gzip at all")
+    else:
+        images.write_bytes(gzip.compress(b"\x00\x00\x0d\x03" + b"\x00" * 64))
+    r = cli.invoke(app, ["run", str(write_study(tmp_path)), "--out", str(tmp_path / "res"),
+                         "--data-dir", str(tmp_path / "data")])
+    check(r, 1, words, tmp_path)
+
+
+def test_results_directory_not_writable(tmp_path, data_dir):
+    (tmp_path / "file").write_text("")
+    r = cli.invoke(app, ["run", str(write_study(tmp_path)), "--out", str(tmp_path / "file" / "res")])
+    check(r, 1, [str(tmp_path / "file" / "res" / "tiny"), "cannot write results here"], tmp_path)
+
+
+@pytest.mark.parametrize("make", ["missing", "empty"])
+def test_report_and_show_on_a_missing_or_empty_directory(tmp_path, make):
+    if make == "empty":
+        (tmp_path / "d").mkdir()
+    for command in ("report", "show"):
+        r = cli.invoke(app, [command, str(tmp_path / "d")])
+        check(r, 1, [str(tmp_path / "d")], tmp_path)
+
+
+def test_a_cuda_device_that_is_not_there(tmp_path, data_dir):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    r = cli.invoke(app, ["run", str(write_study(tmp_path)), "--out", str(tmp_path / "res"), "--device", "cuda"])
+    check(r, 2, ["--device cuda", "no CUDA device"], tmp_path)
