@@ -1,4 +1,4 @@
-"""nox sessions: `tests` (the suite), `study` (the reference study end to end)."""
+"""nox sessions: `tests` (the suite), `repro` (reproducibility checks), `study` (the reference study)."""
 import os
 from pathlib import Path
 
@@ -21,6 +21,13 @@ def _env() -> dict:
 def tests(session):
     session.install("-c", "constraints.txt", "-e", ".[test]")
     session.run("pytest", *(session.posargs or ["-q"]), env=_env())
+
+
+@nox.session
+def repro(session):
+    """Same study twice from scratch with --deterministic: bitwise equal; another --max-group: within 1e-4."""
+    session.install("-c", "constraints.txt", "-e", ".[test]")
+    session.run("pytest", "-q", "-m", "repro", *session.posargs, env=_env())
 
 
 @nox.session

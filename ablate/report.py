@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +64,8 @@ def chart_final(fin, summary, factors, metric, out):
 def chart_curves(df, factors, metric, out):
     """Mean learning curve per design point with a 95% CI band."""
     cur = stats.curves(df, factors, metric)
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    n_lines = cur.groupby(factors).ngroups if factors else 1
+    fig, ax = plt.subplots(figsize=(9, 4.5 + 0.22 * math.ceil(n_lines / 2)))
     palette = sns.color_palette("tab10", n_colors=max(1, cur.groupby(factors).ngroups if factors else 1))
     for color, (key, g) in zip(palette, cur.groupby(factors, sort=False) if factors else [((), cur)], strict=False):
         key = key if isinstance(key, tuple) else (key,)
@@ -71,7 +73,7 @@ def chart_curves(df, factors, metric, out):
         ax.plot(g.epoch, g["mean"], color=color, label=f"{name} (n={g.n.min()})", marker="o", markersize=3)
         ax.fill_between(g.epoch, g.ci_low, g.ci_high, color=color, alpha=0.15, linewidth=0)
     ax.set(xlabel="epoch", ylabel=metric)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     _save(fig, out, "curves")
 
 
@@ -194,11 +196,11 @@ def page(rep: Report, manifest: dict, fin: pd.DataFrame, factors: list[str], met
         parts += ["<h2>Effects against the baseline</h2><figure>", _img(rep.path, "effects"),
                   "<figcaption>Each level minus its baseline, paired by seed and averaged over the other factors' "
                   "levels; 95% t interval over seeds; n = pairs (seeds). Filled: significant at 0.05 after Holm "
-                  "across all rows (paired t test).</figcaption></figure>", _table(rep.effects)]
+                  "across all rows (paired t test).</figcaption></figure>", _table(rep.effects.drop(columns=["test"]))]
     if len(rep.claims):
         parts += ["<h2>Claims against the measurements</h2><figure>", _img(rep.path, "claims"),
                   "<figcaption>Each published single-run value beside the mean of the cells it describes and "
-                  "its 95% t interval; n = seeds.</figcaption></figure>", _table(rep.claims)]
+                  "its 95% t interval; n = seeds.</figcaption></figure>", _table(rep.claims.drop(columns=["metric"]))]
     parts.append(f"<p class=meta>Generated {e(time.strftime('%Y-%m-%d %H:%M'))} by ablate report from "
                  f"{e(str(rep.path.parent))}.</p></html>")
     return "\n".join(parts)
