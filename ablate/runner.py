@@ -78,6 +78,13 @@ def groups(todo: list[Cell], max_group: int) -> list[list[Cell]]:
     return [g[i:i + max_group] for g in by_key.values() for i in range(0, len(g), max_group)]
 
 
+def file_name(group: list[Cell]) -> str:
+    """A cell's id, or for a group a hash of its members' ids."""
+    if len(group) == 1:
+        return group[0].id
+    return "g" + hashlib.sha256(" ".join(c.id for c in group).encode()).hexdigest()[:16]
+
+
 def rows_for(study: Study, cell: Cell, epochs: list[dict]) -> list[dict]:
     """The tidy schema: study, cell, seed, one column per factor, the epoch's metrics, config JSON."""
     config = json.dumps(cell.config, sort_keys=True, default=list)
@@ -145,8 +152,11 @@ def run(study: Study, out: str | Path = "results", device: str = "auto", max_gro
                         torch.cuda.empty_cache()
                     queue[:0] = [group[:half], group[half:]]
                     continue
+                # one file per group: a group is stored whole or not at all, so a rerun after a
+                # crash forms the same groups and repeats the same numbers bitwise
+                store.write([r for c, e in zip(group, results, strict=True) for r in rows_for(study, c, e)],
+                            file_name(group))
                 for cell, epochs in zip(group, results, strict=True):
-                    store.write(rows_for(study, cell, epochs), cell.id)
                     summary.trained += 1
                     if epochs[-1]["status"] == "diverged":
                         summary.diverged.append(cell.id)

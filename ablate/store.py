@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,15 +39,30 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, write: Callable) -> None:
+_writes: dict[str, int] = {}
+
+
+def _fault(kind: str, point: str) -> None:
+    """Test-only: ABLATE_TEST_KILL=kind:n:point makes the process SIGKILL itself at `point`
+    ("written": temp file complete, not renamed; "renamed": before the folder's fsync) of
+    its n-th write of `kind` (parquet or manifest), as a crash or power loss would."""
+    spec = os.environ.get("ABLATE_TEST_KILL")
+    if spec and spec.split(":") == [kind, str(_writes.get(kind, 0)), point]:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def atomic_write(path: Path, write: Callable, kind: str = "file") -> None:
     """write(f) into a hidden temp file beside `path`, fsync, rename over `path`, fsync the folder:
     a crash at any point leaves the old file or the new one, never a part."""
+    _writes[kind] = _writes.get(kind, 0) + 1
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
         write(f)
         f.flush()
         os.fsync(f.fileno())
+    _fault(kind, "written")
     os.replace(tmp, path)
+    _fault(kind, "renamed")
     _fsync_dir(path.parent)
 
 
@@ -115,7 +131,7 @@ class Store:
         """One finished cell or group's rows as <name>.parquet, atomically."""
         table = pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False)
         path = self.path / f"{name}.parquet"
-        atomic_write(path, lambda f: pq.write_table(table, f))
+        atomic_write(path, lambda f: pq.write_table(table, f), "parquet")
         return path
 
     def manifest(self) -> dict:
@@ -123,7 +139,7 @@ class Store:
 
     def write_manifest(self, manifest: dict) -> None:
         text = json.dumps(manifest, indent=2, sort_keys=True, default=str).encode()
-        atomic_write(self.path / MANIFEST, lambda f: f.write(text))
+        atomic_write(self.path / MANIFEST, lambda f: f.write(text), "manifest")
 
 
 def read_manifest(path: str | Path) -> dict:

@@ -1,0 +1,4 @@
+"""`python -m ablate` is the `ablate` command."""
+from .cli import main
+
+main()
