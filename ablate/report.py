@@ -171,9 +171,11 @@ def page(rep: Report, manifest: dict, fin: pd.DataFrame, factors: list[str], met
     name = manifest.get("study") or fin["study"].iloc[0]
     n_ok = sorted(rep.summary["n_seeds"].unique())
     ok_txt = f"n={n_ok[0]} for every cell" if len(n_ok) == 1 else f"n from {n_ok[0]} to {n_ok[-1]}"
-    when = (f"ran {e(runs[0]['started'])} to {e(runs[-1]['started'])} (last start) on {e(runs[-1]['device'])}, "
-            f"host {e(runs[-1]['host'])}; torch {e(runs[-1]['torch'])}, Python {e(runs[-1]['python'])}, "
-            f"ablate {e(runs[-1]['ablate'])}") if runs else "no manifest: run details unknown"
+    last = runs[-1] if runs else {}
+    started = (f"started {e(runs[0]['started'])}" if len(runs) == 1 else
+               f"{len(runs)} runs, the first started {e(runs[0]['started'])}, the last {e(last['started'])}")
+    when = (f"{started}; last on {e(last['device'])}, host {e(last['host'])}, torch {e(last['torch'])}, "
+            f"Python {e(last['python'])}, ablate {e(last['ablate'])}") if runs else "no manifest: run details unknown"
     diverged = fin[fin.status != "ok"]
     parts = [
         f"<!doctype html><html lang=en><meta charset=utf-8><title>{e(name)}: ablate report</title>",

@@ -67,3 +67,23 @@ def test_kill_9_anywhere_then_rerun_loses_and_duplicates_nothing(tmp_path, data_
     assert sum(landed.values()) >= KILLS - 2, dict(landed)
     assert landed["manifest:written"] + landed["manifest:renamed"] > 0
     assert landed["parquet:written"] + landed["parquet:renamed"] > 0 and landed["training"] > 0
+
+
+def test_ctrl_c_stops_fast_keeps_finished_cells_and_exits_130(tmp_path, data_dir):
+    study = write_study(tmp_path, epochs=30, factors=FACTORS)  # long enough to be mid-training
+    out = tmp_path / "res"
+    proc = subprocess.Popen(command(study, out)[:-2] + ["--max-group", "1"], env=env(data_dir),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while "training" not in (proc.stdout.readline() or "training"):
+        pass
+    deadline = time.time() + 60
+    while not parquet_files(out / "tiny") and time.time() < deadline:
+        time.sleep(0.05)  # wait for the first finished cell
+    proc.send_signal(signal.SIGINT)
+    sent = time.perf_counter()
+    _, err = proc.communicate(timeout=30)
+    assert time.perf_counter() - sent < 5
+    assert proc.returncode == 130, err
+    done = pd.read_parquet(out / "tiny")["cell"].nunique()
+    assert f"stopped: {done} of 8 cells done; run the same command to finish" in err
+    assert 1 <= done < 8 and "Traceback" not in err
