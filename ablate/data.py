@@ -99,19 +99,77 @@ def locate(name: str, data_dir: str | Path | None = None) -> list[Path]:
     return _find(folder, [cache_dir()])
 
 
-@functools.lru_cache(maxsize=4)
-def _load_cpu(name: str, data_dir: str | None) -> Data:
+def _data(name, train_x, train_y, test_x, test_y, origin: str) -> Data:
+    scaled = train_x.float().div_(255)
+    mean, std = scaled.mean(dim=(0, 2, 3)), scaled.std(dim=(0, 2, 3))
+    return Data(name, train_x, train_y.long(), test_x, test_y.long(), mean, std, int(train_y.max()) + 1, origin)
+
+
+def _idx_set(name: str, data_dir: str | None) -> Data:
     paths = locate(name, data_dir)
-    xs = [read_idx(p) for p in paths]
-    train_x, train_y, test_x, test_y = xs
+    train_x, train_y, test_x, test_y = (read_idx(p) for p in paths)
     for x, y, p in ((train_x, train_y, paths[0]), (test_x, test_y, paths[2])):
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
             raise DataError(f"{p}: images {tuple(x.shape)} and labels {tuple(y.shape)} do not match")
-    train_x, test_x = train_x[:, None], test_x[:, None]  # [N, 1, 28, 28]
-    scaled = train_x.float().div_(255)
-    mean, std = scaled.mean(dim=(0, 2, 3)), scaled.std(dim=(0, 2, 3))
-    return Data(name, train_x, train_y.long(), test_x, test_y.long(), mean, std,
-                int(train_y.max()) + 1, str(paths[0].parent))
+    return _data(name, train_x[:, None], train_y, test_x[:, None], test_y, str(paths[0].parent))
+
+
+CIFAR = "cifar-10-batches-py"
+
+
+def read_cifar(folder: Path) -> tuple[torch.Tensor, ...]:
+    """The python-pickle CIFAR-10 batches: data_batch_1..5 and test_batch, each {data: uint8
+    [N, 3072], labels: [N]}, as uint8 [N, 3, 32, 32] images and int64 labels."""
+    import pickle
+
+    def batch(name):
+        path = folder / name
+        try:
+            with open(path, "rb") as f:
+                d = pickle.load(f, encoding="bytes")
+            x = torch.as_tensor(d[b"data"], dtype=torch.uint8).reshape(-1, 3, 32, 32)
+            return x, torch.as_tensor(d[b"labels"], dtype=torch.int64)
+        except (OSError, pickle.UnpicklingError, KeyError, ValueError, RuntimeError, EOFError) as e:
+            raise DataError(f"{path}: not a CIFAR-10 batch ({type(e).__name__}: {e})") from None
+
+    train = [batch(f"data_batch_{i}") for i in range(1, 6) if (folder / f"data_batch_{i}").exists()]
+    if not train:
+        raise DataError(f"{folder}: no data_batch_1..5 files")
+    test_x, test_y = batch("test_batch")
+    return torch.cat([x for x, _ in train]), torch.cat([y for _, y in train]), test_x, test_y
+
+
+def _cifar10(data_dir: str | None) -> Data:
+    given = data_dir or os.environ.get("ABLATE_DATA_DIR")
+    roots = ([Path(given)] if given else []) + [cache_dir()]
+    folder = next((r / CIFAR for r in roots if (r / CIFAR / "test_batch").is_file()), None)
+    if folder is None:
+        try:
+            import torchvision.datasets as tvd
+
+            tvd.CIFAR10(str(cache_dir()), train=True, download=True)
+            folder = cache_dir() / CIFAR
+        except Exception as e:
+            where = ", ".join(str(r) for r in roots)
+            raise DataError(f"dataset cifar10: {CIFAR}/ not found in {where} and the download failed "
+                            f"({type(e).__name__}); put the extracted {CIFAR}/ folder under --data-dir") from None
+    return _data("cifar10", *read_cifar(folder), str(folder))
+
+
+def _xor() -> Data:
+    """The four XOR points as 1x1x2 'images' (0 or 255); train and test are the same four."""
+    x = torch.tensor([[0, 0], [0, 255], [255, 0], [255, 255]], dtype=torch.uint8).view(4, 1, 1, 2)
+    y = torch.tensor([0, 1, 1, 0])
+    return _data("xor", x, y, x.clone(), y.clone(), "generated")
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cpu(name: str, data_dir: str | None) -> Data:
+    if name == "xor":
+        return _xor()
+    if name == "cifar10":
+        return _cifar10(data_dir)
+    return _idx_set(name, data_dir)
 
 
 def load(name: str, device: str | torch.device = "cpu", data_dir: str | Path | None = None) -> Data:

@@ -48,8 +48,17 @@ def epoch_flips(seed: int, epoch: int, n: int, device) -> torch.Tensor:
     return rng.uniform24(rng.key(seed, rng.FLIP, epoch), n, device) < rng.threshold(0.5)
 
 
+def criterion(logits: torch.Tensor, y: torch.Tensor, name: str, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy; "softmax_then_cross_entropy" first applies softmax, as one tutorial did by
+    mistake (cross_entropy applies log-softmax itself), which flattens the gradients."""
+    if name == "softmax_then_cross_entropy":
+        logits = F.softmax(logits, dim=1)
+    return F.cross_entropy(logits, y, reduction=reduction)
+
+
 @torch.no_grad()
-def evaluate(net: torch.nn.Module, data: Data, normalize: bool, dtype=torch.float32) -> tuple[float, float]:
+def evaluate(net: torch.nn.Module, data: Data, normalize: bool, dtype=torch.float32,
+             loss_name: str = "cross_entropy") -> tuple[float, float]:
     """Mean cross-entropy and accuracy (fraction) on the whole test set."""
     net.eval()
     loss = torch.zeros((), device=data.test_x.device, dtype=dtype)
@@ -57,7 +66,7 @@ def evaluate(net: torch.nn.Module, data: Data, normalize: bool, dtype=torch.floa
     for i in range(0, len(data.test_x), EVAL_BATCH):
         logits = net(to_float(data, data.test_x[i:i + EVAL_BATCH], normalize).to(dtype))
         y = data.test_y[i:i + EVAL_BATCH]
-        loss += F.cross_entropy(logits, y, reduction="sum")
+        loss += criterion(logits, y, loss_name, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
     n = len(data.test_x)
     return loss.item() / n, correct.item() / n
@@ -87,7 +96,7 @@ def train_cell(cell: Cell, data: Data, model, device, on_epoch: Callable | None 
             x = to_float(data, xs[idx], cfg["normalize"]).to(dtype)
             if flips is not None:
                 x = hflip(x, flips[s:s + bs])
-            loss = F.cross_entropy(net(x), ys[idx])
+            loss = criterion(net(x), ys[idx], cfg["loss"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -95,7 +104,7 @@ def train_cell(cell: Cell, data: Data, model, device, on_epoch: Callable | None 
             if trace is not None:
                 trace.append(loss.item())
         train_loss = total.item() / steps
-        test_loss, test_acc = evaluate(net, data, cfg["normalize"], dtype)
+        test_loss, test_acc = evaluate(net, data, cfg["normalize"], dtype, cfg["loss"])
         ok = math.isfinite(train_loss)
         rows.append(dict(epoch=epoch, train_loss=train_loss, test_loss=test_loss, test_acc=test_acc,
                          seconds=time.perf_counter() - start, status="ok" if ok else "diverged"))

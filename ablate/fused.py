@@ -27,7 +27,8 @@ EVAL_BATCH = 2000
 ACTIVATIONS = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "gelu": F.gelu}
 
 # a group shares every key that changes the graph or the loop; the rest may differ per cell
-SHAPE_KEYS = ("hidden", "activation", "batchnorm", "optimizer", "batch_size", "epochs", "train_subset", "precision")
+SHAPE_KEYS = ("hidden", "activation", "batchnorm", "optimizer", "batch_size", "epochs", "train_subset", "precision",
+              "layers", "loss")
 
 
 class Stack:
@@ -127,7 +128,8 @@ def prepare(data: Data, raw: torch.Tensor, norm: list[bool], flips: torch.Tensor
 
 
 def can_fuse(cells: list[Cell], model) -> bool:
-    return model == "mlp" and len({tuple(str(c.config[k]) for k in SHAPE_KEYS) for c in cells}) == 1
+    return (model == "mlp" and cells[0].config["loss"] == "cross_entropy"
+            and len({tuple(str(c.config[k]) for k in SHAPE_KEYS) for c in cells}) == 1)
 
 
 @torch.no_grad()

@@ -31,6 +31,19 @@ class Dropout(nn.Module):
         return f"p={self.p}"
 
 
+class Dropout2d(Dropout):
+    """Zeroes whole channels: one draw per (sample, channel), from the same seeded stream."""
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        k = rng.key(self.key, self.step)
+        self.step += 1
+        n, c = x.shape[:2]
+        keep = rng.uniform24(k, n * c, x.device).view(n, c, 1, 1) >= rng.threshold(self.p)
+        return x * keep * (1.0 / (1.0 - self.p))
+
+
 def mlp(config: dict, in_shape: tuple, classes: int, seed: int) -> nn.Sequential:
     """Flatten, then per hidden width: Linear, BatchNorm (optional), activation, Dropout (optional)."""
     layers, width = [nn.Flatten()], math.prod(in_shape)
@@ -60,7 +73,57 @@ def init_(model: nn.Module, scheme: str) -> None:
             fn(m.weight)
 
 
-BUILDERS = {"mlp": mlp}
+@torch.no_grad()
+def _out_shape(layers: list[nn.Module], in_shape: tuple) -> torch.Size:
+    """Shape of one zero image after `layers`; dropout and batchnorm keep shapes and are skipped,
+    so no mask is drawn and no running statistic moves."""
+    x = torch.zeros(1, *in_shape)
+    for m in layers:
+        if not isinstance(m, (Dropout, nn.BatchNorm1d, nn.BatchNorm2d)):
+            x = m(x)
+    return x.shape
+
+
+def cnn(config: dict, in_shape: tuple, classes: int, seed: int) -> nn.Sequential:
+    """The `layers` config as modules (see study.KEYS), then a Linear classifier; shapes are
+    found by passing a zero image through the layers built so far."""
+    layers: list[nn.Module] = []
+    shape = lambda: _out_shape(layers, in_shape)  # noqa: E731
+    drops = 0
+    for spec in config["layers"]:
+        kind, *args = spec.split(":")
+        if kind == "conv":
+            vals = [int(a) for a in args]
+            out, k, stride, pad = vals + [1, 0][len(vals) - 2:]
+            layers.append(nn.Conv2d(shape()[1], out, k, stride, pad))
+        elif kind == "maxpool":
+            layers.append(nn.MaxPool2d(int(args[0])))
+        elif kind == "act":
+            layers.append(ACTIVATIONS[config["activation"]]())
+        elif kind == "batchnorm":
+            s = shape()
+            layers.append(nn.BatchNorm2d(s[1]) if len(s) == 4 else nn.BatchNorm1d(s[1]))
+        elif kind in ("dropout", "dropout2d"):
+            layers.append((Dropout2d if kind == "dropout2d" else Dropout)(float(args[0]), seed, drops))
+            drops += 1
+        elif kind == "flatten":
+            layers.append(nn.Flatten())
+        elif kind == "fc":
+            if len(shape()) > 2:
+                layers.append(nn.Flatten())
+            layers.append(nn.Linear(shape()[1], int(args[0])))
+    if len(shape()) > 2:
+        layers.append(nn.Flatten())
+    layers.append(nn.Linear(shape()[1], classes))
+    return nn.Sequential(*layers)
+
+
+def linear(config: dict, in_shape: tuple, classes: int, seed: int) -> nn.Sequential:
+    """The perceptron: one Linear layer from the flattened input to the classes."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(in_shape), classes))
+
+
+BUILDERS = {"mlp": mlp, "cnn": cnn, "linear": linear}
 
 
 def build(model, config: dict, in_shape: tuple, classes: int, seed: int) -> nn.Module:

@@ -125,7 +125,7 @@ def build(results: str | Path, out: str | Path | None = None, metric: str = "tes
     fin = in_design_order(fin) if factors else fin
     summary = stats.summary(fin, factors, metric)
     effects = stats.effects(fin, factors, base, levels, metric)
-    claims = stats.claims(fin, [c for c in manifest.get("claims", []) if c.get("metric", "test_acc") == metric],
+    claims = stats.claims(df, [c for c in manifest.get("claims", []) if c.get("metric", "test_acc") == metric],
                           factors) if manifest.get("claims") else pd.DataFrame()
     out = Path(out) if out else results / REPORT
     try:

@@ -143,11 +143,14 @@ def effects(fin: pd.DataFrame, factors: list[str], baselines: dict, levels: dict
     return out
 
 
-def claims(fin: pd.DataFrame, claim_list: list[dict], factors: list[str]) -> pd.DataFrame:
-    """Each claim beside the mean and CI of the final metric over the ok cells its `where` selects."""
-    configs = fin["config"].map(json.loads)
+def claims(df: pd.DataFrame, claim_list: list[dict], factors: list[str]) -> pd.DataFrame:
+    """Each claim beside the mean and CI over the ok cells its `where` selects, of their final
+    metric or, where the claim names an epoch, of the metric at that epoch."""
     rows = []
+    last = final(df)
     for c in claim_list:
+        fin = last if c.get("epoch") is None else df[df["epoch"] == c["epoch"]]
+        configs = fin["config"].map(json.loads)
         mask = pd.Series(True, index=fin.index)
         for k, v in c["where"].items():
             col = fin[k] if k in factors else configs.map(lambda cfg, k=k: cfg.get(k))
@@ -157,7 +160,7 @@ def claims(fin: pd.DataFrame, claim_list: list[dict], factors: list[str]) -> pd.
         where = ", ".join(f"{k}={v}" for k, v in c["where"].items())
         rows.append(dict(where=where, claimed=c["value"], mean=mean, ci_low=lo, ci_high=hi, n_seeds=len(sel),
                          inside=bool(lo <= c["value"] <= hi) if len(sel) > 1 else False,
-                         source=c.get("source", ""), metric=c.get("metric", "test_acc")))
+                         source=c.get("source", ""), metric=c.get("metric", "test_acc"), epoch=c.get("epoch")))
     return pd.DataFrame(rows)
 
 

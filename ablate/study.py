@@ -26,8 +26,9 @@ class StudyError(AblateError):
     pass
 
 
-DATASETS = ("mnist", "fashion_mnist")
-MODELS = ("mlp",)
+DATASETS = ("mnist", "fashion_mnist", "cifar10", "xor")
+MODELS = ("mlp", "cnn", "linear")  # linear: one Linear layer, the perceptron
+LOSSES = ("cross_entropy", "softmax_then_cross_entropy")  # the latter: a tutorial's bug, kept to measure it
 DESIGNS = ("grid", "one_at_a_time")
 ACTIVATIONS = ("sigmoid", "relu", "tanh", "gelu")
 INITS = ("default", "kaiming_uniform", "kaiming_normal", "xavier_uniform")
@@ -47,7 +48,7 @@ BAD = object()  # a checker's answer for a value outside its key's range
 
 
 def _hidden(v):
-    ok = isinstance(v, (tuple, list)) and len(v) > 0 and all(_is_int(h) and h > 0 for h in v)
+    ok = isinstance(v, (tuple, list)) and all(_is_int(h) and h > 0 for h in v)  # (): no hidden layer
     return tuple(v) if ok else BAD
 
 
@@ -67,13 +68,24 @@ def _float(lo, hi=math.inf, lo_open=False):
     return check
 
 
+LAYER = re.compile(r"conv:\d+:\d+(:\d+(:\d+)?)?|maxpool:\d+|act|batchnorm|flatten|fc:\d+"
+                   r"|dropout(2d)?:(0(\.\d+)?|\.\d+)")
+
+
+def _layers(v):
+    """CNN layers as data: conv:OUT:K[:STRIDE[:PAD]], maxpool:K, act (the `activation` key),
+    batchnorm, dropout:P, dropout2d:P, flatten, fc:N; the classifier is appended."""
+    ok = isinstance(v, (tuple, list)) and len(v) > 0 and all(isinstance(x, str) and LAYER.fullmatch(x) for x in v)
+    return tuple(v) if ok else BAD
+
+
 def _int(lo, optional=False):
     return lambda v: v if (v is None and optional) or (_is_int(v) and v >= lo) else BAD
 
 
 # key -> (default, normaliser returning the canonical value or None, what is allowed)
 KEYS: dict[str, tuple[Any, Callable, str]] = {
-    "hidden": ((512, 256), _hidden, "a tuple of positive ints, e.g. (512, 256)"),
+    "hidden": ((512, 256), _hidden, "a tuple of positive ints, e.g. (512, 256), or () for none"),
     "activation": ("relu", _choice(ACTIVATIONS), "one of " + ", ".join(ACTIVATIONS)),
     "dropout": (0.0, _float(0.0, 1.0), "a number with 0 <= p < 1"),
     "batchnorm": (False, _flag, "True or False"),
@@ -88,6 +100,11 @@ KEYS: dict[str, tuple[Any, Callable, str]] = {
     "epochs": (10, _int(1), "an int >= 1"),
     "train_subset": (None, _int(1, optional=True), "None or an int >= 1"),
     "precision": ("fp32", _choice(PRECISIONS), "one of " + ", ".join(PRECISIONS)),
+    "layers": (("conv:10:5", "maxpool:2", "act", "conv:20:5", "dropout2d:0.5", "maxpool:2", "act", "flatten",
+                "fc:50", "act", "dropout:0.5"), _layers,
+               "a tuple of conv:OUT:K[:STRIDE[:PAD]], maxpool:K, act, batchnorm, dropout:P, dropout2d:P, "
+               "flatten, fc:N (model='cnn')"),
+    "loss": ("cross_entropy", _choice(LOSSES), "one of " + ", ".join(LOSSES)),
 }
 
 
@@ -112,6 +129,7 @@ class Claim:
     value: float
     source: str = ""
     metric: str = "test_acc"
+    epoch: int | None = None  # compare at this epoch (a shorter tutorial run is a prefix of a longer cell)
 
 
 @dataclass
@@ -147,10 +165,17 @@ def model_name(model) -> str:
     return model if isinstance(model, str) else "callable:" + getattr(model, "__qualname__", repr(model))
 
 
+# Keys added after the first release enter a cell's id only when set away from their
+# default, so a new key never orphans stored results.
+FIRST_KEYS = frozenset({"hidden", "activation", "dropout", "batchnorm", "init", "hflip", "normalize", "optimizer",
+                        "lr", "momentum", "weight_decay", "batch_size", "epochs", "train_subset"})
+
+
 def cell_id(dataset: str, model, config: dict, seed: int) -> str:
     """16 hex digits of sha256 over canonical JSON (sorted keys, tuples as lists) of
-    dataset, model name, full config and seed: stable across dict order, machines and
-    the other cells of the study."""
+    dataset, model name, config and seed: stable across dict order, machines and the
+    other cells of the study."""
+    config = {k: v for k, v in config.items() if k in FIRST_KEYS or v != KEYS[k][0]}
     blob = _canonical({"dataset": dataset, "model": model_name(model), "config": config, "seed": seed})
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
