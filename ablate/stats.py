@@ -157,7 +157,7 @@ def claims(df: pd.DataFrame, claim_list: list[dict], factors: list[str]) -> pd.D
             mask &= col.map(lambda x, w=hashable(v): hashable(x) == w).astype(bool)
         sel = fin[mask & (fin["status"] == "ok")][c.get("metric", "test_acc")]
         mean, _, lo, hi = interval(sel)
-        where = ", ".join(f"{k}={v}" for k, v in c["where"].items())
+        where = ", ".join(f"{k}={hashable(v)}" for k, v in c["where"].items())
         rows.append(dict(where=where, claimed=c["value"], mean=mean, ci_low=lo, ci_high=hi, n_seeds=len(sel),
                          inside=bool(lo <= c["value"] <= hi) if len(sel) > 1 else False,
                          source=c.get("source", ""), metric=c.get("metric", "test_acc"), epoch=c.get("epoch")))

@@ -126,3 +126,13 @@ def test_calibration_by_simulation():
     assert 0.92 <= coverage <= 0.98, msg
     assert false_pos <= 0.06, msg
     assert detected / n > 0.9, msg
+
+
+def test_a_claim_with_an_epoch_reads_that_epoch_of_longer_cells():
+    early = frame({(0, "x", s): y for s, y in enumerate([0.80, 0.82, 0.81])})
+    late = early.assign(epoch=2, test_acc=early["test_acc"] + 0.1)
+    df = pd.concat([early, late], ignore_index=True)
+    out = stats.claims(df, [{"where": {"a": 0}, "value": 0.81, "epoch": 1}, {"where": {"a": 0}, "value": 0.81}],
+                       ["a", "b"])
+    assert out["mean"].tolist() == pytest.approx([0.81, 0.91]) and out["inside"].tolist() == [True, False]
+    assert out["epoch"].tolist()[0] == 1
