@@ -39,7 +39,7 @@ def label(row, factors) -> str:
 
 def _save(fig, out: Path, name: str) -> None:
     fig.savefig(out / f"{name}.png", dpi=150, bbox_inches="tight")
-    fig.savefig(out / f"{name}.svg", bbox_inches="tight")
+    fig.savefig(out / f"{name}.svg", bbox_inches="tight", metadata={"Date": None})  # same input, same file
     plt.close(fig)
 
 
@@ -54,9 +54,14 @@ def chart_final(fin, summary, factors, metric, out):
     ok = fin[fin.status == "ok"].assign(label=lambda d: [lab[tuple(r)] for r in d[factors].itertuples(index=False)])
     fig, ax = plt.subplots(figsize=(8, _height(len(summary))))
     sns.stripplot(data=ok, x=metric, y="label", order=summary.label, color="0.55", size=5, jitter=0.15, ax=ax)
-    ax.errorbar(summary["mean"], range(len(summary)), fmt="o", color="black", capsize=4,
-                xerr=[summary["mean"] - summary.ci_low.fillna(summary["mean"]),
-                      summary.ci_high.fillna(summary["mean"]) - summary["mean"]])
+    for i, r in summary.iterrows():
+        if pd.notna(r.ci_low):
+            ax.errorbar(r["mean"], i, xerr=[[r["mean"] - r.ci_low], [r.ci_high - r["mean"]]], fmt="o",
+                        color="black", capsize=4)
+        elif pd.notna(r["mean"]):  # one seed: a dot and words, never a zero-width bar
+            ax.plot(r["mean"], i, "o", color="black")
+            ax.annotate(f"n={r.n_seeds}, no interval", (r["mean"], i), xytext=(6, 6), textcoords="offset points",
+                        fontsize=8)
     ax.set(xlabel=f"final {metric} (dots: seeds; black: mean, 95% t CI)", ylabel="")
     _save(fig, out, "final")
 
@@ -82,8 +87,11 @@ def chart_effects(eff, metric, out):
     eff = eff.iloc[::-1].reset_index(drop=True)
     fig, ax = plt.subplots(figsize=(8, _height(len(eff))))
     for i, r in eff.iterrows():
-        lo, hi = r.ci_low if pd.notna(r.ci_low) else r["diff"], r.ci_high if pd.notna(r.ci_high) else r["diff"]
-        ax.plot([lo, hi], [i, i], color="black")
+        if pd.notna(r.ci_low):
+            ax.plot([r.ci_low, r.ci_high], [i, i], color="black")
+        elif pd.notna(r["diff"]):
+            ax.annotate(f"n={r.n_pairs}, no interval", (r["diff"], i), xytext=(6, 6), textcoords="offset points",
+                        fontsize=8)
         ax.plot(r["diff"], i, "o", color="black", markerfacecolor="black" if r.significant else "white")
     ax.axvline(0, color="0.6", linestyle="--", linewidth=1)
     ax.set_yticks(range(len(eff)), [f"{r.factor}: {r.level} vs {r.baseline}  (n={r.n_pairs})"
@@ -161,7 +169,7 @@ def _img(out: Path, name: str) -> str:
 
 
 def _table(df: pd.DataFrame) -> str:
-    return df.to_html(index=False, escape=True, border=0, float_format=lambda v: f"{v:.4g}", na_rep="n/a")
+    return df.to_html(index=False, escape=True, border=0, float_format=lambda v: f"{v:.4g}", na_rep="n/a (n<2)")
 
 
 def page(rep: Report, manifest: dict, fin: pd.DataFrame, factors: list[str], metric: str) -> str:

@@ -28,7 +28,9 @@ ALPHA = 0.05
 
 def hashable(v):
     """Parquet lists (such as `hidden`) come back as arrays, JSON ones as lists: make them tuples."""
-    return tuple(v) if isinstance(v, (list, np.ndarray)) else v
+    if isinstance(v, np.ndarray):
+        v = v.tolist()  # Python ints, so labels read (4,) and not (np.int64(4),)
+    return tuple(v) if isinstance(v, list) else v
 
 
 def tidy(df: pd.DataFrame) -> pd.DataFrame:

@@ -111,3 +111,12 @@ def test_report_on_a_missing_or_empty_directory_is_one_line(tmp_path, make):
     r = cli.invoke(app, ["report", str(tmp_path / "d")])
     assert r.exit_code == 1 and r.stderr.startswith("error:") and r.stderr.count("\n") == 1
     assert str(tmp_path / "d") in r.stderr
+
+
+def test_one_seed_says_no_interval_instead_of_a_zero_width_bar(tmp_path):
+    r = cli.invoke(app, ["run", "studies/xor.py", "--out", str(tmp_path), "--seeds", "1", "--set", "epochs=5"])
+    assert r.exit_code == 0, r.output
+    rep = cli.invoke(app, ["report", str(tmp_path / "xor")])
+    assert rep.exit_code == 0 and "n=1, no interval" in rep.stdout
+    page = (tmp_path / "xor" / REPORT / "index.html").read_text()
+    assert "n/a (n&lt;2)" in page and "hidden=(4,)" in (tmp_path / "xor" / REPORT / "claims.csv").read_text()
