@@ -117,14 +117,13 @@ class Store:
         ids = set()
         for f in parquet_files(self.path):
             try:
-                table = pq.read_table(f)
+                names = pq.read_schema(f).names
+                if "cell" not in names or "epoch" not in names:
+                    self._quarantine(f, "not an ablate results file (no 'cell' or 'epoch' column)")
+                    continue
+                ids.update(pq.read_table(f, columns=["cell"]).column("cell").to_pylist())
             except (pa.ArrowException, OSError) as e:
                 self._quarantine(f, f"unreadable Parquet ({str(e).splitlines()[0][:80]})")
-                continue
-            if "cell" not in table.column_names or "epoch" not in table.column_names:
-                self._quarantine(f, "not an ablate results file (no 'cell' or 'epoch' column)")
-                continue
-            ids.update(table.column("cell").to_pylist())
         return ids
 
     def write(self, rows: list[dict], name: str) -> Path:
