@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -25,13 +26,13 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except AblateError as e:
-            err.print(f"[red]error:[/red] {e}", markup=True)
+            err.print(f"[red]error:[/red] {escape(str(e))}", markup=True)
             raise typer.Exit(e.code) from None
     return wrapper
 
 
 def _describe(levels: dict) -> str:
-    return ", ".join(f"{k}={v}" for k, v in levels.items()) or "base"
+    return escape(", ".join(f"{k}={v}" for k, v in levels.items()) or "base")  # Rich would eat [..]
 
 
 class RichProgress:
@@ -64,7 +65,7 @@ class RichProgress:
                                f"seed {cell.seed}) at epoch {rows[-1]['epoch']}; the study goes on")
 
     def warn(self, message):
-        self.console.print(f"[yellow]warning:[/yellow] {message}")
+        self.console.print(f"[yellow]warning:[/yellow] {escape(message)}")
 
     def stop(self):
         self.bar.stop()
@@ -85,30 +86,46 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the cells and their count; train nothing."),
     data_dir: Path | None = typer.Option(None, "--data-dir", envvar="ABLATE_DATA_DIR",
                                          help="Folder holding MNIST/raw/*.gz and the like."),
+    executor: str = typer.Option("local", "--executor", help="local (this process) | ray (groups as Ray tasks; "
+                                 'pip install "ablate[ray]")'),
+    address: str | None = typer.Option(None, "--address", help="With --executor ray: the cluster to join "
+                                       "(auto, host:port); default: start a local Ray and stop it after."),
+    groups_per_gpu: int = typer.Option(1, "--groups-per-gpu", min=1, help="With --executor ray: groups "
+                                       "sharing one GPU (each task asks for 1/N of a GPU)."),
 ):
     """Train every cell of STUDY not yet in the results directory (resumable)."""
     from . import runner  # torch loads here, not for --help
     from . import study as studies
 
+    if executor not in ("local", "ray"):
+        raise AblateError(f"--executor {executor}: expected local or ray")
+    if address and executor != "ray":
+        raise AblateError(f"--address {address}: only used with --executor ray")
     st = studies.override(studies.load(study_file), set_ or [], seeds)
     path = runner.results_dir(st, out_dir)
     if dry_run:
         return _print_cells(st, studies.cells(st), runner.finished(path), path)
     progress = RichProgress(out)
     try:
-        summary = runner.run(st, out_dir, device, max_group, deterministic, data_dir, progress)
+        summary = runner.run(st, out_dir, device, max_group, deterministic, data_dir, progress,
+                             executor, address, groups_per_gpu)
     except runner.Stopped as e:
         progress.stop()
         err.print(str(e))
         raise typer.Exit(130) from None
     finally:
         progress.stop()
-    if summary.trained == 0:
+    if summary.trained == 0 and not summary.failed:
         out.print(f"nothing to train: all {summary.total} cells are in {path}")
         return
     diverged = f", {len(summary.diverged)} diverged" if summary.diverged else ""
+    stored = summary.skipped + summary.trained
     out.print(f"trained {summary.trained} cells in {summary.seconds:.1f}s{diverged}; "
-              f"{summary.total} of {summary.total} in {path}")
+              f"{stored} of {summary.total} in {path}")
+    if summary.failed:
+        err.print(f"[red]error:[/red] {len(summary.failed)} cells failed (warnings above) and were not stored; "
+                  f"run the same command to retry them", markup=True)
+        raise typer.Exit(1)
 
 
 def _print_cells(st, cells, done, path):
@@ -164,11 +181,12 @@ def report(results_dir: Path = typer.Argument(..., metavar="RESULTS_DIR"),
                       f"{r.p_value:.3g}", f"{r.p_holm:.3g}", "[green]yes[/green]" if r.significant else "")
     out.print(table)
     for _, c in rep.claims.iterrows():
+        name = escape(str(c.source or c.where))
         if c.n_seeds < 2:
-            out.print(f"claim {c.source or c.where}: {c.claimed:.4f}; n={c.n_seeds}, no interval to compare")
+            out.print(f"claim {name}: {c.claimed:.4f}; n={c.n_seeds}, no interval to compare")
             continue
         mark = "[green]inside[/green]" if c.inside else "[red]outside[/red]"
-        out.print(f"claim {c.source or c.where}: {c.claimed:.4f} vs measured {c['mean']:.4f} "
+        out.print(f"claim {name}: {c.claimed:.4f} vs measured {c['mean']:.4f} "
                   f"[{c.ci_low:.4f}, {c.ci_high:.4f}] (n={c.n_seeds}) {mark}")
     out.print(f"report: {rep.path / 'index.html'} ({rep.n_cells} runs, {rep.seconds:.1f}s)")
 

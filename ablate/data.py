@@ -179,8 +179,11 @@ def load(name: str, device: str | torch.device = "cpu", data_dir: str | Path | N
 
 @functools.lru_cache(maxsize=4)
 def _load(name: str, device: str, data_dir: str | None) -> Data:
-    d = _load_cpu(name, data_dir)
-    if device == "cpu":
+    return to_device(_load_cpu(name, data_dir), device)
+
+
+def to_device(d: Data, device: str | torch.device) -> Data:
+    if torch.device(device).type == "cpu" and d.train_x.device.type == "cpu":
         return d
     move = lambda t: t.to(device)  # noqa: E731
     return Data(d.name, move(d.train_x), move(d.train_y), move(d.test_x), move(d.test_y),

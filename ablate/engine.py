@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from . import fused, models, rng
 from .data import Data, hflip, to_float
-from .study import Cell
+from .study import AblateError, Cell, StudyError
 
 EVAL_BATCH = 2000  # test-set chunk: bounds activation memory, large enough to keep a GPU busy
 
@@ -117,7 +117,7 @@ def train_cell(cell: Cell, data: Data, model, device, on_epoch: Callable | None 
     return rows
 
 
-OOM_ABOVE: int | None = None  # tests set it: groups larger than this raise OutOfMemoryError
+OOM_ABOVE = "ABLATE_TEST_OOM_ABOVE"  # tests set it: groups larger than this raise OutOfMemoryError
 
 
 def auto_group(cells: list[Cell], data: Data, device: torch.device) -> int:
@@ -135,11 +135,25 @@ def auto_group(cells: list[Cell], data: Data, device: torch.device) -> int:
     return max(1, min(1024, free // 2 // per_cell))
 
 
-def train(group: list[Cell], data: Data, model, device, on_epoch: Callable | None = None) -> list[list[dict]]:
+class GroupFailed(Exception):
+    """A group failed for a reason of its own (not out of memory): it is recorded, never retried."""
+
+
+def train(group: list[Cell], data: Data, model, device, on_epoch: Callable | None = None,
+          source: str = "study") -> list[list[dict]]:
     """Train a group of cells that share their shapes; rows per cell, in the group's order.
-    A group of one, or a study's own model, takes the plain per-cell path."""
-    if OOM_ABOVE is not None and len(group) > OOM_ABOVE:
-        raise torch.OutOfMemoryError(f"test hook: group of {len(group)} > {OOM_ABOVE}")
+    A group of one, or a study's own model, takes the plain per-cell path. A failure inside a
+    study's model callable becomes a StudyError naming `source`, the study file."""
+    if (limit := os.environ.get(OOM_ABOVE)) and len(group) > int(limit):  # an env var reaches Ray workers
+        raise torch.OutOfMemoryError(f"test hook: group of {len(group)} > {limit}")
     if len(group) > 1 and fused.can_fuse(group, model):
         return fused.train(group, data, device, on_epoch)
-    return [train_cell(cell, data, model, device, on_epoch) for cell in group]
+    try:
+        return [train_cell(cell, data, model, device, on_epoch) for cell in group]
+    except (KeyboardInterrupt, AblateError, torch.OutOfMemoryError):
+        raise
+    except Exception as e:
+        if callable(model):  # the study's own code failed: name the file, not our frames
+            raise StudyError(f"{source}: the model callable failed in cell {group[0].id}: "
+                             f"{type(e).__name__}: {e}") from None
+        raise

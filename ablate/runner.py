@@ -17,7 +17,7 @@ import torch
 from . import __version__, engine, fused
 from . import data as datasets
 from .store import Store, parquet_files
-from .study import AblateError, Cell, Study, StudyError, model_name
+from .study import AblateError, Cell, Study, model_name
 from .study import cells as expand
 
 ROW_COLUMNS = ("epoch", "train_loss", "test_loss", "test_acc", "seconds", "status")
@@ -47,6 +47,7 @@ class Summary:
     skipped: int
     trained: int = 0
     diverged: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # cell ids whose group failed; a rerun tries them
     seconds: float = 0.0
     path: Path | None = None
 
@@ -93,11 +94,11 @@ def rows_for(study: Study, cell: Cell, epochs: list[dict]) -> list[dict]:
              **{k: r[k] for k in ROW_COLUMNS}, "config": config} for r in epochs]
 
 
-def manifest(study: Study, old: dict, device: torch.device, deterministic: bool) -> dict:
+def manifest(study: Study, old: dict, device: str, deterministic: bool) -> dict:
     text = Path(study.source).read_text() if Path(study.source).is_file() else ""
     run = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ablate": __version__,
            "python": platform.python_version(), "torch": torch.__version__,
-           "device": device_name(device), "host": socket.gethostname(), "user": getpass.getuser(),
+           "device": device, "host": socket.gethostname(), "user": getpass.getuser(),
            "deterministic": deterministic, "argv": sys.argv}
     return {"study": study.name, "dataset": study.dataset, "model": model_name(study.model),
             "design": study.design, "base": study.base, "factors": study.factors,
@@ -112,70 +113,103 @@ def device_name(device: torch.device) -> str:
     return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
+class Local:
+    """Trains queued groups one after another in this process, on one device."""
+
+    def __init__(self, study: Study, device: str, deterministic: bool, data_dir, progress: Progress):
+        self.study, self.progress, self.queue = study, progress, []
+        self.dev = engine.pick_device(device)
+        if self.dev.type == "cuda" and not torch.cuda.is_available():
+            raise AblateError(f"--device {device}: no CUDA device is visible to torch")
+        engine.configure(deterministic)
+        self.data = datasets.load(study.dataset, self.dev, data_dir)
+        self.device, self.memory = device_name(self.dev), str(self.dev)
+
+    def auto_group(self, todo: list[Cell]) -> int:
+        return engine.auto_group(todo, self.data, self.dev)
+
+    def submit(self, group: list[Cell]) -> None:
+        self.queue.append(group)
+
+    def __len__(self) -> int:
+        return len(self.queue)
+
+    def next(self) -> tuple[list[Cell], list[list[dict]] | Exception]:
+        """Train the next group: its rows, or the OutOfMemoryError that stopped it."""
+        group = self.queue.pop()  # last in, first out: the halves of a split group go next
+        for cell in group:
+            self.progress.cell_start(cell)
+        try:
+            return group, engine.train(group, self.data, self.study.model, self.dev, self.progress.epoch,
+                                       self.study.source)
+        except torch.OutOfMemoryError as e:
+            if self.dev.type == "cuda":
+                torch.cuda.empty_cache()
+            return group, e
+
+    def close(self) -> None:
+        pass
+
+
 def run(study: Study, out: str | Path = "results", device: str = "auto", max_group: int | None = None,
-        deterministic: bool = False, data_dir: str | None = None,
-        progress: Progress | None = None) -> Summary:
-    """Train every cell of `study` not yet in `out/<name>/`. Raises Stopped on Ctrl-C."""
+        deterministic: bool = False, data_dir: str | None = None, progress: Progress | None = None,
+        executor: str = "local", address: str | None = None, groups_per_gpu: int = 1) -> Summary:
+    """Train every cell of `study` not yet in `out/<name>/`, in this process or (executor "ray") as
+    Ray tasks. Raises Stopped on Ctrl-C; the store is written here only, whatever the executor."""
     progress = progress or Progress()
     path, started = results_dir(study, out), time.perf_counter()
     cells = expand(study)
     if not (todo := [c for c in cells if c.id not in finished(path)]):
         return Summary(len(cells), len(cells), path=path)
-    dev = engine.pick_device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise AblateError(f"--device {device}: no CUDA device is visible to torch")
-    engine.configure(deterministic)
-    data = datasets.load(study.dataset, dev, data_dir)  # fails before anything is written
-    store = Store(path, warn=progress.warn).open()
+    if executor == "ray":
+        from . import cluster
+        pool = cluster.Pool(study, device, deterministic, data_dir, progress, address, groups_per_gpu)
+    else:  # either fails before anything is written (a missing dataset, no GPU, no Ray)
+        pool = Local(study, device, deterministic, data_dir, progress)
+    store = Store(path, warn=progress.warn)
     try:
+        store.open()
         done = store.done()
         todo = [c for c in cells if c.id not in done]
-        store.write_manifest(manifest(study, store.manifest(), dev, deterministic))
+        store.write_manifest(manifest(study, store.manifest(), pool.device, deterministic))
         summary = Summary(len(cells), len(cells) - len(todo), path=path)
-        max_group = max_group or engine.auto_group(todo, data, dev)
-        progress.start(len(cells), len(todo), f"{device_name(dev)}, groups of up to {max_group}")
+        max_group = max_group or pool.auto_group(todo)
+        progress.start(len(cells), len(todo), f"{pool.device}, groups of up to {max_group}")
+        for group in reversed(groups(todo, max_group)):
+            pool.submit(group)
         try:
-            queue = groups(todo, max_group)
-            while queue:
-                group = queue.pop(0)
-                for cell in group:
-                    progress.cell_start(cell)
-                try:
-                    results = _train(study, group, data, dev, progress)
-                except torch.OutOfMemoryError:
-                    if len(group) == 1:
-                        raise AblateError(f"cell {group[0].id} alone does not fit in {dev} memory") from None
-                    half = len(group) // 2
-                    progress.warn(f"a group of {len(group)} cells ran out of {dev} memory; "
-                                  f"retrying as {half} + {len(group) - half}")
-                    if dev.type == "cuda":
-                        torch.cuda.empty_cache()
-                    queue[:0] = [group[:half], group[half:]]
-                    continue
-                # one file per group: a group is stored whole or not at all, so a rerun after a
-                # crash forms the same groups and repeats the same numbers bitwise
-                store.write([r for c, e in zip(group, results, strict=True) for r in rows_for(study, c, e)],
-                            file_name(group))
-                for cell, epochs in zip(group, results, strict=True):
-                    summary.trained += 1
-                    if epochs[-1]["status"] == "diverged":
-                        summary.diverged.append(cell.id)
-                    progress.cell_done(cell, epochs)
+            while pool:
+                group, outcome = pool.next()
+                _finish(study, store, summary, progress, pool, group, outcome)
         except KeyboardInterrupt:
             raise Stopped(summary.skipped + summary.trained, len(cells)) from None
         summary.seconds = time.perf_counter() - started
         return summary
     finally:
+        pool.close()
         store.close()
 
 
-def _train(study: Study, group: list[Cell], data, device, progress: Progress) -> list[list[dict]]:
-    try:
-        return engine.train(group, data, study.model, device, progress.epoch)
-    except (KeyboardInterrupt, AblateError, torch.OutOfMemoryError):
-        raise
-    except Exception as e:
-        if callable(study.model):  # the study's own code failed: name the file, not our frames
-            raise StudyError(f"{study.source}: the model callable failed in cell {group[0].id}: "
-                             f"{type(e).__name__}: {e}") from None
-        raise
+def _finish(study, store, summary, progress, pool, group, outcome) -> None:
+    """Store a trained group; split one that ran out of memory; record one that failed."""
+    if isinstance(outcome, torch.OutOfMemoryError):
+        if len(group) == 1:
+            raise AblateError(f"cell {group[0].id} alone does not fit in {pool.memory} memory")
+        half = len(group) // 2
+        progress.warn(f"a group of {len(group)} cells ran out of {pool.memory} memory; "
+                      f"retrying as {half} + {len(group) - half}")
+        pool.submit(group[half:])
+        pool.submit(group[:half])
+        return
+    if isinstance(outcome, engine.GroupFailed):
+        summary.failed += [c.id for c in group]
+        progress.warn(f"a group of {len(group)} cells failed and stays untrained: {outcome}")
+        return
+    # one file per group: a group is stored whole or not at all, so a rerun after a
+    # crash forms the same groups and repeats the same numbers bitwise
+    store.write([r for c, e in zip(group, outcome, strict=True) for r in rows_for(study, c, e)], file_name(group))
+    for cell, epochs in zip(group, outcome, strict=True):
+        summary.trained += 1
+        if epochs[-1]["status"] == "diverged":
+            summary.diverged.append(cell.id)
+        progress.cell_done(cell, epochs)

@@ -115,7 +115,7 @@ def test_interrupted_run_keeps_finished_cells_and_the_rerun_finishes_the_rest(tm
 
 
 def test_out_of_memory_splits_the_group_and_the_study_completes(tmp_path, data_dir, monkeypatch):
-    monkeypatch.setattr(engine, "OOM_ABOVE", 2)
+    monkeypatch.setenv(engine.OOM_ABOVE, "2")
     result = run("run", write_study(tmp_path), "--out", tmp_path / "res", "--max-group", "8")
     assert result.exit_code == 0, result.output
     assert "a group of 4 cells ran out of cpu memory; retrying as 2 + 2" in result.stdout

@@ -1,0 +1,154 @@
+"""Groups as Ray tasks over a cluster; rows come back to the driver, which stays the store's only writer."""
+from __future__ import annotations
+
+import logging
+import math
+import sys
+
+import torch
+
+from . import data as datasets
+from . import engine
+from .study import AblateError, Cell, Study
+
+INSTALL = 'pip install "ablate[ray]"'
+RETRIES = 3  # a group whose worker dies runs again up to 3 times, then is recorded as failed
+POLL = 0.5  # seconds between looks at the epoch events while groups train
+
+_DATA: dict[str, datasets.Data] = {}  # in a worker process: the dataset on its device, kept across groups
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise AblateError(f"--executor ray needs Ray, which is not installed: {INSTALL}") from None
+    return ray
+
+
+def _worker(data_box: list, deterministic: bool) -> tuple[datasets.Data, torch.device]:
+    """This worker's device and the dataset on it. The uint8 tensors come from the object store
+    once per worker process (one copy per node); later groups find them already on the device."""
+    ray = _ray()
+    device = torch.device("cuda" if ray.get_gpu_ids() else "cpu")  # Ray sets CUDA_VISIBLE_DEVICES
+    if device.type == "cpu":  # as many threads as CPUs the task reserved, not the node's count
+        torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
+    engine.configure(deterministic)
+    key = data_box[0].hex()
+    if key not in _DATA:
+        _DATA.clear()
+        _DATA[key] = datasets.to_device(ray.get(data_box[0]), device)
+    return _DATA[key], device
+
+
+def _train_group(group: list[Cell], model, source: str, data_box: list, deterministic: bool, events):
+    data, device = _worker(data_box, deterministic)
+    on_epoch = (lambda cell, epoch, loss: events.put_nowait((cell.id, epoch, loss))) if events else None
+    try:
+        return engine.train(group, data, model, device, on_epoch, source)
+    except torch.OutOfMemoryError as e:  # returned, not raised: the driver splits the group
+        return torch.OutOfMemoryError(str(e))
+    finally:
+        if device.type == "cuda":  # this process stays for the next group; other workers share the GPU
+            torch.cuda.empty_cache()
+
+
+def _auto_group(cells: list[Cell], data_box: list) -> int:
+    data, device = _worker(data_box, False)
+    return engine.auto_group(cells, data, device)
+
+
+class Pool:
+    """Submits groups as Ray tasks and hands back each group's outcome as it finishes."""
+
+    def __init__(self, study: Study, device: str, deterministic: bool, data_dir, progress,
+                 address: str | None = None, groups_per_gpu: int = 1):
+        ray = self.ray = _ray()
+        self.study, self.progress, self.deterministic = study, progress, deterministic
+        data = datasets.load(study.dataset, "cpu", data_dir)  # a missing dataset fails before Ray starts
+        self._connect(address)
+        try:
+            self._plan(device, address, groups_per_gpu)
+            self.data_box = [ray.put(data)]  # in a list, so tasks get the reference and fetch once
+            from ray.util.queue import Queue
+            self.events = Queue(actor_options={"num_cpus": 0})
+            self.task = ray.remote(max_calls=0)(_train_group)  # 0: GPU workers stay, and so does their data
+        except BaseException:
+            ray.shutdown()
+            raise
+        self.pending: dict = {}  # task reference -> group
+        self.cells: dict[str, Cell] = {}
+
+    def _connect(self, address: str | None) -> None:
+        # "local" starts a fresh instance even when one from `ray start` is running; shutdown() stops
+        # it again, or only disconnects from a cluster given by --address
+        try:
+            self.ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
+                          logging_level=logging.ERROR, configure_logging=True)
+        except Exception as e:
+            raise AblateError(f"--address {address or 'local'}: cannot start or reach Ray: "
+                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        if (module := getattr(self.study.model, "__module__", "")).startswith("ablate_study_"):
+            from ray import cloudpickle  # workers cannot import a study file by name: ship its code
+            cloudpickle.register_pickle_by_value(sys.modules[module])
+
+    def _plan(self, device: str, address: str | None, groups_per_gpu: int) -> None:
+        res = self.ray.cluster_resources()
+        cpus, gpus = int(res.get("CPU", 0)), int(res.get("GPU", 0))
+        where = f"Ray cluster at {address}" if address else "local Ray instance"
+        if device.startswith("cuda") and not gpus:
+            raise AblateError(f"--device {device}: the {where} has no GPU")
+        use_gpu = gpus > 0 and device != "cpu"
+        self.options = dict(num_cpus=1, num_gpus=1 / groups_per_gpu if use_gpu else 0, max_retries=RETRIES)
+        self.slots = max(1, gpus * groups_per_gpu if use_gpu else cpus)
+        per = f"{groups_per_gpu} groups per GPU" if use_gpu else "1 CPU per group"
+        self.device = f"ray, {where}: {cpus} CPUs, {gpus} GPUs, {per}"
+        self.memory = "GPU" if use_gpu else "worker"
+
+    def auto_group(self, todo: list[Cell]) -> int:
+        """What one worker's device holds (asked of a worker: the driver may have no GPU), made smaller
+        where that leaves slots idle: 8 cells of one shape on 2 slots train as 2 groups of 4."""
+        task = self.ray.remote(_auto_group).options(**self.options)
+        fits = self.ray.get(task.remote(todo[:1], self.data_box))
+        return max(1, min(fits, math.ceil(len(todo) / self.slots)))
+
+    def submit(self, group: list[Cell]) -> None:
+        ref = self.task.options(**self.options).remote(group, self.study.model, self.study.source, self.data_box,
+                                                  self.deterministic, self.events)
+        self.pending[ref] = group
+        self.cells.update((c.id, c) for c in group)
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def next(self) -> tuple[list[Cell], list[list[dict]] | Exception]:
+        """Wait for any group: its rows, an OutOfMemoryError, or GroupFailed once Ray gave up."""
+        ray = self.ray
+        while True:
+            ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=POLL)
+            self._show_events()
+            if ready:
+                break
+        group = self.pending.pop(ready[0])
+        try:
+            return group, ray.get(ready[0])
+        except ray.exceptions.RayTaskError as e:  # the group's own exception, raised in the worker
+            if isinstance(e.cause, AblateError):
+                raise e.cause from None
+            return group, engine.GroupFailed(f"{type(e.cause).__name__}: {e.cause}")
+        except ray.exceptions.RayError as e:  # its worker died RETRIES + 1 times, or its node did
+            return group, engine.GroupFailed(f"{type(e).__name__} after {RETRIES} retries: "
+                                             f"{str(e).splitlines()[0]}")
+
+    def _show_events(self) -> None:
+        n = self.events.qsize()
+        for cell_id, epoch, loss in self.events.get_nowait_batch(n) if n else []:
+            cell = self.cells[cell_id]
+            self.progress.cell_start(cell)
+            self.progress.epoch(cell, epoch, loss)
+
+    def close(self) -> None:
+        """Cancel what still runs (Ctrl-C, an error) and stop the Ray instance this run started."""
+        for ref in self.pending:
+            self.ray.cancel(ref, force=True)
+        self.ray.shutdown()

@@ -1,0 +1,168 @@
+"""--executor ray on a local Ray instance: same values as in-process, killed workers, Ctrl-C, failures."""
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from ablate import engine, runner
+from ablate.cli import app
+from ablate.study import load, override
+from conftest import REPO, write_study
+
+ray = pytest.importorskip("ray")
+
+EIGHT = "dict(activation=['relu', 'sigmoid'], lr=[0.05, 0.1])"  # x 2 seeds: 8 cells
+VALUES = ["cell", "seed", "epoch", "train_loss", "test_loss", "test_acc", "status", "config"]
+
+
+@pytest.fixture(autouse=True)
+def no_ray_left():
+    yield
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def cli(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def values(path: Path) -> pd.DataFrame:
+    df = pd.read_parquet(path)
+    return df[VALUES].sort_values(["cell", "epoch"]).reset_index(drop=True)
+
+
+def ray_processes() -> dict[int, str]:
+    """Every Ray process on this machine by pid: GCS, raylet, workers (titled ray::...)."""
+    found = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if any(k in cmd for k in ("ray::", "raylet", "gcs_server", "default_worker.py", "ray/dashboard")):
+            found[int(d.name)] = cmd
+    return found
+
+
+def test_ray_stores_the_same_values_as_in_process(tmp_path, data_dir):
+    study = write_study(tmp_path, epochs=2, factors=EIGHT)
+    local = cli("run", study, "--out", tmp_path / "local", "--max-group", "2", "--deterministic")
+    assert local.exit_code == 0, local.output
+    through_ray = cli("run", study, "--out", tmp_path / "ray", "--max-group", "2", "--deterministic",
+                      "--executor", "ray")
+    assert through_ray.exit_code == 0, through_ray.output
+    assert "on ray, local Ray instance: " in " ".join(through_ray.stdout.split())
+    assert not ray.is_initialized()  # the run stopped the instance it started
+    a, b = values(tmp_path / "local" / "tiny"), values(tmp_path / "ray" / "tiny")
+    assert len(a) == 16 and a["cell"].nunique() == 8
+    pd.testing.assert_frame_equal(a, b)  # bitwise: same groups, same kernels, one writer
+    assert sorted(p.name for p in (tmp_path / "ray" / "tiny").glob("*.parquet")) == \
+        sorted(p.name for p in (tmp_path / "local" / "tiny").glob("*.parquet"))
+
+
+def test_a_worker_killed_mid_group_is_retried_and_every_cell_lands_once(tmp_path, data_dir):
+    study = override(load(write_study(tmp_path, epochs=3, factors=EIGHT)), ["train_subset=2048"])
+    runner.run(study, tmp_path / "local", max_group=2, deterministic=True)
+    killed, stop = [], threading.Event()
+
+    def busy() -> list[int]:  # Ray titles a worker after the task it runs
+        return [pid for pid, cmd in ray_processes().items() if cmd.startswith("ray::_train_group")]
+
+    def killer():  # SIGKILL the first worker seen training a group, a moment into it
+        while not stop.is_set():
+            if pids := busy():
+                time.sleep(0.1)
+                if pids[0] in busy():
+                    os.kill(pids[0], signal.SIGKILL)
+                    killed.append(pids[0])
+                    return
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    try:
+        summary = runner.run(study, tmp_path / "ray", max_group=2, deterministic=True, executor="ray")
+    finally:
+        stop.set()
+        thread.join()
+    assert killed, "no worker was seen training"
+    assert summary.trained == 8 and summary.failed == []
+    pd.testing.assert_frame_equal(values(tmp_path / "local" / "tiny"), values(tmp_path / "ray" / "tiny"))
+
+
+DIES = """
+import os, signal
+import torch.nn as nn
+from ablate import Study
+
+def model(config):  # lr 0.1 kills its worker every time, as a segfaulting extension would
+    if config["lr"] == 0.1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+
+study = Study(name="dies", dataset="mnist", model=model, base=dict(epochs=1, train_subset=256, lr=0.05),
+              factors=dict(lr=[0.05, 0.1]), seeds=1)
+"""
+
+
+def test_a_group_whose_worker_always_dies_is_recorded_not_retried_forever(tmp_path, data_dir):
+    result = cli("run", write_study(tmp_path, body=DIES), "--out", tmp_path / "res", "--max-group", "1",
+                 "--executor", "ray")
+    assert result.exit_code == 1, result.output
+    said = " ".join(result.output.split())
+    assert "a group of 1 cells failed and stays untrained" in said and "after 3 retries" in said
+    assert "1 cells failed (warnings above) and were not stored; run the same command to retry them" in said
+    df = pd.read_parquet(tmp_path / "res" / "dies")  # the study's own code went to the workers by value
+    assert df["cell"].nunique() == 1 and (df["lr"] == 0.05).all()
+
+
+def test_out_of_memory_in_a_worker_splits_the_group(tmp_path, data_dir, monkeypatch):
+    monkeypatch.setenv(engine.OOM_ABOVE, "2")  # set before Ray starts, so its workers inherit it
+    result = cli("run", write_study(tmp_path), "--out", tmp_path / "res", "--max-group", "4", "--executor", "ray")
+    assert result.exit_code == 0, result.output
+    assert "a group of 4 cells ran out of worker memory; retrying as 2 + 2" in " ".join(result.stdout.split())
+    assert pd.read_parquet(tmp_path / "res" / "tiny")["cell"].nunique() == 8
+
+
+def test_ctrl_c_keeps_finished_cells_and_stops_the_ray_it_started(tmp_path, data_dir):
+    study = write_study(tmp_path, epochs=6, factors=EIGHT)
+    before = set(ray_processes())
+    # a terminal's Ctrl-C reaches the whole foreground process group: the driver and what it started
+    proc = subprocess.Popen([sys.executable, "-m", "ablate", "run", str(study), "--out", str(tmp_path / "res"),
+                             "--max-group", "1", "--executor", "ray"], cwd=REPO, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    res, deadline = tmp_path / "res" / "tiny", time.monotonic() + 120
+    while not list(res.glob("*.parquet")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stdout + stderr
+    assert "stopped:" in stderr and "run the same command to finish" in stderr
+    assert "Traceback" not in stderr
+    kept = pd.read_parquet(res)["cell"].nunique()
+    assert 1 <= kept < 8
+    deadline = time.monotonic() + 20
+    while (left := set(ray_processes()) - before) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, f"Ray processes outlived the run: {[ray_processes().get(p) for p in left]}"
+    rest = cli("run", study, "--out", tmp_path / "res", "--max-group", "1")  # in-process finishes the rest
+    assert rest.exit_code == 0 and f"training {8 - kept} of 8 cells" in rest.stdout
+    assert pd.read_parquet(res)["cell"].nunique() == 8
+
+
+def test_without_the_extra_the_user_gets_one_line(tmp_path, data_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    result = cli("run", write_study(tmp_path), "--out", tmp_path / "res", "--executor", "ray")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == 'error: --executor ray needs Ray, which is not installed: ' \
+                                    'pip install "ablate[ray]"'
+    assert not (tmp_path / "res").exists()
