@@ -43,7 +43,7 @@ def _worker(data_box: list, deterministic: bool) -> tuple[datasets.Data, torch.d
 
 def _train_group(group: list[Cell], model, source: str, data_box: list, deterministic: bool, events):
     data, device = _worker(data_box, deterministic)
-    on_epoch = (lambda cell, epoch, loss: events.put_nowait((cell.id, epoch, loss))) if events else None
+    on_epoch = (lambda cell, epoch, loss: events.put_nowait((cell.id, epoch, loss))) if events is not None else None
     try:
         return engine.train(group, data, model, device, on_epoch, source)
     except torch.OutOfMemoryError as e:  # returned, not raised: the driver splits the group

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from ablate import engine, runner
 from ablate.cli import app
-from ablate.study import load, override
+from ablate.study import cells, load, override
 from conftest import REPO, write_study
 
 ray = pytest.importorskip("ray")
@@ -74,6 +74,14 @@ def test_a_worker_killed_mid_group_is_retried_and_every_cell_lands_once(tmp_path
     runner.run(study, tmp_path / "local", max_group=2, deterministic=True)
     killed, stop = [], threading.Event()
 
+    class Seen(runner.Progress):  # epoch events travel from the workers to the driver's progress
+        epochs = []
+
+        def epoch(self, cell, epoch, loss):
+            self.epochs.append((cell.id, epoch))
+
+    seen = Seen()
+
     def busy() -> list[int]:  # Ray titles a worker after the task it runs
         return [pid for pid, cmd in ray_processes().items() if cmd.startswith("ray::_train_group")]
 
@@ -90,11 +98,13 @@ def test_a_worker_killed_mid_group_is_retried_and_every_cell_lands_once(tmp_path
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     try:
-        summary = runner.run(study, tmp_path / "ray", max_group=2, deterministic=True, executor="ray")
+        summary = runner.run(study, tmp_path / "ray", max_group=2, deterministic=True, executor="ray",
+                             progress=seen)
     finally:
         stop.set()
         thread.join()
     assert killed, "no worker was seen training"
+    assert {(c, e) for c, e in seen.epochs} == {(c.id, e) for c in cells(study) for e in (1, 2, 3)}
     assert summary.trained == 8 and summary.failed == []
     pd.testing.assert_frame_equal(values(tmp_path / "local" / "tiny"), values(tmp_path / "ray" / "tiny"))
 
