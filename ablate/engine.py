@@ -58,13 +58,14 @@ def criterion(logits: torch.Tensor, y: torch.Tensor, name: str, reduction: str =
 
 @torch.no_grad()
 def evaluate(net: torch.nn.Module, data: Data, normalize: bool, dtype=torch.float32,
-             loss_name: str = "cross_entropy") -> tuple[float, float]:
+             loss_name: str = "cross_entropy", precision: str = "fp32") -> tuple[float, float]:
     """Mean cross-entropy and accuracy (fraction) on the whole test set."""
     net.eval()
     loss = torch.zeros((), device=data.test_x.device, dtype=dtype)
     correct = torch.zeros((), dtype=torch.int64, device=data.test_x.device)
     for i in range(0, len(data.test_x), EVAL_BATCH):
-        logits = net(to_float(data, data.test_x[i:i + EVAL_BATCH], normalize).to(dtype))
+        with fused.autocast(precision, data.test_x.device):
+            logits = net(to_float(data, data.test_x[i:i + EVAL_BATCH], normalize).to(dtype)).to(dtype)
         y = data.test_y[i:i + EVAL_BATCH]
         loss += criterion(logits, y, loss_name, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
@@ -96,7 +97,9 @@ def train_cell(cell: Cell, data: Data, model, device, on_epoch: Callable | None 
             x = to_float(data, xs[idx], cfg["normalize"]).to(dtype)
             if flips is not None:
                 x = hflip(x, flips[s:s + bs])
-            loss = criterion(net(x), ys[idx], cfg["loss"])
+            with fused.autocast(cfg["precision"], device):
+                logits = net(x)
+            loss = criterion(logits.to(dtype), ys[idx], cfg["loss"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -104,7 +107,7 @@ def train_cell(cell: Cell, data: Data, model, device, on_epoch: Callable | None 
             if trace is not None:
                 trace.append(loss.item())
         train_loss = total.item() / steps
-        test_loss, test_acc = evaluate(net, data, cfg["normalize"], dtype, cfg["loss"])
+        test_loss, test_acc = evaluate(net, data, cfg["normalize"], dtype, cfg["loss"], cfg["precision"])
         ok = math.isfinite(train_loss)
         rows.append(dict(epoch=epoch, train_loss=train_loss, test_loss=test_loss, test_acc=test_acc,
                          seconds=time.perf_counter() - start, status="ok" if ok else "diverged"))
@@ -146,8 +149,13 @@ def train(group: list[Cell], data: Data, model, device, on_epoch: Callable | Non
     study's model callable becomes a StudyError naming `source`, the study file."""
     if (limit := os.environ.get(OOM_ABOVE)) and len(group) > int(limit):  # an env var reaches Ray workers
         raise torch.OutOfMemoryError(f"test hook: group of {len(group)} > {limit}")
-    if len(group) > 1 and fused.can_fuse(group, model):
-        return fused.train(group, data, device, on_epoch)
+    with fused.tf32(group[0].config["precision"]):
+        if len(group) > 1 and fused.can_fuse(group, model):
+            return fused.train(group, data, device, on_epoch)
+        return _plain(group, data, model, device, on_epoch, source)
+
+
+def _plain(group, data, model, device, on_epoch, source) -> list[list[dict]]:
     try:
         return [train_cell(cell, data, model, device, on_epoch) for cell in group]
     except (KeyboardInterrupt, AblateError, torch.OutOfMemoryError):

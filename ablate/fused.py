@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,7 @@ from . import models, rng
 from .data import Data, hflip, to_float
 from .study import Cell
 
-DTYPES = {"fp32": torch.float32, "fp64": torch.float64}
+DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.float32, "fp64": torch.float64}  # weights
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, as the plain path uses
 BN_MOMENTUM, BN_EPS = 0.1, 1e-5  # nn.BatchNorm1d's defaults
 EVAL_BATCH = 2000
@@ -29,6 +30,22 @@ ACTIVATIONS = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh,
 # a group shares every key that changes the graph or the loop; the rest may differ per cell
 SHAPE_KEYS = ("hidden", "activation", "batchnorm", "optimizer", "batch_size", "epochs", "train_subset", "precision",
               "layers", "loss")
+
+
+def autocast(precision: str, device) -> torch.autocast:
+    """bfloat16 for the forward matmuls under "bf16" (the loss stays fp32); a no-op otherwise."""
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+@contextmanager
+def tf32(precision: str):
+    """TF32 matmuls and convolutions under "tf32" only (engine.configure turns them off)."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 class Stack:
@@ -55,8 +72,8 @@ def forward(s: Stack, x: torch.Tensor, cfg: dict, train: bool, drop_keys: list |
     h = x
     for i in range(len(s.w) - 1):
         h = torch.baddbmm(s.b[i][:, None], h, s.w[i])
-        if s.gamma:
-            h = batchnorm(s, i, h, train)
+        if s.gamma:  # in the weights' dtype: under bf16 autocast the statistics stay fp32
+            h = batchnorm(s, i, h.to(s.gamma[i].dtype), train)
         h = act(h)
         if drop_keys is not None:
             keys, p = drop_keys[i], drop_keys[-1]
@@ -141,7 +158,8 @@ def evaluate(s: Stack, data: Data, cfgs: list[dict]) -> tuple[torch.Tensor, torc
     correct = torch.zeros(g, device=data.test_x.device, dtype=torch.int64)
     for i in range(0, len(data.test_x), EVAL_BATCH):
         x = prepare(data, data.test_x[i:i + EVAL_BATCH], norm, None)
-        logits = forward(s, x.expand(g, -1, -1).to(s.w[0].dtype), cfgs[0], False, None)
+        with autocast(cfgs[0]["precision"], x.device):
+            logits = forward(s, x.expand(g, -1, -1).to(s.w[0].dtype), cfgs[0], False, None).to(s.w[0].dtype)
         y = data.test_y[i:i + EVAL_BATCH].expand(g, -1)
         loss += cell_losses(logits, y).sum(1)
         correct += (logits.argmax(-1) == y).sum(1)
@@ -181,8 +199,9 @@ def train(cells: list[Cell], data: Data, device, on_epoch: Callable | None = Non
             idx = order[:, i:i + bs]
             x = prepare(data, data.train_x[idx], norm, flips[:, i:i + bs] if any_flip else None).to(dtype)
             keys = [rng.key(k, step) for k in layer_keys] + [(thresholds, scale)] if use_dropout else None
-            logits = forward(s, x, cfg, True, keys)
-            loss = cell_losses(logits, data.train_y[idx]).mean(1)
+            with autocast(cfg["precision"], device):
+                logits = forward(s, x, cfg, True, keys)
+            loss = cell_losses(logits.to(dtype), data.train_y[idx]).mean(1)
             loss.sum().backward()  # cells are independent: each gets the gradient of its own loss
             opt.step()
             total += loss.detach()

@@ -33,7 +33,10 @@ DESIGNS = ("grid", "one_at_a_time")
 ACTIVATIONS = ("sigmoid", "relu", "tanh", "gelu")
 INITS = ("default", "kaiming_uniform", "kaiming_normal", "xavier_uniform")
 OPTIMIZERS = ("sgd", "adam")
-PRECISIONS = ("fp32", "fp64")  # fp64: for checks of numerics; it is slow on GPUs
+# fp32: TF32 off. tf32: fp32 weights, TF32 matmuls and convolutions where the GPU has them (on a CPU
+# the same as fp32). bf16: fp32 weights, bfloat16 autocast for forward matmuls and convolutions.
+# fp64: for checks of numerics; it is slow on GPUs.
+PRECISIONS = ("fp32", "tf32", "bf16", "fp64")
 
 
 def _is_int(v):
