@@ -96,10 +96,10 @@ def tutorial_epoch(name, cfg, device, limit, cache) -> tuple[int, float]:
     return len(ds), time.perf_counter() - start
 
 
-def ablate_epoch(name, cfg, device, limit, g) -> tuple[int, float]:
+def ablate_epoch(name, cfg, device, limit, g, precision="fp32") -> tuple[int, float]:
     """G cells (seeds 0..G-1) for one epoch through engine.train; returns (cell-samples, seconds)."""
     data = datasets.load(name, device)
-    base = {**cfg, "epochs": 1, "train_subset": limit or None}
+    base = {**cfg, "epochs": 1, "train_subset": limit or None, "precision": precision}
     group = cells(validate(Study(name="bench", dataset=name, base=base, seeds=g)))
     warm = cells(validate(Study(name="bench", dataset=name, base={**base, "train_subset": 50 * cfg["batch_size"]},
                                 seeds=g)))
@@ -112,10 +112,10 @@ def ablate_epoch(name, cfg, device, limit, g) -> tuple[int, float]:
     return g * n, time.perf_counter() - start
 
 
-def measured_peak(device) -> float:
-    """Best of 10 fp32 2048^3 GEMMs: the dense rate this device really reaches (the CPU's
+def measured_peak(device, dtype=torch.float32) -> float:
+    """Best of 10 2048^3 GEMMs: the dense rate this device really reaches (the CPU's
     datasheet peak is unclear: Zen 4 runs AVX-512 as two 256-bit halves)."""
-    a = torch.randn(2048, 2048, device=device)
+    a = torch.randn(2048, 2048, device=device, dtype=dtype)
     a @ a  # warm-up: library initialisation
     best = 0.0
     for _ in range(10):
@@ -127,15 +127,21 @@ def measured_peak(device) -> float:
     return best
 
 
-def device_limits(device) -> tuple[float, float, str]:
+# datasheet dense peaks (SXM parts) by precision: fp32 without tensor cores, tf32 and bf16 with them
+DATASHEET = {"H100": ({"fp32": 67e12, "tf32": 494.7e12, "bf16": 989.4e12}, 3.35e12),
+             "H200": ({"fp32": 67e12, "tf32": 494.7e12, "bf16": 989.4e12}, 4.8e12),
+             "A100": ({"fp32": 19.5e12, "tf32": 156e12, "bf16": 312e12}, 2.0e12)}
+
+
+def device_limits(device, precision="fp32") -> tuple[float, float, str]:
     """(peak FLOP/s, memory bytes/s, how each was found)."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        known = {"H100": (67e12, 3.35e12), "H200": (67e12, 4.8e12), "A100": (19.5e12, 2.0e12)}  # fp32 non-tensor
-        for key, (peak, bw) in known.items():
+        for key, (peaks, bw) in DATASHEET.items():
             if key in name:
-                return peak, bw, f"{name}: datasheet fp32 {peak / 1e12:.1f} TFLOP/s, {bw / 1e12:.2f} TB/s"
-    peak = measured_peak(device)
+                peak = peaks[precision]
+                return peak, bw, f"{name}: datasheet {precision} {peak / 1e12:.1f} TFLOP/s, {bw / 1e12:.2f} TB/s"
+    peak = measured_peak(device, torch.bfloat16 if precision == "bf16" else torch.float32)
     x = torch.empty(64 * 2**20, dtype=torch.float32, device=device)  # 256 MiB: far past any cache
     y = torch.empty_like(x)
     y.copy_(x)
@@ -145,7 +151,8 @@ def device_limits(device) -> tuple[float, float, str]:
         y.copy_(x)
     sync(device)
     bw = 5 * 2 * x.numel() * 4 / (time.perf_counter() - start)
-    return peak, bw, f"fp32 GEMM 2048^3 measured {peak / 1e9:.0f} GFLOP/s; copy bandwidth measured {bw / 1e9:.1f} GB/s"
+    return peak, bw, (f"{'bf16' if precision == 'bf16' else 'fp32'} GEMM 2048^3 measured {peak / 1e9:.0f} GFLOP/s; "
+                      f"copy bandwidth measured {bw / 1e9:.1f} GB/s")
 
 
 def intensity(cfg) -> float:
@@ -165,6 +172,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="6,400-sample epochs and groups up to 4: a smoke run")
     ap.add_argument("--csv", default="benchmarks/throughput.csv")
     ap.add_argument("--repeat", type=int, default=2, help="epochs timed per mode; the fastest counts")
+    ap.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32",
+                    help="ablate's recipe precision (the tutorial loop stays fp32, as the tutorials run)")
     args = ap.parse_args()
     device = engine.pick_device(args.device)
     engine.configure(deterministic=False)
@@ -172,7 +181,7 @@ def main():
     top = args.max_group or (4 if args.quick else 512 if device.type == "cuda" else 16)
     cache = datasets.cache_dir() / "torchvision"
     names = list(WORKLOADS) if args.workload == "both" else [args.workload]
-    print(f"device: {device_name(device)}; "
+    print(f"device: {device_name(device)}; precision {args.precision}; "
           f"torch {torch.__version__}, {platform.python_version()}; {time.strftime('%Y-%m-%d')}")
     best = lambda fn, *a: min((fn(*a) for _ in range(args.repeat)), key=lambda t: t[1])  # noqa: E731
     measured = []
@@ -183,12 +192,12 @@ def main():
         g = 1
         while g <= top:
             try:
-                samples, secs = best(ablate_epoch, dataset, cfg, device, limit, g)
+                samples, secs = best(ablate_epoch, dataset, cfg, device, limit, g, args.precision)
             except torch.OutOfMemoryError:
                 break
             measured.append((name, "ablate" if g == 1 else "fused", g, samples, secs))
             g *= 2
-    peak, bw, how = device_limits(device)  # after the runs too: a shared CPU's speed drifts
+    peak, bw, how = device_limits(device, args.precision)  # after the runs too: a shared CPU's speed drifts
     print(f"roofline inputs: {how}")
     rows, tut = [], {}
     for name, mode, g, samples, secs in measured:
