@@ -192,9 +192,9 @@ def run(study: Study, out: str | Path = "results", device: str = "auto", max_gro
 
 def _finish(study, store, summary, progress, pool, group, outcome) -> None:
     """Store a trained group; split one that ran out of memory; record one that failed."""
+    if isinstance(outcome, torch.OutOfMemoryError) and len(group) == 1:  # cells of other shapes may fit
+        outcome = engine.GroupFailed(f"cell {group[0].id} alone does not fit in {pool.memory} memory")
     if isinstance(outcome, torch.OutOfMemoryError):
-        if len(group) == 1:
-            raise AblateError(f"cell {group[0].id} alone does not fit in {pool.memory} memory")
         half = len(group) // 2
         progress.warn(f"a group of {len(group)} cells ran out of {pool.memory} memory; "
                       f"retrying as {half} + {len(group) - half}")

@@ -122,6 +122,20 @@ def test_out_of_memory_splits_the_group_and_the_study_completes(tmp_path, data_d
     assert pd.read_parquet(tmp_path / "res" / "tiny")["cell"].nunique() == 8
 
 
+def test_a_cell_that_alone_does_not_fit_is_recorded_and_the_rest_goes_on(tmp_path, data_dir, monkeypatch):
+    monkeypatch.setenv(engine.OOM_ABOVE, "0")  # every group, even of one cell, runs out of memory
+    study = write_study(tmp_path, factors="dict(activation=['relu', 'sigmoid'])")
+    result = run("run", study, "--out", tmp_path / "res", "--max-group", "2")
+    assert result.exit_code == 1, result.output
+    said = " ".join(result.output.split())
+    assert "a group of 2 cells ran out of cpu memory; retrying as 1 + 1" in said
+    assert said.count("alone does not fit in cpu memory") == 4
+    assert "4 cells failed (warnings above) and were not stored; run the same command to retry them" in said
+    monkeypatch.delenv(engine.OOM_ABOVE)
+    rerun = run("run", study, "--out", tmp_path / "res")
+    assert rerun.exit_code == 0 and "training 4 of 4 cells" in rerun.stdout
+
+
 def test_a_changed_study_keeps_unchanged_cells(tmp_path, data_dir):
     run("run", write_study(tmp_path, factors="dict(activation=['relu', 'sigmoid'])"), "--out", tmp_path / "res")
     grown = run("run", write_study(tmp_path, factors="dict(activation=['relu', 'sigmoid', 'tanh'])"),
