@@ -90,14 +90,14 @@ def run(
                                  'pip install "ablate[ray]")'),
     address: str | None = typer.Option(None, "--address", help="With --executor ray: the cluster to join "
                                        "(auto, host:port); default: start a local Ray and stop it after."),
-    groups_per_gpu: int = typer.Option(1, "--groups-per-gpu", min=1, help="With --executor ray: groups "
+    groups_per_gpu: int = typer.Option(1, "--groups-per-gpu", min=1, max=1000, help="With --executor ray: groups "
                                        "sharing one GPU (each task asks for 1/N of a GPU)."),
 ):
     """Train every cell of STUDY not yet in the results directory (resumable)."""
     from . import runner  # torch loads here, not for --help
     from . import study as studies
 
-    if executor not in ("local", "ray"):
+    if executor not in ("local", "ray"):  # checked before the study loads; run() checks it again
         raise AblateError(f"--executor {executor}: expected local or ray")
     if address and executor != "ray":
         raise AblateError(f"--address {address}: only used with --executor ray")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+from pathlib import Path
 
 import torch
 
@@ -42,14 +43,15 @@ def _worker(data_box: list, deterministic: bool) -> tuple[datasets.Data, torch.d
 
 
 def _train_group(group: list[Cell], model, source: str, data_box: list, deterministic: bool, events):
-    data, device = _worker(data_box, deterministic)
-    on_epoch = (lambda cell, epoch, loss: events.put_nowait((cell.id, epoch, loss))) if events is not None else None
+    device = None
     try:
+        data, device = _worker(data_box, deterministic)
+        on_epoch = (lambda c, epoch, loss: events.put_nowait((c.id, epoch, loss))) if events is not None else None
         return engine.train(group, data, model, device, on_epoch, source)
     except torch.OutOfMemoryError as e:  # returned, not raised: the driver splits the group
         return torch.OutOfMemoryError(str(e))
     finally:
-        if device.type == "cuda":  # this process stays for the next group; other workers share the GPU
+        if device is not None and device.type == "cuda":  # the process may stay; others share the GPU
             torch.cuda.empty_cache()
 
 
@@ -69,10 +71,13 @@ class Pool:
         self._connect(address)
         try:
             self._plan(device, address, groups_per_gpu)
+            if module := sys.modules.get(f"ablate_study_{Path(study.source).stem}"):
+                from ray import cloudpickle  # workers cannot import a study file by name: ship its code
+                cloudpickle.register_pickle_by_value(module)
             self.data_box = [ray.put(data)]  # in a list, so tasks get the reference and fetch once
             from ray.util.queue import Queue
             self.events = Queue(actor_options={"num_cpus": 0})
-            self.task = ray.remote(max_calls=0)(_train_group)  # 0: GPU workers stay, and so does their data
+            self.task = ray.remote(max_calls=0 if self.reuse else 1)(_train_group)
         except BaseException:
             ray.shutdown()
             raise
@@ -88,9 +93,6 @@ class Pool:
         except Exception as e:
             raise AblateError(f"--address {address or 'local'}: cannot start or reach Ray: "
                               f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-        if (module := getattr(self.study.model, "__module__", "")).startswith("ablate_study_"):
-            from ray import cloudpickle  # workers cannot import a study file by name: ship its code
-            cloudpickle.register_pickle_by_value(sys.modules[module])
 
     def _plan(self, device: str, address: str | None, groups_per_gpu: int) -> None:
         res = self.ray.cluster_resources()
@@ -99,18 +101,29 @@ class Pool:
         if device.startswith("cuda") and not gpus:
             raise AblateError(f"--device {device}: the {where} has no GPU")
         use_gpu = gpus > 0 and device != "cpu"
+        self.per_gpu = groups_per_gpu if use_gpu else 1
         self.options = dict(num_cpus=1, num_gpus=1 / groups_per_gpu if use_gpu else 0, max_retries=RETRIES)
-        self.slots = max(1, gpus * groups_per_gpu if use_gpu else cpus)
+        self.slots = max(1, min(cpus, gpus * groups_per_gpu) if use_gpu else cpus)
+        # A worker process keeps its data across groups (max_calls=0), but CUDA binds a process to
+        # the GPU it first used, while Ray may give a reused worker another GPU of the same node.
+        # So workers are reused where no node has two GPUs; elsewhere each group gets a fresh one.
+        per_node = max((n["Resources"].get("GPU", 0) for n in self.ray.nodes() if n["Alive"]), default=0)
+        self.reuse = not use_gpu or per_node <= 1
         per = f"{groups_per_gpu} groups per GPU" if use_gpu else "1 CPU per group"
         self.device = f"ray, {where}: {cpus} CPUs, {gpus} GPUs, {per}"
         self.memory = "GPU" if use_gpu else "worker"
 
     def auto_group(self, todo: list[Cell]) -> int:
-        """What one worker's device holds (asked of a worker: the driver may have no GPU), made smaller
-        where that leaves slots idle: 8 cells of one shape on 2 slots train as 2 groups of 4."""
+        """What one worker's device holds (asked of a worker: the driver may have no GPU), shared by
+        the groups on one GPU, and smaller where that leaves slots idle: 8 cells of one shape on 2
+        slots train as 2 groups of 4."""
         task = self.ray.remote(_auto_group).options(**self.options)
-        fits = self.ray.get(task.remote(todo[:1], self.data_box))
-        return max(1, min(fits, math.ceil(len(todo) / self.slots)))
+        try:
+            fits = self.ray.get(task.remote(todo[:1], self.data_box))
+        except self.ray.exceptions.RayError as e:
+            raise AblateError(f"--executor ray: a worker could not load {self.study.dataset} onto its device: "
+                              f"{str(e).strip().splitlines()[-1]}") from None
+        return max(1, min(fits // self.per_gpu, math.ceil(len(todo) / self.slots)))
 
     def submit(self, group: list[Cell]) -> None:
         ref = self.task.options(**self.options).remote(group, self.study.model, self.study.source, self.data_box,
@@ -123,22 +136,32 @@ class Pool:
 
     def next(self) -> tuple[list[Cell], list[list[dict]] | Exception]:
         """Wait for any group: its rows, an OutOfMemoryError, or GroupFailed once Ray gave up."""
-        ray = self.ray
         while True:
-            ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=POLL)
+            ready, _ = self.ray.wait(list(self.pending), num_returns=1, timeout=POLL)
             self._show_events()
             if ready:
-                break
-        group = self.pending.pop(ready[0])
+                return self._outcome(ready[0])
+
+    def drain(self) -> list[tuple[list[Cell], list[list[dict]]]]:
+        """The groups finished but not yet collected (on Ctrl-C), so that none is lost."""
+        ready, _ = self.ray.wait(list(self.pending), num_returns=len(self.pending), timeout=0)
+        return [(g, out) for g, out in map(self._outcome, ready) if isinstance(out, list)]
+
+    def _outcome(self, ref) -> tuple[list[Cell], list[list[dict]] | Exception]:
+        ray = self.ray
         try:
-            return group, ray.get(ready[0])
+            out = ray.get(ref)
         except ray.exceptions.RayTaskError as e:  # the group's own exception, raised in the worker
             if isinstance(e.cause, AblateError):
+                self.pending.pop(ref)
                 raise e.cause from None
-            return group, engine.GroupFailed(f"{type(e.cause).__name__}: {e.cause}")
+            oom = isinstance(e.cause, torch.OutOfMemoryError)
+            out = (torch.OutOfMemoryError if oom else engine.GroupFailed)(f"{type(e.cause).__name__}: {e.cause}")
+        except ray.exceptions.OutOfMemoryError as e:  # Ray's memory monitor killed the worker
+            out = torch.OutOfMemoryError(str(e).strip().splitlines()[0])
         except ray.exceptions.RayError as e:  # its worker died RETRIES + 1 times, or its node did
-            return group, engine.GroupFailed(f"{type(e).__name__} after {RETRIES} retries: "
-                                             f"{str(e).splitlines()[0]}")
+            out = engine.GroupFailed(f"{type(e).__name__} after {RETRIES} retries: {str(e).strip().splitlines()[0]}")
+        return self.pending.pop(ref), out
 
     def _show_events(self) -> None:
         n = self.events.qsize()
@@ -150,5 +173,8 @@ class Pool:
     def close(self) -> None:
         """Cancel what still runs (Ctrl-C, an error) and stop the Ray instance this run started."""
         for ref in self.pending:
-            self.ray.cancel(ref, force=True)
+            try:
+                self.ray.cancel(ref, force=True)
+            except Exception:  # a lost cluster cannot cancel; shutdown still disconnects
+                pass
         self.ray.shutdown()

@@ -147,6 +147,9 @@ class Local:
                 torch.cuda.empty_cache()
             return group, e
 
+    def drain(self) -> list:
+        return []  # a group trains inside next(): none is ever finished and uncollected
+
     def close(self) -> None:
         pass
 
@@ -156,6 +159,10 @@ def run(study: Study, out: str | Path = "results", device: str = "auto", max_gro
         executor: str = "local", address: str | None = None, groups_per_gpu: int = 1) -> Summary:
     """Train every cell of `study` not yet in `out/<name>/`, in this process or (executor "ray") as
     Ray tasks. Raises Stopped on Ctrl-C; the store is written here only, whatever the executor."""
+    if executor not in ("local", "ray"):
+        raise AblateError(f"--executor {executor}: expected local or ray")
+    if groups_per_gpu < 1:
+        raise AblateError(f"--groups-per-gpu {groups_per_gpu}: expected 1 or more")
     progress = progress or Progress()
     path, started = results_dir(study, out), time.perf_counter()
     cells = expand(study)
@@ -182,12 +189,16 @@ def run(study: Study, out: str | Path = "results", device: str = "auto", max_gro
                 group, outcome = pool.next()
                 _finish(study, store, summary, progress, pool, group, outcome)
         except KeyboardInterrupt:
+            for group, outcome in pool.drain():
+                _finish(study, store, summary, progress, pool, group, outcome)
             raise Stopped(summary.skipped + summary.trained, len(cells)) from None
         summary.seconds = time.perf_counter() - started
         return summary
     finally:
-        pool.close()
-        store.close()
+        try:
+            pool.close()
+        finally:
+            store.close()
 
 
 def _finish(study, store, summary, progress, pool, group, outcome) -> None:

@@ -21,6 +21,12 @@ def command(study, out):
             "--max-group", "2"]
 
 
+def default_sigint():
+    """A shell's background job inherits SIGINT ignored, and Python then never raises
+    KeyboardInterrupt: give the child the default, as a terminal would."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def env(data_dir, **extra):
     return {**os.environ, "ABLATE_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO), **extra}
 
@@ -73,7 +79,7 @@ def test_ctrl_c_stops_fast_keeps_finished_cells_and_exits_130(tmp_path, data_dir
     study = write_study(tmp_path, epochs=30, factors=FACTORS)  # long enough to be mid-training
     out = tmp_path / "res"
     proc = subprocess.Popen(command(study, out)[:-2] + ["--max-group", "1"], env=env(data_dir),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     while "training" not in (proc.stdout.readline() or "training"):
         pass
     deadline = time.time() + 60
