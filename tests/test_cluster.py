@@ -204,3 +204,11 @@ def test_without_the_extra_the_user_gets_one_line(tmp_path, data_dir, monkeypatc
     assert result.stderr.strip() == 'error: --executor ray needs Ray, which is not installed: ' \
                                     'pip install "ablate[ray]"'
     assert not (tmp_path / "res").exists()
+
+
+def test_the_core_never_imports_ray(tmp_path, data_dir):
+    code = ("import sys; from ablate import cli, report, runner; from ablate.study import load; "
+            "runner.run(load(sys.argv[1]), sys.argv[2]); assert 'ray' not in sys.modules, 'ray was imported'")
+    done = subprocess.run([sys.executable, "-c", code, str(write_study(tmp_path)), str(tmp_path / "res")],
+                          cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
