@@ -1,5 +1,6 @@
 """Shared fixtures: the real datasets folder and tiny study files."""
 import os
+import signal
 import textwrap
 from pathlib import Path
 
@@ -15,6 +16,12 @@ def _data_dir() -> Path | None:
         return Path(given)
     guess = REPO.parent / "shared" / "datasets"
     return guess if (guess / "MNIST" / "raw").is_dir() else None
+
+
+def default_sigint():
+    """For subprocesses: a shell's background job inherits SIGINT ignored, and Python then never
+    raises KeyboardInterrupt; give the child the default, as a terminal would."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="session")

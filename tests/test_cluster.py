@@ -15,18 +15,12 @@ from typer.testing import CliRunner
 from ablate import engine, runner
 from ablate.cli import app
 from ablate.study import cells, load, override
-from conftest import REPO, write_study
+from conftest import REPO, default_sigint, write_study
 
 ray = pytest.importorskip("ray")
 
 EIGHT = "dict(activation=['relu', 'sigmoid'], lr=[0.05, 0.1])"  # x 2 seeds: 8 cells
 VALUES = ["cell", "seed", "epoch", "train_loss", "test_loss", "test_acc", "status", "config"]
-
-
-def default_sigint():
-    """A shell's background job inherits SIGINT ignored, and Python then never raises
-    KeyboardInterrupt: give the child the default, as a terminal would."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture(autouse=True)

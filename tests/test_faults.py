@@ -10,7 +10,7 @@ from collections import Counter
 import pandas as pd
 
 from ablate.store import MANIFEST, parquet_files, read_manifest
-from conftest import REPO, write_study
+from conftest import REPO, default_sigint, write_study
 
 KILLS = 20
 FACTORS = "dict(activation=['relu', 'sigmoid'], dropout=[0.0, 0.25])"
@@ -19,12 +19,6 @@ FACTORS = "dict(activation=['relu', 'sigmoid'], dropout=[0.0, 0.25])"
 def command(study, out):
     return [sys.executable, "-m", "ablate", "run", str(study), "--out", str(out), "--deterministic",
             "--max-group", "2"]
-
-
-def default_sigint():
-    """A shell's background job inherits SIGINT ignored, and Python then never raises
-    KeyboardInterrupt: give the child the default, as a terminal would."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def env(data_dir, **extra):
