@@ -87,7 +87,7 @@ def run(
     data_dir: Path | None = typer.Option(None, "--data-dir", envvar="ABLATE_DATA_DIR",
                                          help="Folder holding MNIST/raw/*.gz and the like."),
     executor: str = typer.Option("local", "--executor", help="local (this process) | ray (groups as Ray tasks; "
-                                 'pip install "ablate[ray]")'),
+                                 'pip install "ablate\\[ray]")'),  # Rich reads [ray] as markup
     address: str | None = typer.Option(None, "--address", help="With --executor ray: the cluster to join "
                                        "(auto, host:port); default: start a local Ray and stop it after."),
     groups_per_gpu: int = typer.Option(1, "--groups-per-gpu", min=1, max=1000, help="With --executor ray: groups "
