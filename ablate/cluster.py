@@ -55,9 +55,9 @@ def _train_group(group: list[Cell], model, source: str, data_box: list, determin
             torch.cuda.empty_cache()
 
 
-def _auto_group(cells: list[Cell], data_box: list) -> int:
+def _auto_group(cells: list[Cell], model, data_box: list) -> int:
     data, device = _worker(data_box, False)
-    return engine.auto_group(cells, data, device)
+    return engine.auto_group(cells, data, device, model)
 
 
 class Pool:
@@ -119,7 +119,7 @@ class Pool:
         slots train as 2 groups of 4."""
         task = self.ray.remote(_auto_group).options(**self.options)
         try:
-            fits = self.ray.get(task.remote(todo[:1], self.data_box))
+            fits = self.ray.get(task.remote(todo[:1], self.study.model, self.data_box))
         except self.ray.exceptions.RayError as e:
             raise AblateError(f"--executor ray: a worker could not load {self.study.dataset} onto its device: "
                               f"{str(e).strip().splitlines()[-1]}") from None

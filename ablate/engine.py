@@ -123,16 +123,24 @@ def train_cell(cell: Cell, data: Data, model, device, on_epoch: Callable | None 
 OOM_ABOVE = "ABLATE_TEST_OOM_ABOVE"  # tests set it: groups larger than this raise OutOfMemoryError
 
 
-def auto_group(cells: list[Cell], data: Data, device: torch.device) -> int:
+def auto_group(cells: list[Cell], data: Data, device: torch.device, model="mlp") -> int:
     """The default --max-group: on a GPU, what fits in half the free memory (parameters with
-    gradient and two optimizer states, activations of a batch and of an eval chunk, the
-    epoch's order); on a CPU 8, past which fusing gains little on 2 cores (benchmarks/)."""
-    if device.type != "cuda" or not cells:
+    gradient and two optimizer states, activations of a batch and of an eval chunk kept for the
+    backward, the epoch's order); on a CPU 8, past which fusing gains little on 2 cores
+    (benchmarks/). A study's own model trains cell by cell, so its group size matters little."""
+    if device.type != "cuda" or not cells or not isinstance(model, str):
         return 8
     cfg = cells[0].config
-    widths = [math.prod(data.shape), *cfg["hidden"], data.classes]
-    params = sum(a * b + b for a, b in zip(widths, widths[1:], strict=False))
-    acts = (cfg["batch_size"] + EVAL_BATCH) * (sum(widths) * 4 + math.prod(data.shape))
+    net = models.build(model, cfg, data.shape, data.classes, 0)
+    params = sum(p.numel() for p in net.parameters())
+    sizes = []
+    hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(o.numel())) for m in net.modules()
+             if not list(m.children())]
+    with torch.no_grad():
+        net.eval()(torch.zeros(1, *data.shape))
+    for h in hooks:
+        h.remove()
+    acts = (cfg["batch_size"] + EVAL_BATCH) * (sum(sizes) * 2 + math.prod(data.shape))  # output and its grad
     per_cell = 4 * params * 4 + acts * 4 + len(data.train_x) * 8 * 2
     free, _ = torch.cuda.mem_get_info(device)
     return max(1, min(1024, free // 2 // per_cell))
@@ -150,8 +158,8 @@ def train(group: list[Cell], data: Data, model, device, on_epoch: Callable | Non
     if (limit := os.environ.get(OOM_ABOVE)) and len(group) > int(limit):  # an env var reaches Ray workers
         raise torch.OutOfMemoryError(f"test hook: group of {len(group)} > {limit}")
     with fused.tf32(group[0].config["precision"]):
-        if len(group) > 1 and fused.can_fuse(group, model):
-            return fused.train(group, data, device, on_epoch)
+        if len(group) > 1 and fused.can_fuse(group, model, device):
+            return fused.train(group, data, device, on_epoch, model)
         return _plain(group, data, model, device, on_epoch, source)
 
 

@@ -17,7 +17,9 @@ class Dropout(nn.Module):
 
     def __init__(self, p: float, seed: int, layer: int):
         super().__init__()
-        self.p, self.key, self.step = p, rng.key(seed, rng.DROPOUT, layer), 0
+        self.p, self.step = p, 0
+        # a buffer, not an int: stacked with the others, each cell of a vmapped group keeps its own
+        self.register_buffer("key", torch.tensor(rng.key(seed, rng.DROPOUT, layer)), persistent=False)
 
     def forward(self, x):
         if not self.training or self.p == 0:

@@ -126,7 +126,7 @@ class Local:
         self.device, self.memory = device_name(self.dev), str(self.dev)
 
     def auto_group(self, todo: list[Cell]) -> int:
-        return engine.auto_group(todo, self.data, self.dev)
+        return engine.auto_group(todo, self.data, self.dev, self.study.model)
 
     def submit(self, group: list[Cell]) -> None:
         self.queue.append(group)

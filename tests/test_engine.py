@@ -78,3 +78,22 @@ def test_a_study_model_trains_through_the_plain_path(data_dir):
     rows = engine.train(cells(st), d, net, "cpu")
     assert len(rows) == 2 and all(r[0]["test_acc"] > 0.6 for r in rows)
     assert rows[0][0]["train_loss"] != rows[1][0]["train_loss"]  # seeds differ
+
+
+def test_the_gpu_group_size_follows_free_memory_and_the_model(data_dir, monkeypatch):
+    # no GPU here: the estimate is pure arithmetic on the built model, so fake the free memory
+    data = load("mnist", "cpu", data_dir)
+    gib = 2**30
+    free = {"bytes": 8 * gib}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["bytes"], 80 * gib))
+    mlp = cells(validate(Study(name="t", dataset="mnist", base=dict(hidden=(512, 256)), seeds=1)))
+    cnn = cells(validate(Study(name="t", dataset="mnist", model="cnn", base=dict(layers=("conv:64:3", "act")),
+                               seeds=1)))
+    cuda = torch.device("cuda")
+    small = engine.auto_group(mlp, data, cuda, "mlp")
+    assert 40 <= small <= 160  # about 54 MB a cell (reference MLP, eval chunk of 2000): 4 GiB / 54 MB = 79
+    free["bytes"] = 16 * gib
+    assert abs(engine.auto_group(mlp, data, cuda, "mlp") - 2 * small) <= 1
+    assert engine.auto_group(cnn, data, cuda, "cnn") < small  # 64 maps of 26x26 per sample outweigh the MLP
+    assert engine.auto_group(mlp, data, torch.device("cpu"), "mlp") == 8
+    assert engine.auto_group(mlp, data, cuda, lambda cfg: torch.nn.Linear(784, 10)) == 8
