@@ -28,10 +28,15 @@ from ablate import engine  # noqa: E402
 from ablate.runner import device_name  # noqa: E402
 from ablate.study import Study, cells, validate  # noqa: E402
 
-WORKLOADS = {  # the reference study's baseline cell, and the Fashion-MNIST tutorial's MLP
-    "reference": ("mnist", dict(hidden=(512, 256), activation="sigmoid", dropout=0.5, lr=0.01, momentum=0.5,
-                                batch_size=32, epochs=10)),
-    "fashion": ("fashion_mnist", dict(hidden=(256, 128), activation="relu", lr=0.01, batch_size=64, epochs=30)),
+EXAMPLES = ("conv:10:5", "maxpool:2", "act", "conv:20:5", "dropout2d:0.5", "maxpool:2", "act", "flatten",
+            "fc:50", "act", "dropout:0.5")
+WORKLOADS = {  # the reference study's baseline cell, the Fashion-MNIST tutorial's MLP, the examples CNN
+    "reference": ("mnist", "mlp", dict(hidden=(512, 256), activation="sigmoid", dropout=0.5, lr=0.01, momentum=0.5,
+                                       batch_size=32, epochs=10)),
+    "fashion": ("fashion_mnist", "mlp", dict(hidden=(256, 128), activation="relu", lr=0.01, batch_size=64,
+                                             epochs=30)),
+    "cnn": ("mnist", "cnn", dict(layers=EXAMPLES, activation="relu", lr=0.01, momentum=0.5, batch_size=64,
+                                 epochs=40)),
 }
 
 
@@ -40,10 +45,31 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def flops_per_sample(hidden) -> int:
-    """Training FLOPs per sample: 2 per multiply-add forward, 4 backward (input and weight grads)."""
-    widths = [784, *hidden, 10]
-    return 6 * sum(a * b for a, b in zip(widths, widths[1:], strict=False))
+def flops_per_sample(model, cfg) -> float:
+    """Training FLOPs per sample: 2 per multiply-add forward, 4 backward (input and weight grads);
+    for a CNN, counted by torch's FlopCounterMode over one training step of the tutorial's model."""
+    if model == "mlp":
+        widths = [784, *cfg["hidden"], 10]
+        return 6 * sum(a * b for a, b in zip(widths, widths[1:], strict=False))
+    from torch.utils.flop_counter import FlopCounterMode
+    net, bs = tutorial_model(model, cfg), cfg["batch_size"]
+    with FlopCounterMode(display=False) as counter:
+        nn.functional.cross_entropy(net(torch.zeros(bs, 1, 28, 28)), torch.zeros(bs, dtype=torch.long)).backward()
+    return counter.get_total_flops() / bs
+
+
+def tutorial_model(model, cfg) -> nn.Module:
+    """The model as the tutorials write it, with torch's own layers."""
+    act = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid}[cfg["activation"]]
+    if model == "cnn":  # the PyTorch examples' Net as a Sequential
+        return nn.Sequential(nn.Conv2d(1, 10, 5), nn.MaxPool2d(2), act(), nn.Conv2d(10, 20, 5), nn.Dropout2d(0.5),
+                             nn.MaxPool2d(2), act(), nn.Flatten(), nn.Linear(320, 50), act(), nn.Dropout(0.5),
+                             nn.Linear(50, 10))
+    layers, width = [nn.Flatten()], 784
+    for h in cfg["hidden"]:
+        layers += [nn.Linear(width, h), act()] + ([nn.Dropout(cfg["dropout"])] if cfg.get("dropout") else [])
+        width = h
+    return nn.Sequential(*layers, nn.Linear(width, 10))
 
 
 def torchvision_root(name: str, cache: Path) -> Path:
@@ -59,7 +85,7 @@ def torchvision_root(name: str, cache: Path) -> Path:
     return cache
 
 
-def tutorial_epoch(name, cfg, device, limit, cache) -> tuple[int, float]:
+def tutorial_epoch(name, model_name, cfg, device, limit, cache) -> tuple[int, float]:
     """The notebook loop; returns (samples, seconds) of one timed epoch after 50 warm-up steps."""
     import torchvision
     from torchvision import transforms
@@ -69,12 +95,7 @@ def tutorial_epoch(name, cfg, device, limit, cache) -> tuple[int, float]:
     if limit:
         ds = torch.utils.data.Subset(ds, range(limit))
     loader = torch.utils.data.DataLoader(ds, batch_size=cfg["batch_size"], shuffle=True)
-    layers, width = [nn.Flatten()], 784
-    act = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid}[cfg["activation"]]
-    for h in cfg["hidden"]:
-        layers += [nn.Linear(width, h), act()] + ([nn.Dropout(cfg["dropout"])] if cfg.get("dropout") else [])
-        width = h
-    model = nn.Sequential(*layers, nn.Linear(width, 10)).to(device)
+    model = tutorial_model(model_name, cfg).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg.get("momentum", 0.0))
     loss_fn = nn.CrossEntropyLoss()
 
@@ -96,17 +117,17 @@ def tutorial_epoch(name, cfg, device, limit, cache) -> tuple[int, float]:
     return len(ds), time.perf_counter() - start
 
 
-def ablate_epoch(name, cfg, device, limit, g, precision="fp32") -> tuple[int, float]:
+def ablate_epoch(name, model, cfg, device, limit, g, precision="fp32") -> tuple[int, float]:
     """G cells (seeds 0..G-1) for one epoch through engine.train; returns (cell-samples, seconds)."""
     data = datasets.load(name, device)
     base = {**cfg, "epochs": 1, "train_subset": limit or None, "precision": precision}
-    group = cells(validate(Study(name="bench", dataset=name, base=base, seeds=g)))
-    warm = cells(validate(Study(name="bench", dataset=name, base={**base, "train_subset": 50 * cfg["batch_size"]},
-                                seeds=g)))
-    engine.train(warm, data, "mlp", device)
+    group = cells(validate(Study(name="bench", dataset=name, model=model, base=base, seeds=g)))
+    warm = cells(validate(Study(name="bench", dataset=name, model=model,
+                                base={**base, "train_subset": 50 * cfg["batch_size"]}, seeds=g)))
+    engine.train(warm, data, model, device)
     sync(device)
     start = time.perf_counter()
-    engine.train(group, data, "mlp", device)
+    engine.train(group, data, model, device)
     sync(device)
     n = limit or len(data.train_x)
     return g * n, time.perf_counter() - start
@@ -155,18 +176,26 @@ def device_limits(device, precision="fp32") -> tuple[float, float, str]:
                       f"copy bandwidth measured {bw / 1e9:.1f} GB/s")
 
 
-def intensity(cfg) -> float:
+def intensity(model, cfg) -> float:
     """FLOPs per DRAM byte of one fused step: weights read forward and backward, gradient written,
-    momentum read and written, weights written (6 passes of 4 bytes), plus the batch's activations."""
-    widths = [784, *cfg["hidden"], 10]
-    params = sum(a * b + b for a, b in zip(widths, widths[1:], strict=False))
-    acts = cfg["batch_size"] * sum(widths) * 4 * 3  # written forward, read backward, grads
-    return cfg["batch_size"] * flops_per_sample(cfg["hidden"]) / (6 * 4 * params + acts)
+    momentum read and written, weights written (6 passes of 4 bytes), plus the batch's activations
+    (each linear, conv and pool output written forward, read backward, and its gradient)."""
+    net, sizes = tutorial_model(model, cfg), []
+    hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(o[0].numel())) for m in net.modules()
+             if isinstance(m, (nn.Linear, nn.Conv2d, nn.MaxPool2d))]  # MLP: the widths after the input
+    with torch.no_grad():
+        net.eval()(torch.zeros(1, 1, 28, 28))
+    for h in hooks:
+        h.remove()
+    params = sum(p.numel() for p in net.parameters())
+    acts = cfg["batch_size"] * (784 + sum(sizes)) * 4 * 3
+    return cfg["batch_size"] * flops_per_sample(model, cfg) / (6 * 4 * params + acts)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workload", choices=[*WORKLOADS, "both"], default="both")
+    ap.add_argument("--workload", choices=[*WORKLOADS, "both", "all"], default="both",
+                    help="both: the two MLPs; all: the MLPs and the CNN")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--max-group", type=int, default=None, help="largest group (default 16 on CPU, 512 on GPU)")
     ap.add_argument("--quick", action="store_true", help="6,400-sample epochs and groups up to 4: a smoke run")
@@ -180,19 +209,19 @@ def main():
     limit = 6400 if args.quick else 0
     top = args.max_group or (4 if args.quick else 512 if device.type == "cuda" else 16)
     cache = datasets.cache_dir() / "torchvision"
-    names = list(WORKLOADS) if args.workload == "both" else [args.workload]
+    names = {"both": ["reference", "fashion"], "all": list(WORKLOADS)}.get(args.workload, [args.workload])
     print(f"device: {device_name(device)}; precision {args.precision}; "
           f"torch {torch.__version__}, {platform.python_version()}; {time.strftime('%Y-%m-%d')}")
     best = lambda fn, *a: min((fn(*a) for _ in range(args.repeat)), key=lambda t: t[1])  # noqa: E731
     measured = []
     for name in names:
-        dataset, cfg = WORKLOADS[name]
-        n, s = best(tutorial_epoch, dataset, cfg, device, limit, cache)
+        dataset, model, cfg = WORKLOADS[name]
+        n, s = best(tutorial_epoch, dataset, model, cfg, device, limit, cache)
         measured.append((name, "tutorial", 1, n, s))
         g = 1
         while g <= top:
             try:
-                samples, secs = best(ablate_epoch, dataset, cfg, device, limit, g, args.precision)
+                samples, secs = best(ablate_epoch, dataset, model, cfg, device, limit, g, args.precision)
             except torch.OutOfMemoryError:
                 break
             measured.append((name, "ablate" if g == 1 else "fused", g, samples, secs))
@@ -201,9 +230,10 @@ def main():
     print(f"roofline inputs: {how}")
     rows, tut = [], {}
     for name, mode, g, samples, secs in measured:
-        cfg, rate = WORKLOADS[name][1], samples / secs
+        _, model, cfg = WORKLOADS[name]
+        rate = samples / secs
         tut.setdefault(name, rate)
-        fps, bound = flops_per_sample(cfg["hidden"]), min(peak, bw * intensity(cfg))
+        fps, bound = flops_per_sample(model, cfg), min(peak, bw * intensity(model, cfg))
         rows.append(dict(workload=name, mode=mode, group=g, cell_samples_per_s=round(rate),
                          cells_per_hour=round(rate * 3600 / (cfg["epochs"] * 60_000), 1),
                          speedup=round(rate / tut[name], 2), gflops=round(rate * fps / 1e9, 2),
@@ -219,9 +249,10 @@ def main():
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    print("\ncells/h: whole cells of the workload's recipe (reference: 10 epochs, fashion: 30) per hour")
+    print("\ncells/h: whole cells of the workload's recipe (reference: 10 epochs, fashion: 30, cnn: 40) per hour; "
+          "ablate's epochs include the test-set evaluation, the tutorial loop's do not")
     print(f"written: {args.csv}; bound = min(peak, bandwidth x intensity); intensity "
-          + ", ".join(f"{n}: {intensity(WORKLOADS[n][1]):.1f} FLOP/B" for n in names))
+          + ", ".join(f"{n}: {intensity(*WORKLOADS[n][1:]):.1f} FLOP/B" for n in names))
     return 0 if math.isfinite(rows[-1]["speedup"]) else 1
 
 
