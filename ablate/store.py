@@ -166,4 +166,8 @@ def read(path: str | Path) -> pd.DataFrame:
         except (pa.ArrowException, OSError) as e:
             raise StoreError(f"{f}: unreadable Parquet ({str(e).splitlines()[0][:80]})") from None
     df = pd.concat(frames, ignore_index=True)
+    for f in read_manifest(path).get("factors") or {}:
+        if f not in df.columns or df[f].isna().any():  # a factor added after some rows were stored:
+            level = df["config"].map(lambda c, f=f: json.loads(c).get(f))  # their config holds its level
+            df[f] = (level if f not in df.columns else df[f].where(df[f].notna(), level)).infer_objects()
     return df.sort_values(["cell", "epoch"], kind="stable").reset_index(drop=True)

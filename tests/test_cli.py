@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from ablate import engine
+from ablate import engine, store
 from ablate.cli import app
 from ablate.store import MANIFEST
 from conftest import write_study
@@ -134,6 +134,19 @@ def test_a_cell_that_alone_does_not_fit_is_recorded_and_the_rest_goes_on(tmp_pat
     monkeypatch.delenv(engine.OOM_ABOVE)
     rerun = run("run", study, "--out", tmp_path / "res")
     assert rerun.exit_code == 0 and "training 4 of 4 cells" in rerun.stdout
+
+
+def test_a_factor_added_later_keeps_the_stored_cells_and_reports_their_level(tmp_path, data_dir):
+    out = tmp_path / "res"
+    run("run", write_study(tmp_path, factors="dict(activation=['relu', 'sigmoid'])"), "--out", out)
+    grown = run("run", write_study(tmp_path, factors="dict(activation=['relu', 'sigmoid'], normalize=[False, True])"),
+                "--out", out)
+    assert grown.exit_code == 0 and "training 4 of 8 cells" in grown.stdout
+    df = store.read(out / "tiny")  # the first files have no normalize column; their config says False
+    assert df["normalize"].tolist().count(False) == 4 and df["normalize"].tolist().count(True) == 4
+    report = run("report", out / "tiny")
+    assert report.exit_code == 0, report.output
+    assert "normalize" in report.stdout
 
 
 def test_a_changed_study_keeps_unchanged_cells(tmp_path, data_dir):
