@@ -17,6 +17,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
 
 from . import models, rng
 from .data import Data, hflip, to_float
@@ -104,7 +105,6 @@ class Vmapped:
     batched weight run as grouped convolutions."""
 
     def __init__(self, nets: list[nn.Module], device):
-        from torch.func import stack_module_state
         nets = [n.to(device) for n in nets]
         self.weights, self.buffers = stack_module_state(nets)  # leaves that require grad
         self.base = copy.deepcopy(nets[0]).to("meta")  # the structure alone; its dropouts count steps
@@ -114,7 +114,6 @@ class Vmapped:
         return list(self.weights.values())
 
     def forward(self, x: torch.Tensor, train: bool, step: int) -> torch.Tensor:
-        from torch.func import functional_call, vmap
         self.base.train(train)
         call = lambda w, b, xs: functional_call(self.base, (w, b), (xs,))  # noqa: E731
         x = x.to(self.dtype)
