@@ -15,8 +15,8 @@ from .study import AblateError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Ablation studies for PyTorch: many seeds per cell, effects with confidence intervals.")
-out = Console()
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(emoji=False)  # ":x:" in a user's value is text, not an emoji
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 def user_errors(fn):
@@ -29,6 +29,10 @@ def user_errors(fn):
             err.print(f"[red]error:[/red] {escape(str(e))}", markup=True)
             raise typer.Exit(e.code) from None
     return wrapper
+
+
+def warn(message: str) -> None:
+    err.print(f"[yellow]warning:[/yellow] {escape(message)}")
 
 
 def _describe(levels: dict) -> str:
@@ -145,11 +149,14 @@ def _print_cells(st, cells, done, path):
 def show(results_dir: Path = typer.Argument(..., metavar="RESULTS_DIR"),
          metric: str = typer.Option("test_acc", "--metric")):
     """Final-epoch metrics of every cell in RESULTS_DIR."""
+    import pandas as pd
+
     from . import store
 
-    df = store.read(results_dir)
-    if metric not in df.columns:
-        raise AblateError(f"{results_dir}: no metric '{metric}'; columns: {', '.join(df.columns)}")
+    df = store.read(results_dir, warn)
+    if metric not in df.columns or not pd.api.types.is_numeric_dtype(df[metric]) or metric in ("seed", "epoch"):
+        metrics = [c for c in df.columns[df.columns.get_loc("epoch") + 1:] if pd.api.types.is_numeric_dtype(df[c])]
+        raise AblateError(f"{results_dir}: no metric '{metric}'; try {', '.join(metrics)}")
     factors = list(store.read_manifest(results_dir).get("factors") or [])
     factors = [f for f in factors if f in df.columns]
     last = df.sort_values("epoch").groupby("cell", sort=False).tail(1)
@@ -171,7 +178,7 @@ def report(results_dir: Path = typer.Argument(..., metavar="RESULTS_DIR"),
     """Charts, CSVs and index.html: does each factor help, by how much, how sure are we."""
     from . import report as reports
 
-    rep = reports.build(results_dir, out_dir, metric)
+    rep = reports.build(results_dir, out_dir, metric, warn)
     table = Table(title=f"effects on final {metric}: level - baseline, paired by seed (95% t CI, Holm)")
     for col in ["factor", "level vs baseline", "n", "diff", "95% CI", "p", "p Holm", ""]:
         table.add_column(col, justify="left" if col in ("factor", "level vs baseline") else "right")
@@ -185,8 +192,10 @@ def report(results_dir: Path = typer.Argument(..., metavar="RESULTS_DIR"),
         if c.n_seeds < 2:
             out.print(f"claim {name}: {c.claimed:.4f}; n={c.n_seeds}, no interval to compare")
             continue
-        mark = "[green]inside[/green]" if c.inside else "[red]outside[/red]"
-        out.print(f"claim {name}: {c.claimed:.4f} vs measured {c['mean']:.4f} "
+        said = {"point": "", "at_most": "at most ", "at_least": "at least "}[c.kind]
+        words = ("inside", "outside") if c.kind == "point" else ("holds", "does not hold")
+        mark = f"[green]{words[0]}[/green]" if c.inside else f"[red]{words[1]}[/red]"
+        out.print(f"claim {name}: {said}{c.claimed:.4f} vs measured {c['mean']:.4f} "
                   f"[{c.ci_low:.4f}, {c.ci_high:.4f}] (n={c.n_seeds}) {mark}")
     out.print(f"report: {rep.path / 'index.html'} ({rep.n_cells} runs, {rep.seconds:.1f}s)")
 

@@ -68,6 +68,7 @@ class Pool:
         ray = self.ray = _ray()
         self.study, self.progress, self.deterministic = study, progress, deterministic
         data = datasets.load(study.dataset, "cpu", data_dir)  # a missing dataset fails before Ray starts
+        self.shape, self.classes = data.shape, data.classes
         self._connect(address)
         try:
             self._plan(device, address, groups_per_gpu)

@@ -17,9 +17,19 @@ EVAL_BATCH = 2000  # test-set chunk: bounds activation memory, large enough to k
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    """"auto" (the GPU where there is one), "cpu", "cuda" or "cuda:N"; anything else is a user error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise AblateError(f"--device {name}: not a device ablate trains on; try auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        have = f"{torch.cuda.device_count()} GPUs" if torch.cuda.is_available() else "no GPU"
+        raise AblateError(f"--device {name}: this machine has {have}; try --device auto or cpu")
+    return device
 
 
 def configure(deterministic: bool) -> None:

@@ -5,6 +5,7 @@ import base64
 import html
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
@@ -39,7 +41,8 @@ def label(row, factors) -> str:
 
 def _save(fig, out: Path, name: str) -> None:
     fig.savefig(out / f"{name}.png", dpi=150, bbox_inches="tight")
-    fig.savefig(out / f"{name}.svg", bbox_inches="tight", metadata={"Date": None})  # same input, same file
+    with plt.rc_context({"svg.hashsalt": "ablate"}):  # same input, same file: no date, fixed element ids
+        fig.savefig(out / f"{name}.svg", bbox_inches="tight", metadata={"Date": None})
     plt.close(fig)
 
 
@@ -53,7 +56,12 @@ def chart_final(fin, summary, factors, metric, out):
     lab = {tuple(r[factors]): r.label for _, r in summary.iterrows()}
     ok = fin[fin.status == "ok"].assign(label=lambda d: [lab[tuple(r)] for r in d[factors].itertuples(index=False)])
     fig, ax = plt.subplots(figsize=(8, _height(len(summary))))
-    sns.stripplot(data=ok, x=metric, y="label", order=summary.label, color="0.55", size=5, jitter=0.15, ax=ax)
+    state = np.random.get_state()  # seaborn jitters from numpy's global RNG: same results, same chart
+    np.random.seed(0)
+    try:
+        sns.stripplot(data=ok, x=metric, y="label", order=summary.label, color="0.55", size=5, jitter=0.15, ax=ax)
+    finally:
+        np.random.set_state(state)
     for i, r in summary.iterrows():
         if pd.notna(r.ci_low):
             ax.errorbar(r["mean"], i, xerr=[[r["mean"] - r.ci_low], [r.ci_high - r["mean"]]], fmt="o",
@@ -108,17 +116,20 @@ def chart_claims(cl, out):
         if pd.notna(r.ci_low):
             ax.plot([r.ci_low, r.ci_high], [i, i], color="black")
         ax.plot(r["mean"], i, "o", color="black")
-        ax.plot(r.claimed, i, "D", color="tab:green" if r.inside else "tab:red")
+        marker = {"at_most": "<", "at_least": ">"}.get(r.kind, "D")  # a bound points to the side it allows
+        ax.plot(r.claimed, i, marker, color="tab:green" if r.inside else "tab:red")
     ax.set_yticks(range(len(cl)), [f"{r.source or r.where}  (n={r.n_seeds})" for _, r in cl.iterrows()])
-    ax.set(xlabel="final metric: claimed (diamond: green inside the CI, red outside) vs measured mean, 95% CI")
+    ax.set(xlabel="claimed (diamond: one run, green inside the CI; triangle: a bound, green where the CI keeps "
+                  "to its side) vs measured mean, 95% CI")
     _save(fig, out, "claims")
 
 
-def build(results: str | Path, out: str | Path | None = None, metric: str = "test_acc") -> Report:
+def build(results: str | Path, out: str | Path | None = None, metric: str = "test_acc",
+          warn: Callable[[str], None] | None = None) -> Report:
     """Write charts, summary.csv, effects.csv, claims.csv and index.html for a results directory."""
     start = time.perf_counter()
     results = Path(results)
-    df, manifest = stats.tidy(store.read(results)), store.read_manifest(results)
+    df, manifest = stats.tidy(store.read(results, warn)), store.read_manifest(results)
     if metric not in df.columns or not pd.api.types.is_numeric_dtype(df[metric]):
         raise AblateError(f"{results}: no numeric metric '{metric}'; try test_acc, test_loss or train_loss")
     factors = stats.factor_columns(df)
@@ -140,6 +151,9 @@ def build(results: str | Path, out: str | Path | None = None, metric: str = "tes
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise AblateError(f"{out}: cannot write the report here ({e.strerror})") from None
+    # an earlier --metric's charts and claims, or an effects chart no longer drawn
+    for stale in [*(f"{c}.{x}" for c in CHARTS for x in ("png", "svg")), "claims.csv"]:
+        (out / stale).unlink(missing_ok=True)
     sns.set_theme(style="whitegrid", context="notebook")
     chart_final(fin, summary, factors, metric, out)
     chart_curves(df, factors, metric, out)
@@ -151,7 +165,7 @@ def build(results: str | Path, out: str | Path | None = None, metric: str = "tes
     summary.to_csv(out / "summary.csv", index=False)
     effects.to_csv(out / "effects.csv", index=False)
     rep = Report(out, summary, effects, claims, fin["cell"].nunique(), sorted(df["seed"].unique()), 0.0)
-    (out / "index.html").write_text(page(rep, manifest, fin, factors, metric))
+    (out / "index.html").write_text(page(rep, manifest, fin, factors, metric, results))
     rep.seconds = time.perf_counter() - start
     return rep
 
@@ -172,8 +186,9 @@ def _table(df: pd.DataFrame) -> str:
     return df.to_html(index=False, escape=True, border=0, float_format=lambda v: f"{v:.4g}", na_rep="n/a (n<2)")
 
 
-def page(rep: Report, manifest: dict, fin: pd.DataFrame, factors: list[str], metric: str) -> str:
-    """One HTML file, charts inlined as PNG data: opens offline; every study-supplied string escaped."""
+def page(rep: Report, manifest: dict, fin: pd.DataFrame, factors: list[str], metric: str, results: Path) -> str:
+    """One HTML file, charts inlined as PNG data: opens offline; every study-supplied string escaped.
+    No timestamp: the same results give the same page, so committed reports stay unchanged."""
     e = html.escape
     runs = manifest.get("runs", [])
     name = manifest.get("study") or fin["study"].iloc[0]
@@ -211,6 +226,5 @@ def page(rep: Report, manifest: dict, fin: pd.DataFrame, factors: list[str], met
         parts += ["<h2>Claims against the measurements</h2><figure>", _img(rep.path, "claims"),
                   "<figcaption>Each published single-run value beside the mean of the cells it describes and "
                   "its 95% t interval; n = seeds.</figcaption></figure>", _table(rep.claims.drop(columns=["metric"]))]
-    parts.append(f"<p class=meta>Generated {e(time.strftime('%Y-%m-%d %H:%M'))} by ablate report from "
-                 f"{e(str(rep.path.parent))}.</p></html>")
+    parts.append(f"<p class=meta>Generated by ablate report from {e(str(results))}.</p></html>")
     return "\n".join(parts)

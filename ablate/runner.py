@@ -14,10 +14,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 
-from . import __version__, engine, fused
+from . import __version__, engine, fused, models
 from . import data as datasets
-from .store import Store, parquet_files
-from .study import AblateError, Cell, Study, model_name
+from .store import Store, StoreError, parquet_files, read_manifest
+from .study import AblateError, Cell, Study, StudyError, model_name
 from .study import cells as expand
 
 ROW_COLUMNS = ("epoch", "train_loss", "test_loss", "test_acc", "seconds", "status")
@@ -94,17 +94,52 @@ def rows_for(study: Study, cell: Cell, epochs: list[dict]) -> list[dict]:
              **{k: r[k] for k in ROW_COLUMNS}, "config": config} for r in epochs]
 
 
-def manifest(study: Study, old: dict, device: str, deterministic: bool) -> dict:
+def manifest(study: Study, old: dict, device: str | None, deterministic: bool = False) -> dict:
+    """The study as run (design, claims, source text) and every run's details; no `device`: no new run."""
     text = Path(study.source).read_text() if Path(study.source).is_file() else ""
     run = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ablate": __version__,
            "python": platform.python_version(), "torch": torch.__version__,
            "device": device, "host": socket.gethostname(), "user": getpass.getuser(),
            "deterministic": deterministic, "argv": sys.argv}
-    return {"study": study.name, "dataset": study.dataset, "model": model_name(study.model),
-            "design": study.design, "base": study.base, "factors": study.factors,
-            "seeds": study.seeds, "source": {"path": study.source, "text": text,
-                                             "sha256": hashlib.sha256(text.encode()).hexdigest()},
-            "claims": [vars(c) for c in study.claims], "runs": old.get("runs", []) + [run]}
+    out = {"study": study.name, "dataset": study.dataset, "model": model_name(study.model),
+           "design": study.design, "base": study.base, "factors": study.factors,
+           "seeds": study.seeds, "source": {"path": study.source, "text": text,
+                                            "sha256": hashlib.sha256(text.encode()).hexdigest()},
+           "claims": [vars(c) for c in study.claims], "runs": old.get("runs", []) + ([run] if device else [])}
+    return json.loads(json.dumps(out, sort_keys=True, default=str))  # as read back: tuples are lists
+
+
+def refresh(study: Study, path: Path) -> None:
+    """Nothing to train, but the study file changed (a claim, its text): record it, so the report
+    shows the claims as they stand now. Skipped while another run holds the folder."""
+    old = read_manifest(path)
+    if {**manifest(study, old, None), "runs": None} == {**old, "runs": None}:
+        return
+    store = Store(path)
+    try:
+        store.open()
+    except StoreError:
+        return
+    try:
+        store.write_manifest(manifest(study, store.manifest(), None))
+    finally:
+        store.close()
+
+
+def check_models(study: Study, todo: list[Cell], shape: tuple, classes: int) -> None:
+    """Build each shape's model once and pass two zero images through it, so a `layers` spec that
+    does not fit the dataset fails here as one line, before anything is written."""
+    if callable(study.model):  # the study's own code: engine.train names its failures
+        return
+    for cell in {group_key(c): c for c in todo}.values():
+        try:
+            net = models.build(study.model, cell.config, shape, classes, 0)
+            with torch.no_grad():
+                net.eval()(torch.zeros(2, *shape))
+        except (RuntimeError, ValueError) as e:
+            what = f"layers={cell.config['layers']}" if study.model == "cnn" else f"hidden={cell.config['hidden']}"
+            raise StudyError(f"{study.source}: model '{study.model}' with {what} does not fit {study.dataset} "
+                             f"inputs of shape {shape}: {str(e).splitlines()[0]}") from None
 
 
 def device_name(device: torch.device) -> str:
@@ -119,10 +154,9 @@ class Local:
     def __init__(self, study: Study, device: str, deterministic: bool, data_dir, progress: Progress):
         self.study, self.progress, self.queue = study, progress, []
         self.dev = engine.pick_device(device)
-        if self.dev.type == "cuda" and not torch.cuda.is_available():
-            raise AblateError(f"--device {device}: no CUDA device is visible to torch")
         engine.configure(deterministic)
         self.data = datasets.load(study.dataset, self.dev, data_dir)
+        self.shape, self.classes = self.data.shape, self.data.classes
         self.device, self.memory = device_name(self.dev), str(self.dev)
 
     def auto_group(self, todo: list[Cell]) -> int:
@@ -167,12 +201,18 @@ def run(study: Study, out: str | Path = "results", device: str = "auto", max_gro
     path, started = results_dir(study, out), time.perf_counter()
     cells = expand(study)
     if not (todo := [c for c in cells if c.id not in finished(path)]):
+        refresh(study, path)
         return Summary(len(cells), len(cells), path=path)
     if executor == "ray":
         from . import cluster
         pool = cluster.Pool(study, device, deterministic, data_dir, progress, address, groups_per_gpu)
     else:  # either fails before anything is written (a missing dataset, no GPU, no Ray)
         pool = Local(study, device, deterministic, data_dir, progress)
+    try:
+        check_models(study, todo, pool.shape, pool.classes)
+    except BaseException:
+        pool.close()
+        raise
     store = Store(path, warn=progress.warn)
     try:
         store.open()

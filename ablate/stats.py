@@ -145,6 +145,11 @@ def effects(fin: pd.DataFrame, factors: list[str], baselines: dict, levels: dict
     return out
 
 
+def holds(kind: str, value: float, lo: float, hi: float) -> bool:
+    """A point claim holds when the CI contains it; a bound, when the whole CI is on its side."""
+    return bool({"point": lo <= value <= hi, "at_most": hi <= value, "at_least": lo >= value}[kind])
+
+
 def claims(df: pd.DataFrame, claim_list: list[dict], factors: list[str]) -> pd.DataFrame:
     """Each claim beside the mean and CI over the ok cells its `where` selects, of their final
     metric or, where the claim names an epoch, of the metric at that epoch."""
@@ -160,9 +165,11 @@ def claims(df: pd.DataFrame, claim_list: list[dict], factors: list[str]) -> pd.D
         sel = fin[mask & (fin["status"] == "ok")][c.get("metric", "test_acc")]
         mean, _, lo, hi = interval(sel)
         where = ", ".join(f"{k}={hashable(v)}" for k, v in c["where"].items())
+        kind = c.get("kind", "point")
         rows.append(dict(where=where, claimed=c["value"], mean=mean, ci_low=lo, ci_high=hi, n_seeds=len(sel),
-                         inside=bool(lo <= c["value"] <= hi) if len(sel) > 1 else False,
-                         source=c.get("source", ""), metric=c.get("metric", "test_acc"), epoch=c.get("epoch")))
+                         inside=holds(kind, c["value"], lo, hi) if len(sel) > 1 else False,
+                         source=c.get("source", ""), metric=c.get("metric", "test_acc"), epoch=c.get("epoch"),
+                         kind=kind))
     return pd.DataFrame(rows)
 
 

@@ -20,11 +20,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .study import AblateError
+from .study import KEYS, AblateError
 
 MANIFEST = "_manifest.json"
 QUARANTINE = "_quarantine"
 LOCK = ".lock"
+DEFAULTS = json.loads(json.dumps({k: default for k, (default, _, _) in KEYS.items()}))  # as JSON reads them
 
 
 class StoreError(AblateError):
@@ -151,8 +152,9 @@ def read_manifest(path: str | Path) -> dict:
         raise StoreError(f"{file}: unreadable manifest ({e})") from None
 
 
-def read(path: str | Path) -> pd.DataFrame:
-    """Every row under `path` as one tidy frame, sorted by cell and epoch."""
+def read(path: str | Path, warn: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """The rows under `path` of the study's current design as one tidy frame, sorted by cell and
+    epoch; columns study, cell, seed, the factors in the study's order, then the metrics."""
     path = Path(path)
     if not path.is_dir():
         raise StoreError(f"{path}: no such results directory; run `ablate run STUDY` first")
@@ -166,8 +168,38 @@ def read(path: str | Path) -> pd.DataFrame:
         except (pa.ArrowException, OSError) as e:
             raise StoreError(f"{f}: unreadable Parquet ({str(e).splitlines()[0][:80]})") from None
     df = pd.concat(frames, ignore_index=True)
-    for f in read_manifest(path).get("factors") or {}:
+    manifest = read_manifest(path)
+    factors = list(manifest.get("factors") or {})
+    for f in factors:
         if f not in df.columns or df[f].isna().any():  # a factor added after some rows were stored:
             level = df["config"].map(lambda c, f=f: json.loads(c).get(f))  # their config holds its level
             df[f] = (level if f not in df.columns else df[f].where(df[f].notna(), level)).infer_objects()
+    df = _current(df, manifest, path, warn)
+    first = ["study", "cell", "seed", *factors]
+    df = df[first + [c for c in df.columns if c not in first]]
     return df.sort_values(["cell", "epoch"], kind="stable").reset_index(drop=True)
+
+
+def _current(df: pd.DataFrame, manifest: dict, path: Path, warn) -> pd.DataFrame:
+    """The rows whose config is a point of the design the manifest records (its base and factor
+    levels; any seed). Rows left by an edited study or a --set run into the same folder would
+    otherwise be pooled with them, as extra seeds of the same point."""
+    if "base" not in manifest:
+        return df
+    factors = manifest.get("factors") or {}
+    fixed = {k: v for k, v in manifest["base"].items() if k not in factors}  # JSON values, as in `config`
+
+    def ok(config: str) -> bool:
+        c = {**DEFAULTS, **json.loads(config)}  # rows stored before a key existed ran with its default
+        return (all(c.get(k) == v for k, v in fixed.items())
+                and all(c.get(f) in ls for f, ls in factors.items()))
+
+    keep = df["config"].map({c: ok(c) for c in df["config"].unique()})
+    stale = df.loc[~keep, "cell"].nunique()
+    if stale == df["cell"].nunique():
+        raise StoreError(f"{path}: none of its cells belong to the design in {MANIFEST}; "
+                         "was the study edited or run with --set? Rerun it with `ablate run`")
+    if stale and warn:
+        warn(f"{path}: {stale} stored cells are not in the study's current design (an edited study or a "
+             "--set run wrote here) and are left out; `--out` keeps such runs apart")
+    return df[keep.to_numpy()]

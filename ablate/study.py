@@ -30,6 +30,8 @@ DATASETS = ("mnist", "fashion_mnist", "cifar10", "xor")
 MODELS = ("mlp", "cnn", "linear")  # linear: one Linear layer, the perceptron
 LOSSES = ("cross_entropy", "softmax_then_cross_entropy")  # the latter: a tutorial's bug, kept to measure it
 DESIGNS = ("grid", "one_at_a_time")
+METRICS = ("test_acc", "test_loss", "train_loss")  # per epoch, as runner.ROW_COLUMNS stores them
+CLAIM_KINDS = ("point", "at_most", "at_least")
 ACTIVATIONS = ("sigmoid", "relu", "tanh", "gelu")
 INITS = ("default", "kaiming_uniform", "kaiming_normal", "xavier_uniform")
 OPTIMIZERS = ("sgd", "adam")
@@ -133,6 +135,8 @@ class Claim:
     source: str = ""
     metric: str = "test_acc"
     epoch: int | None = None  # compare at this epoch (a shorter tutorial run is a prefix of a longer cell)
+    kind: str = "point"  # "point": a single run's value, inside the CI or not; "at_most"/"at_least": a
+    # bound that holds when the whole CI lies at or below / above it ("cannot pass 75%")
 
 
 @dataclass
@@ -308,7 +312,36 @@ def load(path: str | Path) -> Study:
     if not isinstance(study, Study):
         raise StudyError(f"{path}: `study` is a {type(study).__name__}; expected an ablate.Study")
     study.source = str(path)
-    return validate(study)
+    study = validate(study)
+    check_claims(study)
+    return study
+
+
+def check_claims(study: Study) -> None:
+    """Each claim must select cells of the design and compare like with like; a claim that
+    selects nothing would otherwise show n=0 in the report without a word."""
+    configs = [{**study.base, **levels} for levels in points(study)]
+    for c in study.claims:
+        where = f"{study.source}: claim {c.source or c.where}"
+        if c.metric not in METRICS:
+            raise StudyError(f"{where}: metric={c.metric!r} is not allowed; expected one of {', '.join(METRICS)}")
+        if c.kind not in CLAIM_KINDS:
+            raise StudyError(f"{where}: kind={c.kind!r} is not allowed; expected one of {', '.join(CLAIM_KINDS)}")
+        if not isinstance(c.value, (int, float)) or isinstance(c.value, bool) or not math.isfinite(c.value):
+            raise StudyError(f"{where}: value={c.value!r} is not a number")
+        if c.metric == "test_acc" and not 0 <= c.value <= 1:
+            raise StudyError(f"{where}: value={c.value!r} is not a fraction; accuracy is stored as a fraction, "
+                             f"e.g. {c.value / 100:g} for {c.value:g}%")
+        want = {k: normalise(k, v, where) for k, v in c.where.items()}
+        hits = [cfg for cfg in configs if all(_canonical(cfg[k]) == _canonical(v) for k, v in want.items())]
+        if not hits:
+            levels = "; ".join(f"{k} in {study.factors[k]!r}" if k in study.factors else f"{k}={study.base[k]!r}"
+                               for k in want)
+            raise StudyError(f"{where}: where={c.where!r} selects no cell of the design ({levels})")
+        most = max(cfg["epochs"] for cfg in hits)
+        if c.epoch is not None and not (_is_int(c.epoch) and 1 <= c.epoch <= most):
+            raise StudyError(f"{where}: epoch={c.epoch!r} is not allowed; expected an int from 1 to {most}, "
+                             "the epochs its cells train")
 
 
 def _user_line(exc: BaseException, filename: str) -> str:

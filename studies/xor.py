@@ -11,7 +11,7 @@ study = Study(
     factors=dict(hidden=[(), (4,)]),
     seeds=10,
     claims=[
-        Claim(where=dict(hidden=()), value=0.75, source="perceptron: cannot pass 75% on XOR"),
+        Claim(where=dict(hidden=()), value=0.75, kind="at_most", source="perceptron: cannot pass 75% on XOR"),
         Claim(where=dict(hidden=(4,)), value=1.0, source="2-layer MLP: solves XOR (100%)"),
     ],
 )

@@ -155,3 +155,45 @@ def test_a_changed_study_keeps_unchanged_cells(tmp_path, data_dir):
                 "--out", tmp_path / "res")
     assert grown.exit_code == 0 and "training 2 of 6 cells" in grown.stdout
     assert pd.read_parquet(tmp_path / "res" / "tiny")["cell"].nunique() == 6
+
+
+def test_a_set_run_into_the_same_folder_is_left_out_of_the_report(tmp_path, data_dir):
+    out, study = tmp_path / "res", write_study(tmp_path, factors="dict(activation=['relu', 'sigmoid'])")
+    assert run("run", study, "--out", out).exit_code == 0  # 4 cells of 1 epoch
+    quick = run("run", study, "--out", out, "--set", "lr=0.01", "--seeds", "1")
+    assert quick.exit_code == 0 and "training 2 of 2 cells" in quick.stdout
+    df = store.read(out / "tiny")  # the manifest now records lr=0.01: the 4 cells of lr 0.05 are not in it
+    assert df["cell"].nunique() == 2 and {json.loads(c)["lr"] for c in df["config"]} == {0.01}
+    shown = run("show", out / "tiny")
+    assert "2 cells" in shown.stdout and "4 stored cells are not in the study's current design" in shown.stderr
+    back = run("run", study, "--out", out)  # the study as written: its 4 cells again, seeds 0 and 1 once each
+    assert "nothing to train" in back.stdout
+    report = run("report", out / "tiny")
+    assert report.exit_code == 0 and "n=2" in report.stdout, report.output
+    assert pd.read_csv(out / "tiny" / "_report" / "summary.csv")["n_seeds"].tolist() == [2, 2]
+
+
+def test_factor_columns_follow_the_seed_whatever_order_the_files_sort_in(tmp_path, data_dir):
+    out = tmp_path / "res"
+    run("run", write_study(tmp_path, factors="dict(activation=['relu', 'sigmoid'])"), "--out", out)
+    run("run", write_study(tmp_path, factors="dict(activation=['relu', 'sigmoid'], normalize=[False, True])"),
+        "--out", out)
+    for i, f in enumerate(sorted((out / "tiny").glob("*.parquet"), key=lambda f: "normalize" in str(
+            pd.read_parquet(f).columns.tolist()))):
+        f.rename(f.with_name(f"{'ab'[i > 0]}{i}.parquet"))  # the file without `normalize` now sorts first
+    assert list(store.read(out / "tiny").columns[:6]) == ["study", "cell", "seed", "activation", "normalize", "epoch"]
+    assert run("report", out / "tiny").exit_code == 0
+    summary = pd.read_csv(out / "tiny" / "_report" / "summary.csv")
+    assert len(summary) == 4 and summary["n_seeds"].tolist() == [2, 2, 2, 2]
+
+
+def test_an_edited_claim_reaches_the_report_without_training(tmp_path, data_dir):
+    out, study = tmp_path / "res", write_study(tmp_path, factors="dict(activation=['relu', 'sigmoid'])")
+    run("run", study, "--out", out)
+    study.write_text(study.read_text().replace("value=0.8,", "value=0.99, kind='at_least',"))
+    again = run("run", study, "--out", out)
+    assert again.exit_code == 0 and "nothing to train" in again.stdout
+    manifest = json.loads((out / "tiny" / MANIFEST).read_text())
+    assert manifest["claims"][0]["kind"] == "at_least" and len(manifest["runs"]) == 1  # no run was added
+    said = " ".join(run("report", out / "tiny").stdout.split())  # Rich wraps at 80 columns here
+    assert "claim tiny: at least 0.9900 vs measured" in said and "does not hold" in said

@@ -43,6 +43,20 @@ STUDIES = {  # id: (study text, exit code, words the line must hold)
     "unknown dataset": (tiny().replace('dataset="mnist"', 'dataset="imagenet"'), 2,
                         ["study.py", "'imagenet'", "mnist, fashion_mnist"]),
     "wrong type": (bad_base("batchnorm='yes'"), 2, ["study.py", "batchnorm='yes'", "True or False"]),
+    "claim in percent": (tiny().replace("value=0.8", "value=97.26"), 2,
+                         ["study.py", "claim tiny", "value=97.26", "not a fraction", "0.9726"]),
+    "claim selecting nothing": (tiny().replace('where=dict(activation="relu")', 'where=dict(activation="tanh")'),
+                                2, ["study.py", "claim tiny", "selects no cell", "activation in ['relu', 'sigmoid']"]),
+    "claim past the last epoch": (tiny().replace("value=0.8,", "value=0.8, epoch=3,"), 2,
+                                  ["study.py", "claim tiny", "epoch=3", "from 1 to 1"]),
+    "claim of an unknown metric": (tiny().replace("value=0.8,", "value=0.8, metric='accuracy',"), 2,
+                                   ["study.py", "claim tiny", "metric='accuracy'", "test_acc, test_loss"]),
+    "claim of an unknown kind": (tiny().replace("value=0.8,", "value=0.8, kind='about',"), 2,
+                                 ["study.py", "claim tiny", "kind='about'", "point, at_most, at_least"]),
+    "cnn layers that do not fit the images": (
+        tiny().replace('dataset="mnist"', 'dataset="xor", model="cnn"').replace("train_subset=512", "train_subset=4")
+        .replace('where=dict(activation="relu")', "where=dict()"), 2,
+        ["study.py", "model 'cnn'", "layers=", "xor inputs of shape"]),
 }
 
 
@@ -130,4 +144,19 @@ def test_a_cuda_device_that_is_not_there(tmp_path, data_dir):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     r = cli.invoke(app, ["run", str(write_study(tmp_path)), "--out", str(tmp_path / "res"), "--device", "cuda"])
-    check(r, 2, ["--device cuda", "no CUDA device"], tmp_path)
+    check(r, 2, ["--device cuda", "no GPU"], tmp_path)
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "meta"])
+def test_a_device_name_that_is_not_a_device(tmp_path, data_dir, device):
+    r = cli.invoke(app, ["run", str(write_study(tmp_path)), "--out", str(tmp_path / "res"), "--device", device])
+    check(r, 2, [f"--device {device}", "try auto, cpu, cuda or cuda:N"], tmp_path)
+
+
+def test_show_with_a_column_that_is_not_a_metric(tmp_path, data_dir):
+    res = tmp_path / "res"
+    assert cli.invoke(app, ["run", str(write_study(tmp_path, seeds=1)), "--out", str(res)]).exit_code == 0
+    for column in ("config", "status", "nope"):
+        r = cli.invoke(app, ["show", str(res / "tiny"), "--metric", column])
+        assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.output, r.output
+        assert f"no metric '{column}'" in r.stderr and "train_loss, test_loss, test_acc" in r.stderr

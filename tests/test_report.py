@@ -120,3 +120,15 @@ def test_one_seed_says_no_interval_instead_of_a_zero_width_bar(tmp_path):
     assert rep.exit_code == 0 and "n=1, no interval" in rep.stdout
     page = (tmp_path / "xor" / REPORT / "index.html").read_text()
     assert "n/a (n&lt;2)" in page and "hidden=(4,)" in (tmp_path / "xor" / REPORT / "claims.csv").read_text()
+
+
+def test_the_same_results_give_the_same_files_and_another_metric_leaves_no_stale_ones(results, tmp_path):
+    out = tmp_path / "r"
+    assert cli.invoke(app, ["report", str(results), "--out", str(out)]).exit_code == 0
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert cli.invoke(app, ["report", str(results), "--out", str(out)]).exit_code == 0
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == first  # committed reports stay unchanged
+    assert f"from {results}." in first["index.html"].decode()
+    assert cli.invoke(app, ["report", str(results), "--out", str(out), "--metric", "test_loss"]).exit_code == 0
+    names = {p.name for p in out.iterdir()}  # the claims are about test_acc: none drawn for test_loss
+    assert "claims.csv" not in names and "claims.png" not in names and "final.png" in names

@@ -100,6 +100,14 @@ def test_claims_compare_against_the_selected_cells():
     assert out["inside"].tolist() == [True, False]
 
 
+def test_a_bound_holds_only_when_the_whole_interval_keeps_to_its_side():
+    # mean 0.91, t interval 0.91 +- 4.30 * 0.01 / sqrt(3) = [0.885, 0.935]
+    fin = frame({(0, "x", s): y for s, y in enumerate([0.90, 0.92, 0.91])})
+    bounds = [(0.95, "at_most", True), (0.93, "at_most", False), (0.88, "at_least", True), (0.90, "at_least", False)]
+    out = stats.claims(fin, [{"where": {"a": 0}, "value": v, "kind": k} for v, k, _ in bounds], ["a", "b"])
+    assert out["inside"].tolist() == [h for _, _, h in bounds] and out["kind"].tolist() == [k for _, k, _ in bounds]
+
+
 def simulate(rng, effects=(0.02, -0.01, 0.0), seeds=5, noise=0.01):
     values = {}
     seed_shift = rng.normal(0, 0.02, seeds)  # seeds differ; pairing removes it

@@ -93,3 +93,15 @@ def test_unwritable_and_missing_directories_are_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(StoreError, match="holds no results"):
         read(tmp_path / "empty")
+
+
+def test_rows_stored_before_a_key_existed_count_as_its_default(tmp_path):
+    s = Store(tmp_path / "s").open()
+    old = json.dumps({"hidden": [32], "lr": 0.05})  # no `precision`: written before it was a key
+    s.write([{**r, "config": old} for r in ROWS], "abc")
+    s.write_manifest({"base": {"hidden": [32], "lr": 0.05, "precision": "fp32"}, "factors": {"activation": ["relu"]}})
+    assert read(tmp_path / "s")["cell"].tolist() == ["abc", "abc"]
+    s.write_manifest({"base": {"hidden": [32], "lr": 0.05, "precision": "bf16"}, "factors": {"activation": ["relu"]}})
+    with pytest.raises(StoreError, match="none of its cells belong to the design"):
+        read(tmp_path / "s")
+    s.close()
