@@ -197,7 +197,7 @@ def report(results_dir: Path = typer.Argument(..., metavar="RESULTS_DIR"),
         mark = f"[green]{words[0]}[/green]" if c.inside else f"[red]{words[1]}[/red]"
         out.print(f"claim {name}: {said}{c.claimed:.4f} vs measured {c['mean']:.4f} "
                   f"[{c.ci_low:.4f}, {c.ci_high:.4f}] (n={c.n_seeds}) {mark}")
-    out.print(f"report: {rep.path / 'index.html'} ({rep.n_cells} runs, {rep.seconds:.1f}s)")
+    out.print(f"report: {rep.path / 'index.html'} ({rep.n_cells} cells, {rep.seconds:.1f}s)")
 
 
 def main():

@@ -1,6 +1,7 @@
-"""The fused engine: a group of MLP cells trained as stacked [G, ...] tensors with batched ops.
+"""The fused engine: a group of cells trained as stacked [G, ...] tensors with batched ops.
 
-Each cell keeps its own init (built by models.build, then stacked), its own sample
+MLPs run as baddbmm over the group (Stack); the other built-in models through torch.func's
+vmap (Vmapped). Each cell keeps its own init (built by models.build, then stacked), its own sample
 order, flips and dropout masks (the same counter-based draws as the plain path), its
 own batchnorm statistics and its own lr, momentum and weight decay ([G] tensors).
 Cells never mix: every op is batched over G, and the loss is a sum of per-cell means,

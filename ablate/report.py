@@ -193,7 +193,7 @@ def page(rep: Report, manifest: dict, fin: pd.DataFrame, factors: list[str], met
     runs = manifest.get("runs", [])
     name = manifest.get("study") or fin["study"].iloc[0]
     n_ok = sorted(rep.summary["n_seeds"].unique())
-    ok_txt = f"n={n_ok[0]} for every cell" if len(n_ok) == 1 else f"n from {n_ok[0]} to {n_ok[-1]}"
+    ok_txt = f"n={n_ok[0]} for every point" if len(n_ok) == 1 else f"n from {n_ok[0]} to {n_ok[-1]}"
     last = runs[-1] if runs else {}
     started = (f"started {e(runs[0]['started'])}" if len(runs) == 1 else
                f"{len(runs)} runs, the first started {e(runs[0]['started'])}, the last {e(last['started'])}")
@@ -204,14 +204,14 @@ def page(rep: Report, manifest: dict, fin: pd.DataFrame, factors: list[str], met
         f"<!doctype html><html lang=en><meta charset=utf-8><title>{e(name)}: ablate report</title>",
         f"<style>{CSS}</style><h1>{e(name)}</h1>",
         f"<p class=meta>{e(str(manifest.get('dataset', '')))}, model {e(str(manifest.get('model', '')))}, "
-        f"design {e(str(manifest.get('design', '')))}: {len(rep.summary)} cells x {len(rep.seeds)} seeds "
-        f"({rep.n_cells} runs), metric {e(metric)}.<br>{when}.</p>",
+        f"design {e(str(manifest.get('design', '')))}: {len(rep.summary)} points x {len(rep.seeds)} seeds "
+        f"({rep.n_cells} cells), metric {e(metric)}.<br>{when}.</p>",
     ]
     if len(diverged):
-        parts.append(f"<p class=warn>{len(diverged)} runs diverged (loss NaN or infinite) and are left out of "
+        parts.append(f"<p class=warn>{len(diverged)} cells diverged (loss NaN or infinite) and are left out of "
                      f"means and effects: " + ", ".join(f"{e(label(r, factors))} seed {r.seed} at epoch {r.epoch}"
                                                          for _, r in diverged.iterrows()) + "</p>")
-    parts += ["<h2>Final metric per cell</h2><figure>", _img(rep.path, "final"),
+    parts += ["<h2>Final metric per design point</h2><figure>", _img(rep.path, "final"),
               f"<figcaption>Final-epoch {e(metric)}; each dot one seed, black the mean with its 95% t interval; "
               f"n = seeds behind each mean ({ok_txt}).</figcaption></figure>", _table(rep.summary)]
     parts += ["<h2>Learning curves</h2><figure>", _img(rep.path, "curves"),

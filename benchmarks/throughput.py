@@ -192,6 +192,40 @@ def intensity(model, cfg) -> float:
     return cfg["batch_size"] * flops_per_sample(model, cfg) / (6 * 4 * params + acts)
 
 
+def measure(args, device, names, limit, top, cache) -> list[tuple]:
+    """(workload, mode, group, cell-samples, seconds) for the tutorial loop, then groups of 1, 2, 4, ..."""
+    best = lambda fn, *a: min((fn(*a) for _ in range(args.repeat)), key=lambda t: t[1])  # noqa: E731
+    measured = []
+    for name in names:
+        dataset, model, cfg = WORKLOADS[name]
+        n, s = best(tutorial_epoch, dataset, model, cfg, device, limit, cache)
+        measured.append((name, "tutorial", 1, n, s))
+        g = 1
+        while g <= top:
+            try:
+                samples, secs = best(ablate_epoch, dataset, model, cfg, device, limit, g, args.precision)
+            except torch.OutOfMemoryError:
+                break
+            measured.append((name, "ablate" if g == 1 else "fused", g, samples, secs))
+            g *= 2
+    return measured
+
+
+def table(measured, peak, bw) -> list[dict]:
+    """One row per measurement: rates, projected cells/hour, speedup and share of the roofline bound."""
+    rows, tut = [], {}
+    for name, mode, g, samples, secs in measured:
+        _, model, cfg = WORKLOADS[name]
+        rate = samples / secs
+        tut.setdefault(name, rate)
+        fps, bound = flops_per_sample(model, cfg), min(peak, bw * intensity(model, cfg))
+        rows.append(dict(workload=name, mode=mode, group=g, cell_samples_per_s=round(rate),
+                         cells_per_hour=round(rate * 3600 / (cfg["epochs"] * 60_000), 1),
+                         speedup=round(rate / tut[name], 2), gflops=round(rate * fps / 1e9, 2),
+                         roofline_gflops=round(bound / 1e9, 1), pct_roofline=round(100 * rate * fps / bound, 1)))
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workload", choices=[*WORKLOADS, "both", "all"], default="both",
@@ -208,36 +242,13 @@ def main():
     engine.configure(deterministic=False)
     limit = 6400 if args.quick else 0
     top = args.max_group or (4 if args.quick else 512 if device.type == "cuda" else 16)
-    cache = datasets.cache_dir() / "torchvision"
     names = {"both": ["reference", "fashion"], "all": list(WORKLOADS)}.get(args.workload, [args.workload])
     print(f"device: {device_name(device)}; precision {args.precision}; "
           f"torch {torch.__version__}, {platform.python_version()}; {time.strftime('%Y-%m-%d')}")
-    best = lambda fn, *a: min((fn(*a) for _ in range(args.repeat)), key=lambda t: t[1])  # noqa: E731
-    measured = []
-    for name in names:
-        dataset, model, cfg = WORKLOADS[name]
-        n, s = best(tutorial_epoch, dataset, model, cfg, device, limit, cache)
-        measured.append((name, "tutorial", 1, n, s))
-        g = 1
-        while g <= top:
-            try:
-                samples, secs = best(ablate_epoch, dataset, model, cfg, device, limit, g, args.precision)
-            except torch.OutOfMemoryError:
-                break
-            measured.append((name, "ablate" if g == 1 else "fused", g, samples, secs))
-            g *= 2
+    measured = measure(args, device, names, limit, top, datasets.cache_dir() / "torchvision")
     peak, bw, how = device_limits(device, args.precision)  # after the runs too: a shared CPU's speed drifts
     print(f"roofline inputs: {how}")
-    rows, tut = [], {}
-    for name, mode, g, samples, secs in measured:
-        _, model, cfg = WORKLOADS[name]
-        rate = samples / secs
-        tut.setdefault(name, rate)
-        fps, bound = flops_per_sample(model, cfg), min(peak, bw * intensity(model, cfg))
-        rows.append(dict(workload=name, mode=mode, group=g, cell_samples_per_s=round(rate),
-                         cells_per_hour=round(rate * 3600 / (cfg["epochs"] * 60_000), 1),
-                         speedup=round(rate / tut[name], 2), gflops=round(rate * fps / 1e9, 2),
-                         roofline_gflops=round(bound / 1e9, 1), pct_roofline=round(100 * rate * fps / bound, 1)))
+    rows = table(measured, peak, bw)
     print(f"\n{'workload':10} {'mode':8} {'G':>4} {'cell-samples/s':>15} {'cells/h':>8} {'speedup':>8} "
           f"{'GFLOP/s':>8} {'bound':>8} {'% bound':>8}")
     for r in rows:

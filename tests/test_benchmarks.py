@@ -1,3 +1,4 @@
+"""The benchmark scripts run end to end and print their side-by-side tables (smoke runs, never timings)."""
 import csv
 import subprocess
 import sys

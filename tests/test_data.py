@@ -1,3 +1,4 @@
+"""Datasets: IDX parsing, the search order for local copies, device-side normalisation and flips."""
 import gzip
 
 import pytest

@@ -1,3 +1,4 @@
+"""The plain per-cell path: against a plain PyTorch loop, repeatability, divergence, own models, group size."""
 import math
 
 import torch

@@ -1,3 +1,4 @@
+"""Model builders: MLP layers, init from the seed alone, the He bound, dropout masks, a study's callable."""
 import torch
 from torch import nn
 

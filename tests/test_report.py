@@ -1,3 +1,4 @@
+"""The report: every file written, a self-contained page, the documented CSV columns, no torch imported."""
 import base64
 import io
 import json
@@ -73,7 +74,7 @@ def test_report_writes_every_file_and_a_self_contained_page(results):
     for src in parser.imgs:
         assert mpimg.imread(io.BytesIO(base64.b64decode(src.split(",", 1)[1])), format="png").ndim == 3
     assert "http" not in page.replace("http-equiv", "")  # nothing fetched from the network
-    assert "4 cells x 3 seeds" in page and "n from 0 to 3" in page and "6 runs diverged" in page
+    assert "4 points x 3 seeds (12 cells)" in page and "n from 0 to 3" in page and "6 cells diverged" in page
     assert pd.read_parquet(results).shape[0] > 0  # the report folder does not disturb readers
 
 

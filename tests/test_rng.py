@@ -1,3 +1,4 @@
+"""Counter-based random numbers: murmur3 reference values, int and tensor paths, streams, permutations."""
 import torch
 
 from ablate import rng

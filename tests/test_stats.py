@@ -1,3 +1,4 @@
+"""Statistics checked by hand and against scipy, and the intervals' calibration by simulation."""
 import itertools
 import json
 

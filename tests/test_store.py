@@ -1,3 +1,4 @@
+"""The results directory: atomic writes, crash safety, quarantine, the lock and the design filter."""
 import json
 import os
 import subprocess

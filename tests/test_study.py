@@ -1,3 +1,4 @@
+"""Study files: validation, canonical values, stable cell ids, designs and --set overrides."""
 import pytest
 
 from ablate.study import Study, StudyError, cell_id, cells, load, override, parse_set, points, validate
