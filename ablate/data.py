@@ -163,10 +163,28 @@ def _xor() -> Data:
     return _data("xor", x, y, x.clone(), y.clone(), "generated")
 
 
+DIGITS_TRAIN = 898  # the first half trains, the second tests: scikit-learn's digits example splits so
+
+
+def _digits() -> Data:
+    """scikit-learn's shipped 8x8 digits (1,797 images, values 0..16, no download), scaled to 0..255."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise DataError("dataset digits: needs scikit-learn, which is not installed: pip install scikit-learn") from None
+    d = load_digits()
+    x = torch.from_numpy(d.images * (255 / 16)).round_().to(torch.uint8)[:, None]
+    y = torch.from_numpy(d.target)
+    n = DIGITS_TRAIN
+    return _data("digits", x[:n], y[:n], x[n:], y[n:], "scikit-learn")
+
+
 @functools.lru_cache(maxsize=4)
 def _load_cpu(name: str, data_dir: str | None) -> Data:
     if name == "xor":
         return _xor()
+    if name == "digits":
+        return _digits()
     if name == "cifar10":
         return _cifar10(data_dir)
     return _idx_set(name, data_dir)

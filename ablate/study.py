@@ -26,7 +26,7 @@ class StudyError(AblateError):
     pass
 
 
-DATASETS = ("mnist", "fashion_mnist", "cifar10", "xor")
+DATASETS = ("mnist", "fashion_mnist", "cifar10", "xor", "digits")  # digits: scikit-learn's, offline
 MODELS = ("mlp", "cnn", "linear")  # linear: one Linear layer, the perceptron
 LOSSES = ("cross_entropy", "softmax_then_cross_entropy")  # the latter: a tutorial's bug, kept to measure it
 DESIGNS = ("grid", "one_at_a_time")
