@@ -106,6 +106,8 @@ def run(
     if address and executor != "ray":
         raise AblateError(f"--address {address}: only used with --executor ray")
     st = studies.override(studies.load(study_file), set_ or [], seeds)
+    for problem in studies.claim_problems(st):  # after --set: say so, the quick look goes on
+        warn(f"{problem}; after --set the report leaves this claim out")
     path = runner.results_dir(st, out_dir)
     if dry_run:
         return _print_cells(st, studies.cells(st), runner.finished(path), path)
@@ -149,14 +151,11 @@ def _print_cells(st, cells, done, path):
 def show(results_dir: Path = typer.Argument(..., metavar="RESULTS_DIR"),
          metric: str = typer.Option("test_acc", "--metric")):
     """Final-epoch metrics of every cell in RESULTS_DIR."""
-    import pandas as pd
-
     from . import store
 
     df = store.read(results_dir, warn)
-    if metric not in df.columns or not pd.api.types.is_numeric_dtype(df[metric]) or metric in ("seed", "epoch"):
-        metrics = [c for c in df.columns[df.columns.get_loc("epoch") + 1:] if pd.api.types.is_numeric_dtype(df[c])]
-        raise AblateError(f"{results_dir}: no metric '{metric}'; try {', '.join(metrics)}")
+    if metric not in store.METRICS or metric not in df.columns:
+        raise AblateError(f"{results_dir}: no metric '{metric}'; try {', '.join(store.METRICS)}")
     factors = list(store.read_manifest(results_dir).get("factors") or [])
     factors = [f for f in factors if f in df.columns]
     last = df.sort_values("epoch").groupby("cell", sort=False).tail(1)

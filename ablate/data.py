@@ -171,7 +171,7 @@ def _digits() -> Data:
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        raise DataError("dataset digits: needs scikit-learn, which is not installed: pip install scikit-learn") from None
+        raise DataError("dataset digits: needs scikit-learn, not installed: pip install scikit-learn") from None
     d = load_digits()
     x = torch.from_numpy(d.images * (255 / 16)).round_().to(torch.uint8)[:, None]
     y = torch.from_numpy(d.target)

@@ -16,16 +16,23 @@ from .study import AblateError, Cell, StudyError
 EVAL_BATCH = 2000  # test-set chunk: bounds activation memory, large enough to keep a GPU busy
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """"auto" (the GPU where there is one), "cpu", "cuda" or "cuda:N"; anything else is a user error."""
+def parse_device(name: str) -> torch.device | None:
+    """"auto" (None), "cpu", "cuda" or "cuda:N"; anything else is a user error."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return None
     try:
         device = torch.device(name)
     except RuntimeError:
         device = None
     if device is None or device.type not in ("cpu", "cuda"):
         raise AblateError(f"--device {name}: not a device ablate trains on; try auto, cpu, cuda or cuda:N")
+    return device
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """The device named, or for "auto" the GPU where there is one; a GPU this machine lacks is a user error."""
+    if (device := parse_device(name)) is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         have = f"{torch.cuda.device_count()} GPUs" if torch.cuda.is_available() else "no GPU"
         raise AblateError(f"--device {name}: this machine has {have}; try --device auto or cpu")

@@ -130,8 +130,8 @@ def build(results: str | Path, out: str | Path | None = None, metric: str = "tes
     start = time.perf_counter()
     results = Path(results)
     df, manifest = stats.tidy(store.read(results, warn)), store.read_manifest(results)
-    if metric not in df.columns or not pd.api.types.is_numeric_dtype(df[metric]):
-        raise AblateError(f"{results}: no numeric metric '{metric}'; try test_acc, test_loss or train_loss")
+    if metric not in store.METRICS or metric not in df.columns:
+        raise AblateError(f"{results}: no metric '{metric}'; try test_acc, test_loss, train_loss or seconds")
     factors = stats.factor_columns(df)
     declared, declared_base = manifest.get("factors", {}), manifest.get("base", {})
     levels = {f: [stats.hashable(v) for v in declared.get(f, [])] or sorted(df[f].unique(), key=str)

@@ -42,6 +42,8 @@ def _counters(n: int, device: torch.device) -> torch.Tensor:
 
 def bits(k, n: int, device) -> torch.Tensor:
     """n hashed 32-bit values for key k (an int, or an int64 tensor of shape [G, 1])."""
+    if torch.compiler.is_compiling():  # traced into the graph, where the hash fuses with its use
+        return fmix(fmix(torch.arange(n, dtype=torch.int64, device=device)) ^ k)
     return fmix(_counters(n, torch.device(device)) ^ k)
 
 

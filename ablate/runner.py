@@ -16,11 +16,9 @@ import torch
 
 from . import __version__, engine, fused, models
 from . import data as datasets
-from .store import Store, StoreError, parquet_files, read_manifest
+from .store import ROW_COLUMNS, Store, StoreError, parquet_files, read_manifest
 from .study import AblateError, Cell, Study, StudyError, model_name
 from .study import cells as expand
-
-ROW_COLUMNS = ("epoch", "train_loss", "test_loss", "test_acc", "seconds", "status")
 
 
 class Stopped(Exception):
@@ -113,7 +111,8 @@ def refresh(study: Study, path: Path) -> None:
     """Nothing to train, but the study file changed (a claim, its text): record it, so the report
     shows the claims as they stand now. Skipped while another run holds the folder."""
     old = read_manifest(path)
-    if {**manifest(study, old, None), "runs": None} == {**old, "runs": None}:
+    same = lambda m: {**m, "runs": None, "source": (m.get("source") or {}).get("sha256")}  # noqa: E731
+    if same(manifest(study, old, None)) == same(old):  # the path it was run by does not count
         return
     store = Store(path)
     try:
@@ -197,6 +196,7 @@ def run(study: Study, out: str | Path = "results", device: str = "auto", max_gro
         raise AblateError(f"--executor {executor}: expected local or ray")
     if groups_per_gpu < 1:
         raise AblateError(f"--groups-per-gpu {groups_per_gpu}: expected 1 or more")
+    engine.parse_device(device)  # the name; whether this machine (or the Ray cluster) has it is checked later
     progress = progress or Progress()
     path, started = results_dir(study, out), time.perf_counter()
     cells = expand(study)

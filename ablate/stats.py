@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as st
 
+from .study import JSON_DEFAULTS
+
 LEVEL = 0.95
 ALPHA = 0.05
 
@@ -157,7 +159,7 @@ def claims(df: pd.DataFrame, claim_list: list[dict], factors: list[str]) -> pd.D
     last = final(df)
     for c in claim_list:
         fin = last if c.get("epoch") is None else df[df["epoch"] == c["epoch"]]
-        configs = fin["config"].map(json.loads)
+        configs = fin["config"].map(lambda c: {**JSON_DEFAULTS, **json.loads(c)})  # old rows: defaults
         mask = pd.Series(True, index=fin.index)
         for k, v in c["where"].items():
             col = fin[k] if k in factors else configs.map(lambda cfg, k=k: cfg.get(k))

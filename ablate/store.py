@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,12 +21,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .study import KEYS, AblateError
+from .study import JSON_DEFAULTS, AblateError, design_ids
 
 MANIFEST = "_manifest.json"
 QUARANTINE = "_quarantine"
 LOCK = ".lock"
-DEFAULTS = json.loads(json.dumps({k: default for k, (default, _, _) in KEYS.items()}))  # as JSON reads them
 
 
 class StoreError(AblateError):
@@ -152,9 +152,14 @@ def read_manifest(path: str | Path) -> dict:
         raise StoreError(f"{file}: unreadable manifest ({e})") from None
 
 
-def read(path: str | Path, warn: Callable[[str], None] | None = None) -> pd.DataFrame:
+ROW_COLUMNS = ("epoch", "train_loss", "test_loss", "test_acc", "seconds", "status")  # per epoch, after the levels
+METRICS = ("train_loss", "test_loss", "test_acc", "seconds")
+REQUIRED = ("study", "cell", "seed", "epoch", "status", "config")
+
+
+def read(path: str | Path, warn: Callable[[str], None] | None = warnings.warn) -> pd.DataFrame:
     """The rows under `path` of the study's current design as one tidy frame, sorted by cell and
-    epoch; columns study, cell, seed, the factors in the study's order, then the metrics."""
+    epoch; columns study, cell, seed, the design's factors in order, the metrics, config."""
     path = Path(path)
     if not path.is_dir():
         raise StoreError(f"{path}: no such results directory; run `ablate run STUDY` first")
@@ -167,36 +172,34 @@ def read(path: str | Path, warn: Callable[[str], None] | None = None) -> pd.Data
             frames.append(pq.read_table(f).to_pandas())
         except (pa.ArrowException, OSError) as e:
             raise StoreError(f"{f}: unreadable Parquet ({str(e).splitlines()[0][:80]})") from None
+        if missing := [c for c in REQUIRED if c not in frames[-1].columns]:
+            raise StoreError(f"{f}: not an ablate results file (no '{missing[0]}' column); move it out of {path}")
     df = pd.concat(frames, ignore_index=True)
     manifest = read_manifest(path)
-    factors = list(manifest.get("factors") or {})
-    for f in factors:
-        if f not in df.columns or df[f].isna().any():  # a factor added after some rows were stored:
-            level = df["config"].map(lambda c, f=f: json.loads(c).get(f))  # their config holds its level
-            df[f] = (level if f not in df.columns else df[f].where(df[f].notna(), level)).infer_objects()
     df = _current(df, manifest, path, warn)
-    first = ["study", "cell", "seed", *factors]
-    df = df[first + [c for c in df.columns if c not in first]]
+    if "factors" not in manifest:  # an old manifest: every stored level column is a factor
+        return df.sort_values(["cell", "epoch"], kind="stable").reset_index(drop=True)
+    factors = list(manifest["factors"] or {})
+    config = df["config"].map({c: {**JSON_DEFAULTS, **json.loads(c)} for c in df["config"].unique()})
+    for f in factors:  # a factor added after some rows were stored: their config holds its level
+        level = config.map(lambda c, f=f: c.get(f))
+        df[f] = (level if f not in df.columns else df[f].where(df[f].notna(), level)).infer_objects()
+    levels = [c for c in df.columns if c in JSON_DEFAULTS]  # config keys: factors now, or once (then in config)
+    rest = [c for c in df.columns if c not in ("study", "cell", "seed", "config", *levels)]
+    df = df[["study", "cell", "seed", *factors, *rest, "config"]]
     return df.sort_values(["cell", "epoch"], kind="stable").reset_index(drop=True)
 
 
 def _current(df: pd.DataFrame, manifest: dict, path: Path, warn) -> pd.DataFrame:
-    """The rows whose config is a point of the design the manifest records (its base and factor
-    levels; any seed). Rows left by an edited study or a --set run into the same folder would
-    otherwise be pooled with them, as extra seeds of the same point."""
-    if "base" not in manifest:
+    """The rows of the cells of the design the manifest records (its dataset, model, base,
+    factors and design; any seed). Rows left by an edited study or a --set run into the same
+    folder would otherwise be pooled with them, as extra seeds of the same point."""
+    ids = design_ids(manifest, df["seed"].unique()) if "base" in manifest else None
+    if ids is None:
         return df
-    factors = manifest.get("factors") or {}
-    fixed = {k: v for k, v in manifest["base"].items() if k not in factors}  # JSON values, as in `config`
-
-    def ok(config: str) -> bool:
-        c = {**DEFAULTS, **json.loads(config)}  # rows stored before a key existed ran with its default
-        return (all(c.get(k) == v for k, v in fixed.items())
-                and all(c.get(f) in ls for f, ls in factors.items()))
-
-    keep = df["config"].map({c: ok(c) for c in df["config"].unique()})
+    keep = df["cell"].isin(ids)
     stale = df.loc[~keep, "cell"].nunique()
-    if stale == df["cell"].nunique():
+    if not keep.any():
         raise StoreError(f"{path}: none of its cells belong to the design in {MANIFEST}; "
                          "was the study edited or run with --set? Rerun it with `ablate run`")
     if stale and warn:

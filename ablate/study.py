@@ -30,7 +30,7 @@ DATASETS = ("mnist", "fashion_mnist", "cifar10", "xor", "digits")  # digits: sci
 MODELS = ("mlp", "cnn", "linear")  # linear: one Linear layer, the perceptron
 LOSSES = ("cross_entropy", "softmax_then_cross_entropy")  # the latter: a tutorial's bug, kept to measure it
 DESIGNS = ("grid", "one_at_a_time")
-METRICS = ("test_acc", "test_loss", "train_loss")  # per epoch, as runner.ROW_COLUMNS stores them
+METRICS = ("test_acc", "test_loss", "train_loss")  # per epoch, as store.ROW_COLUMNS stores them
 CLAIM_KINDS = ("point", "at_most", "at_least")
 ACTIVATIONS = ("sigmoid", "relu", "tanh", "gelu")
 INITS = ("default", "kaiming_uniform", "kaiming_normal", "xavier_uniform")
@@ -113,6 +113,9 @@ KEYS: dict[str, tuple[Any, Callable, str]] = {
 }
 
 
+JSON_DEFAULTS = json.loads(json.dumps({k: default for k, (default, _, _) in KEYS.items()}))  # as `config` reads
+
+
 def normalise(key: str, value: Any, where: str) -> Any:
     """The canonical form of one config value, or a StudyError naming `where` and the key."""
     if key not in KEYS:
@@ -182,7 +185,7 @@ def cell_id(dataset: str, model, config: dict, seed: int) -> str:
     """16 hex digits of sha256 over canonical JSON (sorted keys, tuples as lists) of
     dataset, model name, config and seed: stable across dict order, machines and the
     other cells of the study."""
-    config = {k: v for k, v in config.items() if k in FIRST_KEYS or v != KEYS[k][0]}
+    config = {k: v for k, v in config.items() if k in FIRST_KEYS or _canonical(v) != _canonical(KEYS[k][0])}
     blob = _canonical({"dataset": dataset, "model": model_name(model), "config": config, "seed": seed})
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -317,33 +320,6 @@ def load(path: str | Path) -> Study:
     return study
 
 
-def check_claims(study: Study) -> None:
-    """Each claim must select cells of the design and compare like with like; a claim that
-    selects nothing would otherwise show n=0 in the report without a word."""
-    configs = [{**study.base, **levels} for levels in points(study)]
-    for c in study.claims:
-        where = f"{study.source}: claim {c.source or c.where}"
-        if c.metric not in METRICS:
-            raise StudyError(f"{where}: metric={c.metric!r} is not allowed; expected one of {', '.join(METRICS)}")
-        if c.kind not in CLAIM_KINDS:
-            raise StudyError(f"{where}: kind={c.kind!r} is not allowed; expected one of {', '.join(CLAIM_KINDS)}")
-        if not isinstance(c.value, (int, float)) or isinstance(c.value, bool) or not math.isfinite(c.value):
-            raise StudyError(f"{where}: value={c.value!r} is not a number")
-        if c.metric == "test_acc" and not 0 <= c.value <= 1:
-            raise StudyError(f"{where}: value={c.value!r} is not a fraction; accuracy is stored as a fraction, "
-                             f"e.g. {c.value / 100:g} for {c.value:g}%")
-        want = {k: normalise(k, v, where) for k, v in c.where.items()}
-        hits = [cfg for cfg in configs if all(_canonical(cfg[k]) == _canonical(v) for k, v in want.items())]
-        if not hits:
-            levels = "; ".join(f"{k} in {study.factors[k]!r}" if k in study.factors else f"{k}={study.base[k]!r}"
-                               for k in want)
-            raise StudyError(f"{where}: where={c.where!r} selects no cell of the design ({levels})")
-        most = max(cfg["epochs"] for cfg in hits)
-        if c.epoch is not None and not (_is_int(c.epoch) and 1 <= c.epoch <= most):
-            raise StudyError(f"{where}: epoch={c.epoch!r} is not allowed; expected an int from 1 to {most}, "
-                             "the epochs its cells train")
-
-
 def _user_line(exc: BaseException, filename: str) -> str:
     tb, line = exc.__traceback__, "?"
     while tb is not None:
@@ -351,3 +327,56 @@ def _user_line(exc: BaseException, filename: str) -> str:
             line = str(tb.tb_lineno)
         tb = tb.tb_next
     return line
+
+
+def check_claims(study: Study) -> None:
+    """Each claim must select cells of the design and compare like with like; a claim that
+    selects nothing would otherwise show n=0 in the report without a word."""
+    if problems := claim_problems(study):
+        raise StudyError(problems[0])
+
+
+def claim_problems(study: Study) -> list[str]:
+    """One line per claim that cannot be checked against this (validated) study's design."""
+    configs = [{**study.base, **levels} for levels in points(study)]
+    out = []
+    for c in study.claims:
+        where = f"{study.source}: claim {c.source or c.where}"
+        if c.metric not in METRICS:
+            out.append(f"{where}: metric={c.metric!r} is not allowed; expected one of {', '.join(METRICS)}")
+        elif c.kind not in CLAIM_KINDS:
+            out.append(f"{where}: kind={c.kind!r} is not allowed; expected one of {', '.join(CLAIM_KINDS)}")
+        elif not isinstance(c.value, (int, float)) or isinstance(c.value, bool) or not math.isfinite(c.value):
+            out.append(f"{where}: value={c.value!r} is not a number")
+        elif c.metric == "test_acc" and not 0 <= c.value <= 1:
+            out.append(f"{where}: value={c.value!r} is not a fraction; accuracy is stored as a fraction, "
+                       f"e.g. {c.value / 100:g} for {c.value:g}%")
+        elif not (hits := _selected(study, c, configs, where)):
+            levels = "; ".join(f"{k} in {study.factors[k]!r}" if k in study.factors else f"{k}={study.base[k]!r}"
+                               for k in c.where)
+            out.append(f"{where}: where={c.where!r} selects no cell of the design ({levels})")
+        elif c.epoch is not None and not (_is_int(c.epoch) and 1 <= c.epoch <= max(h["epochs"] for h in hits)):
+            out.append(f"{where}: epoch={c.epoch!r} is not allowed; expected an int from 1 to "
+                       f"{max(h['epochs'] for h in hits)}, the epochs its cells train")
+    return out
+
+
+def _selected(study: Study, claim: Claim, configs: list[dict], where: str) -> list[dict]:
+    want = {k: normalise(k, v, where) for k, v in claim.where.items()}
+    return [cfg for cfg in configs if all(_canonical(cfg[k]) == _canonical(v) for k, v in want.items())]
+
+
+def design_ids(manifest: dict, seeds) -> set[str] | None:
+    """The ids of the cells of the design a results folder's manifest records, for `seeds`;
+    None when the manifest cannot say (written before it recorded the design, or by a newer
+    ablate with keys this one does not know)."""
+    try:
+        where = "manifest"
+        base = {k: default for k, (default, _, _) in KEYS.items()}
+        base.update({k: normalise(k, v, where) for k, v in manifest["base"].items()})
+        factors = {k: [normalise(k, v, where) for v in levels] for k, levels in (manifest["factors"] or {}).items()}
+        study = Study(manifest["study"], manifest["dataset"], manifest["model"], base, factors, manifest["design"])
+        return {cell_id(study.dataset, study.model, {**base, **levels}, int(seed))
+                for levels in points(study) for seed in seeds}
+    except (KeyError, TypeError, AttributeError, AblateError):
+        return None

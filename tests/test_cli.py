@@ -163,7 +163,7 @@ def test_a_set_run_into_the_same_folder_is_left_out_of_the_report(tmp_path, data
     assert run("run", study, "--out", out).exit_code == 0  # 4 cells of 1 epoch
     quick = run("run", study, "--out", out, "--set", "lr=0.01", "--seeds", "1")
     assert quick.exit_code == 0 and "training 2 of 2 cells" in quick.stdout
-    df = store.read(out / "tiny")  # the manifest now records lr=0.01: the 4 cells of lr 0.05 are not in it
+    df = store.read(out / "tiny", warn=None)  # the manifest now records lr=0.01: the 4 cells of lr 0.05 are not in it
     assert df["cell"].nunique() == 2 and {json.loads(c)["lr"] for c in df["config"]} == {0.01}
     shown = run("show", out / "tiny")
     assert "2 cells" in shown.stdout and "4 stored cells are not in the study's current design" in shown.stderr
@@ -198,3 +198,35 @@ def test_an_edited_claim_reaches_the_report_without_training(tmp_path, data_dir)
     assert manifest["claims"][0]["kind"] == "at_least" and len(manifest["runs"]) == 1  # no run was added
     said = " ".join(run("report", out / "tiny").stdout.split())  # Rich wraps at 80 columns here
     assert "claim tiny: at least 0.9900 vs measured" in said and "does not hold" in said
+
+
+def test_a_dropped_factor_and_a_switched_design_leave_one_column_per_factor(tmp_path, data_dir):
+    out = tmp_path / "res"
+    two = "dict(activation=['relu', 'sigmoid'], normalize=[False, True])"
+    run("run", write_study(tmp_path, factors=two), "--out", out)  # 8 cells
+    one = run("run", write_study(tmp_path, factors="dict(activation=['relu', 'sigmoid', 'tanh'])"), "--out", out)
+    assert "training 2 of 6 cells" in one.stdout  # normalize=False cells are kept: same config, same ids
+    df = store.read(out / "tiny", warn=None)
+    assert "normalize" not in df.columns and df["cell"].nunique() == 6  # its level stays in config
+    assert run("report", out / "tiny").exit_code == 0
+    assert len(pd.read_csv(out / "tiny" / "_report" / "summary.csv")) == 3
+    oat = run("run", write_study(tmp_path, factors=two, design="one_at_a_time"), "--out", out)
+    assert "nothing to train" in oat.stdout  # base, sigmoid, normalize=True: all stored
+    df = store.read(out / "tiny", warn=None)  # not relu+True: one-at-a-time has no such point
+    assert sorted(df.groupby(["activation", "normalize"]).groups) == [("relu", False), ("relu", True),
+                                                                      ("sigmoid", False)]
+
+
+def test_an_edited_dataset_under_the_same_name_is_not_pooled(tmp_path, data_dir):
+    out, study = tmp_path / "res", write_study(tmp_path, factors="dict(activation=['relu', 'sigmoid'])")
+    run("run", study, "--out", out)
+    study.write_text(study.read_text().replace('dataset="mnist"', 'dataset="fashion_mnist"'))
+    assert "training 4 of 4 cells" in run("run", study, "--out", out).stdout
+    with pytest.warns(UserWarning, match="4 stored cells are not in the study's current design"):
+        df = store.read(out / "tiny")  # a library caller is warned too
+    assert df["cell"].nunique() == 4
+
+
+def test_a_set_that_strands_a_claim_says_so(tmp_path, data_dir):
+    r = run("run", write_study(tmp_path), "--dry-run", "--set", "activation=sigmoid")
+    assert r.exit_code == 0 and "claim tiny" in r.stderr and "selects no cell" in r.stderr

@@ -147,16 +147,18 @@ def test_a_cuda_device_that_is_not_there(tmp_path, data_dir):
     check(r, 2, ["--device cuda", "no GPU"], tmp_path)
 
 
-@pytest.mark.parametrize("device", ["gpu", "cuda:x", "meta"])
-def test_a_device_name_that_is_not_a_device(tmp_path, data_dir, device):
-    r = cli.invoke(app, ["run", str(write_study(tmp_path)), "--out", str(tmp_path / "res"), "--device", device])
+@pytest.mark.parametrize("device, executor", [("gpu", "local"), ("cuda:x", "local"), ("meta", "local"),
+                                              ("gpu", "ray")])
+def test_a_device_name_that_is_not_a_device(tmp_path, data_dir, device, executor):
+    r = cli.invoke(app, ["run", str(write_study(tmp_path)), "--out", str(tmp_path / "res"), "--device", device,
+                         "--executor", executor])
     check(r, 2, [f"--device {device}", "try auto, cpu, cuda or cuda:N"], tmp_path)
 
 
 def test_show_with_a_column_that_is_not_a_metric(tmp_path, data_dir):
     res = tmp_path / "res"
     assert cli.invoke(app, ["run", str(write_study(tmp_path, seeds=1)), "--out", str(res)]).exit_code == 0
-    for column in ("config", "status", "nope"):
+    for column in ("config", "status", "nope", "seed", "epoch", "activation"):
         r = cli.invoke(app, ["show", str(res / "tiny"), "--metric", column])
         assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.output, r.output
         assert f"no metric '{column}'" in r.stderr and "train_loss, test_loss, test_acc" in r.stderr

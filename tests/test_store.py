@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from ablate.store import MANIFEST, QUARANTINE, Store, StoreError, atomic_write, parquet_files, read
+from ablate.study import Study, cells, validate
 
 ROWS = [dict(study="s", cell="abc", seed=0, activation="relu", epoch=e, train_loss=1.0 / e, test_loss=0.5,
              test_acc=0.9, seconds=1.0, status="ok", config="{}") for e in (1, 2)]
@@ -96,13 +97,37 @@ def test_unwritable_and_missing_directories_are_one_line(tmp_path):
         read(tmp_path / "empty")
 
 
-def test_rows_stored_before_a_key_existed_count_as_its_default(tmp_path):
+def test_rows_stored_before_a_key_existed_belong_to_a_design_at_its_default(tmp_path):
+    st = validate(Study(name="s", dataset="mnist", base=dict(hidden=(32,), lr=0.05),
+                        factors=dict(activation=["relu"]), seeds=1))
+    cell = cells(st)[0]
+    old = {k: v for k, v in cell.config.items() if k not in ("precision", "layers", "loss")}  # before those keys
+    s = Store(tmp_path / "s").open()
+    s.write([{**r, "cell": cell.id, "seed": 0, "config": json.dumps(old, default=list)} for r in ROWS], "abc")
+    manifest = {"study": "s", "dataset": "mnist", "model": "mlp", "design": "grid", "base": dict(st.base),
+                "factors": {"activation": ["relu"]}}
+    s.write_manifest(manifest)
+    assert read(tmp_path / "s")["cell"].tolist() == [cell.id] * 2
+    for key, value in [("precision", "bf16"), ("dataset", "fashion_mnist"), ("model", "cnn")]:
+        other = {**manifest, "base": {**st.base, key: value}} if key == "precision" else {**manifest, key: value}
+        s.write_manifest(other)
+        with pytest.raises(StoreError, match="none of its cells belong to the design"):
+            read(tmp_path / "s")
+    s.close()
+
+
+def test_a_later_key_made_a_factor_reads_old_rows_at_its_default(tmp_path):
     s = Store(tmp_path / "s").open()
     old = json.dumps({"hidden": [32], "lr": 0.05})  # no `precision`: written before it was a key
     s.write([{**r, "config": old} for r in ROWS], "abc")
-    s.write_manifest({"base": {"hidden": [32], "lr": 0.05, "precision": "fp32"}, "factors": {"activation": ["relu"]}})
-    assert read(tmp_path / "s")["cell"].tolist() == ["abc", "abc"]
-    s.write_manifest({"base": {"hidden": [32], "lr": 0.05, "precision": "bf16"}, "factors": {"activation": ["relu"]}})
-    with pytest.raises(StoreError, match="none of its cells belong to the design"):
-        read(tmp_path / "s")
+    s.write_manifest({"factors": {"precision": ["fp32", "bf16"]}})
+    assert read(tmp_path / "s", warn=None)["precision"].tolist() == ["fp32", "fp32"]
     s.close()
+
+
+def test_a_foreign_parquet_file_is_one_line(tmp_path):
+    s = Store(tmp_path / "s").open()
+    s.write([{k: v for k, v in r.items() if k != "seed"} for r in ROWS], "abc")
+    s.close()
+    with pytest.raises(StoreError, match="abc.parquet: not an ablate results file .no 'seed' column"):
+        read(tmp_path / "s")
