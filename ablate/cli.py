@@ -156,7 +156,8 @@ def show(results_dir: Path = typer.Argument(..., metavar="RESULTS_DIR"),
     df = store.read(results_dir, warn)
     if metric not in store.METRICS or metric not in df.columns:
         raise AblateError(f"{results_dir}: no metric '{metric}'; try {', '.join(store.METRICS)}")
-    factors = list(store.read_manifest(results_dir).get("factors") or [])
+    manifest = store.read_manifest(results_dir)
+    factors = manifest.get("factor_order") or list(manifest.get("factors") or [])
     factors = [f for f in factors if f in df.columns]
     last = df.sort_values("epoch").groupby("cell", sort=False).tail(1)
     last = last.sort_values([*factors, "seed"], key=lambda s: s.astype(str), kind="stable")
@@ -186,6 +187,11 @@ def report(results_dir: Path = typer.Argument(..., metavar="RESULTS_DIR"),
         table.add_row(str(r.factor), f"{r.level} vs {r.baseline}", str(r.n_pairs), f"{r['diff']:+.4f}", ci,
                       f"{r.p_value:.3g}", f"{r.p_holm:.3g}", "[green]yes[/green]" if r.significant else "")
     out.print(table)
+    for _, r in rep.interactions.iterrows() if len(rep.interactions) else []:
+        if r.significant:
+            out.print(escape(f"interaction: {r.factor}={r.level} vs {r.baseline} is {r.at_baseline:+.4f} at "
+                             f"{r.by}={r.by_baseline} but {r.at_level:+.4f} at {r.by}={r.by_level}: difference "
+                             f"{r['diff']:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}], p Holm {r.p_holm:.3g}"))
     for _, c in rep.claims.iterrows():
         name = escape(str(c.source or c.where))
         if c.n_seeds < 2:

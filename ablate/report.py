@@ -21,7 +21,7 @@ from . import stats, store  # noqa: E402
 from .study import AblateError  # noqa: E402
 
 REPORT = "_report"  # beside the rows, named so Parquet readers skip it (see store.py)
-CHARTS = ("final", "curves", "effects", "claims")
+CHARTS = ("final", "curves", "effects", "interactions", "claims")
 
 
 @dataclass
@@ -30,6 +30,7 @@ class Report:
     summary: pd.DataFrame
     effects: pd.DataFrame
     claims: pd.DataFrame
+    interactions: pd.DataFrame
     n_cells: int
     seeds: list
     seconds: float
@@ -108,6 +109,24 @@ def chart_effects(eff, metric, out):
     _save(fig, out, "effects")
 
 
+def chart_interactions(inter, metric, out):
+    """Each level's effect at the other factor's baseline (grey square) and at its level (black
+    circle), 95% CIs; filled where the two differ after Holm (the interaction)."""
+    inter = inter.iloc[::-1].reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(8, _height(len(inter)) + 0.3))
+    for i, r in inter.iterrows():
+        for dy, col, marker in ((0.15, "at_baseline", "s"), (-0.15, "at_level", "o")):
+            color = "0.55" if col == "at_baseline" else "black"
+            if pd.notna(r[f"{col}_low"]):
+                ax.plot([r[f"{col}_low"], r[f"{col}_high"]], [i + dy, i + dy], color=color)
+            ax.plot(r[col], i + dy, marker, color=color, markerfacecolor=color if r.significant else "white")
+    ax.axvline(0, color="0.6", linestyle="--", linewidth=1)
+    ax.set_yticks(range(len(inter)), [f"{r.factor}={r.level} vs {r.baseline}\nat {r.by}={r.by_baseline} (square), "
+                                      f"{r.by_level} (circle)  (n={r.n_pairs})" for _, r in inter.iterrows()])
+    ax.set(xlabel=f"effect on final {metric} (95% CI; filled: the two differ, Holm)")
+    _save(fig, out, "interactions")
+
+
 def chart_claims(cl, out):
     """Each claimed single-run value beside the measured mean and its 95% CI."""
     cl = cl.iloc[::-1].reset_index(drop=True)
@@ -126,7 +145,8 @@ def chart_claims(cl, out):
 
 def build(results: str | Path, out: str | Path | None = None, metric: str = "test_acc",
           warn: Callable[[str], None] | None = None) -> Report:
-    """Write charts, summary.csv, effects.csv, claims.csv and index.html for a results directory."""
+    """Write charts, summary.csv, effects.csv, interactions.csv (grids of two or more factors),
+    claims.csv and index.html for a results directory."""
     start = time.perf_counter()
     results = Path(results)
     df, manifest = stats.tidy(store.read(results, warn)), store.read_manifest(results)
@@ -144,6 +164,8 @@ def build(results: str | Path, out: str | Path | None = None, metric: str = "tes
     fin = in_design_order(fin) if factors else fin
     summary = stats.summary(fin, factors, metric)
     effects = stats.effects(fin, factors, base, levels, metric)
+    crossed = manifest.get("design", "grid") == "grid" and len(factors) > 1  # one-at-a-time crosses nothing
+    inter = stats.interactions(fin, factors, base, levels, metric) if crossed else pd.DataFrame()
     claims = stats.claims(df, [c for c in manifest.get("claims", []) if c.get("metric", "test_acc") == metric],
                           factors) if manifest.get("claims") else pd.DataFrame()
     out = Path(out) if out else results / REPORT
@@ -152,19 +174,22 @@ def build(results: str | Path, out: str | Path | None = None, metric: str = "tes
     except OSError as e:
         raise AblateError(f"{out}: cannot write the report here ({e.strerror})") from None
     # an earlier --metric's charts and claims, or an effects chart no longer drawn
-    for stale in [*(f"{c}.{x}" for c in CHARTS for x in ("png", "svg")), "claims.csv"]:
+    for stale in [*(f"{c}.{x}" for c in CHARTS for x in ("png", "svg")), "claims.csv", "interactions.csv"]:
         (out / stale).unlink(missing_ok=True)
     sns.set_theme(style="whitegrid", context="notebook")
     chart_final(fin, summary, factors, metric, out)
     chart_curves(df, factors, metric, out)
     if len(effects):
         chart_effects(effects, metric, out)
+    if len(inter):
+        chart_interactions(inter, metric, out)
+        inter.to_csv(out / "interactions.csv", index=False)
     if len(claims):
         chart_claims(claims, out)
         claims.drop(columns=["metric"]).to_csv(out / "claims.csv", index=False)
     summary.to_csv(out / "summary.csv", index=False)
     effects.to_csv(out / "effects.csv", index=False)
-    rep = Report(out, summary, effects, claims, fin["cell"].nunique(), sorted(df["seed"].unique()), 0.0)
+    rep = Report(out, summary, effects, claims, inter, fin["cell"].nunique(), sorted(df["seed"].unique()), 0.0)
     (out / "index.html").write_text(page(rep, manifest, fin, factors, metric, results))
     rep.seconds = time.perf_counter() - start
     return rep
@@ -222,6 +247,15 @@ def page(rep: Report, manifest: dict, fin: pd.DataFrame, factors: list[str], met
                   "<figcaption>Each level minus its baseline, paired by seed and averaged over the other factors' "
                   "levels; 95% t interval over seeds; n = pairs (seeds). Filled: significant at 0.05 after Holm "
                   "across all rows (paired t test).</figcaption></figure>", _table(rep.effects.drop(columns=["test"]))]
+    if len(rep.interactions):
+        shown = rep.interactions[["factor", "level", "baseline", "by", "by_level", "by_baseline", "n_pairs",
+                                  "at_baseline", "at_level", "diff", "ci_low", "ci_high", "p_holm", "significant"]]
+        parts += ["<h2>Interactions: does one factor's effect depend on another's level?</h2><figure>",
+                  _img(rep.path, "interactions"),
+                  "<figcaption>A level's effect (paired by seed, averaged over the remaining factors) at the other "
+                  "factor's baseline and at its level; diff = the second minus the first per seed, 95% t interval, "
+                  "paired t test, Holm across these rows. A significant interaction means the main effect above "
+                  "averages unlike effects.</figcaption></figure>", _table(shown)]
     if len(rep.claims):
         parts += ["<h2>Claims against the measurements</h2><figure>", _img(rep.path, "claims"),
                   "<figcaption>Each published single-run value beside the mean of the cells it describes and "

@@ -101,6 +101,7 @@ def manifest(study: Study, old: dict, device: str | None, deterministic: bool = 
            "deterministic": deterministic, "argv": sys.argv}
     out = {"study": study.name, "dataset": study.dataset, "model": model_name(study.model),
            "design": study.design, "base": study.base, "factors": study.factors,
+           "factor_order": list(study.factors),  # the JSON is written with sorted keys
            "seeds": study.seeds, "source": {"path": study.source, "text": text,
                                             "sha256": hashlib.sha256(text.encode()).hexdigest()},
            "claims": [vars(c) for c in study.claims], "runs": old.get("runs", []) + ([run] if device else [])}

@@ -88,6 +88,8 @@ def paired_diffs(fin: pd.DataFrame, factors: list[str], factor: str, level, base
                  metric: str = "test_acc") -> pd.Series:
     """Per seed: mean over matched settings of the other factors of (level - baseline)."""
     ok = fin[fin["status"] == "ok"]
+    if ok.empty:  # every cell diverged (or none at this level): nothing to pair
+        return pd.Series(dtype=float)
     others = [f for f in factors if f != factor]
     match = ok[others].astype(str).agg("|".join, axis=1) if others else pd.Series("", index=ok.index)
     side = ok[factor].map(lambda v: "level" if v == level else "base" if v == baseline else None)
@@ -145,6 +147,45 @@ def effects(fin: pd.DataFrame, factors: list[str], baselines: dict, levels: dict
     out["significant"] = out["p_holm"] < ALPHA
     out["test"] = "paired t over seeds; Holm"
     return out
+
+
+INTERACTION_COLUMNS = ["factor", "level", "baseline", "by", "by_level", "by_baseline", "metric", "n_pairs",
+                       "at_baseline", "at_baseline_low", "at_baseline_high", "at_level", "at_level_low",
+                       "at_level_high", "diff", "ci_low", "ci_high", "p_value", "p_holm", "significant"]
+
+
+def interactions(fin: pd.DataFrame, factors: list[str], baselines: dict, levels: dict,
+                 metric: str = "test_acc") -> pd.DataFrame:
+    """Does a factor's effect depend on another's level? For each pair of factors (study order)
+    and each non-baseline level of each: the first's effect (level - baseline, paired by seed)
+    at the second's baseline (`at_baseline`) and at its level (`at_level`), each averaged over
+    the other factors, and their difference per seed (`diff`: the interaction contrast), with
+    a paired t test, Holm across the table. A grid's main effect averages the two simple
+    effects, which can hide effects of opposite sign. Meaningful for grid designs only."""
+    rows = []
+    for i, a in enumerate(factors):
+        for b in factors[i + 1:]:
+            for la in [v for v in levels[a] if v != baselines[a]]:
+                base = paired_diffs(_where(fin, b, baselines[b]), factors, a, la, baselines[a], metric)
+                for lb in [v for v in levels[b] if v != baselines[b]]:
+                    level = paired_diffs(_where(fin, b, lb), factors, a, la, baselines[a], metric)
+                    d = (level - base).dropna().to_numpy()  # aligned by seed
+                    (m0, _, lo0, hi0), (m1, _, lo1, hi1) = interval(base), interval(level)
+                    diff, _, lo, hi = interval(d)
+                    rows.append(dict(factor=a, level=la, baseline=baselines[a], by=b, by_level=lb,
+                                     by_baseline=baselines[b], metric=metric, n_pairs=len(d),
+                                     at_baseline=m0, at_baseline_low=lo0, at_baseline_high=hi0, at_level=m1,
+                                     at_level_low=lo1, at_level_high=hi1, diff=diff, ci_low=lo, ci_high=hi,
+                                     p_value=_test(d)[0]))
+    out = pd.DataFrame(rows, columns=INTERACTION_COLUMNS[:-2])
+    out["p_holm"] = holm(out["p_value"]) if len(out) else []
+    out["significant"] = out["p_holm"] < ALPHA
+    return out
+
+
+def _where(fin: pd.DataFrame, factor: str, level) -> pd.DataFrame:
+    """The rows at one level; map, not ==, because a tuple level (hidden) would be read as a sequence."""
+    return fin[fin[factor].map(lambda v: v == level).astype(bool)]
 
 
 def holds(kind: str, value: float, lo: float, hi: float) -> bool:

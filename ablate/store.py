@@ -179,7 +179,7 @@ def read(path: str | Path, warn: Callable[[str], None] | None = warnings.warn) -
     df = _current(df, manifest, path, warn)
     if "factors" not in manifest:  # an old manifest: every stored level column is a factor
         return df.sort_values(["cell", "epoch"], kind="stable").reset_index(drop=True)
-    factors = list(manifest["factors"] or {})
+    factors = manifest.get("factor_order") or list(manifest["factors"] or {})  # the study's order
     config = df["config"].map({c: {**JSON_DEFAULTS, **json.loads(c)} for c in df["config"].unique()})
     for f in factors:  # a factor added after some rows were stored: their config holds its level
         level = config.map(lambda c, f=f: c.get(f))

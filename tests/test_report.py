@@ -62,7 +62,7 @@ def test_report_writes_every_file_and_a_self_contained_page(results):
     assert r.exit_code == 0, r.output
     out = results / REPORT
     names = {p.name for p in out.iterdir()}
-    for chart in ("final", "curves", "effects", "claims"):
+    for chart in ("final", "curves", "effects", "interactions", "claims"):
         assert {f"{chart}.png", f"{chart}.svg"} <= names
         assert mpimg.imread(out / f"{chart}.png").shape[2] in (3, 4)
         ET.parse(out / f"{chart}.svg")
@@ -70,7 +70,7 @@ def test_report_writes_every_file_and_a_self_contained_page(results):
     parser = Collect()
     parser.feed(page)
     assert "script" not in parser.tags and EVIL not in page and "&lt;script&gt;" in page
-    assert len(parser.imgs) == 4 and all(src.startswith("data:image/png;base64,") for src in parser.imgs)
+    assert len(parser.imgs) == 5 and all(src.startswith("data:image/png;base64,") for src in parser.imgs)
     for src in parser.imgs:
         assert mpimg.imread(io.BytesIO(base64.b64decode(src.split(",", 1)[1])), format="png").ndim == 3
     assert "http" not in page.replace("http-equiv", "")  # nothing fetched from the network
@@ -96,6 +96,11 @@ def test_csvs_have_the_documented_columns(results):
     claims = pd.read_csv(out / "claims.csv")
     assert list(claims.columns[:7]) == ["where", "claimed", "mean", "ci_low", "ci_high", "n_seeds", "inside"]
     assert claims.loc[0, "n_seeds"] == 3 and claims.loc[0, "source"] == EVIL
+    inter = pd.read_csv(out / "interactions.csv")  # batchnorm's effect at lr 1e30: every cell diverged
+    assert list(inter.columns[:8]) == ["factor", "level", "baseline", "by", "by_level", "by_baseline", "metric",
+                                       "n_pairs"]
+    assert inter[["factor", "by", "n_pairs"]].values.tolist() == [["batchnorm", "lr", 0]]
+    assert inter.loc[0, "at_baseline"] == pytest.approx(bn["diff"]) and not inter.loc[0, "significant"]
 
 
 def test_report_never_imports_torch(results, tmp_path):

@@ -63,6 +63,34 @@ def test_grid_effect_is_the_main_effect_paired_by_seed():
                                       "ci_high", "p_value", "p_signflip", "p_holm"]
 
 
+def test_interaction_is_the_difference_of_simple_effects_per_seed():
+    # the same numbers: a adds 0.02 at b=x (0.023 for seed 1) and 0.04 at b=y
+    values = {}
+    for seed, noise in zip([0, 1, 2], [0.0, 0.01, -0.01], strict=True):
+        values[(0, "x", seed)] = 0.90 + noise
+        values[(1, "x", seed)] = 0.92 + noise + (0.003 if seed == 1 else 0)
+        values[(0, "y", seed)] = 0.80 + noise
+        values[(1, "y", seed)] = 0.84 + noise
+    out = stats.interactions(frame(values), ["a", "b"], {"a": 0, "b": "x"}, {"a": [0, 1], "b": ["x", "y"]})
+    assert len(out) == 1 and list(out.columns) == stats.INTERACTION_COLUMNS
+    r = out.iloc[0]
+    assert (r["factor"], r["level"], r["by"], r["by_level"], r["n_pairs"]) == ("a", 1, "b", "y", 3)
+    assert r["at_baseline"] == pytest.approx(0.021) and r["at_level"] == pytest.approx(0.04)
+    ref = st.ttest_1samp([0.02, 0.017, 0.02], 0)  # per seed: 0.04 - 0.02, 0.04 - 0.023, 0.04 - 0.02
+    assert r["diff"] == pytest.approx(0.019) and r["p_value"] == pytest.approx(ref.pvalue)
+    ci = ref.confidence_interval(0.95)
+    assert (r["ci_low"], r["ci_high"]) == pytest.approx((ci.low, ci.high)) and r["significant"]
+
+
+def test_no_interaction_when_effects_add_up():
+    rng = np.random.default_rng(0)  # y = 0.9 + 0.02 a + 0.01 b + seed shift + noise: additive
+    values = {(a, b, s): 0.9 + 0.02 * a + 0.01 * b + 0.01 * s + rng.normal(0, 0.001)
+              for a, b, s in itertools.product([0, 1], [0, 1], range(5))}
+    r = stats.interactions(frame(values), ["a", "b"], {"a": 0, "b": 0}, {"a": [0, 1], "b": [0, 1]}).iloc[0]
+    assert r["ci_low"] < 0 < r["ci_high"] and not r["significant"]
+    assert r["at_baseline"] == pytest.approx(0.02, abs=0.002) and r["at_level"] == pytest.approx(0.02, abs=0.002)
+
+
 def test_one_at_a_time_effect_equals_scipy_paired_t_test():
     base = [0.91, 0.93, 0.92, 0.90, 0.94]
     relu = [0.95, 0.96, 0.96, 0.93, 0.97]
