@@ -199,7 +199,7 @@ CSS = """body{font:15px/1.5 system-ui,sans-serif;max-width:980px;margin:2em auto
 h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ddd}
 .meta{color:#555}figure{margin:1em 0}figure img{max-width:100%}figcaption{color:#444;font-size:.9em}
 table{border-collapse:collapse;font-size:.85em;margin:.5em 0}td,th{padding:.25em .6em;border-bottom:1px solid #eee;
-text-align:right}th{background:#f6f6f6}td:first-child,th:first-child{text-align:left}.warn{color:#a15c00}"""
+text-align:right}th{background:#f6f6f6}.scroll{overflow-x:auto}td:first-child,th:first-child{text-align:left}.warn{color:#a15c00}"""
 
 
 def _img(out: Path, name: str) -> str:
@@ -208,7 +208,8 @@ def _img(out: Path, name: str) -> str:
 
 
 def _table(df: pd.DataFrame) -> str:
-    return df.to_html(index=False, escape=True, border=0, float_format=lambda v: f"{v:.4g}", na_rep="n/a (n<2)")
+    html_ = df.to_html(index=False, escape=True, border=0, float_format=lambda v: f"{v:.4g}", na_rep="n/a (n<2)")
+    return f'<div class=scroll>{html_}</div>'  # wide tables scroll inside the page's column
 
 
 def page(rep: Report, manifest: dict, fin: pd.DataFrame, factors: list[str], metric: str, results: Path) -> str:
