@@ -232,7 +232,9 @@ def main():
                     help="both: the two MLPs; all: the MLPs and the CNN")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--max-group", type=int, default=None, help="largest group (default 16 on CPU, 512 on GPU)")
-    ap.add_argument("--quick", action="store_true", help="6,400-sample epochs and groups up to 4: a smoke run")
+    ap.add_argument("--quick", action="store_true",
+                    help="6,400-sample epochs and groups up to 4: a smoke run (ablate's epochs still end with the "
+                    "10,000-image test pass, so its rates read low)")
     ap.add_argument("--csv", default="benchmarks/throughput.csv")
     ap.add_argument("--repeat", type=int, default=2, help="epochs timed per mode; the fastest counts")
     ap.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32",
