@@ -163,7 +163,7 @@ def build(results: str | Path, out: str | Path | None = None, metric: str = "tes
     fin = stats.final(df)
     fin = in_design_order(fin) if factors else fin
     summary = stats.summary(fin, factors, metric)
-    effects = stats.effects(fin, factors, base, levels, metric)
+    effects = stats.effects(fin, factors, base, levels, metric, manifest.get("design", "grid"))
     crossed = manifest.get("design", "grid") == "grid" and len(factors) > 1  # one-at-a-time crosses nothing
     inter = stats.interactions(fin, factors, base, levels, metric) if crossed else pd.DataFrame()
     claims = stats.claims(df, [c for c in manifest.get("claims", []) if c.get("metric", "test_acc") == metric],

@@ -7,7 +7,8 @@ Method, chosen for the usual 3-10 seeds:
   `method="bca"` gives scipy's BCa bootstrap for large n.
 - An effect is paired by seed: for each seed, the level's final metric minus the
   baseline's, matched on the levels of every other factor and averaged over them (in a
-  grid: the factorial main effect; one-at-a-time: the simple effect against base).
+  grid: the factorial main effect; one-at-a-time: the simple effect against base;
+  fractional: the mean at the level minus the mean at the baseline, per seed).
   The per-seed differences are independent, so the t interval and the paired t test on
   them are exact under normal noise. p_value is that t test. Sign-flip permutation and
   Wilcoxon tests cannot reach 0.05 with 5 seeds (their smallest two-sided p is
@@ -85,11 +86,18 @@ def summary(fin: pd.DataFrame, factors: list[str], metric: str = "test_acc") -> 
 
 
 def paired_diffs(fin: pd.DataFrame, factors: list[str], factor: str, level, baseline,
-                 metric: str = "test_acc") -> pd.Series:
-    """Per seed: mean over matched settings of the other factors of (level - baseline)."""
+                 metric: str = "test_acc", matched: bool = True) -> pd.Series:
+    """Per seed: mean over matched settings of the other factors of (level - baseline). A
+    fractional design has no matched settings (the other factors' levels fix this one's), so
+    `matched=False` takes the mean at the level minus the mean at the baseline: in a balanced
+    two-level design, the same main effect."""
     ok = fin[fin["status"] == "ok"]
     if ok.empty:  # every cell diverged (or none at this level): nothing to pair
         return pd.Series(dtype=float)
+    if not matched:
+        side = ok[factor].map(lambda v: "level" if v == level else "base" if v == baseline else None)
+        means = ok.assign(side=side).dropna(subset=["side"]).pivot_table(index="seed", columns="side", values=metric)
+        return (means["level"] - means["base"]).dropna() if {"level", "base"} <= set(means) else pd.Series(dtype=float)
     others = [f for f in factors if f != factor]
     match = ok[others].astype(str).agg("|".join, axis=1) if others else pd.Series("", index=ok.index)
     side = ok[factor].map(lambda v: "level" if v == level else "base" if v == baseline else None)
@@ -129,14 +137,14 @@ def _test(d: np.ndarray) -> tuple[float, float]:
 
 
 def effects(fin: pd.DataFrame, factors: list[str], baselines: dict, levels: dict,
-            metric: str = "test_acc") -> pd.DataFrame:
+            metric: str = "test_acc", design: str = "grid") -> pd.DataFrame:
     """Every non-baseline level of every factor against its baseline, paired by seed."""
     rows = []
     for f in factors:
         for level in levels[f]:
             if level == baselines[f]:
                 continue
-            d = paired_diffs(fin, factors, f, level, baselines[f], metric).to_numpy()
+            d = paired_diffs(fin, factors, f, level, baselines[f], metric, design != "fractional").to_numpy()
             diff, _, lo, hi = interval(d)
             p, p_flip = _test(d)
             rows.append(dict(factor=f, level=level, baseline=baselines[f], metric=metric, n_pairs=len(d),

@@ -29,7 +29,7 @@ class StudyError(AblateError):
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "xor", "digits")  # digits: scikit-learn's, offline
 MODELS = ("mlp", "cnn", "linear")  # linear: one Linear layer, the perceptron
 LOSSES = ("cross_entropy", "softmax_then_cross_entropy")  # the latter: a tutorial's bug, kept to measure it
-DESIGNS = ("grid", "one_at_a_time")
+DESIGNS = ("grid", "one_at_a_time", "fractional")  # fractional: the half of a two-level grid
 METRICS = ("test_acc", "test_loss", "train_loss")  # per epoch, as store.ROW_COLUMNS stores them
 CLAIM_KINDS = ("point", "at_most", "at_least")
 ACTIVATIONS = ("sigmoid", "relu", "tanh", "gelu")
@@ -217,6 +217,9 @@ def validate(study: Study) -> Study:
         if base[key] not in levels:
             raise StudyError(f"{where}: its baseline {base[key]!r} (from base, or the default) "
                              f"is not among its levels {levels!r}")
+        if study.design == "fractional" and len(levels) > 2:
+            raise StudyError(f"{where} has {len(levels)} levels; design='fractional' takes two-level factors "
+                             "(use 'grid' or 'one_at_a_time')")
         factors[key] = levels
     seeds = _seeds(study.seeds, src)
     for claim in study.claims:
@@ -241,15 +244,31 @@ def _seeds(seeds, src) -> list[int]:
 
 
 def points(study: Study) -> list[dict]:
-    """The design's factor settings, baseline first: full grid or one-at-a-time."""
+    """The design's factor settings, baseline first: full grid, one-at-a-time, or fractional."""
     names = list(study.factors)
     if study.design == "grid":
         return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*study.factors.values())]
+    if study.design == "fractional":
+        return _half_fraction(study)
     baseline = {k: study.base[k] for k in names}
     out = [baseline]
     for k in names:
         out += [{**baseline, k: v} for v in study.factors[k] if v != baseline[k]]
     return out
+
+
+def _half_fraction(study: Study) -> list[dict]:
+    """The points of the two-level grid where an even number of factors are away from their
+    baseline: 2^(k-1) of 2^k, the baseline among them. Its defining relation is I = +-AB...K
+    (resolution k): no main effect is aliased with another, and from k = 4 none with a
+    two-factor interaction. With fewer than three two-level factors (a --set pinned the
+    rest) a half would alias main effects, so it is the full grid."""
+    names = list(study.factors)
+    pairs = [[study.base[k]] + [v for v in study.factors[k] if v != study.base[k]] for k in names]
+    grid = [dict(zip(names, combo, strict=True)) for combo in itertools.product(*pairs)]
+    if sum(len(p) == 2 for p in pairs) < 3:
+        return grid
+    return [p for p in grid if sum(p[k] != study.base[k] for k in names) % 2 == 0]
 
 
 def cells(study: Study) -> list[Cell]:

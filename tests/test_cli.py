@@ -230,3 +230,15 @@ def test_an_edited_dataset_under_the_same_name_is_not_pooled(tmp_path, data_dir)
 def test_a_set_that_strands_a_claim_says_so(tmp_path, data_dir):
     r = run("run", write_study(tmp_path), "--dry-run", "--set", "activation=sigmoid")
     assert r.exit_code == 0 and "claim tiny" in r.stderr and "selects no cell" in r.stderr
+
+
+def test_a_fractional_study_trains_half_the_grid_and_reports_main_effects(tmp_path, data_dir):
+    four = "dict(activation=['relu', 'sigmoid'], dropout=[0.0, 0.25], batchnorm=[False, True], normalize=[False, True])"
+    r = run("run", write_study(tmp_path, factors=four, design="fractional"), "--out", tmp_path / "res")
+    assert r.exit_code == 0 and "training 16 of 16 cells" in r.stdout  # 8 of 16 points x 2 seeds
+    report = run("report", tmp_path / "res" / "tiny")
+    assert report.exit_code == 0, report.output
+    effects = pd.read_csv(tmp_path / "res" / "tiny" / "_report" / "effects.csv")
+    assert effects["factor"].tolist() == ["activation", "dropout", "batchnorm", "normalize"]
+    assert effects["n_pairs"].tolist() == [2, 2, 2, 2] and effects["diff"].notna().all()
+    assert not (tmp_path / "res" / "tiny" / "_report" / "interactions.csv").exists()  # aliased in a half

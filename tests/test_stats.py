@@ -63,6 +63,21 @@ def test_grid_effect_is_the_main_effect_paired_by_seed():
                                       "ci_high", "p_value", "p_signflip", "p_holm"]
 
 
+def test_a_fractional_effect_is_the_difference_of_half_means_per_seed():
+    # the half of a 2^3 grid with an even number of factors moved; y additive in a, b, c plus a seed shift
+    half = [(0, 0, 0), (0, 1, 1), (1, 0, 1), (1, 1, 0)]
+    values = {(a, b, c, s): 0.9 + 0.02 * a - 0.01 * b + 0.005 * c + 0.01 * s for a, b, c in half for s in range(3)}
+    fin = frame(values, factors=("a", "b", "c"))
+    levels, base = {f: [0, 1] for f in "abc"}, {f: 0 for f in "abc"}
+    eff = stats.effects(fin, list("abc"), base, levels, design="fractional").set_index("factor")
+    assert eff["diff"].tolist() == pytest.approx([0.02, -0.01, 0.005]) and eff["n_pairs"].tolist() == [3, 3, 3]
+    assert stats.paired_diffs(fin, list("abc"), "a", 1, 0).empty  # matched pairs do not exist in a half
+    full = frame({(a, b, c, s): 0.9 + 0.02 * a + 0.01 * s + 0.003 * a * b for a in (0, 1) for b in (0, 1)
+                  for c in (0, 1) for s in range(3)}, factors=("a", "b", "c"))
+    matched = stats.paired_diffs(full, list("abc"), "a", 1, 0)  # on a full grid the two estimators agree
+    assert matched.tolist() == pytest.approx(stats.paired_diffs(full, list("abc"), "a", 1, 0, matched=False).tolist())
+
+
 def test_interaction_is_the_difference_of_simple_effects_per_seed():
     # the same numbers: a adds 0.02 at b=x (0.023 for seed 1) and 0.04 at b=y
     values = {}

@@ -30,6 +30,28 @@ def test_one_at_a_time_is_base_then_each_other_level_alone():
     assert len(cells(st)) == 8
 
 
+def test_fractional_is_the_half_of_the_grid_with_an_even_number_of_factors_moved():
+    st = make(design="fractional")  # 3 two-level factors: 4 of 8 points, resolution III
+    assert points(st) == [dict(activation="sigmoid", batchnorm=False, init="default"),
+                          dict(activation="sigmoid", batchnorm=True, init="kaiming_uniform"),
+                          dict(activation="relu", batchnorm=False, init="kaiming_uniform"),
+                          dict(activation="relu", batchnorm=True, init="default")]
+    four = make(design="fractional", factors=dict(activation=["sigmoid", "relu"], batchnorm=[False, True],
+                                                  init=["default", "kaiming_uniform"], dropout=[0.0, 0.5]))
+    pts = points(four)  # 8 of 16: every level in half the points, every pair of factors balanced (resolution IV)
+    assert len(pts) == 8 and len({tuple(p.values()) for p in pts}) == 8
+    names = list(four.factors)
+    for i, a in enumerate(names):
+        assert sum(p[a] == four.base[a] for p in pts) == 4
+        for b in names[i + 1:]:
+            combos = [(p[a] == four.base[a], p[b] == four.base[b]) for p in pts]
+            assert all(combos.count(c) == 2 for c in set(combos)) and len(set(combos)) == 4
+    with pytest.raises(StudyError, match="factor 'activation' has 3 levels; design='fractional' takes two-level"):
+        make(design="fractional", factors=dict(activation=["sigmoid", "relu", "tanh"], batchnorm=[False, True]))
+    pinned = override(make(design="fractional"), ["init='default'"])  # 2 two-level factors left: the full grid
+    assert len(points(pinned)) == 4
+
+
 def test_cell_id_is_stable_across_dict_order_other_cells_and_number_spelling():
     a = cell_id("mnist", "mlp", {"lr": 0.1, "epochs": 3}, 0)
     assert a == cell_id("mnist", "mlp", {"epochs": 3, "lr": 0.1}, 0)
