@@ -108,6 +108,9 @@ def run(
     st = studies.override(studies.load(study_file), set_ or [], seeds)
     for problem in studies.claim_problems(st):  # after --set: say so, the quick look goes on
         warn(f"{problem}; after --set the report leaves this claim out")
+    if st.design == "fractional" and sum(len(v) == 2 for v in st.factors.values()) == 3:
+        warn(f"{st.source}: a fractional design of three factors aliases each main effect with the other two's "
+             "interaction (A reads A - BC); four or more factors keep main effects clear of two-factor ones")
     path = runner.results_dir(st, out_dir)
     if dry_run:
         return _print_cells(st, studies.cells(st), runner.finished(path), path)

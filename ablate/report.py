@@ -163,9 +163,11 @@ def build(results: str | Path, out: str | Path | None = None, metric: str = "tes
     fin = stats.final(df)
     fin = in_design_order(fin) if factors else fin
     summary = stats.summary(fin, factors, metric)
-    effects = stats.effects(fin, factors, base, levels, metric, manifest.get("design", "grid"))
-    crossed = manifest.get("design", "grid") == "grid" and len(factors) > 1  # one-at-a-time crosses nothing
-    inter = stats.interactions(fin, factors, base, levels, metric) if crossed else pd.DataFrame()
+    # every combination of levels present (a grid, or a fractional study that a --set made one)
+    full = len(factors) > 1 and len(fin[factors].astype(str).drop_duplicates()) == math.prod(map(len, levels.values()))
+    fractional = manifest.get("design") == "fractional" and not full
+    effects = stats.effects(fin, factors, base, levels, metric, matched=not fractional)
+    inter = stats.interactions(fin, factors, base, levels, metric) if full else pd.DataFrame()
     claims = stats.claims(df, [c for c in manifest.get("claims", []) if c.get("metric", "test_acc") == metric],
                           factors) if manifest.get("claims") else pd.DataFrame()
     out = Path(out) if out else results / REPORT

@@ -8,7 +8,7 @@ Method, chosen for the usual 3-10 seeds:
 - An effect is paired by seed: for each seed, the level's final metric minus the
   baseline's, matched on the levels of every other factor and averaged over them (in a
   grid: the factorial main effect; one-at-a-time: the simple effect against base;
-  fractional: the mean at the level minus the mean at the baseline, per seed).
+  fractional: fitted per seed, the main effect plus the interaction it is aliased with).
   The per-seed differences are independent, so the t interval and the paired t test on
   them are exact under normal noise. p_value is that t test. Sign-flip permutation and
   Wilcoxon tests cannot reach 0.05 with 5 seeds (their smallest two-sided p is
@@ -85,30 +85,57 @@ def summary(fin: pd.DataFrame, factors: list[str], metric: str = "test_acc") -> 
     return pd.DataFrame(rows)
 
 
+def _per_seed(d: pd.Series) -> pd.Series:
+    """Mean per seed of values indexed (setting, seed), over the seeds that have every setting
+    any seed has: one estimand, whatever diverged."""
+    counts = d.groupby(level="seed").size()
+    full = counts[counts == counts.max()].index
+    return d[d.index.get_level_values("seed").isin(full)].groupby(level="seed").mean()
+
+
+def _sides(ok: pd.DataFrame, others: list[str], columns: dict, metric: str) -> pd.DataFrame:
+    """Rows (setting of `others`, seed) x the named corners; `columns` maps a corner name to a mask."""
+    match = ok[others].astype(str).agg("|".join, axis=1) if others else pd.Series("", index=ok.index)
+    corner = pd.Series(None, index=ok.index, dtype=object)
+    for name, mask in columns.items():
+        corner[mask.to_numpy()] = name
+    frame = pd.DataFrame({"match": match, "seed": ok["seed"], "corner": corner, "y": ok[metric]})
+    return frame.dropna(subset=["corner"]).pivot_table(index=["match", "seed"], columns="corner", values="y")
+
+
 def paired_diffs(fin: pd.DataFrame, factors: list[str], factor: str, level, baseline,
                  metric: str = "test_acc", matched: bool = True) -> pd.Series:
     """Per seed: mean over matched settings of the other factors of (level - baseline). A
     fractional design has no matched settings (the other factors' levels fix this one's), so
-    `matched=False` takes the mean at the level minus the mean at the baseline: in a balanced
-    two-level design, the same main effect."""
+    `matched=False` fits the main effects by least squares per seed (two-level factors coded
+    +-1): on the complete half, the mean at the level minus the mean at the baseline; with a
+    diverged cell, still unbiased under the main-effects model, where a difference of the
+    remaining means would not be."""
     ok = fin[fin["status"] == "ok"]
     if ok.empty:  # every cell diverged (or none at this level): nothing to pair
         return pd.Series(dtype=float)
     if not matched:
-        side = ok[factor].map(lambda v: "level" if v == level else "base" if v == baseline else None)
-        means = ok.assign(side=side).dropna(subset=["side"]).pivot_table(index="seed", columns="side", values=metric)
-        return (means["level"] - means["base"]).dropna() if {"level", "base"} <= set(means) else pd.Series(dtype=float)
+        return _fitted(ok, factors, factor, level, baseline, metric)
     others = [f for f in factors if f != factor]
-    match = ok[others].astype(str).agg("|".join, axis=1) if others else pd.Series("", index=ok.index)
-    side = ok[factor].map(lambda v: "level" if v == level else "base" if v == baseline else None)
-    wide = (pd.DataFrame({"match": match, "seed": ok["seed"], "side": side, "y": ok[metric]})
-            .dropna(subset=["side"]).pivot_table(index=["match", "seed"], columns="side", values="y"))
+    wide = _sides(ok, others, {"level": _is(ok, factor, level), "base": _is(ok, factor, baseline)}, metric)
     if not {"level", "base"} <= set(wide.columns):
         return pd.Series(dtype=float)
-    d = (wide["level"] - wide["base"]).dropna()
-    counts = d.groupby(level="seed").size()
-    full = counts[counts == counts.max()].index  # seeds with every matched setting: one estimand
-    return d[d.index.get_level_values("seed").isin(full)].groupby(level="seed").mean()
+    return _per_seed((wide["level"] - wide["base"]).dropna())
+
+
+def _fitted(ok: pd.DataFrame, factors: list[str], factor: str, level, baseline, metric: str) -> pd.Series:
+    out = {}
+    for seed, g in ok.groupby("seed"):
+        g = g[g[factor].map(lambda x: x == level or x == baseline).astype(bool)]
+        cols = [np.where(g[factor].map(lambda x: x == level).astype(bool), 1.0, -1.0)]
+        for f in factors:
+            values = list(dict.fromkeys(g[f].map(hashable)))
+            if f != factor and len(values) == 2:
+                cols.append(np.where(g[f].map(hashable) == values[1], 1.0, -1.0))
+        x = np.column_stack([np.ones(len(g)), *cols])
+        if len(g) > x.shape[1] - 1 and np.linalg.matrix_rank(x) == x.shape[1]:
+            out[seed] = 2 * np.linalg.lstsq(x, g[metric].to_numpy(dtype=float), rcond=None)[0][1]
+    return pd.Series(out, dtype=float).rename_axis("seed")
 
 
 def holm(p) -> np.ndarray:
@@ -128,8 +155,8 @@ def _test(d: np.ndarray) -> tuple[float, float]:
     """Two-sided paired t and exact sign-flip p of per-seed differences."""
     if len(d) < 2:
         return np.nan, np.nan
-    if np.all(d == d[0]):  # no spread: t is undefined; the data alone decide
-        return (1.0, 1.0) if d[0] == 0 else (0.0, 2 / 2 ** len(d))
+    if np.ptp(d) <= 1e-12:  # no spread (to rounding): t is undefined; the data alone decide
+        return (1.0, 1.0) if abs(d[0]) <= 1e-12 else (0.0, 2 / 2 ** len(d))
     p_t = float(st.ttest_1samp(d, 0.0).pvalue)
     flips = st.permutation_test((d,), np.mean, permutation_type="samples",
                                 n_resamples=np.inf if len(d) <= 16 else 9999, random_state=0)
@@ -137,14 +164,15 @@ def _test(d: np.ndarray) -> tuple[float, float]:
 
 
 def effects(fin: pd.DataFrame, factors: list[str], baselines: dict, levels: dict,
-            metric: str = "test_acc", design: str = "grid") -> pd.DataFrame:
-    """Every non-baseline level of every factor against its baseline, paired by seed."""
+            metric: str = "test_acc", matched: bool = True) -> pd.DataFrame:
+    """Every non-baseline level of every factor against its baseline, paired by seed
+    (`matched=False`: fitted per seed, for a fractional design; see paired_diffs)."""
     rows = []
     for f in factors:
         for level in levels[f]:
             if level == baselines[f]:
                 continue
-            d = paired_diffs(fin, factors, f, level, baselines[f], metric, design != "fractional").to_numpy()
+            d = paired_diffs(fin, factors, f, level, baselines[f], metric, matched).to_numpy()
             diff, _, lo, hi = interval(d)
             p, p_flip = _test(d)
             rows.append(dict(factor=f, level=level, baseline=baselines[f], metric=metric, n_pairs=len(d),
@@ -165,21 +193,26 @@ INTERACTION_COLUMNS = ["factor", "level", "baseline", "by", "by_level", "by_base
 def interactions(fin: pd.DataFrame, factors: list[str], baselines: dict, levels: dict,
                  metric: str = "test_acc") -> pd.DataFrame:
     """Does a factor's effect depend on another's level? For each pair of factors (study order)
-    and each non-baseline level of each: the first's effect (level - baseline, paired by seed)
-    at the second's baseline (`at_baseline`) and at its level (`at_level`), each averaged over
-    the other factors, and their difference per seed (`diff`: the interaction contrast), with
-    a paired t test, Holm across the table. A grid's main effect averages the two simple
-    effects, which can hide effects of opposite sign. Meaningful for grid designs only."""
-    rows = []
+    and each non-baseline level of each: per setting of the remaining factors where all four
+    cells are ok, the first's effect (level - baseline) at the second's baseline
+    (`at_baseline`) and at its level (`at_level`), and their difference (`diff`, the
+    interaction contrast), each averaged per seed over the same settings and seeds; paired t
+    test, Holm across the table. A grid's main effect averages the simple effects, which can
+    differ in sign. Needs every combination of the pair: full grids only."""
+    ok, rows = fin[fin["status"] == "ok"], []
     for i, a in enumerate(factors):
         for b in factors[i + 1:]:
+            others = [f for f in factors if f not in (a, b)]
             for la in [v for v in levels[a] if v != baselines[a]]:
-                base = paired_diffs(_where(fin, b, baselines[b]), factors, a, la, baselines[a], metric)
                 for lb in [v for v in levels[b] if v != baselines[b]]:
-                    level = paired_diffs(_where(fin, b, lb), factors, a, la, baselines[a], metric)
-                    d = (level - base).dropna().to_numpy()  # aligned by seed
-                    (m0, _, lo0, hi0), (m1, _, lo1, hi1) = interval(base), interval(level)
-                    diff, _, lo, hi = interval(d)
+                    corners = {x + y: _is(ok, a, va) & _is(ok, b, vb) for x, va in (("1", la), ("0", baselines[a]))
+                               for y, vb in (("1", lb), ("0", baselines[b]))}  # "10": a at la, b at baseline
+                    w = _sides(ok, others, corners, metric) if len(ok) else pd.DataFrame()
+                    w = w.dropna() if set(corners) <= set(w.columns) else pd.DataFrame(columns=list(corners))
+                    at0 = _per_seed(w["10"] - w["00"]) if len(w) else pd.Series(dtype=float)
+                    at1 = _per_seed(w["11"] - w["01"]) if len(w) else pd.Series(dtype=float)
+                    d = (at1 - at0).to_numpy()
+                    (m0, _, lo0, hi0), (m1, _, lo1, hi1), (diff, _, lo, hi) = interval(at0), interval(at1), interval(d)
                     rows.append(dict(factor=a, level=la, baseline=baselines[a], by=b, by_level=lb,
                                      by_baseline=baselines[b], metric=metric, n_pairs=len(d),
                                      at_baseline=m0, at_baseline_low=lo0, at_baseline_high=hi0, at_level=m1,
@@ -191,9 +224,9 @@ def interactions(fin: pd.DataFrame, factors: list[str], baselines: dict, levels:
     return out
 
 
-def _where(fin: pd.DataFrame, factor: str, level) -> pd.DataFrame:
-    """The rows at one level; map, not ==, because a tuple level (hidden) would be read as a sequence."""
-    return fin[fin[factor].map(lambda v: v == level).astype(bool)]
+def _is(df: pd.DataFrame, factor: str, level) -> pd.Series:
+    """Rows at one level; map, not ==, because a tuple level (hidden) would be read as a sequence."""
+    return df[factor].map(lambda v: v == level).astype(bool)
 
 
 def holds(kind: str, value: float, lo: float, hi: float) -> bool:

@@ -242,3 +242,28 @@ def test_a_fractional_study_trains_half_the_grid_and_reports_main_effects(tmp_pa
     assert effects["factor"].tolist() == ["activation", "dropout", "batchnorm", "normalize"]
     assert effects["n_pairs"].tolist() == [2, 2, 2, 2] and effects["diff"].notna().all()
     assert not (tmp_path / "res" / "tiny" / "_report" / "interactions.csv").exists()  # aliased in a half
+
+
+def test_columns_and_interactions_follow_the_studys_factor_order(tmp_path, data_dir):
+    out = tmp_path / "res"  # dropout first: the manifest's JSON keys are sorted, factor_order is not
+    run("run", write_study(tmp_path, factors="dict(dropout=[0.0, 0.25], activation=['relu', 'sigmoid'])"), "--out", out)
+    assert list(store.read(out / "tiny").columns[3:5]) == ["dropout", "activation"]
+    assert run("report", out / "tiny").exit_code == 0
+    inter = pd.read_csv(out / "tiny" / "_report" / "interactions.csv")
+    assert inter[["factor", "by"]].values.tolist() == [["dropout", "activation"]]
+
+
+def test_one_at_a_time_reports_no_interactions_and_removes_a_stale_table(tmp_path, data_dir):
+    out = tmp_path / "res"
+    run("run", write_study(tmp_path, design="one_at_a_time"), "--out", out)  # relu+0.0, sigmoid, dropout 0.25
+    report_dir = out / "tiny" / "_report"
+    report_dir.mkdir(parents=True)
+    (report_dir / "interactions.csv").write_text("stale")
+    assert run("report", out / "tiny").exit_code == 0
+    assert not (report_dir / "interactions.csv").exists() and len(pd.read_csv(report_dir / "effects.csv")) == 2
+
+
+def test_a_three_factor_fractional_study_warns_of_its_aliases(tmp_path):
+    three = "dict(activation=['relu', 'sigmoid'], dropout=[0.0, 0.25], batchnorm=[False, True])"
+    r = run("run", write_study(tmp_path, factors=three, design="fractional"), "--dry-run")
+    assert r.exit_code == 0 and "8 cells" in r.stdout and "aliases each main effect" in r.stderr

@@ -100,7 +100,7 @@ def test_csvs_have_the_documented_columns(results):
     assert list(inter.columns[:8]) == ["factor", "level", "baseline", "by", "by_level", "by_baseline", "metric",
                                        "n_pairs"]
     assert inter[["factor", "by", "n_pairs"]].values.tolist() == [["batchnorm", "lr", 0]]
-    assert inter.loc[0, "at_baseline"] == pytest.approx(bn["diff"]) and not inter.loc[0, "significant"]
+    assert pd.isna(inter.loc[0, "at_baseline"]) and not inter.loc[0, "significant"]  # no setting has 4 ok cells
 
 
 def test_report_never_imports_torch(results, tmp_path):

@@ -69,13 +69,43 @@ def test_a_fractional_effect_is_the_difference_of_half_means_per_seed():
     values = {(a, b, c, s): 0.9 + 0.02 * a - 0.01 * b + 0.005 * c + 0.01 * s for a, b, c in half for s in range(3)}
     fin = frame(values, factors=("a", "b", "c"))
     levels, base = {f: [0, 1] for f in "abc"}, {f: 0 for f in "abc"}
-    eff = stats.effects(fin, list("abc"), base, levels, design="fractional").set_index("factor")
+    eff = stats.effects(fin, list("abc"), base, levels, matched=False).set_index("factor")
     assert eff["diff"].tolist() == pytest.approx([0.02, -0.01, 0.005]) and eff["n_pairs"].tolist() == [3, 3, 3]
     assert stats.paired_diffs(fin, list("abc"), "a", 1, 0).empty  # matched pairs do not exist in a half
     full = frame({(a, b, c, s): 0.9 + 0.02 * a + 0.01 * s + 0.003 * a * b for a in (0, 1) for b in (0, 1)
                   for c in (0, 1) for s in range(3)}, factors=("a", "b", "c"))
     matched = stats.paired_diffs(full, list("abc"), "a", 1, 0)  # on a full grid the two estimators agree
     assert matched.tolist() == pytest.approx(stats.paired_diffs(full, list("abc"), "a", 1, 0, matched=False).tolist())
+
+
+def test_a_fractional_effect_survives_a_diverged_cell_and_carries_its_alias():
+    half = [p for p in itertools.product([0, 1], repeat=4) if sum(p) % 2 == 0]  # 8 of 16, I = ABCD
+    values = {(*p, s): 0.9 + 0.02 * p[0] - 0.01 * p[1] + 0.01 * s for p in half for s in range(3)}
+    fin = frame(values, factors=tuple("abcd"))
+    fin.loc[(fin["a"] == 1) & (fin["b"] == 1) & (fin["c"] == 0) & (fin["seed"] == 0), "status"] = "diverged"
+    levels, base = {f: [0, 1] for f in "abcd"}, {f: 0 for f in "abcd"}
+    eff = stats.effects(fin, list("abcd"), base, levels, matched=False).set_index("factor")
+    assert eff["diff"].tolist() == pytest.approx([0.02, -0.01, 0, 0], abs=1e-12)  # a mean difference gives 0.0175
+    assert eff["n_pairs"].tolist() == [3, 3, 3, 3]
+    # three factors: A is aliased with BC; a planted b*c moves A's estimate, as the README says
+    three = [(0, 0, 0), (0, 1, 1), (1, 0, 1), (1, 1, 0)]
+    fin3 = frame({(*p, s): 0.9 + 0.02 * p[0] + 0.01 * p[1] * p[2] + 0.01 * s for p in three for s in range(3)},
+                 factors=tuple("abc"))
+    a = stats.paired_diffs(fin3, list("abc"), "a", 1, 0, matched=False)
+    assert a.tolist() == pytest.approx([0.015] * 3)  # 0.02 on the full grid
+
+
+def test_a_diverged_point_makes_no_false_interaction():
+    rng = np.random.default_rng(1)  # only a=2 x b interacts (+0.03); every seed's (0, 1, 1) cell diverged
+    values = {(a, b, c, s): 0.9 + 0.01 * a + 0.02 * b + 0.005 * c + 0.03 * (a == 2) * b + 0.01 * s
+              + rng.normal(0, 1e-4) for a, b, c, s in itertools.product([0, 1, 2], [0, 1], [0, 1], range(5))}
+    fin = frame(values, factors=("a", "b", "c"))
+    fin.loc[(fin["a"] == 0) & (fin["b"] == 1) & (fin["c"] == 1), "status"] = "diverged"
+    out = stats.interactions(fin, ["a", "b", "c"], {"a": 0, "b": 0, "c": 0}, {"a": [0, 1, 2], "b": [0, 1], "c": [0, 1]})
+    found = out[out["significant"]][["factor", "level", "by"]].values.tolist()
+    assert found == [["a", 2, "b"]], out
+    r = out[(out["factor"] == "a") & (out["level"] == 2) & (out["by"] == "b")].iloc[0]
+    assert r["diff"] == pytest.approx(0.03, abs=3e-4) and r["at_level"] - r["at_baseline"] == pytest.approx(r["diff"])
 
 
 def test_interaction_is_the_difference_of_simple_effects_per_seed():

@@ -1,4 +1,7 @@
 """Study files: validation, canonical values, stable cell ids, designs and --set overrides."""
+import itertools
+import math
+
 import pytest
 
 from ablate.study import Study, StudyError, cell_id, cells, load, override, parse_set, points, validate
@@ -39,8 +42,13 @@ def test_fractional_is_the_half_of_the_grid_with_an_even_number_of_factors_moved
     four = make(design="fractional", factors=dict(activation=["sigmoid", "relu"], batchnorm=[False, True],
                                                   init=["default", "kaiming_uniform"], dropout=[0.0, 0.5]))
     pts = points(four)  # 8 of 16: every level in half the points, every pair of factors balanced (resolution IV)
-    assert len(pts) == 8 and len({tuple(p.values()) for p in pts}) == 8
     names = list(four.factors)
+    assert len(pts) == 8 and len({tuple(p.values()) for p in pts}) == 8
+    assert all(pts[0][k] == four.base[k] for k in names)  # the baseline first
+    code = [{k: 1 if p[k] != four.base[k] else -1 for k in names} for p in pts]
+    for triple in itertools.combinations(names, 3):  # no word of length 3 in I = ABCD: every triple balanced
+        assert sum(math.prod(c[k] for k in triple) for c in code) == 0
+    assert {math.prod(c.values()) for c in code} == {1}  # the defining word ABCD is constant
     for i, a in enumerate(names):
         assert sum(p[a] == four.base[a] for p in pts) == 4
         for b in names[i + 1:]:
