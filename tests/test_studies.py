@@ -23,7 +23,7 @@ def test_every_shipped_study_dry_runs(path, tmp_path):
     r = cli.invoke(app, ["run", str(path), "--dry-run", "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output
     st = load_study(path)
-    assert (st.claims or st.name == "digits_mlp") and all(c.source for c in st.claims)  # digits: a demo
+    assert (st.claims or st.dataset == "digits") and all(c.source for c in st.claims)  # digits: demos
     assert path.read_text().startswith(f"# studies/{path.name}:")  # opens by naming its tutorial
 
 
