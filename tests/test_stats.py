@@ -37,15 +37,19 @@ def test_holm_by_hand():
     assert out[0] == pytest.approx(0.5) and np.isnan(out[1]) and out[2] == pytest.approx(0.02)
 
 
-def test_grid_effect_is_the_main_effect_paired_by_seed():
-    # a adds 0.02 when b=x and 0.04 when b=y: main effect 0.03 for every seed, plus seed noise
+def two_by_two() -> pd.DataFrame:
+    """a adds 0.02 when b=x (0.023 for seed 1) and 0.04 when b=y, plus a shift per seed."""
     values = {}
     for seed, noise in zip([0, 1, 2], [0.0, 0.01, -0.01], strict=True):
         values[(0, "x", seed)] = 0.90 + noise
         values[(1, "x", seed)] = 0.92 + noise + (0.003 if seed == 1 else 0)
         values[(0, "y", seed)] = 0.80 + noise
         values[(1, "y", seed)] = 0.84 + noise
-    fin = frame(values)
+    return frame(values)
+
+
+def test_grid_effect_is_the_main_effect_paired_by_seed():
+    fin = two_by_two()  # main effect of a: 0.03 for every seed, 0.0315 for seed 1
     d = stats.paired_diffs(fin, ["a", "b"], "a", 1, 0)
     # per seed: mean(0.02, 0.04) = 0.03; seed 1: mean(0.023, 0.04) = 0.0315
     assert d.tolist() == pytest.approx([0.03, 0.0315, 0.03])
@@ -109,14 +113,7 @@ def test_a_diverged_point_makes_no_false_interaction():
 
 
 def test_interaction_is_the_difference_of_simple_effects_per_seed():
-    # the same numbers: a adds 0.02 at b=x (0.023 for seed 1) and 0.04 at b=y
-    values = {}
-    for seed, noise in zip([0, 1, 2], [0.0, 0.01, -0.01], strict=True):
-        values[(0, "x", seed)] = 0.90 + noise
-        values[(1, "x", seed)] = 0.92 + noise + (0.003 if seed == 1 else 0)
-        values[(0, "y", seed)] = 0.80 + noise
-        values[(1, "y", seed)] = 0.84 + noise
-    out = stats.interactions(frame(values), ["a", "b"], {"a": 0, "b": "x"}, {"a": [0, 1], "b": ["x", "y"]})
+    out = stats.interactions(two_by_two(), ["a", "b"], {"a": 0, "b": "x"}, {"a": [0, 1], "b": ["x", "y"]})
     assert len(out) == 1 and list(out.columns) == stats.INTERACTION_COLUMNS
     r = out.iloc[0]
     assert (r["factor"], r["level"], r["by"], r["by_level"], r["n_pairs"]) == ("a", 1, "b", "y", 3)
