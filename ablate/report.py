@@ -235,6 +235,11 @@ def page(rep: Report, manifest: dict, fin: pd.DataFrame, factors: list[str], met
         f"design {e(str(manifest.get('design', '')))}: {len(rep.summary)} points x {len(rep.seeds)} seeds "
         f"({rep.n_cells} cells), metric {e(metric)}.<br>{when}.</p>",
     ]
+    two = [f for f, ls in (manifest.get("factors") or {}).items() if len(ls) == 2]
+    if manifest.get("design") == "fractional" and len(two) >= 3 and len(rep.summary) < 2 ** len(two):
+        alias = f"the interaction of the other {len(two) - 1}" if len(two) > 3 else "the other two's interaction"
+        parts.append(f"<p class=meta>A half fraction of the 2^{len(two)} grid (resolution {len(two)}): each effect "
+                     f"below is its factor's main effect plus {alias}; interactions are not estimable here.</p>")
     if len(diverged):
         parts.append(f"<p class=warn>{len(diverged)} cells diverged (loss NaN or infinite) and are left out of "
                      f"means and effects: " + ", ".join(f"{e(label(r, factors))} seed {r.seed} at epoch {r.epoch}"

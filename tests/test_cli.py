@@ -242,6 +242,8 @@ def test_a_fractional_study_trains_half_the_grid_and_reports_main_effects(tmp_pa
     assert effects["factor"].tolist() == ["activation", "dropout", "batchnorm", "normalize"]
     assert effects["n_pairs"].tolist() == [2, 2, 2, 2] and effects["diff"].notna().all()
     assert not (tmp_path / "res" / "tiny" / "_report" / "interactions.csv").exists()  # aliased in a half
+    page = (tmp_path / "res" / "tiny" / "_report" / "index.html").read_text()
+    assert "A half fraction of the 2^4 grid (resolution 4)" in page and "interaction of the other 3" in page
 
 
 def test_columns_and_interactions_follow_the_studys_factor_order(tmp_path, data_dir):
