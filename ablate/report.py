@@ -34,6 +34,7 @@ class Report:
     n_cells: int
     seeds: list
     seconds: float
+    resolution: int | None = None  # a fractional half's: its number of two-level factors
 
 
 def label(row, factors) -> str:
@@ -151,7 +152,7 @@ def build(results: str | Path, out: str | Path | None = None, metric: str = "tes
     results = Path(results)
     df, manifest = stats.tidy(store.read(results, warn)), store.read_manifest(results)
     if metric not in store.METRICS or metric not in df.columns:
-        raise AblateError(f"{results}: no metric '{metric}'; try test_acc, test_loss, train_loss or seconds")
+        raise AblateError(f"{results}: no metric '{metric}'; try {', '.join(store.METRICS)}")
     factors = stats.factor_columns(df)
     declared, declared_base = manifest.get("factors", {}), manifest.get("base", {})
     levels = {f: [stats.hashable(v) for v in declared.get(f, [])] or sorted(df[f].unique(), key=str)
@@ -191,7 +192,8 @@ def build(results: str | Path, out: str | Path | None = None, metric: str = "tes
         claims.drop(columns=["metric"]).to_csv(out / "claims.csv", index=False)
     summary.to_csv(out / "summary.csv", index=False)
     effects.to_csv(out / "effects.csv", index=False)
-    rep = Report(out, summary, effects, claims, inter, fin["cell"].nunique(), sorted(df["seed"].unique()), 0.0)
+    rep = Report(out, summary, effects, claims, inter, fin["cell"].nunique(), sorted(df["seed"].unique()), 0.0,
+                 sum(len(ls) == 2 for ls in levels.values()) if fractional else None)
     (out / "index.html").write_text(page(rep, manifest, fin, factors, metric, results))
     rep.seconds = time.perf_counter() - start
     return rep
@@ -235,10 +237,9 @@ def page(rep: Report, manifest: dict, fin: pd.DataFrame, factors: list[str], met
         f"design {e(str(manifest.get('design', '')))}: {len(rep.summary)} points x {len(rep.seeds)} seeds "
         f"({rep.n_cells} cells), metric {e(metric)}.<br>{when}.</p>",
     ]
-    two = [f for f, ls in (manifest.get("factors") or {}).items() if len(ls) == 2]
-    if manifest.get("design") == "fractional" and len(two) >= 3 and len(rep.summary) < 2 ** len(two):
-        alias = f"the interaction of the other {len(two) - 1}" if len(two) > 3 else "the other two's interaction"
-        parts.append(f"<p class=meta>A half fraction of the 2^{len(two)} grid (resolution {len(two)}): each effect "
+    if k := rep.resolution:
+        alias = f"the interaction of the other {k - 1}" if k > 3 else "the other two's interaction"
+        parts.append(f"<p class=meta>A half fraction of the 2^{k} grid (resolution {k}): each effect "
                      f"below is its factor's main effect plus {alias}; interactions are not estimable here.</p>")
     if len(diverged):
         parts.append(f"<p class=warn>{len(diverged)} cells diverged (loss NaN or infinite) and are left out of "

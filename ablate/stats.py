@@ -133,7 +133,7 @@ def _fitted(ok: pd.DataFrame, factors: list[str], factor: str, level, baseline, 
             if f != factor and len(values) == 2:
                 cols.append(np.where(g[f].map(hashable) == values[1], 1.0, -1.0))
         x = np.column_stack([np.ones(len(g)), *cols])
-        if len(g) > x.shape[1] - 1 and np.linalg.matrix_rank(x) == x.shape[1]:
+        if np.linalg.matrix_rank(x) == x.shape[1]:  # full column rank: every effect estimable
             out[seed] = 2 * np.linalg.lstsq(x, g[metric].to_numpy(dtype=float), rcond=None)[0][1]
     return pd.Series(out, dtype=float).rename_axis("seed")
 
