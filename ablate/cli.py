@@ -177,35 +177,72 @@ def show(results_dir: Path = typer.Argument(..., metavar="RESULTS_DIR"),
 @user_errors
 def report(results_dir: Path = typer.Argument(..., metavar="RESULTS_DIR"),
            metric: str = typer.Option("test_acc", "--metric", help="test_acc, test_loss or train_loss"),
-           out_dir: Path | None = typer.Option(None, "--out", help="Where to write (default RESULTS_DIR/_report).")):
+           out_dir: Path | None = typer.Option(None, "--out", help="Where to write (default RESULTS_DIR/_report)."),
+           margin: float | None = typer.Option(None, "--margin", help="Test each effect for equivalence: inside "
+                                               "+-M (the metric's units) by two one-sided t tests at 0.05."),
+           halfwidth: float = typer.Option(0.005, "--halfwidth", help="seeds_needed: seeds for a 95% CI of this "
+                                           "half-width (the metric's units; 0.005 = half a point of accuracy).")):
     """Charts, CSVs and index.html: does each factor help, by how much, how sure are we."""
     from . import report as reports
 
-    rep = reports.build(results_dir, out_dir, metric, warn)
-    table = Table(title=f"effects on final {metric}: level - baseline, paired by seed (95% t CI, Holm)")
-    for col in ["factor", "level vs baseline", "n", "diff", "95% CI", "p", "p Holm", ""]:
-        table.add_column(col, justify="left" if col in ("factor", "level vs baseline") else "right")
-    for _, r in rep.effects.iterrows():
-        ci = f"n={r.n_pairs}, no interval" if r.n_pairs < 2 else f"[{r.ci_low:+.4f}, {r.ci_high:+.4f}]"
-        table.add_row(str(r.factor), f"{r.level} vs {r.baseline}", str(r.n_pairs), f"{r['diff']:+.4f}", ci,
-                      f"{r.p_value:.3g}", f"{r.p_holm:.3g}", "[green]yes[/green]" if r.significant else "")
-    out.print(table)
+    rep = reports.build(results_dir, out_dir, metric, warn, margin, halfwidth)
+    out.print(_effects_table(rep, metric, margin))
     for _, r in rep.interactions.iterrows() if len(rep.interactions) else []:
         if r.significant:
             out.print(escape(f"interaction: {r.factor}={r.level} vs {r.baseline} is {r.at_baseline:+.4f} at "
                              f"{r.by}={r.by_baseline} but {r.at_level:+.4f} at {r.by}={r.by_level}: difference "
                              f"{r['diff']:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}], p Holm {r.p_holm:.3g}"))
+    for r in rep.sign_changes.itertuples() if rep.sign_changes is not None else []:
+        warn(f"{r.factor}={r.level} vs {r.baseline} changes sign across the other factors: {r.settings}")
+    for r in rep.failures.drop_duplicates("factor").itertuples() if rep.failures is not None and len(
+            rep.failures) else []:
+        if r.differs:
+            warn(f"failed runs differ across the levels of {r.factor} (Fisher p {r.p_fisher:.3g}, Holm "
+                 f"{r.p_holm:.3g}): its effects compare the runs that did not diverge; see failures.csv")
     for _, c in rep.claims.iterrows():
-        name = escape(str(c.source or c.where))
-        if c.n_seeds < 2:
-            out.print(f"claim {name}: {c.claimed:.4f}; n={c.n_seeds}, no interval to compare")
-            continue
-        said = {"point": "", "at_most": "at most ", "at_least": "at least "}[c.kind]
-        words = ("inside", "outside") if c.kind == "point" else ("holds", "does not hold")
-        mark = f"[green]{words[0]}[/green]" if c.inside else f"[red]{words[1]}[/red]"
-        out.print(f"claim {name}: {said}{c.claimed:.4f} vs measured {c['mean']:.4f} "
-                  f"[{c.ci_low:.4f}, {c.ci_high:.4f}] (n={c.n_seeds}) {mark}")
+        out.print(_claim_line(c))
     out.print(f"report: {rep.path / 'index.html'} ({rep.n_cells} cells, {rep.seconds:.1f}s)")
+
+
+def _effects_table(rep, metric: str, margin: float | None) -> Table:
+    """One row per effect: estimate and CI, Holm p, what these seeds can detect, the verdict."""
+    table = Table(title=f"effects on final {metric}: level - baseline, paired by seed (95% t CI; Holm over "
+                        f"{rep.family} tests, effects and interactions)")
+    for col in ["effect", "n", "diff [95% CI]", "p Holm", "mde", "seeds", ""]:
+        table.add_column(col, justify="left" if col == "effect" else "right", overflow="fold")
+    for _, r in rep.effects.iterrows():
+        ci = ("no spread" if r.no_spread else "no interval" if r.n_pairs < 2
+              else f"[{r.ci_low:+.4f}, {r.ci_high:+.4f}]")
+        others = r.alias[1:].split(":") if r.alias else []  # past two, say its order: a 5-way reads "+ 5-way"
+        alias = f" ({r.alias[0]} {r.alias[1:] if len(others) < 3 else f'{len(others)}-way'})" if r.alias else ""
+        verdict = ("[green]significant[/green]" if r.significant else "equivalent" if r.equivalent
+                   else "†" if "95% CI excludes" in r.note else "")
+        table.add_row(escape(f"{r.factor}: {r.level} vs {r.baseline}{alias}"), str(r.n_pairs),
+                      f"{r['diff']:+.4f} {ci}", f"{r.p_holm:.3g}", f"{r.mde:.4f}", f"{r.seeds_needed:.0f}", verdict)
+    notes = [f"mde: smallest difference these seeds detect (80% power, 0.05); seeds: for a 95% CI of "
+             f"±{rep.halfwidth:g}"]
+    if margin:
+        notes.append(f"equivalent: inside ±{margin:g} (two one-sided t tests, 0.05)")
+    if rep.effects["note"].str.contains("95% CI excludes").any():
+        notes.append("†: the row's own CI excludes 0, but not after Holm")
+    table.caption = "; ".join(notes)
+    return table
+
+
+def _claim_line(c) -> str:
+    name = escape(str(c.source or c.where))
+    if c.kind in ("at_most", "at_least"):
+        said = "at most" if c.kind == "at_most" else "at least"
+        mark = "[green]holds[/green]" if c.inside else "[red]does not hold[/red]"
+        return (f"claim {name}: {said} {c.claimed:.4f}; {c.runs_within} of {c.n_seeds} runs keep to it "
+                f"(mean {c['mean']:.4f}) {mark}")
+    if c.n_seeds < 2:
+        return f"claim {name}: {c.claimed:.4f}; n={c.n_seeds}, no interval to compare"
+    lo, hi, what = ((c.pi_low, c.pi_high, "95% prediction interval of one run") if c.kind == "point"
+                    else (c.ci_low, c.ci_high, "95% CI of the mean"))
+    mark = "[green]inside[/green]" if c.inside else "[red]outside[/red]"
+    return (f"claim {name}: {c.claimed:.4f} vs measured mean {c['mean']:.4f}, {what} [{lo:.4f}, {hi:.4f}] "
+            f"(n={c.n_seeds}) {mark}")
 
 
 def main():

@@ -17,8 +17,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from . import stats, store  # noqa: E402
-from .study import AblateError  # noqa: E402
+from . import anova, claims, stats, store  # noqa: E402
+from .study import DATASET_SIZES, AblateError  # noqa: E402
 
 REPORT = "_report"  # beside the rows, named so Parquet readers skip it (see store.py)
 CHARTS = ("final", "curves", "effects", "interactions", "claims")
@@ -35,6 +35,14 @@ class Report:
     seeds: list
     seconds: float
     resolution: int | None = None  # a fractional half's: its number of two-level factors
+    failures: pd.DataFrame | None = None
+    anova: pd.DataFrame | None = None  # grid designs: blocked ANOVA over complete seeds
+    anova_seeds: int = 0
+    sign_changes: pd.DataFrame | None = None  # main effects whose simple effects differ in sign
+    design: str = "grid"  # as analysed: grid, one_at_a_time or fractional
+    family: int = 0  # tests in the one Holm family of effects and interactions
+    margin: float | None = None
+    halfwidth: float = stats.HALFWIDTH
 
 
 def label(row, factors) -> str:
@@ -92,25 +100,34 @@ def chart_curves(df, factors, metric, out):
     _save(fig, out, "curves")
 
 
-def chart_effects(eff, metric, out):
-    """Forest plot: each level minus its baseline, paired by seed; filled if it survives Holm."""
+def chart_effects(eff, metric, out, family):
+    """Forest plot: each level minus its baseline, paired by seed; filled if it survives Holm.
+    A bar is a row's own 95% CI; where it excludes 0 on a row Holm does not flag, a dagger says so."""
     eff = eff.iloc[::-1].reset_index(drop=True)
     fig, ax = plt.subplots(figsize=(8, _height(len(eff))))
     for i, r in eff.iterrows():
         if pd.notna(r.ci_low):
             ax.plot([r.ci_low, r.ci_high], [i, i], color="black")
+        elif r.no_spread:
+            ax.annotate(f"no spread: sign-flip p {r.p_value:.2g}", (r["diff"], i), xytext=(6, 6),
+                        textcoords="offset points", fontsize=8)
         elif pd.notna(r["diff"]):
             ax.annotate(f"n={r.n_pairs}, no interval", (r["diff"], i), xytext=(6, 6), textcoords="offset points",
                         fontsize=8)
+        if "95% CI excludes 0" in r.note:
+            ax.annotate("\u2020", (r.ci_high, i), xytext=(4, -3), textcoords="offset points", fontsize=11)
         ax.plot(r["diff"], i, "o", color="black", markerfacecolor="black" if r.significant else "white")
     ax.axvline(0, color="0.6", linestyle="--", linewidth=1)
-    ax.set_yticks(range(len(eff)), [f"{r.factor}: {r.level} vs {r.baseline}  (n={r.n_pairs})"
+    alias = lambda r: f"  [{r.alias[0]} {r.alias[1:]}]" if r.alias else ""  # noqa: E731
+    ax.set_yticks(range(len(eff)), [f"{r.factor}: {r.level} vs {r.baseline}{alias(r)}  (n={r.n_pairs})"
                                     for _, r in eff.iterrows()])
-    ax.set(xlabel=f"difference in final {metric} (95% CI; filled: significant after Holm)")
+    dagger = "; \u2020: the CI alone excludes 0, Holm does not" if eff.note.str.contains("95% CI excl").any() else ""
+    ax.set(xlabel=f"difference in final {metric}: each row's own 95% CI; filled: significant after Holm over "
+                  f"{family} tests\n(effects and interactions){dagger}")
     _save(fig, out, "effects")
 
 
-def chart_interactions(inter, metric, out):
+def chart_interactions(inter, metric, out, family):
     """Each level's effect at the other factor's baseline (grey square) and at its level (black
     circle), 95% CIs; filled where the two differ after Holm (the interaction)."""
     inter = inter.iloc[::-1].reset_index(drop=True)
@@ -124,76 +141,113 @@ def chart_interactions(inter, metric, out):
     ax.axvline(0, color="0.6", linestyle="--", linewidth=1)
     ax.set_yticks(range(len(inter)), [f"{r.factor}={r.level} vs {r.baseline}\nat {r.by}={r.by_baseline} (square), "
                                       f"{r.by_level} (circle)  (n={r.n_pairs})" for _, r in inter.iterrows()])
-    ax.set(xlabel=f"effect on final {metric} (95% CI; filled: the two differ, Holm)")
+    ax.set(xlabel=f"effect on final {metric} (95% CI; filled: the two differ, Holm over {family} tests)")
     _save(fig, out, "interactions")
 
 
-def chart_claims(cl, out):
-    """Each claimed single-run value beside the measured mean and its 95% CI."""
-    cl = cl.iloc[::-1].reset_index(drop=True)
-    fig, ax = plt.subplots(figsize=(8, _height(len(cl))))
-    for i, r in cl.iterrows():
-        if pd.notna(r.ci_low):
-            ax.plot([r.ci_low, r.ci_high], [i, i], color="black")
-        ax.plot(r["mean"], i, "o", color="black")
+def chart_claims(cl, runs, out):
+    """One small panel per claim, each on its own scale: the runs (dots), the interval the claim
+    is judged by (prediction interval of one run, or CI of the mean), and the claimed value
+    (green: inside / holds; red: outside / does not hold)."""
+    fig, axes = plt.subplots(len(cl), 1, figsize=(8, 0.95 * len(cl) + 0.8), squeeze=False)
+    for ax, (_, r), x in zip(axes[:, 0], cl.iterrows(), runs, strict=True):
+        ax.plot(x, np.zeros(len(x)), "o", color="0.6", markersize=4, alpha=0.8)
+        lo, hi = (r.pi_low, r.pi_high) if r.kind == "point" else (r.ci_low, r.ci_high)
+        if r.kind in ("point", "mean") and pd.notna(lo):
+            ax.plot([lo, hi], [0, 0], color="black", linewidth=2)
+        ax.plot(r["mean"], 0, "|", color="black", markersize=14)
         marker = {"at_most": "<", "at_least": ">"}.get(r.kind, "D")  # a bound points to the side it allows
-        ax.plot(r.claimed, i, marker, color="tab:green" if r.inside else "tab:red")
-    ax.set_yticks(range(len(cl)), [f"{r.source or r.where}  (n={r.n_seeds})" for _, r in cl.iterrows()])
-    ax.set(xlabel="claimed (diamond: one run, green inside the CI; triangle: a bound, green where the CI keeps "
-                  "to its side) vs measured mean, 95% CI")
+        ax.plot(r.claimed, 0, marker, color="tab:green" if r.inside else "tab:red", markersize=9)
+        how = {"point": "one run: 95% prediction interval", "mean": "a mean: 95% CI",
+               "at_most": f"at most: {r.runs_within} of {r.n_seeds} runs", "at_least":
+               f"at least: {r.runs_within} of {r.n_seeds} runs"}[r.kind]
+        ax.set_title(f"{r.source or r.where}  (n={r.n_seeds}; {how})", fontsize=9, loc="left")
+        ax.set_yticks([])
+        ax.margins(x=0.08)
+    axes[-1, 0].set_xlabel("dots: runs; bar: the interval judged; tick: mean; diamond or triangle: the claim")
+    fig.tight_layout()
     _save(fig, out, "claims")
 
 
-def build(results: str | Path, out: str | Path | None = None, metric: str = "test_acc",
-          warn: Callable[[str], None] | None = None) -> Report:
-    """Write charts, summary.csv, effects.csv, interactions.csv (grids of two or more factors),
-    claims.csv and index.html for a results directory."""
-    start = time.perf_counter()
-    results = Path(results)
-    df, manifest = stats.tidy(store.read(results, warn)), store.read_manifest(results)
-    if metric not in store.METRICS or metric not in df.columns:
-        raise AblateError(f"{results}: no metric '{metric}'; try {', '.join(store.METRICS)}")
+def setting(manifest: dict, df: pd.DataFrame) -> tuple:
+    """Factors, levels in design order, and baselines."""
     factors = stats.factor_columns(df)
     declared, declared_base = manifest.get("factors", {}), manifest.get("base", {})
     levels = {f: [stats.hashable(v) for v in declared.get(f, [])] or sorted(df[f].unique(), key=str)
               for f in factors}
     base = {f: stats.hashable(declared_base[f]) if f in declared_base else levels[f][0] for f in factors}
+    return factors, levels, base
+
+
+def in_design_order(df: pd.DataFrame, factors: list[str], levels: dict) -> pd.DataFrame:
     rank = {f: {v: i for i, v in enumerate(levels[f])} for f in factors}
-    in_design_order = lambda d: d.sort_values(factors, key=lambda s: s.map(rank[s.name]), kind="stable")  # noqa: E731
-    df = in_design_order(df) if factors else df
-    fin = stats.final(df)
-    fin = in_design_order(fin) if factors else fin
+    return df.sort_values(factors, key=lambda s: s.map(rank[s.name]), kind="stable") if factors else df
+
+
+def dataset_sizes(manifest: dict) -> tuple[int | None, int | None]:
+    """Classes and test images: as the run recorded them, else the built-in dataset's."""
+    known = DATASET_SIZES.get(manifest.get("dataset"), (None, None))
+    return manifest.get("classes") or known[0], manifest.get("test_size") or known[1]
+
+
+STALE = [*(f"{c}.{x}" for c in CHARTS for x in ("png", "svg")), "claims.csv", "interactions.csv", "failures.csv",
+         "anova.csv"]
+
+
+def build(results: str | Path, out: str | Path | None = None, metric: str = "test_acc",
+          warn: Callable[[str], None] | None = None, margin: float | None = None,
+          halfwidth: float = stats.HALFWIDTH) -> Report:
+    """Write charts, summary.csv, effects.csv, interactions.csv (grids of two or more factors),
+    anova.csv (grids), failures.csv, claims.csv and index.html for a results directory."""
+    start = time.perf_counter()
+    results = Path(results)
+    df, manifest = stats.tidy(store.read(results, warn)), store.read_manifest(results)
+    if metric not in store.METRICS or metric not in df.columns:
+        raise AblateError(f"{results}: no metric '{metric}'; try {', '.join(store.METRICS)}")
+    if margin is not None and not margin > 0:
+        raise AblateError(f"--margin {margin}: expected a positive difference in {metric}'s units")
+    if not halfwidth > 0:
+        raise AblateError(f"--halfwidth {halfwidth}: expected a positive half-width in {metric}'s units")
+    factors, levels, base = setting(manifest, df)
+    df = in_design_order(df, factors, levels)
+    fin = in_design_order(stats.final(df), factors, levels)
+    classes, test_size = dataset_sizes(manifest)
+    resolution = 1 / test_size if metric == "test_acc" and test_size else 0.0
     summary = stats.summary(fin, factors, metric)
-    # every combination of levels present (a grid, or a fractional study that a --set made one)
-    full = len(factors) > 1 and len(fin[factors].astype(str).drop_duplicates()) == math.prod(map(len, levels.values()))
-    fractional = manifest.get("design") == "fractional" and not full
-    effects = stats.effects(fin, factors, base, levels, metric, matched=not fractional)
-    inter = stats.interactions(fin, factors, base, levels, metric) if full else pd.DataFrame()
-    claims = stats.claims(df, [c for c in manifest.get("claims", []) if c.get("metric", "test_acc") == metric],
-                          factors) if manifest.get("claims") else pd.DataFrame()
+    an = stats.analyse(fin, factors, base, levels, metric, manifest.get("design", "grid"), resolution, margin,
+                       halfwidth)
+    grid = an.design == "grid"
+    table, anova_seeds = anova.anova(fin, factors, levels, metric) if grid else (pd.DataFrame(), 0)
+    flips = anova.changes_sign(anova.sign_changes(fin, factors, base, levels, metric)) if grid else pd.DataFrame()
+    fails = stats.failures(fin, factors, levels, classes) if "test_acc" in fin else pd.DataFrame()
+    chosen = [c for c in manifest.get("claims", []) if c.get("metric", "test_acc") == metric]
+    cl = claims.claims(df, chosen, factors) if chosen else pd.DataFrame()
     out = Path(out) if out else results / REPORT
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise AblateError(f"{out}: cannot write the report here ({e.strerror})") from None
-    # an earlier --metric's charts and claims, or an effects chart no longer drawn
-    for stale in [*(f"{c}.{x}" for c in CHARTS for x in ("png", "svg")), "claims.csv", "interactions.csv"]:
+    for stale in STALE:  # an earlier --metric's charts and tables, or a chart no longer drawn
         (out / stale).unlink(missing_ok=True)
     sns.set_theme(style="whitegrid", context="notebook")
     chart_final(fin, summary, factors, metric, out)
     chart_curves(df, factors, metric, out)
-    if len(effects):
-        chart_effects(effects, metric, out)
-    if len(inter):
-        chart_interactions(inter, metric, out)
-        inter.to_csv(out / "interactions.csv", index=False)
-    if len(claims):
-        chart_claims(claims, out)
-        claims.drop(columns=["metric"]).to_csv(out / "claims.csv", index=False)
+    if len(an.effects):
+        chart_effects(an.effects, metric, out, an.family)
+    if len(an.interactions):
+        chart_interactions(an.interactions, metric, out, an.family)
+        an.interactions.to_csv(out / "interactions.csv", index=False)
+    if len(cl):
+        chart_claims(cl, [claims.select(df, c, factors).to_numpy() for c in chosen], out)
+        cl.drop(columns=["metric"]).to_csv(out / "claims.csv", index=False)
+    if len(table):
+        table.to_csv(out / "anova.csv", index=False)
+    if len(fails):
+        fails.to_csv(out / "failures.csv", index=False)
     summary.to_csv(out / "summary.csv", index=False)
-    effects.to_csv(out / "effects.csv", index=False)
-    rep = Report(out, summary, effects, claims, inter, fin["cell"].nunique(), sorted(df["seed"].unique()), 0.0,
-                 sum(len(ls) == 2 for ls in levels.values()) if fractional else None)
+    an.effects.to_csv(out / "effects.csv", index=False)
+    rep = Report(out, summary, an.effects, cl, an.interactions, fin["cell"].nunique(), sorted(df["seed"].unique()),
+                 0.0, an.half_k, fails, table, anova_seeds, flips, an.design, an.family, margin, halfwidth)
     (out / "index.html").write_text(page(rep, manifest, fin, factors, metric, results))
     rep.seconds = time.perf_counter() - start
     return rep
@@ -238,36 +292,113 @@ def page(rep: Report, manifest: dict, fin: pd.DataFrame, factors: list[str], met
         f"({rep.n_cells} cells), metric {e(metric)}.<br>{when}.</p>",
     ]
     if k := rep.resolution:
+        sign = "minus" if k % 2 else "plus"
         alias = f"the interaction of the other {k - 1}" if k > 3 else "the other two's interaction"
-        parts.append(f"<p class=meta>A half fraction of the 2^{k} grid (resolution {k}): each effect "
-                     f"below is its factor's main effect plus {alias}; interactions are not estimable here.</p>")
+        relation = ("-" if k % 2 else "+") + "".join(chr(65 + i) for i in range(k))  # I = (-1)^k AB...K
+        parts.append(f"<p class=warn>A half fraction of the 2^{k} grid (resolution {k}, I = {relation}): each "
+                     f"effect below is its factor's main effect {sign} {alias} (the alias column); interactions "
+                     "are not estimable here.</p>")
     if len(diverged):
         parts.append(f"<p class=warn>{len(diverged)} cells diverged (loss NaN or infinite) and are left out of "
                      f"means and effects: " + ", ".join(f"{e(label(r, factors))} seed {r.seed} at epoch {r.epoch}"
                                                          for _, r in diverged.iterrows()) + "</p>")
+    parts += _failures_section(rep)
     parts += ["<h2>Final metric per design point</h2><figure>", _img(rep.path, "final"),
               f"<figcaption>Final-epoch {e(metric)}; each dot one seed, black the mean with its 95% t interval; "
               f"n = seeds behind each mean ({ok_txt}).</figcaption></figure>", _table(rep.summary)]
     parts += ["<h2>Learning curves</h2><figure>", _img(rep.path, "curves"),
               f"<figcaption>Mean {e(metric)} per epoch with a 95% t band; n seeds per line in the legend."
               "</figcaption></figure>"]
-    if len(rep.effects):
-        parts += ["<h2>Effects against the baseline</h2><figure>", _img(rep.path, "effects"),
-                  "<figcaption>Each level minus its baseline, paired by seed and averaged over the other factors' "
-                  "levels; 95% t interval over seeds; n = pairs (seeds). Filled: significant at 0.05 after Holm "
-                  "across all rows (paired t test).</figcaption></figure>", _table(rep.effects.drop(columns=["test"]))]
+    parts += _effects_section(rep, factors)
+    parts += _anova_section(rep)
     if len(rep.interactions):
         shown = rep.interactions[["factor", "level", "baseline", "by", "by_level", "by_baseline", "n_pairs",
-                                  "at_baseline", "at_level", "diff", "ci_low", "ci_high", "p_holm", "significant"]]
+                                  "at_baseline", "at_level", "diff", "ci_low", "ci_high", "p_holm", "significant",
+                                  "note"]]
         parts += ["<h2>Interactions: does one factor's effect depend on another's level?</h2><figure>",
                   _img(rep.path, "interactions"),
                   "<figcaption>A level's effect (paired by seed, averaged over the remaining factors) at the other "
                   "factor's baseline and at its level; diff = the second minus the first per seed, 95% t interval, "
-                  "paired t test, Holm across these rows. A significant interaction means the main effect above "
-                  "averages unlike effects.</figcaption></figure>", _table(shown)]
-    if len(rep.claims):
-        parts += ["<h2>Claims against the measurements</h2><figure>", _img(rep.path, "claims"),
-                  "<figcaption>Each published single-run value beside the mean of the cells it describes and "
-                  "its 95% t interval; n = seeds.</figcaption></figure>", _table(rep.claims.drop(columns=["metric"]))]
+                  f"paired t test; Holm over the {rep.family} tests of effects and interactions together. A "
+                  "significant interaction means the main effect above averages unlike effects.</figcaption>"
+                  "</figure>", _table(shown)]
+    parts += _claims_section(rep)
     parts.append(f"<p class=meta>Generated by ablate report from {e(str(results))}.</p></html>")
     return "\n".join(parts)
+
+
+CAPTIONS = {
+    "grid": "Each level minus its baseline, paired by seed and averaged over the other factors' levels (the "
+            "factorial main effect)",
+    "one_at_a_time": "Each level minus the baseline, paired by seed, with every other factor at its baseline (a "
+                     "simple effect at the baseline, not averaged over other settings)",
+    "fractional": "Fitted per seed by least squares over the half fraction's points (two-level factors coded "
+                  "+-1); each row estimates its main effect with the interaction in its alias column added "
+                  "(+) or subtracted (-)",
+}
+
+
+def _effects_section(rep: Report, factors: list[str]) -> list[str]:
+    if not len(rep.effects):
+        return []
+    how = CAPTIONS.get(rep.design, CAPTIONS["grid"]) if len(factors) > 1 else "Each level minus its baseline, " \
+        "paired by seed"
+    cols = ["factor", "level", "baseline", "n_pairs", "diff", "ci_low", "ci_high", "p_value", "p_holm",
+            "significant", "mde", "seeds_needed", "equivalent", "note"]
+    if rep.resolution:
+        cols.insert(3, "alias")
+    margin = rep.effects["p_equivalence"].notna().any()
+    shown = rep.effects[[c for c in cols if c != "equivalent" or margin]]
+    flips = [] if rep.sign_changes is None or not len(rep.sign_changes) else [
+        f"<p class=warn>{html.escape(str(r.factor))}={html.escape(str(r.level))} vs "
+        f"{html.escape(str(r.baseline))} changes sign across the other factors' settings, so its main effect "
+        f"averages effects of opposite sign: {html.escape(r.settings)}.</p>" for r in rep.sign_changes.itertuples()]
+    return ["<h2>Effects against the baseline</h2><figure>", _img(rep.path, "effects"),
+            f"<figcaption>{how}; 95% t interval of each row alone; n = pairs (seeds). Filled: significant at 0.05 "
+            f"after Holm over the {rep.family} tests of effects and interactions together (paired t test; exact "
+            "sign-flip where the seeds show no spread, that is, differ by less than the metric resolves). A row "
+            "whose own interval excludes 0 but that Holm does not flag is marked \u2020 and says so in its note. "
+            "mde: the smallest difference these seeds detect with 80% power at 0.05 (before Holm), from the "
+            "observed spread; seeds_needed: seeds for a 95% interval of half-width "
+            f"{rep.halfwidth:g}" + (f"; equivalent: inside +-{rep.margin:g} by two one-sided t tests at 0.05"
+                                    if margin else "; `ablate report --margin M` tests equivalence") +
+            ". Not significant is not no effect: only an equivalence test says that.</figcaption></figure>",
+            _table(shown), *flips]
+
+
+def _anova_section(rep: Report) -> list[str]:
+    if rep.anova is None or not len(rep.anova):
+        return []
+    terms = rep.anova[~rep.anova.term.isin(["seed", "residual"])].sort_values("eta_sq", ascending=False)
+    share = ", ".join(f"{html.escape(r.term)} {100 * r.eta_sq:.1f}%" for r in terms.itertuples())
+    return ["<h2>Analysis of variance</h2>",
+            f"<p>Share of the variance of the final metric (eta squared), largest first: {share}; seeds "
+            f"{100 * rep.anova.set_index('term').eta_sq.get('seed', 0):.1f}%, residual "
+            f"{100 * rep.anova.set_index('term').eta_sq.get('residual', 0):.1f}%.</p>",
+            f"<p class=meta>Blocked factorial ANOVA (seed as block, every interaction up to the full order) over "
+            f"the {rep.anova_seeds} seeds whose every cell is ok. Its p values are unadjusted and descriptive; "
+            "the verdicts are the effects table's.</p>", _table(rep.anova)]
+
+
+def _failures_section(rep: Report) -> list[str]:
+    f = rep.failures
+    if f is None or not len(f) or not (f.n_diverged.sum() + f.n_stalled.sum()):
+        return []
+    out = [f"<p class=warn>Failed runs differ across the levels of {html.escape(r.factor)} (Fisher's exact "
+           f"p {r.p_fisher:.3g}, Holm {r.p_holm:.3g}): diverged runs are left out of every mean, so its effects "
+           "compare the survivors; stalled runs stay in and weigh on their level's mean.</p>"
+           for r in f.drop_duplicates("factor").itertuples() if r.differs]
+    return ["<h2>Failed runs</h2><p>Per level: runs that diverged (left out of every mean) and runs that "
+            "stalled (final accuracy within 2 points of chance; kept in). Fisher's exact test across each "
+            "factor's levels, Holm across factors.</p>", *out, _table(f)]
+
+
+def _claims_section(rep: Report) -> list[str]:
+    if not len(rep.claims):
+        return []
+    return ["<h2>Claims against the measurements</h2><figure>", _img(rep.path, "claims"),
+            "<figcaption>A published number beside the runs it describes. A single run's value "
+            "(kind point) is inside when it lies in the 95% prediction interval for one new run, mean +- "
+            "t(0.975, n-1) s sqrt(1 + 1/n); an average of runs (kind mean), in the 95% CI of the mean. A bound "
+            "(at_most, at_least) holds when every run keeps to its side; runs_within counts those that do."
+            "</figcaption></figure>", _table(rep.claims.drop(columns=["metric"]))]

@@ -1,4 +1,4 @@
-"""Per-cell summaries, confidence intervals, paired factor effects and claim checks; pandas/numpy/scipy only.
+"""Per-cell summaries, paired factor effects, one Holm family of verdicts, failed runs; no torch.
 
 Method, chosen for the usual 3-10 seeds:
 - Intervals are Student t (mean +- t(0.975, n-1) * s / sqrt(n)). Bootstrap intervals
@@ -8,25 +8,30 @@ Method, chosen for the usual 3-10 seeds:
 - An effect is paired by seed: for each seed, the level's final metric minus the
   baseline's, matched on the levels of every other factor and averaged over them (in a
   grid: the factorial main effect; one-at-a-time: the simple effect against base;
-  fractional: fitted per seed, the main effect plus the interaction it is aliased with).
-  The per-seed differences are independent, so the t interval and the paired t test on
-  them are exact under normal noise. p_value is that t test. Sign-flip permutation and
-  Wilcoxon tests cannot reach 0.05 with 5 seeds (their smallest two-sided p is
-  2 / 2**5 = 0.0625); the exact sign-flip p is still given as p_signflip.
-- Holm's step-down adjustment across every row of the effect table; significant at 0.05.
+  fractional: fitted per seed, the main effect plus or minus the interaction it is
+  aliased with). The per-seed differences are independent, so the t interval and the
+  paired t test on them are exact under normal noise. Sign-flip permutation and Wilcoxon
+  tests cannot reach 0.05 with 5 seeds (their smallest two-sided p is 2 / 2**5 = 0.0625),
+  so the t test decides; the exact sign-flip p is given as p_signflip.
+- Where the per-seed differences vary less than the metric resolves (accuracy: one test
+  sample) there is no estimate of the noise: no interval, and the exact sign-flip p decides.
+- Effects and interactions are one family: Holm's step-down adjustment over every row of
+  both tables; significant at 0.05. tests/test_calibration.py simulates the error rates.
 """
 from __future__ import annotations
 
-import json
+import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy import stats as st
-
-from .study import JSON_DEFAULTS
+from scipy.optimize import brentq
 
 LEVEL = 0.95
 ALPHA = 0.05
+POWER = 0.8  # for `mde`: the usual planning power
+HALFWIDTH = 0.005  # for `seeds_needed`: half a point of accuracy, the precision tutorials quote
 
 
 def hashable(v):
@@ -86,21 +91,30 @@ def summary(fin: pd.DataFrame, factors: list[str], metric: str = "test_acc") -> 
 
 
 def _per_seed(d: pd.Series) -> pd.Series:
-    """Mean per seed of values indexed (setting, seed), over the seeds that have every setting
-    any seed has: one estimand, whatever diverged."""
-    counts = d.groupby(level="seed").size()
-    full = counts[counts == counts.max()].index
-    return d[d.index.get_level_values("seed").isin(full)].groupby(level="seed").mean()
+    """Mean per seed of values indexed (setting, seed): over the seeds that have every setting
+    any seed has, else over the settings every seed has; one estimand, whatever diverged."""
+    settings = d.index.get_level_values("match")
+    seeds = d.index.get_level_values("seed")
+    per_seed = pd.Series(settings, index=seeds).groupby(level=0).nunique()
+    full = per_seed.index[per_seed == settings.nunique()]
+    if len(full):
+        return d[seeds.isin(full)].groupby(level="seed").mean()
+    common = pd.Series(seeds, index=settings).groupby(level=0).nunique()
+    shared = common.index[common == seeds.nunique()]
+    return d[settings.isin(shared)].groupby(level="seed").mean()
 
 
 def _sides(ok: pd.DataFrame, others: list[str], columns: dict, metric: str) -> pd.DataFrame:
-    """Rows (setting of `others`, seed) x the named corners; `columns` maps a corner name to a mask."""
-    match = ok[others].astype(str).agg("|".join, axis=1) if others else pd.Series("", index=ok.index)
+    """Rows (setting of `others`, seed) x the named corners; `columns` maps a corner name to a mask.
+    Settings match by repr, so 1 and "1" stay apart."""
+    match = pd.Series("", index=ok.index)
+    for f in others:
+        match = match + "|" + ok[f].map(repr)
     corner = pd.Series(None, index=ok.index, dtype=object)
     for name, mask in columns.items():
         corner[mask.to_numpy()] = name
     frame = pd.DataFrame({"match": match, "seed": ok["seed"], "corner": corner, "y": ok[metric]})
-    return frame.dropna(subset=["corner"]).pivot_table(index=["match", "seed"], columns="corner", values="y")
+    return frame.dropna(subset=["corner"]).groupby(["match", "seed", "corner"])["y"].mean().unstack("corner")
 
 
 def paired_diffs(fin: pd.DataFrame, factors: list[str], factor: str, level, baseline,
@@ -151,110 +165,171 @@ def holm(p) -> np.ndarray:
     return out
 
 
-def _test(d: np.ndarray) -> tuple[float, float]:
-    """Two-sided paired t and exact sign-flip p of per-seed differences."""
-    if len(d) < 2:
-        return np.nan, np.nan
-    if np.ptp(d) <= 1e-12:  # no spread (to rounding): t is undefined; the data alone decide
-        return (1.0, 1.0) if abs(d[0]) <= 1e-12 else (0.0, 2 / 2 ** len(d))
-    p_t = float(st.ttest_1samp(d, 0.0).pvalue)
+def signflip(d: np.ndarray) -> float:
+    """Exact two-sided sign-flip p of per-seed differences (Monte Carlo past 16 seeds)."""
+    if len(d) < 1 or not np.any(d):
+        return 1.0
     flips = st.permutation_test((d,), np.mean, permutation_type="samples",
                                 n_resamples=np.inf if len(d) <= 16 else 9999, random_state=0)
-    return p_t, float(flips.pvalue)
+    return float(flips.pvalue)
+
+
+def no_spread(d: np.ndarray, resolution: float) -> bool:
+    """Per-seed differences that vary less than the metric resolves (accuracy: one test sample)
+    carry no estimate of the noise: a t interval would be zero-width and p = 0 with 2 seeds."""
+    return len(d) >= 2 and float(np.ptp(d)) < max(resolution * (1 - 1e-9), 1e-12)  # 1e-12: rounding
+
+
+def mde(std: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float:
+    """The smallest true difference a two-sided paired t test over n seeds detects with this
+    power, at this spread (noncentral t, exact; statsmodels' TTestPower agrees)."""
+    if n < 2 or not std > 0:
+        return np.nan
+    df, crit = n - 1, st.t.ppf(1 - alpha / 2, n - 1)
+    # the far tail's cdf is NaN once it underflows; it is 0 there. Power 0.8 needs d < 12 at n = 2
+    reach = lambda d: st.nct.sf(crit, df, d * np.sqrt(n)) + np.nan_to_num(  # noqa: E731
+        st.nct.cdf(-crit, df, d * np.sqrt(n)))
+    return float(brentq(lambda d: reach(d) - power, 0.0, 60.0)) * std
+
+
+def seeds_needed(std: float, halfwidth: float) -> float:
+    """Seeds for a 95% t interval of half-width <= halfwidth at this spread (2 at least)."""
+    if not np.isfinite(std) or not halfwidth > 0:
+        return np.nan
+    n = np.arange(2, len(_HALF_WIDTHS) + 2)
+    ok = np.nonzero(_half_widths() * std <= halfwidth)[0]
+    return float(n[ok[0]]) if len(ok) else np.inf
+
+
+_HALF_WIDTHS = np.zeros(100_000)  # t(0.975, n-1) / sqrt(n) for n = 2..100,001, filled on first use
+
+
+def _half_widths() -> np.ndarray:
+    if not _HALF_WIDTHS[0]:
+        n = np.arange(2, len(_HALF_WIDTHS) + 2)
+        _HALF_WIDTHS[:] = st.t.ppf(0.5 + LEVEL / 2, n - 1) / np.sqrt(n)
+    return _HALF_WIDTHS
+
+
+def tost(d: np.ndarray, margin: float) -> float:
+    """Two one-sided t tests: p that the mean difference lies outside +-margin (the larger
+    one-sided p); below 0.05 the 90% interval lies inside the margin: `equivalent`."""
+    if len(d) < 2 or not margin > 0 or np.std(d) == 0:
+        return np.nan
+    lower = st.ttest_1samp(d, -margin, alternative="greater").pvalue
+    upper = st.ttest_1samp(d, margin, alternative="less").pvalue
+    return float(max(lower, upper))
+
+
+def _test(d: np.ndarray, resolution: float) -> tuple[float, float, str]:
+    """p that decides (paired t; exact sign-flip where there is no spread), the sign-flip p, the test."""
+    if len(d) < 2:
+        return np.nan, np.nan, "n<2"
+    if no_spread(d, resolution):
+        p = signflip(d)
+        return p, p, "sign-flip (no spread)"
+    return float(st.ttest_1samp(d, 0.0).pvalue), signflip(d), "paired t"
+
+
+def _row(d: np.ndarray, resolution: float, margin: float | None, halfwidth: float) -> dict:
+    """Estimate, interval and tests of one set of per-seed differences."""
+    diff, std, lo, hi = interval(d)
+    p, p_flip, test = _test(d, resolution)
+    flat = test.startswith("sign-flip")
+    if flat:  # the t interval would be [diff, diff]: a claim the data cannot make
+        lo = hi = np.nan
+    p_eq = tost(d, margin) if margin and not flat else np.nan
+    return dict(n_pairs=len(d), diff=diff, ci_low=lo, ci_high=hi, p_value=p, p_signflip=p_flip,
+                no_spread=flat, test=test, mde=np.nan if flat else mde(std, len(d)),
+                seeds_needed=np.nan if flat else seeds_needed(std, halfwidth),
+                p_equivalence=p_eq, equivalent=bool(p_eq < ALPHA))
+
+
+EFFECT_COLUMNS = ["factor", "level", "baseline", "metric", "n_pairs", "diff", "ci_low", "ci_high", "p_value",
+                  "p_signflip", "p_holm", "significant", "test", "no_spread", "mde", "seeds_needed",
+                  "p_equivalence", "equivalent", "alias", "note"]
 
 
 def effects(fin: pd.DataFrame, factors: list[str], baselines: dict, levels: dict,
-            metric: str = "test_acc", matched: bool = True) -> pd.DataFrame:
+            metric: str = "test_acc", matched: bool = True, resolution: float = 0.0,
+            margin: float | None = None, halfwidth: float = HALFWIDTH) -> pd.DataFrame:
     """Every non-baseline level of every factor against its baseline, paired by seed
-    (`matched=False`: fitted per seed, for a fractional design; see paired_diffs)."""
+    (`matched=False`: fitted per seed, for a fractional design; see paired_diffs). Holm here
+    covers this table alone; `analyse` makes one family of effects and interactions."""
     rows = []
     for f in factors:
         for level in levels[f]:
             if level == baselines[f]:
                 continue
             d = paired_diffs(fin, factors, f, level, baselines[f], metric, matched).to_numpy()
-            diff, _, lo, hi = interval(d)
-            p, p_flip = _test(d)
-            rows.append(dict(factor=f, level=level, baseline=baselines[f], metric=metric, n_pairs=len(d),
-                             diff=diff, ci_low=lo, ci_high=hi, p_value=p, p_signflip=p_flip))
-    out = pd.DataFrame(rows, columns=["factor", "level", "baseline", "metric", "n_pairs", "diff", "ci_low",
-                                      "ci_high", "p_value", "p_signflip"])
-    out["p_holm"] = holm(out["p_value"]) if len(out) else []
-    out["significant"] = out["p_holm"] < ALPHA
-    out["test"] = "paired t over seeds; Holm"
-    return out
+            rows.append(dict(factor=f, level=level, baseline=baselines[f], metric=metric,
+                             **_row(d, resolution, margin, halfwidth), alias="", note=""))
+    out = pd.DataFrame(rows, columns=EFFECT_COLUMNS)
+    return _holm_family(out)
+
+
+def _holm_family(*tables: pd.DataFrame) -> pd.DataFrame:
+    """One Holm family over every row of the given tables (set in place); returns the first."""
+    p = np.concatenate([t["p_value"].to_numpy(dtype=float) for t in tables]) if tables else []
+    adjusted, at = holm(p), 0
+    for t in tables:
+        t["p_holm"] = adjusted[at:at + len(t)]
+        t["significant"] = t["p_holm"] < ALPHA
+        at += len(t)
+    return tables[0]
 
 
 INTERACTION_COLUMNS = ["factor", "level", "baseline", "by", "by_level", "by_baseline", "metric", "n_pairs",
                        "at_baseline", "at_baseline_low", "at_baseline_high", "at_level", "at_level_low",
-                       "at_level_high", "diff", "ci_low", "ci_high", "p_value", "p_holm", "significant"]
+                       "at_level_high", "diff", "ci_low", "ci_high", "p_value", "p_holm", "significant", "test",
+                       "no_spread", "note"]
 
 
 def interactions(fin: pd.DataFrame, factors: list[str], baselines: dict, levels: dict,
-                 metric: str = "test_acc") -> pd.DataFrame:
+                 metric: str = "test_acc", resolution: float = 0.0) -> pd.DataFrame:
     """Does a factor's effect depend on another's level? For each pair of factors (study order)
     and each non-baseline level of each: per setting of the remaining factors where all four
     cells are ok, the first's effect (level - baseline) at the second's baseline
     (`at_baseline`) and at its level (`at_level`), and their difference (`diff`, the
     interaction contrast), each averaged per seed over the same settings and seeds; paired t
-    test, Holm across the table. A grid's main effect averages the simple effects, which can
-    differ in sign. Needs every combination of the pair: full grids only."""
+    test (sign-flip where there is no spread), Holm across the table (`analyse`: across effects
+    and interactions together). Needs every combination of the pair: full grids only."""
     ok, rows = fin[fin["status"] == "ok"], []
     for i, a in enumerate(factors):
         for b in factors[i + 1:]:
-            others = [f for f in factors if f not in (a, b)]
             for la in [v for v in levels[a] if v != baselines[a]]:
                 for lb in [v for v in levels[b] if v != baselines[b]]:
-                    corners = {x + y: _is(ok, a, va) & _is(ok, b, vb) for x, va in (("1", la), ("0", baselines[a]))
-                               for y, vb in (("1", lb), ("0", baselines[b]))}  # "10": a at la, b at baseline
-                    w = _sides(ok, others, corners, metric) if len(ok) else pd.DataFrame()
-                    w = w.dropna() if set(corners) <= set(w.columns) else pd.DataFrame(columns=list(corners))
-                    at0 = _per_seed(w["10"] - w["00"]) if len(w) else pd.Series(dtype=float)
-                    at1 = _per_seed(w["11"] - w["01"]) if len(w) else pd.Series(dtype=float)
+                    at0, at1 = _simple_pair(ok, factors, (a, la, baselines[a]), (b, lb, baselines[b]), metric)
                     d = (at1 - at0).to_numpy()
-                    (m0, _, lo0, hi0), (m1, _, lo1, hi1), (diff, _, lo, hi) = interval(at0), interval(at1), interval(d)
+                    (m0, _, lo0, hi0), (m1, _, lo1, hi1) = interval(at0), interval(at1)
+                    row = _row(d, resolution, None, HALFWIDTH)
                     rows.append(dict(factor=a, level=la, baseline=baselines[a], by=b, by_level=lb,
-                                     by_baseline=baselines[b], metric=metric, n_pairs=len(d),
-                                     at_baseline=m0, at_baseline_low=lo0, at_baseline_high=hi0, at_level=m1,
-                                     at_level_low=lo1, at_level_high=hi1, diff=diff, ci_low=lo, ci_high=hi,
-                                     p_value=_test(d)[0]))
-    out = pd.DataFrame(rows, columns=INTERACTION_COLUMNS[:-2])
-    out["p_holm"] = holm(out["p_value"]) if len(out) else []
-    out["significant"] = out["p_holm"] < ALPHA
-    return out
+                                     by_baseline=baselines[b], metric=metric, at_baseline=m0,
+                                     at_baseline_low=lo0, at_baseline_high=hi0, at_level=m1, at_level_low=lo1,
+                                     at_level_high=hi1, **{k: row[k] for k in INTERACTION_KEYS}, note=""))
+    return _holm_family(pd.DataFrame(rows, columns=INTERACTION_COLUMNS))
+
+
+INTERACTION_KEYS = ("n_pairs", "diff", "ci_low", "ci_high", "p_value", "test", "no_spread")
+
+
+def _simple_pair(ok, factors, first: tuple, second: tuple, metric) -> tuple[pd.Series, pd.Series]:
+    """Per seed: the first factor's effect at the second's baseline and at its level, over the
+    settings of the remaining factors where all four cells are ok."""
+    (a, la, ba), (b, lb, bb) = first, second
+    others = [f for f in factors if f not in (a, b)]
+    corners = {x + y: _is(ok, a, va) & _is(ok, b, vb) for x, va in (("1", la), ("0", ba))
+               for y, vb in (("1", lb), ("0", bb))}  # "10": a at its level, b at baseline
+    w = _sides(ok, others, corners, metric) if len(ok) else pd.DataFrame()
+    if not set(corners) <= set(w.columns):
+        return pd.Series(dtype=float), pd.Series(dtype=float)
+    w = w.dropna()
+    return _per_seed(w["10"] - w["00"]), _per_seed(w["11"] - w["01"])
 
 
 def _is(df: pd.DataFrame, factor: str, level) -> pd.Series:
     """Rows at one level; map, not ==, because a tuple level (hidden) would be read as a sequence."""
     return df[factor].map(lambda v: v == level).astype(bool)
-
-
-def holds(kind: str, value: float, lo: float, hi: float) -> bool:
-    """A point claim holds when the CI contains it; a bound, when the whole CI is on its side."""
-    return bool({"point": lo <= value <= hi, "at_most": hi <= value, "at_least": lo >= value}[kind])
-
-
-def claims(df: pd.DataFrame, claim_list: list[dict], factors: list[str]) -> pd.DataFrame:
-    """Each claim beside the mean and CI over the ok cells its `where` selects, of their final
-    metric or, where the claim names an epoch, of the metric at that epoch."""
-    rows = []
-    last = final(df)
-    for c in claim_list:
-        fin = last if c.get("epoch") is None else df[df["epoch"] == c["epoch"]]
-        configs = fin["config"].map(lambda c: {**JSON_DEFAULTS, **json.loads(c)})  # old rows: defaults
-        mask = pd.Series(True, index=fin.index)
-        for k, v in c["where"].items():
-            col = fin[k] if k in factors else configs.map(lambda cfg, k=k: cfg.get(k))
-            mask &= col.map(lambda x, w=hashable(v): hashable(x) == w).astype(bool)
-        sel = fin[mask & (fin["status"] == "ok")][c.get("metric", "test_acc")]
-        mean, _, lo, hi = interval(sel)
-        where = ", ".join(f"{k}={hashable(v)}" for k, v in c["where"].items())
-        kind = c.get("kind", "point")
-        rows.append(dict(where=where, claimed=c["value"], mean=mean, ci_low=lo, ci_high=hi, n_seeds=len(sel),
-                         inside=holds(kind, c["value"], lo, hi) if len(sel) > 1 else False,
-                         source=c.get("source", ""), metric=c.get("metric", "test_acc"), epoch=c.get("epoch"),
-                         kind=kind))
-    return pd.DataFrame(rows)
 
 
 def curves(df: pd.DataFrame, factors: list[str], metric: str) -> pd.DataFrame:
@@ -266,3 +341,86 @@ def curves(df: pd.DataFrame, factors: list[str], metric: str) -> pd.DataFrame:
         rows.append({**dict(zip([*factors, "epoch"], key, strict=True)), "n": len(g), "mean": mean,
                      "ci_low": lo, "ci_high": hi})
     return pd.DataFrame(rows)
+
+
+@dataclass
+class Analysis:
+    """What the report prints as verdicts: effects and interactions, one Holm family."""
+
+    effects: pd.DataFrame
+    interactions: pd.DataFrame
+    design: str  # as analysed: grid (every combination present), one_at_a_time, fractional
+    half_k: int | None = None  # a fractional half's two-level factors (its resolution)
+
+    @property
+    def family(self) -> int:
+        return int(self.effects["p_value"].notna().sum() + self.interactions["p_value"].notna().sum())
+
+
+def analyse(fin: pd.DataFrame, factors: list[str], baselines: dict, levels: dict, metric: str = "test_acc",
+            design: str = "grid", resolution: float = 0.0, margin: float | None = None,
+            halfwidth: float = HALFWIDTH) -> Analysis:
+    """Effects, interactions where every combination of levels is present, one Holm family over
+    both (a complete null then flags something on the page in <= 5% of studies), and a note
+    on every row a reader could misread."""
+    points = len(fin[factors].astype(str).drop_duplicates()) if factors else 1
+    full = len(factors) > 1 and points == math.prod(len(levels[f]) for f in factors)
+    fractional = design == "fractional" and not full
+    eff = effects(fin, factors, baselines, levels, metric, not fractional, resolution, margin, halfwidth)
+    inter = (interactions(fin, factors, baselines, levels, metric, resolution) if full
+             else pd.DataFrame(columns=INTERACTION_COLUMNS))
+    _holm_family(eff, inter)
+    out = Analysis(eff, inter, "grid" if full else "fractional" if fractional else design,
+                   sum(len(levels[f]) == 2 for f in factors) if fractional else None)
+    if out.half_k:
+        sign = "-" if out.half_k % 2 else "+"  # the half's defining relation: I = (-1)^k AB...K
+        eff["alias"] = [sign + ":".join(f for f in factors if f != r.factor) for r in eff.itertuples()]
+    for table in (eff, inter):
+        table["note"] = [_note(r, out.family) for _, r in table.iterrows()]
+    return out
+
+
+def _note(r, family: int) -> str:
+    """What the row's numbers do not say by themselves."""
+    notes = []
+    if r.get("alias"):
+        word = "minus" if r["alias"][0] == "-" else "plus"
+        notes.append(f"estimates the main effect {word} the {r['alias'][1:]} interaction (aliased in the half)")
+    if r["no_spread"]:
+        notes.append(f"no spread: every seed differs by {r['diff']:+.4g} to within the metric's resolution; "
+                     f"exact sign-flip p {r['p_value']:.3g} decides")
+    elif not r["significant"] and (r["ci_low"] > 0 or r["ci_high"] < 0):
+        notes.append(f"95% CI excludes 0 for this row alone; not significant after Holm over {family} tests")
+    return "; ".join(notes)
+
+
+FAILURE_COLUMNS = ["factor", "level", "n_runs", "n_diverged", "n_stalled", "p_fisher", "p_holm", "differs"]
+STALL = 0.02  # a run whose final accuracy is within 2 points of chance learned nothing
+
+
+def failures(fin: pd.DataFrame, factors: list[str], levels: dict, classes: int | None) -> pd.DataFrame:
+    """Per factor and level: runs, how many diverged and how many stalled (final test_acc within
+    STALL of chance; none counted when the class count is unknown). Fisher's exact test of
+    failed (either) against fine across each factor's levels, Holm across factors: where
+    failure rates differ, effects on the surviving runs are biased."""
+    chance = 1 / classes if classes else None
+    diverged = fin["status"] != "ok"
+    stalled = ~diverged & (fin["test_acc"] <= chance + STALL) if chance else pd.Series(False, index=fin.index)
+    rows, tests = [], []
+    for f in factors:
+        table = []
+        for level in levels[f]:
+            at = _is(fin, f, level)
+            table.append([int((at & (diverged | stalled)).sum()), int((at & ~diverged & ~stalled).sum())])
+            rows.append(dict(factor=f, level=level, n_runs=int(at.sum()), n_diverged=int((at & diverged).sum()),
+                             n_stalled=int((at & stalled).sum())))
+        table = np.array([t for t in table if sum(t)])
+        failed = table[:, 0].sum() if len(table) else 0
+        tests.append(1.0 if len(table) < 2 or failed in (0, table.sum()) else float(st.fisher_exact(table).pvalue))
+    out = pd.DataFrame(rows, columns=FAILURE_COLUMNS[:5])
+    by_factor = dict(zip(factors, tests, strict=True))
+    adjusted = dict(zip(factors, holm(tests), strict=True)) if factors else {}
+    out["p_fisher"] = out["factor"].map(by_factor)
+    out["p_holm"] = out["factor"].map(adjusted)
+    out["differs"] = out["p_holm"] < ALPHA
+    return out

@@ -27,11 +27,14 @@ class StudyError(AblateError):
 
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "xor", "digits")  # digits: scikit-learn's, offline
+# classes and test images of each dataset: chance accuracy, and the step of test accuracy (one image)
+DATASET_SIZES = {"mnist": (10, 10_000), "fashion_mnist": (10, 10_000), "cifar10": (10, 10_000), "xor": (2, 4),
+                 "digits": (10, 899)}
 MODELS = ("mlp", "cnn", "linear")  # linear: one Linear layer, the perceptron
 LOSSES = ("cross_entropy", "softmax_then_cross_entropy")  # the latter: a tutorial's bug, kept to measure it
 DESIGNS = ("grid", "one_at_a_time", "fractional")  # fractional: the half of a two-level grid
 METRICS = ("test_acc", "test_loss", "train_loss")  # per epoch, as store.ROW_COLUMNS stores them
-CLAIM_KINDS = ("point", "at_most", "at_least")
+CLAIM_KINDS = ("point", "mean", "at_most", "at_least")
 ACTIVATIONS = ("sigmoid", "relu", "tanh", "gelu")
 INITS = ("default", "kaiming_uniform", "kaiming_normal", "xavier_uniform")
 OPTIMIZERS = ("sgd", "adam")
@@ -131,15 +134,16 @@ def normalise(key: str, value: Any, where: str) -> Any:
 
 @dataclass(frozen=True)
 class Claim:
-    """A published single-run number that the report puts beside the measured mean."""
+    """A published number that the report puts beside the runs it describes."""
 
     where: dict
     value: float
     source: str = ""
     metric: str = "test_acc"
     epoch: int | None = None  # compare at this epoch (a shorter tutorial run is a prefix of a longer cell)
-    kind: str = "point"  # "point": a single run's value, inside the CI or not; "at_most"/"at_least": a
-    # bound that holds when the whole CI lies at or below / above it ("cannot pass 75%")
+    kind: str = "point"  # "point": one run's value, judged by the 95% prediction interval of one run;
+    # "mean": an average of runs, judged by the 95% CI of the mean; "at_most"/"at_least": a bound
+    # ("cannot pass 75%") that holds when every run keeps to its side
 
 
 @dataclass

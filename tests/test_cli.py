@@ -197,7 +197,7 @@ def test_an_edited_claim_reaches_the_report_without_training(tmp_path, data_dir)
     manifest = json.loads((out / "tiny" / MANIFEST).read_text())
     assert manifest["claims"][0]["kind"] == "at_least" and len(manifest["runs"]) == 1  # no run was added
     said = " ".join(run("report", out / "tiny").stdout.split())  # Rich wraps at 80 columns here
-    assert "claim tiny: at least 0.9900 vs measured" in said and "does not hold" in said
+    assert "claim tiny: at least 0.9900; 0 of 2 runs keep to it" in said and "does not hold" in said
 
 
 def test_a_dropped_factor_and_a_switched_design_leave_one_column_per_factor(tmp_path, data_dir):
@@ -243,7 +243,8 @@ def test_a_fractional_study_trains_half_the_grid_and_reports_main_effects(tmp_pa
     assert effects["n_pairs"].tolist() == [2, 2, 2, 2] and effects["diff"].notna().all()
     assert not (tmp_path / "res" / "tiny" / "_report" / "interactions.csv").exists()  # aliased in a half
     page = (tmp_path / "res" / "tiny" / "_report" / "index.html").read_text()
-    assert "A half fraction of the 2^4 grid (resolution 4)" in page and "interaction of the other 3" in page
+    assert "A half fraction of the 2^4 grid (resolution 4, I = +ABCD)" in page
+    assert "plus the interaction of the other 3" in page and "Fitted per seed by least squares" in page
 
 
 def test_columns_and_interactions_follow_the_studys_factor_order(tmp_path, data_dir):
@@ -263,6 +264,8 @@ def test_one_at_a_time_reports_no_interactions_and_removes_a_stale_table(tmp_pat
     (report_dir / "interactions.csv").write_text("stale")
     assert run("report", out / "tiny").exit_code == 0
     assert not (report_dir / "interactions.csv").exists() and len(pd.read_csv(report_dir / "effects.csv")) == 2
+    page = (report_dir / "index.html").read_text()  # a simple effect, not an average over other levels
+    assert "with every other factor at its baseline" in page and "averaged over the other" not in page
 
 
 def test_a_three_factor_fractional_study_warns_of_its_aliases(tmp_path):

@@ -52,7 +52,7 @@ STUDIES = {  # id: (study text, exit code, words the line must hold)
     "claim of an unknown metric": (tiny().replace("value=0.8,", "value=0.8, metric='accuracy',"), 2,
                                    ["study.py", "claim tiny", "metric='accuracy'", "test_acc, test_loss"]),
     "claim of an unknown kind": (tiny().replace("value=0.8,", "value=0.8, kind='about',"), 2,
-                                 ["study.py", "claim tiny", "kind='about'", "point, at_most, at_least"]),
+                                 ["study.py", "claim tiny", "kind='about'", "point, mean, at_most, at_least"]),
     "cnn layers that do not fit the images": (
         tiny().replace('dataset="mnist"', 'dataset="xor", model="cnn"').replace("train_subset=512", "train_subset=4")
         .replace('where=dict(activation="relu")', "where=dict()"), 2,

@@ -10,12 +10,13 @@ from html.parser import HTMLParser
 import matplotlib.image as mpimg
 import pandas as pd
 import pytest
+from scipy import stats as st
 from typer.testing import CliRunner
 
 from ablate.cli import app
 from ablate.report import REPORT
 from ablate.store import MANIFEST
-from conftest import write_study
+from conftest import REPO, write_study
 
 cli = CliRunner()
 EVIL = "<script>alert(1)</script>"
@@ -94,7 +95,8 @@ def test_csvs_have_the_documented_columns(results):
     lr = effects.set_index("factor").loc["lr"]
     assert lr["n_pairs"] == 0 and not lr["significant"]  # every 1e30 cell diverged: nothing to pair
     claims = pd.read_csv(out / "claims.csv")
-    assert list(claims.columns[:7]) == ["where", "claimed", "mean", "ci_low", "ci_high", "n_seeds", "inside"]
+    assert list(claims.columns[:11]) == ["where", "claimed", "mean", "ci_low", "ci_high", "pi_low", "pi_high",
+                                         "n_seeds", "runs_within", "judged_by", "inside"]
     assert claims.loc[0, "n_seeds"] == 3 and claims.loc[0, "source"] == EVIL
     inter = pd.read_csv(out / "interactions.csv")  # batchnorm's effect at lr 1e30: every cell diverged
     assert list(inter.columns[:8]) == ["factor", "level", "baseline", "by", "by_level", "by_baseline", "metric",
@@ -138,3 +140,50 @@ def test_the_same_results_give_the_same_files_and_another_metric_leaves_no_stale
     assert cli.invoke(app, ["report", str(results), "--out", str(out), "--metric", "test_loss"]).exit_code == 0
     names = {p.name for p in out.iterdir()}  # the claims are about test_acc: none drawn for test_loss
     assert "claims.csv" not in names and "claims.png" not in names and "final.png" in names
+
+
+def test_failed_runs_are_counted_per_level_and_the_page_warns_when_they_differ(results):
+    assert cli.invoke(app, ["report", str(results)]).exit_code == 0
+    fails = pd.read_csv(results / REPORT / "failures.csv").set_index(["factor", "level"])
+    assert fails.loc[("lr", "1e+30"), ["n_runs", "n_diverged"]].tolist() == [6, 6]
+    assert fails.loc[("lr", "0.05"), "n_diverged"] == 0
+    assert fails.loc[("lr", "0.05"), "p_fisher"] == pytest.approx(st.fisher_exact([[0, 6], [6, 0]]).pvalue)
+    page = (results / REPORT / "index.html").read_text()
+    assert "Failed runs differ across the levels of lr" in page and "batchnorm (Fisher" not in page
+
+
+def test_the_reference_study_shows_anova_shares_sign_changes_and_prediction_intervals(tmp_path):
+    r = cli.invoke(app, ["report", str(REPO / "results" / "mnist_mlp"), "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    anova = pd.read_csv(tmp_path / "anova.csv")
+    assert list(anova.columns) == ["term", "df", "sum_sq", "mean_sq", "F", "p", "eta_sq"]
+    assert anova["term"].tolist()[-2:] == ["activation:batchnorm:init", "residual"]
+    assert anova["eta_sq"].sum() == pytest.approx(1.0)
+    page = (tmp_path / "index.html").read_text()
+    assert "Share of the variance" in page and "init=kaiming_uniform vs default changes sign" in page
+    assert "+0.0324 at activation=sigmoid, batchnorm=False" in page  # He init: +3.24 points there, -0.83 ...
+    claims = pd.read_csv(tmp_path / "claims.csv")  # the ReLU claim 97.41 lies in [97.31, 97.67] for one run
+    assert claims["inside"].tolist() == [False, True, True, True] and set(claims["judged_by"]) == {"prediction"}
+    assert "averaged over the other factors' levels" in page
+
+
+def test_a_ci_that_excludes_zero_on_a_row_holm_does_not_flag_is_explained(tmp_path):
+    r = cli.invoke(app, ["report", str(REPO / "results" / "fashion_mnist_mlp"), "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    effects = pd.read_csv(tmp_path / "effects.csv").set_index("factor")
+    for factor in ("dropout", "hflip"):  # their own CIs exclude 0; p_holm 0.11 each
+        row = effects.loc[factor]
+        assert (row["ci_low"] > 0 or row["ci_high"] < 0) and not row["significant"]
+        assert row["note"].startswith("95% CI excludes 0 for this row alone; not significant after Holm")
+    assert "†" in r.stdout and "not after Holm" in " ".join(r.stdout.split())
+
+
+def test_margin_adds_an_equivalence_test_and_a_bad_margin_is_one_line(results, tmp_path):
+    r = cli.invoke(app, ["report", str(results), "--out", str(tmp_path), "--margin", "0.5"])
+    assert r.exit_code == 0, r.output
+    effects = pd.read_csv(tmp_path / "effects.csv")
+    assert {"mde", "seeds_needed", "p_equivalence", "equivalent"} <= set(effects.columns)
+    assert "equivalent: inside ±0.5" in " ".join(r.stdout.split())
+    bad = cli.invoke(app, ["report", str(results), "--out", str(tmp_path / "x"), "--margin", "-1"])
+    assert bad.exit_code == 2 and bad.stderr.count("\n") == 1 and "--margin -1" in bad.stderr
+    assert not (tmp_path / "x").exists()

@@ -163,55 +163,99 @@ def test_summary_counts_seeds_and_keeps_diverged_cells_out_of_the_mean():
     assert s.loc[0, "n_seeds"] == 2 and s.loc[0, "n_diverged"] == 1 and s.loc[0, "mean"] == pytest.approx(0.85)
 
 
-def test_claims_compare_against_the_selected_cells():
-    fin = frame({(0, "x", s): y for s, y in enumerate([0.90, 0.92, 0.91])} | {(1, "x", 0): 0.5, (1, "x", 1): 0.5})
-    out = stats.claims(fin, [{"where": {"a": 0}, "value": 0.91, "source": "t"},
-                             {"where": {"a": 0}, "value": 0.99, "source": "t"}], ["a", "b"])
-    assert out["n_seeds"].tolist() == [3, 3] and out["mean"][0] == pytest.approx(0.91)
-    assert out["inside"].tolist() == [True, False]
+def one_factor(per_seed: dict) -> pd.DataFrame:
+    """a=0 and a=1 per seed: {seed: (y at 0, y at 1)}."""
+    return frame({(a, "x", seed): ys[a] for seed, ys in per_seed.items() for a in (0, 1)})
 
 
-def test_a_bound_holds_only_when_the_whole_interval_keeps_to_its_side():
-    # mean 0.91, t interval 0.91 +- 4.30 * 0.01 / sqrt(3) = [0.885, 0.935]
-    fin = frame({(0, "x", s): y for s, y in enumerate([0.90, 0.92, 0.91])})
-    bounds = [(0.95, "at_most", True), (0.93, "at_most", False), (0.88, "at_least", True), (0.90, "at_least", False)]
-    out = stats.claims(fin, [{"where": {"a": 0}, "value": v, "kind": k} for v, k, _ in bounds], ["a", "b"])
-    assert out["inside"].tolist() == [h for _, _, h in bounds] and out["kind"].tolist() == [k for _, k, _ in bounds]
+LEVELS, BASE = {"a": [0, 1], "b": ["x"]}, {"a": 0, "b": "x"}
 
 
-def simulate(rng, effects=(0.02, -0.01, 0.0), seeds=5, noise=0.01):
-    values = {}
-    seed_shift = rng.normal(0, 0.02, seeds)  # seeds differ; pairing removes it
-    for levels in itertools.product([0, 1], repeat=3):
-        for s in range(seeds):
-            values[(*levels, s)] = 0.9 + np.dot(levels, effects) + seed_shift[s] + rng.normal(0, noise)
-    return frame(values, factors=("a", "b", "c"))
+def test_no_spread_is_not_evidence_and_only_the_exact_sign_flip_decides():
+    # before: per-seed differences (0.25, 0.25) gave [0.25, 0.25], p = 0, significant
+    row = stats.effects(one_factor({0: (0.5, 0.75), 1: (0.6, 0.85)}), ["a", "b"], BASE, LEVELS,
+                        resolution=1e-4).iloc[0]
+    assert row["no_spread"] and np.isnan(row["ci_low"]) and np.isnan(row["ci_high"])
+    assert row["p_value"] == pytest.approx(0.5) and not row["significant"] and row["test"].startswith("sign-flip")
+    # a spread of half a test sample (resolution 1e-4) is no spread either
+    half = stats.effects(one_factor({0: (0.5, 0.75), 1: (0.6, 0.85005)}), ["a", "b"], BASE, LEVELS,
+                         resolution=1e-4).iloc[0]
+    assert half["no_spread"] and half["p_value"] == pytest.approx(0.5)
+    # six seeds all +0.01: the exact sign-flip p is 2 / 2**6 = 0.03125, significant; five: 0.0625, not
+    six = stats.effects(one_factor({s: (0.9, 0.91) for s in range(6)}), ["a", "b"], BASE, LEVELS, resolution=1e-4)
+    five = stats.effects(one_factor({s: (0.9, 0.91) for s in range(5)}), ["a", "b"], BASE, LEVELS, resolution=1e-4)
+    assert six.loc[0, "p_value"] == pytest.approx(2 / 64) and six.loc[0, "significant"]
+    assert five.loc[0, "p_value"] == pytest.approx(2 / 32) and not five.loc[0, "significant"]
+    note = stats.analyse(one_factor({0: (0.5, 0.75), 1: (0.6, 0.85)}), ["a", "b"], BASE, LEVELS,
+                         resolution=1e-4).effects.loc[0, "note"]
+    assert note.startswith("no spread")
 
 
-def test_calibration_by_simulation():
-    rng = np.random.default_rng(20261123)
-    planted = {"a": 0.02, "b": -0.01, "c": 0.0}
-    covered = flagged_null = detected = 0
-    n = 500
-    for _ in range(n):
-        eff = stats.effects(simulate(rng), ["a", "b", "c"], dict(a=0, b=0, c=0), dict(a=[0, 1], b=[0, 1], c=[0, 1]))
-        for _, r in eff.iterrows():
-            covered += r["ci_low"] <= planted[r["factor"]] <= r["ci_high"]
-        flagged_null += bool(eff.set_index("factor").loc["c", "significant"])
-        detected += bool(eff.set_index("factor").loc["a", "significant"])
-    coverage, false_pos = covered / (3 * n), flagged_null / n
-    msg = f"coverage {coverage:.3f}, null flagged {false_pos:.3f}, planted 0.02 detected {detected / n:.3f}"
-    print(msg)
-    assert 0.92 <= coverage <= 0.98, msg
-    assert false_pos <= 0.06, msg
-    assert detected / n > 0.9, msg
+def test_the_alias_sign_of_a_half_fraction_is_minus_for_odd_k_and_plus_for_even_k():
+    # +-1 codes; the half keeps an even number of factors away from baseline, so x_a x_b ... = (-1)^k
+    for k, sign in ((3, "-"), (4, "+")):
+        names = "abcd"[:k]
+        half = [p for p in itertools.product([0, 1], repeat=k) if sum(p) % 2 == 0]
+        code = lambda p: np.prod([2 * v - 1 for v in p[1:]])  # noqa: E731  b x c (x d): 0.01 in level units
+        fin = frame({(*p, s): 0.9 + 0.005 * code(p) + 0.01 * s for p in half for s in range(3)}, factors=tuple(names))
+        out = stats.analyse(fin, list(names), {f: 0 for f in names}, {f: [0, 1] for f in names}, design="fractional")
+        a = out.effects.set_index("factor").loc["a"]
+        assert a["alias"] == sign + ":".join(names[1:]), out.effects
+        assert a["diff"] == pytest.approx(0.01 if sign == "+" else -0.01)  # A = 0: the estimate is +-BC(D)
+        assert ("minus" if sign == "-" else "plus") in a["note"] and out.half_k == k
 
 
-def test_a_claim_with_an_epoch_reads_that_epoch_of_longer_cells():
-    early = frame({(0, "x", s): y for s, y in enumerate([0.80, 0.82, 0.81])})
-    late = early.assign(epoch=2, test_acc=early["test_acc"] + 0.1)
-    df = pd.concat([early, late], ignore_index=True)
-    out = stats.claims(df, [{"where": {"a": 0}, "value": 0.81, "epoch": 1}, {"where": {"a": 0}, "value": 0.81}],
-                       ["a", "b"])
-    assert out["mean"].tolist() == pytest.approx([0.81, 0.91]) and out["inside"].tolist() == [True, False]
-    assert out["epoch"].tolist()[0] == 1
+def test_effects_and_interactions_are_one_holm_family():
+    out = stats.analyse(two_by_two(), ["a", "b"], {"a": 0, "b": "x"}, {"a": [0, 1], "b": ["x", "y"]})
+    p = [*out.effects["p_value"], *out.interactions["p_value"]]
+    assert out.family == 3
+    assert [*out.effects["p_holm"], *out.interactions["p_holm"]] == pytest.approx(stats.holm(p).tolist())
+
+
+def test_mde_agrees_with_statsmodels_and_seeds_needed_by_hand():
+    from statsmodels.stats.power import TTestPower
+
+    for n in (2, 3, 5, 10):  # standardised: the detectable difference in units of the spread
+        assert stats.mde(1.0, n) == pytest.approx(TTestPower().solve_power(nobs=n, alpha=0.05, power=0.8),
+                                                  rel=1e-4)
+    assert stats.mde(0.01, 5) == pytest.approx(0.01 * stats.mde(1.0, 5))
+    # s = 0.01, half-width 0.005: n = 18 gives t(0.975, 17) * 0.01 / sqrt(18) = 2.1098 * 0.002357 = 0.004973
+    assert stats.seeds_needed(0.01, 0.005) == 18
+    assert st.t.ppf(0.975, 16) * 0.01 / np.sqrt(17) > 0.005
+    assert np.isnan(stats.mde(0.0, 5)) and np.isnan(stats.mde(0.01, 1))
+
+
+def test_equivalence_is_two_one_sided_t_tests_as_statsmodels_computes_them():
+    from statsmodels.stats.weightstats import ttost_paired
+
+    d = np.array([0.001, -0.002, 0.0005, 0.0015, -0.001])
+    ref = ttost_paired(d, np.zeros(5), -0.005, 0.005)[0]
+    assert stats.tost(d, 0.005) == pytest.approx(ref)
+    fin = one_factor({s: (0.9, 0.9 + x) for s, x in enumerate(d)})
+    row = stats.effects(fin, ["a", "b"], BASE, LEVELS, margin=0.005).iloc[0]
+    assert row["equivalent"] and row["p_equivalence"] == pytest.approx(ref) and not row["significant"]
+    assert not stats.effects(fin, ["a", "b"], BASE, LEVELS, margin=0.001).loc[0, "equivalent"]
+
+
+def test_failed_runs_counted_per_level_with_fishers_exact_test():
+    # a=1: 2 of 3 seeds diverged and 1 stalled at chance; a=0: all fine
+    values = {(a, "x", s): 0.9 for a in (0, 1) for s in range(6)}
+    fin = frame(values)
+    fin.loc[(fin["a"] == 1) & (fin["seed"] < 4), "status"] = "diverged"
+    fin.loc[(fin["a"] == 1) & (fin["seed"] == 4), "test_acc"] = 0.11  # 10 classes: within 2 points of 0.1
+    out = stats.failures(fin, ["a", "b"], {"a": [0, 1], "b": ["x"]}, classes=10).set_index(["factor", "level"])
+    assert out.loc[("a", 1), ["n_runs", "n_diverged", "n_stalled"]].tolist() == [6, 4, 1]
+    assert out.loc[("a", 0), ["n_diverged", "n_stalled"]].tolist() == [0, 0]
+    ref = st.fisher_exact([[0, 6], [5, 1]]).pvalue
+    assert out.loc[("a", 1), "p_fisher"] == pytest.approx(ref) and out.loc[("a", 1), "differs"]
+    assert out.loc[("b", "x"), "p_fisher"] == 1.0  # one level: nothing to compare
+
+
+def test_a_tie_of_seeds_that_lost_different_settings_keeps_one_estimand():
+    # a adds 0.01 at b=0 and 0.05 at b=1; seed 0 lost (a=1, b=1), seeds 1 and 2 lost (a=1, b=0)
+    values = {(a, b, s): 0.9 + a * (0.01 if b == 0 else 0.05) for a in (0, 1) for b in (0, 1) for s in range(3)}
+    fin = frame(values)
+    fin.loc[(fin["a"] == 1) & (fin["b"] == 1) & (fin["seed"] == 0), "status"] = "diverged"
+    fin.loc[(fin["a"] == 1) & (fin["b"] == 0) & (fin["seed"] > 0), "status"] = "diverged"
+    d = stats.paired_diffs(fin, ["a", "b"], "a", 1, 0)
+    assert d.empty or np.ptp(d.to_numpy()) == 0, d  # never 0.01 for one seed and 0.05 for the others

@@ -1,0 +1,115 @@
+"""Blocked factorial ANOVA of a grid study (seed as block), and the main effects that change sign across settings."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+from scipy import stats as st
+
+from . import stats
+
+ANOVA_COLUMNS = ["term", "df", "sum_sq", "mean_sq", "F", "p", "eta_sq"]
+SIMPLE_COLUMNS = ["factor", "level", "baseline", "setting", "n_pairs", "diff", "ci_low", "ci_high"]
+SIGN_COLUMNS = ["factor", "level", "baseline", "settings"]
+
+
+def _codes(col: pd.Series, levels: list) -> np.ndarray:
+    """Each row's position in `levels`, -1 when absent (by ==, one value at a time, as in _is)."""
+    where = lambda v: next((i for i, lv in enumerate(levels) if v == lv), -1)  # noqa: E731
+    return col.map(where).to_numpy(dtype=int)
+
+
+def _grid(fin: pd.DataFrame, factors: list[str], levels: dict, metric: str) -> np.ndarray:
+    """The metric as [seed, level of factor 1, ...] over the seeds with an ok cell at every
+    combination: the sums of squares below are those of a balanced design only."""
+    ok = fin[fin["status"] == "ok"]
+    shape = tuple(len(levels[f]) for f in factors)
+    combo = np.zeros(len(ok), dtype=int)  # C order, as reshape reads it; -1 for a level not listed
+    for f in factors:
+        code = _codes(ok[f], levels[f])
+        combo = np.where((combo < 0) | (code < 0), -1, combo * len(levels[f]) + code)
+    y = pd.Series(ok[metric].to_numpy(dtype=float), index=[ok["seed"].to_numpy(), combo])
+    y = y[combo >= 0]
+    wide = y.groupby(level=[0, 1]).mean().unstack() if len(y) else pd.DataFrame()
+    wide = wide.reindex(columns=range(int(np.prod(shape)))).dropna()
+    return wide.to_numpy().reshape(len(wide), *shape)
+
+
+def _sum_sq(y: np.ndarray, axes: tuple[int, ...]) -> float:
+    """Sum of squares of the term on `axes`: its effect is the inclusion-exclusion sum of the
+    means that keep each subset of them, repeated over every observation."""
+    effect = 0.0
+    for r in range(len(axes) + 1):
+        for kept in itertools.combinations(axes, r):
+            drop = tuple(i for i in range(y.ndim) if i not in kept)
+            effect = effect + (-1) ** (len(axes) - r) * y.mean(axis=drop, keepdims=True)
+    return float((effect ** 2).sum() * y.size / np.size(effect))
+
+
+def anova(fin: pd.DataFrame, factors: list[str], levels: dict,
+          metric: str = "test_acc") -> tuple[pd.DataFrame, int]:
+    """Seed block plus the full factorial of the factors with 2+ levels, over the seeds with
+    every combination ok; the table and the number of those seeds."""
+    factors = [f for f in factors if len(levels[f]) >= 2]
+    y = _grid(fin, factors, levels, metric)
+    if len(y) < 2 or not factors:
+        return pd.DataFrame(columns=ANOVA_COLUMNS), len(y)
+    terms = [("seed", (0,))] + [(":".join(factors[i - 1] for i in axes), axes)
+                                for r in range(1, len(factors) + 1)
+                                for axes in itertools.combinations(range(1, y.ndim), r)]
+    rows = [(name, int(np.prod([y.shape[i] - 1 for i in axes])), _sum_sq(y, axes))
+            for name, axes in terms]
+    total = float(((y - y.mean()) ** 2).sum())
+    # one observation per seed and cell: the seed-by-treatment interaction is the error
+    resid_df = (len(y) - 1) * (y[0].size - 1)
+    rows.append(("residual", resid_df, max(total - sum(r[2] for r in rows), 0.0)))  # 0, not -1e-17
+    out = pd.DataFrame(rows, columns=ANOVA_COLUMNS[:3])
+    out["mean_sq"] = out["sum_sq"] / out["df"]
+    with np.errstate(divide="ignore", invalid="ignore"):  # 2+ seeds and levels: resid_df >= 1
+        out["F"] = out["mean_sq"] / out["mean_sq"].iloc[-1]
+        out["p"] = st.f.sf(out["F"], out["df"], resid_df)
+        out["eta_sq"] = out["sum_sq"] / total
+    out.loc[out.index[-1], ["F", "p"]] = np.nan
+    return out, len(y)
+
+
+def sign_changes(fin: pd.DataFrame, factors: list[str], baselines: dict, levels: dict,
+                 metric: str = "test_acc") -> pd.DataFrame:
+    """Each level's simple effect against its factor's baseline at every setting of the other
+    factors: paired by seed where both cells are ok, with its t interval."""
+    ok = fin[fin["status"] == "ok"]
+    seed, y = ok["seed"].to_numpy(), ok[metric].to_numpy(dtype=float)
+    side = lambda mask: pd.Series(y[mask], index=seed[mask])  # noqa: E731
+    at = {(f, i): stats._is(ok, f, v).to_numpy() for f in factors for i, v in enumerate(levels[f])}
+    rows = []
+    for f in factors:
+        others = [g for g in factors if g != f]
+        base = stats._is(ok, f, baselines[f]).to_numpy()
+        for level in [v for v in levels[f] if v != baselines[f]]:
+            this = stats._is(ok, f, level).to_numpy()
+            for setting in itertools.product(*(range(len(levels[g])) for g in others)):
+                pairs = list(zip(others, setting, strict=True))
+                m = np.ones(len(ok), dtype=bool)
+                for g, i in pairs:
+                    m &= at[g, i]
+                d = (side(m & this) - side(m & base)).dropna()  # aligned on seed
+                diff, _, lo, hi = stats.interval(d)
+                label = ", ".join(f"{g}={levels[g][i]}" for g, i in pairs)
+                rows.append(dict(factor=f, level=level, baseline=baselines[f], setting=label,
+                                 n_pairs=len(d), diff=diff, ci_low=lo, ci_high=hi))
+    return pd.DataFrame(rows, columns=SIMPLE_COLUMNS)
+
+
+def changes_sign(simple: pd.DataFrame) -> pd.DataFrame:
+    """The (factor, level) pairs with one setting's interval wholly above 0 and another's wholly
+    below: their main effect averages simple effects of opposite sign and describes neither."""
+    # repr keys: grouped by value, a level True would be reported as 1 (they hash alike)
+    key = simple["factor"].astype(str) + "\0" + simple["level"].map(repr)
+    rows = []
+    for _, g in simple.groupby(key, sort=False):
+        if (g["ci_low"] > 0).any() and (g["ci_high"] < 0).any():
+            listed = "; ".join(f"{r.diff:+.4f} at {r.setting}" for r in g.itertuples())
+            rows.append(dict(factor=g["factor"].iloc[0], level=g["level"].iloc[0],
+                             baseline=g["baseline"].iloc[0], settings=listed))
+    return pd.DataFrame(rows, columns=SIGN_COLUMNS)

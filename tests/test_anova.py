@@ -1,0 +1,105 @@
+"""The blocked ANOVA checked by hand and against statsmodels; sign changes planted and simulated."""
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+import statsmodels.formula.api as smf
+from scipy import stats as st
+from statsmodels.stats.anova import anova_lm
+from test_stats import frame
+
+from ablate import anova
+
+
+def test_a_two_by_two_grid_by_hand():
+    rows = {0: [1, 2, 3, 6], 1: [2, 3, 4, 6], 2: [3, 4, 5, 9]}  # seed: (a, b) = 00, 01, 10, 11
+    fin = frame({(a, b, s): float(y[2 * a + b]) for s, y in rows.items()
+                 for a, b in itertools.product([0, 1], [0, 1])})
+    out, n = anova.anova(fin, ["a", "b"], {"a": [0, 1], "b": [0, 1]})
+    # grand mean 4; a's means 15/6 = 2.5 and 33/6 = 5.5: SS_a = 12 obs * 1.5**2 = 27 of a total 54.
+    # b: 12 * 1**2 = 12; a:b: cell (1,1) 7 - 5.5 - 5 + 4 = 0.5, so 12 * 0.25 = 3; seed means
+    # 3, 3.75, 5.25: 4 * (1 + 1/16 + 25/16) = 10.5; residual 54 - 52.5 = 1.5 on (3-1)(4-1) = 6 df
+    assert n == 3 and list(out.columns) == anova.ANOVA_COLUMNS
+    assert out["term"].tolist() == ["seed", "a", "b", "a:b", "residual"]
+    assert out["df"].tolist() == [2, 1, 1, 1, 6]
+    assert out["sum_sq"].tolist() == pytest.approx([10.5, 27, 12, 3, 1.5])
+    assert out["F"].tolist()[:4] == pytest.approx([21, 108, 48, 12])  # mean squares over 1.5 / 6
+    assert out["p"][1] == pytest.approx(st.f.sf(108, 1, 6)) and np.isnan(out["p"].iloc[-1])
+    assert out["eta_sq"][1] == pytest.approx(0.5) and out["eta_sq"].sum() == pytest.approx(1)
+
+
+def random_grid(rng, seeds=4) -> tuple[pd.DataFrame, dict]:
+    """2 x 3 x 2 with a shift per seed, main effects, one interaction and noise."""
+    levels = {"a": [0, 1], "b": ["x", "y", "z"], "c": [False, True]}
+    shift = rng.normal(0, 0.01, seeds)
+    values = {(a, b, c, s): 0.9 + 0.02 * a + 0.01 * "xyz".index(b) - 0.005 * c + 0.01 * a * c
+              + shift[s] + rng.normal(0, 0.005)
+              for a, b, c in itertools.product(*levels.values()) for s in range(seeds)}
+    return frame(values, factors=("a", "b", "c")), levels
+
+
+def test_the_table_matches_statsmodels_on_a_two_by_three_by_two_grid():
+    fin, levels = random_grid(np.random.default_rng(7))
+    out, n = anova.anova(fin, ["a", "b", "c"], levels)
+    data = fin.rename(columns={"test_acc": "y"})
+    # balanced, so type 1, 2 and 3 sums of squares agree
+    ref = anova_lm(smf.ols("y ~ C(seed) + C(a)*C(b)*C(c)", data).fit(), typ=2)
+    names = {"seed": "C(seed)", "residual": "Residual"}
+    ref = ref.loc[[names.get(t, ":".join(f"C({f})" for f in t.split(":"))) for t in out["term"]]]
+    assert n == 4
+    assert out["term"].tolist() == ["seed", "a", "b", "c", "a:b", "a:c", "b:c", "a:b:c", "residual"]
+    assert out["df"].tolist() == ref["df"].tolist() == [3, 1, 2, 1, 2, 1, 2, 2, 33]
+    for ours, theirs in (("sum_sq", "sum_sq"), ("F", "F"), ("p", "PR(>F)")):
+        assert out[ours].tolist() == pytest.approx(ref[theirs].tolist(), rel=1e-9, nan_ok=True)
+
+
+def test_a_diverged_cell_drops_its_seed():
+    fin, levels = random_grid(np.random.default_rng(8))
+    hit = (fin["a"] == 1) & (fin["b"] == "y") & fin["c"] & (fin["seed"] == 2)
+    fin.loc[hit, ["status", "test_acc"]] = ["diverged", 0.1]
+    out, n = anova.anova(fin, ["a", "b", "c"], levels)
+    without, n_without = anova.anova(fin[fin["seed"] != 2], ["a", "b", "c"], levels)
+    assert (n, n_without) == (3, 3)
+    pd.testing.assert_frame_equal(out, without)
+    fin.loc[fin["seed"] != 0, "status"] = "diverged"  # one complete seed left: no table
+    empty, n_one = anova.anova(fin, ["a", "b", "c"], levels)
+    assert n_one == 1 and empty.empty and list(empty.columns) == anova.ANOVA_COLUMNS
+
+
+def test_a_simple_effect_of_each_sign_is_flagged_and_an_additive_one_is_not():
+    rng = np.random.default_rng(3)  # hidden helps by 0.03 without batchnorm, hurts by 0.01 with it
+    levels = {"hidden": [(32,), (64, 32)], "bn": [False, True]}
+    big = {h: h == (64, 32) for h in levels["hidden"]}
+    values = {(h, bn, s): 0.9 + 0.03 * big[h] - 0.04 * big[h] * bn - 0.01 * bn + 0.01 * s
+              + rng.normal(0, 1e-4)
+              for h, bn in itertools.product(*levels.values()) for s in range(5)}
+    fin, base = frame(values, factors=("hidden", "bn")), {"hidden": (32,), "bn": False}
+    simple = anova.sign_changes(fin, ["hidden", "bn"], base, levels)
+    assert list(simple.columns) == anova.SIMPLE_COLUMNS and simple["n_pairs"].tolist() == [5] * 4
+    assert simple["setting"].tolist() == ["bn=False", "bn=True", "hidden=(32,)", "hidden=(64, 32)"]
+    assert simple["diff"].tolist() == pytest.approx([0.03, -0.01, -0.01, -0.05], abs=3e-4)
+    flagged = anova.changes_sign(simple)  # bn hurts at either hidden: no sign change
+    assert flagged[["factor", "level"]].values.tolist() == [["hidden", (64, 32)]]
+    assert flagged["settings"][0] == "+0.0300 at bn=False; -0.0100 at bn=True"
+    additive = {(a, b, s): 0.9 + 0.02 * a - 0.01 * b + rng.normal(0, 0.001)
+                for a, b, s in itertools.product([0, 1], [0, 1], range(5))}
+    flat = anova.sign_changes(frame(additive), ["a", "b"], {"a": 0, "b": 0},
+                              {"a": [0, 1], "b": [0, 1]})
+    none = anova.changes_sign(flat)
+    assert none.empty and list(none.columns) == anova.SIGN_COLUMNS
+
+
+def test_sign_changes_are_rarely_flagged_when_effects_add_up():
+    rng = np.random.default_rng(20261124)
+    levels, base, n = {f: [0, 1] for f in "abc"}, {f: 0 for f in "abc"}, 400
+    flagged = 0
+    for _ in range(n):
+        shift = rng.normal(0, 0.02, 5)  # pairing by seed removes it
+        values = {(a, b, c, s): 0.9 + 0.01 * a + shift[s] + rng.normal(0, 0.01)
+                  for a, b, c, s in itertools.product([0, 1], [0, 1], [0, 1], range(5))}
+        fin = frame(values, factors=("a", "b", "c"))
+        simple = anova.sign_changes(fin, list("abc"), base, levels)
+        flagged += not anova.changes_sign(simple).empty
+    rate = flagged / n
+    assert rate <= 0.05, f"an additive model was flagged in {rate:.3f} of {n} studies"
