@@ -7,11 +7,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats as st
 
-from .stats import LEVEL, final, hashable, interval
+from .stats import LEVEL, final, hashable, interval, no_spread
 from .study import JSON_DEFAULTS
 
 COLUMNS = ["where", "claimed", "mean", "ci_low", "ci_high", "pi_low", "pi_high", "n_seeds", "runs_within",
-           "judged_by", "inside", "source", "metric", "epoch", "kind"]
+           "judged_by", "inside", "source", "metric", "epoch", "kind", "note"]
 # kind -> the interval it is judged by: a tutorial's number is one run, so a faithful rerun
 # lands inside the CI of a mean only 68% of the time with 5 seeds, 35% with 20 (simulated)
 JUDGED_BY = {"point": "prediction", "mean": "ci", "at_most": "runs", "at_least": "runs"}
@@ -32,16 +32,31 @@ def within(kind: str, value: float, runs) -> int:
     return int((runs <= value).sum() if kind == "at_most" else (runs >= value).sum())
 
 
-def holds(kind: str, value: float, runs) -> bool:
-    """point: inside the prediction interval of one run; mean: inside the CI of the mean (both
-    need 2 runs); a bound: every run keeps to its side (1 run is enough to say so of 1)."""
+def holds(kind: str, value: float, runs, resolution: float = 0.0):
+    """point: inside the prediction interval of one run; mean: inside the CI of the mean; a
+    bound: every run keeps to its side (1 run is enough to say so of 1). None where the runs
+    cannot say: one run of a point or mean claim. Runs that agree to within the metric's
+    resolution (accuracy: one test sample) have no interval: the claim is inside when it
+    lies within that resolution of them."""
     runs = np.asarray(runs, dtype=float)
     if kind in ("at_most", "at_least"):
         return len(runs) > 0 and within(kind, value, runs) == len(runs)
     if len(runs) < 2:
-        return False
+        return None
+    if no_spread(runs, resolution):
+        return bool(abs(value - runs.mean()) < max(resolution, 1e-12))
     lo, hi = prediction(runs) if kind == "point" else interval(runs)[2:]
     return bool(lo <= value <= hi)
+
+
+def _note(kind: str, runs, resolution: float) -> str:
+    if kind not in ("point", "mean"):
+        return ""
+    if len(runs) < 2:
+        return f"n={len(runs)}: no interval to judge by"
+    if no_spread(np.asarray(runs, dtype=float), resolution):
+        return f"no spread: every run gives {np.mean(runs):.4g}; inside when within the metric's resolution"
+    return ""
 
 
 def select(df: pd.DataFrame, claim: dict, factors: list[str]) -> pd.Series:
@@ -55,20 +70,26 @@ def select(df: pd.DataFrame, claim: dict, factors: list[str]) -> pd.Series:
     return rows[mask & (rows["status"] == "ok")][claim.get("metric", "test_acc")]
 
 
-def claims(df: pd.DataFrame, claim_list: list[dict], factors: list[str]) -> pd.DataFrame:
+def claims(df: pd.DataFrame, claim_list: list[dict], factors: list[str], resolution: float = 0.0) -> pd.DataFrame:
     """Each claim beside the runs its `where` selects: their mean, CI of the mean, prediction
     interval of one run, how many respect a bound, and the verdict its kind calls for."""
     rows = []
     for c in claim_list:
         runs = select(df, c, factors)
         mean, _, lo, hi = interval(runs)
+        pi = prediction(runs)
+        if no_spread(runs.to_numpy(dtype=float), resolution):  # no interval, as for effects
+            lo = hi = np.nan
+            pi = (np.nan, np.nan)
         kind = c.get("kind", "point")
         bound = kind in ("at_most", "at_least")
         rows.append(dict(where=", ".join(f"{k}={hashable(v)}" for k, v in c["where"].items()),
-                         claimed=c["value"], mean=mean, ci_low=lo, ci_high=hi, **dict(zip(
-                             ("pi_low", "pi_high"), prediction(runs), strict=True)), n_seeds=len(runs),
+                         claimed=c["value"], mean=mean, ci_low=lo, ci_high=hi, pi_low=pi[0], pi_high=pi[1],
+                         n_seeds=len(runs),
                          runs_within=within(kind, c["value"], runs) if bound else np.nan,
-                         judged_by=JUDGED_BY[kind], inside=holds(kind, c["value"], runs),
+                         judged_by=JUDGED_BY[kind], inside=holds(kind, c["value"], runs, resolution),
                          source=c.get("source", ""), metric=c.get("metric", "test_acc"),
-                         epoch=c.get("epoch"), kind=kind))
-    return pd.DataFrame(rows, columns=COLUMNS)
+                         epoch=c.get("epoch"), kind=kind, note=_note(kind, runs, resolution)))
+    out = pd.DataFrame(rows, columns=COLUMNS)
+    out["runs_within"] = out["runs_within"].astype("Int64")  # a count, blank where no bound
+    return out

@@ -179,7 +179,7 @@ def report(results_dir: Path = typer.Argument(..., metavar="RESULTS_DIR"),
            metric: str = typer.Option("test_acc", "--metric", help="test_acc, test_loss or train_loss"),
            out_dir: Path | None = typer.Option(None, "--out", help="Where to write (default RESULTS_DIR/_report)."),
            margin: float | None = typer.Option(None, "--margin", help="Test each effect for equivalence: inside "
-                                               "+-M (the metric's units) by two one-sided t tests at 0.05."),
+                                               "+-M (the metric's units) by two one-sided t tests, Holm."),
            halfwidth: float = typer.Option(0.005, "--halfwidth", help="seeds_needed: seeds for a 95% CI of this "
                                            "half-width (the metric's units; 0.005 = half a point of accuracy).")):
     """Charts, CSVs and index.html: does each factor help, by how much, how sure are we."""
@@ -222,7 +222,7 @@ def _effects_table(rep, metric: str, margin: float | None) -> Table:
     notes = [f"mde: smallest difference these seeds detect (80% power, 0.05); seeds: for a 95% CI of "
              f"±{rep.halfwidth:g}"]
     if margin:
-        notes.append(f"equivalent: inside ±{margin:g} (two one-sided t tests, 0.05)")
+        notes.append(f"equivalent: inside ±{margin:g} (two one-sided t tests, Holm)")
     if rep.effects["note"].str.contains("95% CI excludes").any():
         notes.append("†: the row's own CI excludes 0, but not after Holm")
     table.caption = "; ".join(notes)
@@ -236,8 +236,11 @@ def _claim_line(c) -> str:
         mark = "[green]holds[/green]" if c.inside else "[red]does not hold[/red]"
         return (f"claim {name}: {said} {c.claimed:.4f}; {c.runs_within} of {c.n_seeds} runs keep to it "
                 f"(mean {c['mean']:.4f}) {mark}")
-    if c.n_seeds < 2:
+    if c.inside is None:
         return f"claim {name}: {c.claimed:.4f}; n={c.n_seeds}, no interval to compare"
+    if c.note:
+        mark = "[green]inside[/green]" if c.inside else "[red]outside[/red]"
+        return f"claim {name}: {c.claimed:.4f} vs every run {c['mean']:.4f} (n={c.n_seeds}, no spread) {mark}"
     lo, hi, what = ((c.pi_low, c.pi_high, "95% prediction interval of one run") if c.kind == "point"
                     else (c.ci_low, c.ci_high, "95% CI of the mean"))
     mark = "[green]inside[/green]" if c.inside else "[red]outside[/red]"

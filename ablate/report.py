@@ -157,7 +157,8 @@ def chart_claims(cl, runs, out):
             ax.plot([lo, hi], [0, 0], color="black", linewidth=2)
         ax.plot(r["mean"], 0, "|", color="black", markersize=14)
         marker = {"at_most": "<", "at_least": ">"}.get(r.kind, "D")  # a bound points to the side it allows
-        ax.plot(r.claimed, 0, marker, color="tab:green" if r.inside else "tab:red", markersize=9)
+        color = "0.5" if r.inside is None else "tab:green" if r.inside else "tab:red"  # None: cannot say
+        ax.plot(r.claimed, 0, marker, color=color, markersize=9)
         how = {"point": "one run: 95% prediction interval", "mean": "a mean: 95% CI",
                "at_most": f"at most: {r.runs_within} of {r.n_seeds} runs", "at_least":
                f"at least: {r.runs_within} of {r.n_seeds} runs"}[r.kind]
@@ -190,8 +191,8 @@ def dataset_sizes(manifest: dict) -> tuple[int | None, int | None]:
     return manifest.get("classes") or known[0], manifest.get("test_size") or known[1]
 
 
-STALE = [*(f"{c}.{x}" for c in CHARTS for x in ("png", "svg")), "claims.csv", "interactions.csv", "failures.csv",
-         "anova.csv"]
+OURS = (*(f"{c}.{x}" for c in CHARTS for x in ("png", "svg")), "claims.csv", "interactions.csv", "failures.csv",
+        "anova.csv", "summary.csv", "effects.csv", "index.html")
 
 
 def build(results: str | Path, out: str | Path | None = None, metric: str = "test_acc",
@@ -218,37 +219,41 @@ def build(results: str | Path, out: str | Path | None = None, metric: str = "tes
                        halfwidth)
     grid = an.design == "grid"
     table, anova_seeds = anova.anova(fin, factors, levels, metric) if grid else (pd.DataFrame(), 0)
-    flips = anova.changes_sign(anova.sign_changes(fin, factors, base, levels, metric)) if grid else pd.DataFrame()
-    fails = stats.failures(fin, factors, levels, classes) if "test_acc" in fin else pd.DataFrame()
+    flips = (anova.changes_sign(anova.sign_changes(fin, factors, base, levels, metric, resolution)) if grid
+             else pd.DataFrame())
+    fails = (stats.failures(fin, factors, levels, classes, base if an.design == "one_at_a_time" else None)
+             if "test_acc" in fin else pd.DataFrame())
     chosen = [c for c in manifest.get("claims", []) if c.get("metric", "test_acc") == metric]
-    cl = claims.claims(df, chosen, factors) if chosen else pd.DataFrame()
+    cl = claims.claims(df, chosen, factors, resolution) if chosen else pd.DataFrame()
     out = Path(out) if out else results / REPORT
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise AblateError(f"{out}: cannot write the report here ({e.strerror})") from None
-    for stale in STALE:  # an earlier --metric's charts and tables, or a chart no longer drawn
-        (out / stale).unlink(missing_ok=True)
-    sns.set_theme(style="whitegrid", context="notebook")
-    chart_final(fin, summary, factors, metric, out)
-    chart_curves(df, factors, metric, out)
-    if len(an.effects):
-        chart_effects(an.effects, metric, out, an.family)
-    if len(an.interactions):
-        chart_interactions(an.interactions, metric, out, an.family)
-        an.interactions.to_csv(out / "interactions.csv", index=False)
-    if len(cl):
-        chart_claims(cl, [claims.select(df, c, factors).to_numpy() for c in chosen], out)
-        cl.drop(columns=["metric"]).to_csv(out / "claims.csv", index=False)
-    if len(table):
-        table.to_csv(out / "anova.csv", index=False)
-    if len(fails):
-        fails.to_csv(out / "failures.csv", index=False)
-    summary.to_csv(out / "summary.csv", index=False)
-    an.effects.to_csv(out / "effects.csv", index=False)
     rep = Report(out, summary, an.effects, cl, an.interactions, fin["cell"].nunique(), sorted(df["seed"].unique()),
                  0.0, an.half_k, fails, table, anova_seeds, flips, an.design, an.family, margin, halfwidth)
-    (out / "index.html").write_text(page(rep, manifest, fin, factors, metric, results))
+    runs = [claims.select(df, c, factors).to_numpy() for c in chosen]
+
+    def fill(folder: Path) -> None:
+        rep.path = folder  # the page inlines the charts from where they are drawn
+        sns.set_theme(style="whitegrid", context="notebook")
+        chart_final(fin, summary, factors, metric, folder)
+        chart_curves(df, factors, metric, folder)
+        if len(an.effects):
+            chart_effects(an.effects, metric, folder, an.family)
+        if len(an.interactions):
+            chart_interactions(an.interactions, metric, folder, an.family)
+            an.interactions.to_csv(folder / "interactions.csv", index=False)
+        if len(cl):
+            chart_claims(cl, runs, folder)
+            cl.drop(columns=["metric"]).to_csv(folder / "claims.csv", index=False)
+        if len(table):
+            table.to_csv(folder / "anova.csv", index=False)
+        if len(fails):
+            fails.to_csv(folder / "failures.csv", index=False)
+        summary.to_csv(folder / "summary.csv", index=False)
+        an.effects.to_csv(folder / "effects.csv", index=False)
+        (folder / "index.html").write_text(page(rep, manifest, fin, factors, metric, results))
+
+    # a default _report from before the marker: ablate's by its place; only its own names go
+    store.write_folder(out, fill, OURS if out == results / REPORT else ())
+    rep.path = out
     rep.seconds = time.perf_counter() - start
     return rep
 
@@ -265,8 +270,9 @@ def _img(out: Path, name: str) -> str:
     return f'<img alt="{name} chart" src="data:image/png;base64,{data}">'
 
 
-def _table(df: pd.DataFrame) -> str:
-    html_ = df.to_html(index=False, escape=True, border=0, float_format=lambda v: f"{v:.4g}", na_rep="n/a (n<2)")
+def _table(df: pd.DataFrame, na: str = "") -> str:
+    """na: what a missing value means in this table (blank where a note or the caption says)."""
+    html_ = df.to_html(index=False, escape=True, border=0, float_format=lambda v: f"{v:.4g}", na_rep=na)
     return f'<div class=scroll>{html_}</div>'  # wide tables scroll inside the page's column
 
 
@@ -305,7 +311,7 @@ def page(rep: Report, manifest: dict, fin: pd.DataFrame, factors: list[str], met
     parts += _failures_section(rep)
     parts += ["<h2>Final metric per design point</h2><figure>", _img(rep.path, "final"),
               f"<figcaption>Final-epoch {e(metric)}; each dot one seed, black the mean with its 95% t interval; "
-              f"n = seeds behind each mean ({ok_txt}).</figcaption></figure>", _table(rep.summary)]
+              f"n = seeds behind each mean ({ok_txt}).</figcaption></figure>", _table(rep.summary, "n/a (n<2)")]
     parts += ["<h2>Learning curves</h2><figure>", _img(rep.path, "curves"),
               f"<figcaption>Mean {e(metric)} per epoch with a 95% t band; n seeds per line in the legend."
               "</figcaption></figure>"]
@@ -360,8 +366,8 @@ def _effects_section(rep: Report, factors: list[str]) -> list[str]:
             "whose own interval excludes 0 but that Holm does not flag is marked \u2020 and says so in its note. "
             "mde: the smallest difference these seeds detect with 80% power at 0.05 (before Holm), from the "
             "observed spread; seeds_needed: seeds for a 95% interval of half-width "
-            f"{rep.halfwidth:g}" + (f"; equivalent: inside +-{rep.margin:g} by two one-sided t tests at 0.05"
-                                    if margin else "; `ablate report --margin M` tests equivalence") +
+            f"{rep.halfwidth:g}" + (f"; equivalent: inside +-{rep.margin:g} by two one-sided t tests, Holm "
+                                    "over the rows" if margin else "; `ablate report --margin M` tests equivalence") +
             ". Not significant is not no effect: only an equivalence test says that.</figcaption></figure>",
             _table(shown), *flips]
 
@@ -376,8 +382,10 @@ def _anova_section(rep: Report) -> list[str]:
             f"{100 * rep.anova.set_index('term').eta_sq.get('seed', 0):.1f}%, residual "
             f"{100 * rep.anova.set_index('term').eta_sq.get('residual', 0):.1f}%.</p>",
             f"<p class=meta>Blocked factorial ANOVA (seed as block, every interaction up to the full order) over "
-            f"the {rep.anova_seeds} seeds whose every cell is ok. Its p values are unadjusted and descriptive; "
-            "the verdicts are the effects table's.</p>", _table(rep.anova)]
+            f"the {rep.anova_seeds} seeds whose every cell is ok; each term is tested against its own interaction "
+            "with seed (error_df), as a repeated-measures ANOVA does, so a two-level main effect's F is its paired "
+            "t squared. Its p values are unadjusted and descriptive; the verdicts are the effects table's.</p>",
+            _table(rep.anova)]
 
 
 def _failures_section(rep: Report) -> list[str]:

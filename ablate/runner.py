@@ -16,7 +16,7 @@ import torch
 
 from . import __version__, engine, fused, models
 from . import data as datasets
-from .store import ROW_COLUMNS, Store, StoreError, parquet_files, read_manifest
+from .store import ROW_COLUMNS, Store, StoreError, check_folder, parquet_files, read_manifest
 from .study import AblateError, Cell, Study, StudyError, model_name
 from .study import cells as expand
 
@@ -51,7 +51,10 @@ class Summary:
 
 
 def results_dir(study: Study, out: str | Path) -> Path:
-    return Path(out) / study.name
+    """OUT/<name>/, refused when it is a folder ablate did not make (store.check_folder)."""
+    path = Path(out) / study.name
+    check_folder(path)
+    return path
 
 
 def finished(path: Path) -> set[str]:

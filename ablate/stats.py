@@ -60,7 +60,7 @@ def final(df: pd.DataFrame) -> pd.DataFrame:
     return df.sort_values("epoch", kind="stable").groupby("cell", sort=False).tail(1).reset_index(drop=True)
 
 
-def interval(x, method: str = "t") -> tuple[float, float, float, float]:
+def interval(x, method: str = "t", level: float = LEVEL) -> tuple[float, float, float, float]:
     """mean, std, ci_low, ci_high of a sample; the interval is NaN for n < 2."""
     x = np.asarray(x, dtype=float)
     if len(x) == 0:
@@ -72,9 +72,9 @@ def interval(x, method: str = "t") -> tuple[float, float, float, float]:
     if std == 0:
         return mean, 0.0, mean, mean
     if method == "bca":
-        r = st.bootstrap((x,), np.mean, confidence_level=LEVEL, method="BCa", random_state=0)
+        r = st.bootstrap((x,), np.mean, confidence_level=level, method="BCa", random_state=0)
         return mean, std, float(r.confidence_interval.low), float(r.confidence_interval.high)
-    half = st.t.ppf(0.5 + LEVEL / 2, len(x) - 1) * std / np.sqrt(len(x))
+    half = st.t.ppf(0.5 + level / 2, len(x) - 1) * std / np.sqrt(len(x))
     return mean, std, mean - half, mean + half
 
 
@@ -140,12 +140,12 @@ def paired_diffs(fin: pd.DataFrame, factors: list[str], factor: str, level, base
 def _fitted(ok: pd.DataFrame, factors: list[str], factor: str, level, baseline, metric: str) -> pd.Series:
     out = {}
     for seed, g in ok.groupby("seed"):
-        g = g[g[factor].map(lambda x: x == level or x == baseline).astype(bool)]
-        cols = [np.where(g[factor].map(lambda x: x == level).astype(bool), 1.0, -1.0)]
+        g = g[g[factor].map(lambda x: same(x, level) or same(x, baseline)).astype(bool)]
+        cols = [np.where(g[factor].map(lambda x: same(x, level)).astype(bool), 1.0, -1.0)]
         for f in factors:
             values = list(dict.fromkeys(g[f].map(hashable)))
             if f != factor and len(values) == 2:
-                cols.append(np.where(g[f].map(hashable) == values[1], 1.0, -1.0))
+                cols.append(np.where(g[f].map(lambda x, v=values[1]: hashable(x) == v).astype(bool), 1.0, -1.0))
         x = np.column_stack([np.ones(len(g)), *cols])
         if np.linalg.matrix_rank(x) == x.shape[1]:  # full column rank: every effect estimable
             out[seed] = 2 * np.linalg.lstsq(x, g[metric].to_numpy(dtype=float), rcond=None)[0][1]
@@ -259,12 +259,14 @@ def effects(fin: pd.DataFrame, factors: list[str], baselines: dict, levels: dict
     rows = []
     for f in factors:
         for level in levels[f]:
-            if level == baselines[f]:
+            if same(level, baselines[f]):
                 continue
             d = paired_diffs(fin, factors, f, level, baselines[f], metric, matched).to_numpy()
             rows.append(dict(factor=f, level=level, baseline=baselines[f], metric=metric,
                              **_row(d, resolution, margin, halfwidth), alias="", note=""))
     out = pd.DataFrame(rows, columns=EFFECT_COLUMNS)
+    if len(out):  # equivalence too is claimed page-wide: Holm over the rows it was tested on
+        out["equivalent"] = holm(out["p_equivalence"]) < ALPHA
     return _holm_family(out)
 
 
@@ -297,8 +299,8 @@ def interactions(fin: pd.DataFrame, factors: list[str], baselines: dict, levels:
     ok, rows = fin[fin["status"] == "ok"], []
     for i, a in enumerate(factors):
         for b in factors[i + 1:]:
-            for la in [v for v in levels[a] if v != baselines[a]]:
-                for lb in [v for v in levels[b] if v != baselines[b]]:
+            for la in [v for v in levels[a] if not same(v, baselines[a])]:
+                for lb in [v for v in levels[b] if not same(v, baselines[b])]:
                     at0, at1 = _simple_pair(ok, factors, (a, la, baselines[a]), (b, lb, baselines[b]), metric)
                     d = (at1 - at0).to_numpy()
                     (m0, _, lo0, hi0), (m1, _, lo1, hi1) = interval(at0), interval(at1)
@@ -327,9 +329,16 @@ def _simple_pair(ok, factors, first: tuple, second: tuple, metric) -> tuple[pd.S
     return _per_seed(w["10"] - w["00"]), _per_seed(w["11"] - w["01"])
 
 
+def same(a, b) -> bool:
+    """Level equality where None and NaN are one level: a Parquet column of None and ints reads
+    back as NaN and floats (train_subset=None), while the manifest still says None."""
+    missing = lambda v: v is None or (isinstance(v, float) and math.isnan(v))  # noqa: E731
+    return bool(missing(a) and missing(b)) or (not missing(a) and not missing(b) and bool(a == b))
+
+
 def _is(df: pd.DataFrame, factor: str, level) -> pd.Series:
     """Rows at one level; map, not ==, because a tuple level (hidden) would be read as a sequence."""
-    return df[factor].map(lambda v: v == level).astype(bool)
+    return df[factor].map(lambda v: same(v, level)).astype(bool)
 
 
 def curves(df: pd.DataFrame, factors: list[str], metric: str) -> pd.DataFrame:
@@ -374,7 +383,8 @@ def analyse(fin: pd.DataFrame, factors: list[str], baselines: dict, levels: dict
                    sum(len(levels[f]) == 2 for f in factors) if fractional else None)
     if out.half_k:
         sign = "-" if out.half_k % 2 else "+"  # the half's defining relation: I = (-1)^k AB...K
-        eff["alias"] = [sign + ":".join(f for f in factors if f != r.factor) for r in eff.itertuples()]
+        two = [f for f in factors if len(levels[f]) == 2]  # a factor a --set pinned aliases nothing
+        eff["alias"] = [sign + ":".join(f for f in two if f != r.factor) for r in eff.itertuples()]
     for table in (eff, inter):
         table["note"] = [_note(r, out.family) for _, r in table.iterrows()]
     return out
@@ -398,29 +408,41 @@ FAILURE_COLUMNS = ["factor", "level", "n_runs", "n_diverged", "n_stalled", "p_fi
 STALL = 0.02  # a run whose final accuracy is within 2 points of chance learned nothing
 
 
-def failures(fin: pd.DataFrame, factors: list[str], levels: dict, classes: int | None) -> pd.DataFrame:
+def failures(fin: pd.DataFrame, factors: list[str], levels: dict, classes: int | None,
+             baselines: dict | None = None) -> pd.DataFrame:
     """Per factor and level: runs, how many diverged and how many stalled (final test_acc within
     STALL of chance; none counted when the class count is unknown). Fisher's exact test of
-    failed (either) against fine across each factor's levels, Holm across factors: where
-    failure rates differ, effects on the surviving runs are biased."""
+    failed (either) against fine across each factor's levels (3+ levels: its Monte Carlo
+    version, 10^5 seeded draws), Holm across factors: where failure rates differ, effects on
+    the surviving runs are biased. With `baselines` (one-at-a-time), a factor's rows are the
+    cells with every other factor at its baseline, so one factor's failures are not another's."""
     chance = 1 / classes if classes else None
     diverged = fin["status"] != "ok"
     stalled = ~diverged & (fin["test_acc"] <= chance + STALL) if chance else pd.Series(False, index=fin.index)
     rows, tests = [], []
     for f in factors:
+        mine = pd.Series(True, index=fin.index)
+        for g in [g for g in factors if g != f] if baselines else []:
+            mine &= _is(fin, g, baselines[g])
         table = []
         for level in levels[f]:
-            at = _is(fin, f, level)
+            at = _is(fin, f, level) & mine
             table.append([int((at & (diverged | stalled)).sum()), int((at & ~diverged & ~stalled).sum())])
             rows.append(dict(factor=f, level=level, n_runs=int(at.sum()), n_diverged=int((at & diverged).sum()),
                              n_stalled=int((at & stalled).sum())))
-        table = np.array([t for t in table if sum(t)])
-        failed = table[:, 0].sum() if len(table) else 0
-        tests.append(1.0 if len(table) < 2 or failed in (0, table.sum()) else float(st.fisher_exact(table).pvalue))
+        tests.append(_fisher(np.array([t for t in table if sum(t)])))
     out = pd.DataFrame(rows, columns=FAILURE_COLUMNS[:5])
-    by_factor = dict(zip(factors, tests, strict=True))
-    adjusted = dict(zip(factors, holm(tests), strict=True)) if factors else {}
-    out["p_fisher"] = out["factor"].map(by_factor)
-    out["p_holm"] = out["factor"].map(adjusted)
+    out["p_fisher"] = out["factor"].map(dict(zip(factors, tests, strict=True)))
+    out["p_holm"] = out["factor"].map(dict(zip(factors, holm(tests), strict=True)) if factors else {})
     out["differs"] = out["p_holm"] < ALPHA
     return out
+
+
+def _fisher(table: np.ndarray) -> float:
+    """Fisher's exact p of a levels x (failed, fine) table; 1 where nothing can differ."""
+    if len(table) < 2 or table[:, 0].sum() in (0, table.sum()):
+        return 1.0
+    if len(table) == 2:
+        return float(st.fisher_exact(table).pvalue)
+    draws = st.MonteCarloMethod(n_resamples=100_000, rng=np.random.default_rng(0))  # reproducible
+    return float(st.fisher_exact(table, method=draws).pvalue)

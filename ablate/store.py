@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import warnings
 from collections.abc import Callable
@@ -26,10 +27,15 @@ from .study import JSON_DEFAULTS, AblateError, design_ids
 MANIFEST = "_manifest.json"
 QUARANTINE = "_quarantine"
 LOCK = ".lock"
+MARKER = ".ablate-report"  # in a report folder: the files ablate wrote there, the only ones it removes
 
 
 class StoreError(AblateError):
     code = 1
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
 
 
 def _fsync_dir(path: Path) -> None:
@@ -68,7 +74,28 @@ def atomic_write(path: Path, write: Callable, kind: str = "file") -> None:
 
 
 def parquet_files(path: Path) -> list[Path]:
-    return sorted(p for p in Path(path).glob("*.parquet") if not p.name.startswith((".", "_")))
+    return sorted(p for p in Path(path).glob("*.parquet") if not p.name.startswith((".", "_")) and p.is_file())
+
+
+def check_folder(path: Path) -> None:
+    """Refuse to write results into a folder ablate did not make: one that holds anything but
+    a manifest's company (a killed first run leaves at most its .lock and temp files), or
+    one inside another study's results folder. Opening a store moves foreign Parquet files
+    aside and deletes temp files, which must never happen to a user's own folder."""
+    if (path.parent / MANIFEST).is_file():
+        raise StoreError(f"{path.parent}: is a study's results folder; results of another study do not go "
+                         "inside it: choose another --out", code=2)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise StoreError(f"{path}: exists and is not a folder; choose another --out or study name", code=2)
+    if (path / MANIFEST).is_file():
+        return
+    foreign = [p.name for p in path.iterdir() if p.name != LOCK and not (p.name.startswith(".") and ".tmp-" in p.name)]
+    if foreign:
+        raise StoreError(f"{path}: holds files ablate did not write ({', '.join(sorted(foreign)[:3])}"
+                         f"{', ...' if len(foreign) > 3 else ''}) and no {MANIFEST}; choose another --out "
+                         "or study name", code=2)
 
 
 class Store:
@@ -100,7 +127,7 @@ class Store:
         self._lock.write(str(os.getpid()))
         self._lock.flush()
         for tmp in self.path.glob(".*.tmp-*"):
-            tmp.unlink()
+            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()  # a folder: a killed report's
         return self
 
     def close(self) -> None:
@@ -109,9 +136,15 @@ class Store:
             self._lock = None
 
     def _quarantine(self, file: Path, why: str) -> None:
-        (self.path / QUARANTINE).mkdir(exist_ok=True)
-        os.replace(file, self.path / QUARANTINE / file.name)
-        self.warn(f"{file}: {why}; moved to {self.path / QUARANTINE}/")
+        """Move a file aside; a file of the same name already there is kept (a.1.parquet, ...)."""
+        folder = self.path / QUARANTINE
+        folder.mkdir(exist_ok=True)
+        target, n = folder / file.name, 0
+        while target.exists():
+            n += 1
+            target = folder / f"{file.stem}.{n}{file.suffix}"
+        os.replace(file, target)
+        self.warn(f"{file}: {why}; moved to {target}")
 
     def done(self) -> set[str]:
         """Ids of the cells with rows here. Unreadable or foreign files are moved aside, never merged."""
@@ -206,3 +239,34 @@ def _current(df: pd.DataFrame, manifest: dict, path: Path, warn) -> pd.DataFrame
         warn(f"{path}: {stale} stored cells are not in the study's current design (an edited study or a "
              "--set run wrote here) and are left out; `--out` keeps such runs apart")
     return df[keep.to_numpy()]
+
+
+def write_folder(out: Path, fill: Callable[[Path], None], ours: tuple[str, ...] = ()) -> None:
+    """Fill a report folder: fill(tmp) writes every file into a hidden folder beside `out`, then
+    each moves into place and files the last report wrote and this one did not are removed.
+    A full disk or a read-only folder stops it before `out` changes. `out` must be new, empty,
+    or ablate's (its MARKER lists what it wrote; `ours`: the names ablate may replace in a
+    report folder written before the marker existed)."""
+    marker = out / MARKER
+    if out.exists() and not out.is_dir():
+        raise StoreError(f"{out}: exists and is not a folder; choose another --out", code=2)
+    if out.is_dir() and not marker.is_file() and not ours and any(out.iterdir()):
+        raise StoreError(f"{out}: not empty and not a report folder ablate wrote (no {MARKER}); choose a "
+                         "new or empty --out", code=2)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        fill(tmp)
+        old = set(json.loads(marker.read_text())["files"]) if marker.is_file() else set(ours)
+        new = sorted(p.name for p in tmp.iterdir())
+        out.mkdir(exist_ok=True)
+        for name in new:
+            os.replace(tmp / name, out / name)
+        for name in old - set(new):  # an earlier --metric's charts and tables
+            (out / name).unlink(missing_ok=True)
+        atomic_write(marker, lambda f: f.write(json.dumps({"files": new}).encode()))
+    except OSError as e:
+        raise StoreError(f"{out}: cannot write the report here ({e.strerror or e})") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

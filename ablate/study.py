@@ -199,6 +199,8 @@ def validate(study: Study) -> Study:
     src = study.source
     if not isinstance(study.name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", study.name):
         raise StudyError(f"{src}: name={study.name!r} is not allowed; expected letters, digits, '_', '-', '.'")
+    if study.name.lower().endswith(".parquet"):  # its folder would read as a results file of its parent
+        raise StudyError(f"{src}: name={study.name!r} is not allowed; a study's name may not end in .parquet")
     if study.dataset not in DATASETS:
         raise StudyError(f"{src}: unknown dataset {study.dataset!r}; expected one of {', '.join(DATASETS)}")
     if not (callable(study.model) or study.model in MODELS):

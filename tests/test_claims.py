@@ -70,3 +70,12 @@ def test_the_ci_of_the_mean_covers_the_true_mean_95_percent_of_the_time():
     # scipy's t interval agrees with the one used here
     ref = st.t.interval(0.95, 4, loc=np.mean(runs[0][:5]), scale=st.sem(runs[0][:5]))
     assert claims.holds("mean", ref[0] + 1e-9, runs[0][:5]) and not claims.holds("mean", ref[0] - 1e-9, runs[0][:5])
+
+
+def test_runs_without_spread_judge_a_claim_to_the_metrics_resolution_and_one_run_says_nothing():
+    fin = frame({(0, "x", s): 1.0 for s in range(4)})  # xor: 4 test points, every run 100%
+    asked = [{"where": {"a": 0}, "value": v} for v in (1.0, 0.99, 0.7)]
+    out = claims.claims(fin, asked, ["a", "b"], resolution=0.25)
+    assert out["inside"].tolist() == [True, True, False] and out["note"][0].startswith("no spread")
+    one = claims.claims(frame({(0, "x", 0): 0.9}), [{"where": {"a": 0}, "value": 0.9}], ["a", "b"])
+    assert one["inside"].tolist() == [None] and one["note"][0] == "n=1: no interval to judge by"

@@ -23,6 +23,7 @@ def bad_base(key_value: str) -> str:
 
 
 STUDIES = {  # id: (study text, exit code, words the line must hold)
+    "a name ending in .parquet": (tiny(name="x.parquet"), 2, ["study.py", "'x.parquet'", "may not end in .parquet"]),
     "syntax error": ("from ablate import Study\nstudy = Study(name='x',\n", 2, ["study.py:2", "syntax error"]),
     "no study": ("x = 1\n", 2, ["study.py", "defines no `study`"]),
     "study of the wrong type": ("study = {'name': 'x'}\n", 2, ["study.py", "dict", "ablate.Study"]),

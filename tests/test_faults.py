@@ -1,4 +1,5 @@
-"""kill -9 at seeded random moments, then rerun: nothing lost, duplicated or half-written."""
+"""kill -9 at seeded moments, full disks, users' own folders: nothing lost, duplicated, moved or half-written."""
+import errno
 import os
 import random
 import signal
@@ -8,9 +9,15 @@ import time
 from collections import Counter
 
 import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+from typer.testing import CliRunner
 
+from ablate.cli import app
 from ablate.store import MANIFEST, parquet_files, read_manifest
 from conftest import REPO, default_sigint, write_study
+
+cli = CliRunner()
 
 KILLS = 20
 FACTORS = "dict(activation=['relu', 'sigmoid'], dropout=[0.0, 0.25])"
@@ -87,3 +94,80 @@ def test_ctrl_c_stops_fast_keeps_finished_cells_and_exits_130(tmp_path, data_dir
     done = pd.read_parquet(out / "tiny")["cell"].nunique()
     assert f"stopped: {done} of 8 cells done; run the same command to finish" in err
     assert 1 <= done < 8 and "Traceback" not in err
+
+
+# ---- nothing of the user's is deleted or moved, and nothing is left half-written ----
+
+@pytest.fixture(scope="module")
+def tiny_results(tmp_path_factory, data_dir):
+    tmp = tmp_path_factory.mktemp("harm")
+    r = cli.invoke(app, ["run", str(write_study(tmp, factors="dict(activation=['relu', 'sigmoid'])")),
+                         "--out", str(tmp / "res")])
+    assert r.exit_code == 0, r.output
+    return tmp / "res" / "tiny"
+
+
+def one_line(result, code):
+    assert result.exit_code == code, (result.exit_code, result.output)
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    return result.stderr
+
+
+def test_report_into_a_users_folder_is_refused_and_deletes_nothing(tiny_results, tmp_path):
+    users = tmp_path / "u"
+    users.mkdir()
+    (users / "claims.csv").write_text("precious")
+    line = one_line(cli.invoke(app, ["report", str(tiny_results), "--out", str(users)]), 2)
+    assert str(users) in line and "not a report folder ablate wrote" in line
+    assert [p.name for p in users.iterdir()] == ["claims.csv"] and (users / "claims.csv").read_text() == "precious"
+
+
+def test_a_report_folder_keeps_files_ablate_did_not_write(tiny_results, tmp_path):
+    out = tmp_path / "r"
+    assert cli.invoke(app, ["report", str(tiny_results), "--out", str(out)]).exit_code == 0
+    (out / "notes.txt").write_text("mine")
+    assert cli.invoke(app, ["report", str(tiny_results), "--out", str(out), "--metric", "test_loss"]).exit_code == 0
+    assert (out / "notes.txt").read_text() == "mine" and not (out / "claims.png").exists()
+    assert not list(tmp_path.glob(".r.tmp-*"))
+
+
+def test_run_refuses_a_folder_it_did_not_make_and_moves_nothing(tmp_path, data_dir):
+    users = tmp_path / "proj" / "data"
+    users.mkdir(parents=True)
+    pd.DataFrame({"sales": [1, 2]}).to_parquet(users / "sales_2025.parquet")
+    (users / ".draft.tmp-1").write_text("half a thought")
+    study = write_study(tmp_path, name="data", factors="dict(activation=['relu', 'sigmoid'])")
+    line = one_line(cli.invoke(app, ["run", str(study), "--out", str(tmp_path / "proj")]), 2)
+    assert str(users) in line and "sales_2025.parquet" in line
+    assert sorted(p.name for p in users.iterdir()) == [".draft.tmp-1", "sales_2025.parquet"]
+
+
+def test_run_refuses_to_nest_a_study_inside_another_studys_results(tiny_results, tmp_path):
+    study = write_study(tmp_path, name="other", factors="dict(activation=['relu', 'sigmoid'])")
+    before = sorted(p.name for p in tiny_results.iterdir())
+    line = one_line(cli.invoke(app, ["run", str(study), "--out", str(tiny_results)]), 2)
+    assert "is a study's results folder" in line and sorted(p.name for p in tiny_results.iterdir()) == before
+
+
+def fail_on(monkeypatch, target, attribute, errno_, after=0):
+    """Make target.attribute raise OSError(errno_) from its (after+1)-th call on."""
+    real, calls = getattr(target, attribute), []
+
+    def boom(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > after:
+            raise OSError(errno_, os.strerror(errno_))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(target, attribute, boom)
+
+
+@pytest.mark.parametrize("errno_", [errno.ENOSPC, errno.EROFS])
+def test_a_full_disk_or_read_only_folder_leaves_the_old_report_whole(tiny_results, tmp_path, monkeypatch, errno_):
+    out = tmp_path / "r"
+    assert cli.invoke(app, ["report", str(tiny_results), "--out", str(out)]).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    fail_on(monkeypatch, Figure, "savefig", errno_, after=2)  # the third chart file finds no room
+    line = one_line(cli.invoke(app, ["report", str(tiny_results), "--out", str(out)]), 1)
+    assert str(out) in line and os.strerror(errno_) in line
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert not list(tmp_path.glob(".r.tmp-*"))

@@ -156,7 +156,7 @@ def test_the_reference_study_shows_anova_shares_sign_changes_and_prediction_inte
     r = cli.invoke(app, ["report", str(REPO / "results" / "mnist_mlp"), "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output
     anova = pd.read_csv(tmp_path / "anova.csv")
-    assert list(anova.columns) == ["term", "df", "sum_sq", "mean_sq", "F", "p", "eta_sq"]
+    assert list(anova.columns) == ["term", "df", "sum_sq", "mean_sq", "F", "p", "eta_sq", "error_df"]
     assert anova["term"].tolist()[-2:] == ["activation:batchnorm:init", "residual"]
     assert anova["eta_sq"].sum() == pytest.approx(1.0)
     page = (tmp_path / "index.html").read_text()

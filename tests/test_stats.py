@@ -259,3 +259,41 @@ def test_a_tie_of_seeds_that_lost_different_settings_keeps_one_estimand():
     fin.loc[(fin["a"] == 1) & (fin["b"] == 0) & (fin["seed"] > 0), "status"] = "diverged"
     d = stats.paired_diffs(fin, ["a", "b"], "a", 1, 0)
     assert d.empty or np.ptp(d.to_numpy()) == 0, d  # never 0.01 for one seed and 0.05 for the others
+
+
+def test_one_at_a_time_failures_compare_a_level_with_the_baseline_point_only():
+    # lr=10 always diverges; act=tanh never does: pooling act's rows would blame act (p 0.011)
+    values = {(lr, act, s): 0.9 for lr, act in ((0.1, "relu"), (10.0, "relu"), (0.1, "tanh")) for s in range(10)}
+    fin = frame(values, factors=("lr", "act"))
+    fin.loc[fin["lr"] == 10.0, "status"] = "diverged"
+    levels, base = {"lr": [0.1, 10.0], "act": ["relu", "tanh"]}, {"lr": 0.1, "act": "relu"}
+    out = stats.failures(fin, ["lr", "act"], levels, classes=10, baselines=base).set_index(["factor", "level"])
+    assert out.loc[("act", "tanh"), "n_runs"] == 10 and out.loc[("act", "relu"), "n_runs"] == 10
+    assert not out.loc[("act", "tanh"), "differs"] and out.loc[("lr", 10.0), "differs"]
+
+
+def test_fishers_test_over_three_levels_is_reproducible():
+    fin = frame({(a, "x", s): 0.9 for a in (0, 1, 2) for s in range(5)})
+    failed = {(0, 0), (2, 0), (2, 1), (2, 2), (2, 3)}  # table [[1, 4], [0, 5], [4, 1]]
+    fin.loc[[(a, s) in failed for a, s in zip(fin["a"], fin["seed"], strict=True)], "status"] = "diverged"
+    levels = {"a": [0, 1, 2], "b": ["x"]}
+    first = stats.failures(fin, ["a", "b"], levels, classes=10)["p_fisher"].iloc[0]
+    assert first == stats.failures(fin, ["a", "b"], levels, classes=10)["p_fisher"].iloc[0]
+    assert first == pytest.approx(0.0524, abs=0.004)  # scipy's Monte Carlo over three runs: 0.0517 to 0.0535
+
+
+def test_a_none_level_read_back_as_nan_still_pairs():
+    # Parquet stores a column of None and ints as floats: train_subset=None reads back as NaN
+    fin = frame({(a, "x", s): 0.9 + 0.01 * (a == 5) + 0.001 * s for a in (None, 5) for s in range(3)})
+    fin["a"] = fin["a"].astype(float)
+    row = stats.effects(fin, ["a", "b"], {"a": None, "b": "x"}, {"a": [None, 5], "b": ["x"]}).iloc[0]
+    assert row["n_pairs"] == 3 and row["diff"] == pytest.approx(0.01)
+
+
+def test_a_pinned_factor_is_no_part_of_a_fractional_alias():
+    half = [p for p in itertools.product([0, 1], repeat=3) if sum(p) % 2 == 0]
+    fin = frame({(*p, 7, s): 0.9 + 0.01 * p[0] + 0.001 * s * (1 + p[1]) for p in half for s in range(3)},
+                factors=tuple("abcd"))
+    levels = {"a": [0, 1], "b": [0, 1], "c": [0, 1], "d": [7]}
+    out = stats.analyse(fin, list("abcd"), {"a": 0, "b": 0, "c": 0, "d": 7}, levels, design="fractional")
+    assert out.effects.set_index("factor").loc["a", "alias"] == "-b:c" and out.half_k == 3

@@ -131,3 +131,14 @@ def test_a_foreign_parquet_file_is_one_line(tmp_path):
     s.close()
     with pytest.raises(StoreError, match="abc.parquet: not an ablate results file .no 'seed' column"):
         read(tmp_path / "s")
+
+
+def test_quarantine_keeps_both_files_of_one_name(tmp_path):
+    warnings = []
+    s = Store(tmp_path / "s", warn=warnings.append).open()
+    for _ in range(2):
+        (tmp_path / "s" / "broken.parquet").write_bytes(b"PAR1 garbage")
+        s.done()
+    kept = sorted(p.name for p in (tmp_path / "s" / QUARANTINE).iterdir())
+    assert kept == ["broken.1.parquet", "broken.parquet"], kept
+    assert "broken.1.parquet" in warnings[-1]
