@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .study import AblateError
+from .study import DATASET_SIZES, AblateError
 
 
 class DataError(AblateError):
@@ -99,10 +99,25 @@ def locate(name: str, data_dir: str | Path | None = None) -> list[Path]:
     return _find(folder, [cache_dir()])
 
 
-def _data(name, train_x, train_y, test_x, test_y, origin: str) -> Data:
+def check_labels(y: torch.Tensor, name: str, path) -> None:
+    """Every label a class of `name` (DATASET_SIZES): one corrupt byte would otherwise train a
+    model with more outputs under the same cell id, or fail at the test set after training."""
+    classes = DATASET_SIZES[name][0]
+    if len(bad := ((y < 0) | (y >= classes)).nonzero()):
+        i = int(bad[0])
+        raise DataError(f"{path}: label {int(y[i])} at position {i} is not a class of {name} "
+                        f"(0..{classes - 1}; {len(bad)} such labels); "
+                        f"replace the file with the published one")
+
+
+def _data(name, train_x, train_y, test_x, test_y, origin: str, labels=None) -> Data:
+    """`labels`: the files the train and test labels came from, for the error message."""
+    for y, where in zip((train_y, test_y), labels or (origin, origin), strict=True):
+        check_labels(y, name, where)
     scaled = train_x.float().div_(255)
     mean, std = scaled.mean(dim=(0, 2, 3)), scaled.std(dim=(0, 2, 3))
-    return Data(name, train_x, train_y.long(), test_x, test_y.long(), mean, std, int(train_y.max()) + 1, origin)
+    classes = DATASET_SIZES[name][0]  # fixed: not the largest label seen + 1
+    return Data(name, train_x, train_y.long(), test_x, test_y.long(), mean, std, classes, origin)
 
 
 def _idx_set(name: str, data_dir: str | None) -> Data:
@@ -111,7 +126,8 @@ def _idx_set(name: str, data_dir: str | None) -> Data:
     for x, y, p in ((train_x, train_y, paths[0]), (test_x, test_y, paths[2])):
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
             raise DataError(f"{p}: images {tuple(x.shape)} and labels {tuple(y.shape)} do not match")
-    return _data(name, train_x[:, None], train_y, test_x[:, None], test_y, str(paths[0].parent))
+    return _data(name, train_x[:, None], train_y, test_x[:, None], test_y, str(paths[0].parent),
+                 (paths[1], paths[3]))
 
 
 CIFAR = "cifar-10-batches-py"
@@ -128,9 +144,11 @@ def read_cifar(folder: Path) -> tuple[torch.Tensor, ...]:
             with open(path, "rb") as f:
                 d = pickle.load(f, encoding="bytes")
             x = torch.as_tensor(d[b"data"], dtype=torch.uint8).reshape(-1, 3, 32, 32)
-            return x, torch.as_tensor(d[b"labels"], dtype=torch.int64)
+            y = torch.as_tensor(d[b"labels"], dtype=torch.int64)
         except (OSError, pickle.UnpicklingError, KeyError, ValueError, RuntimeError, EOFError) as e:
             raise DataError(f"{path}: not a CIFAR-10 batch ({type(e).__name__}: {e})") from None
+        check_labels(y, "cifar10", path)  # here, to name the batch file
+        return x, y
 
     train = [batch(f"data_batch_{i}") for i in range(1, 6) if (folder / f"data_batch_{i}").exists()]
     if not train:

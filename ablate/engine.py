@@ -5,6 +5,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -101,7 +102,8 @@ def train_cell(cell: Cell, data: Data, model, device, on_epoch: Callable | None 
     opt = optimizer(net, cfg)
     n = min(cfg["train_subset"] or len(data.train_x), len(data.train_x))
     xs, ys, bs = data.train_x[:n], data.train_y[:n], cfg["batch_size"]
-    steps = math.ceil(n / bs)
+    end = fused.epoch_end(n, bs, models.has_batchnorm(net))
+    steps = math.ceil(end / bs)
     rows = []
     for epoch in range(1, cfg["epochs"] + 1):
         start = time.perf_counter()
@@ -109,7 +111,7 @@ def train_cell(cell: Cell, data: Data, model, device, on_epoch: Callable | None 
         order = epoch_order(seed, epoch, n, device)
         flips = epoch_flips(seed, epoch, n, device) if cfg["hflip"] else None
         total = torch.zeros((), device=device, dtype=dtype)
-        for s in range(0, n, bs):
+        for s in range(0, end, bs):
             idx = order[s:s + bs]
             x = to_float(data, xs[idx], cfg["normalize"]).to(dtype)
             if flips is not None:
@@ -167,26 +169,64 @@ class GroupFailed(Exception):
     """A group failed for a reason of its own (not out of memory): it is recorded, never retried."""
 
 
+def is_oom(exc: BaseException) -> bool:
+    """Out of memory: CUDA's torch.OutOfMemoryError, or on a CPU the allocator's plain RuntimeError
+    ("DefaultCPUAllocator: can't allocate memory") or Python's MemoryError."""
+    cpu = isinstance(exc, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(exc)
+    return cpu or isinstance(exc, (torch.OutOfMemoryError, MemoryError))
+
+
 def train(group: list[Cell], data: Data, model, device, on_epoch: Callable | None = None,
           source: str = "study") -> list[list[dict]]:
     """Train a group of cells that share their shapes; rows per cell, in the group's order.
     A group of one, or a study's own model, takes the plain per-cell path. A failure inside a
-    study's model callable becomes a StudyError naming `source`, the study file."""
+    study's model callable becomes a StudyError naming `source`, the study file. Any out of
+    memory (is_oom) is raised as torch.OutOfMemoryError, which the runner splits on."""
     if (limit := os.environ.get(OOM_ABOVE)) and len(group) > int(limit):  # an env var reaches Ray workers
         raise torch.OutOfMemoryError(f"test hook: group of {len(group)} > {limit}")
-    with fused.tf32(group[0].config["precision"]):
-        if len(group) > 1 and fused.can_fuse(group, model, device):
-            return fused.train(group, data, device, on_epoch, model)
-        return _plain(group, data, model, device, on_epoch, source)
+    try:
+        with fused.tf32(group[0].config["precision"]):
+            if len(group) > 1 and fused.can_fuse(group, model, device):
+                return fused.train(group, data, device, on_epoch, model)
+            return _plain(group, data, model, device, on_epoch, source)
+    except (RuntimeError, MemoryError) as e:
+        if isinstance(e, torch.OutOfMemoryError) or not is_oom(e):
+            raise
+        message = str(e) or type(e).__name__
+    raise torch.OutOfMemoryError(message)  # outside the except: the failed step's tensors are freed
+
+
+@contextmanager
+def study_code(model, source: str, cell: Cell):
+    """A failure inside a study's own model callable becomes one StudyError naming the study file
+    and the cell; ablate's own errors and out of memory pass as they are."""
+    try:
+        yield
+    except (KeyboardInterrupt, AblateError):
+        raise
+    except SystemExit as e:  # exit 0 with nothing trained would pass a CI job
+        if not callable(model):
+            raise
+        raise StudyError(f"{source}: the model callable called exit({e.code!r}) in cell {cell.id}") from None
+    except models.OutputError as e:
+        raise StudyError(f"{source}: {e}") from None
+    except Exception as e:
+        if not callable(model) or is_oom(e):
+            raise
+        raise StudyError(f"{source}: the model callable failed in cell {cell.id}: "
+                         f"{type(e).__name__}: {e}") from None
+
+
+def check_model(model, cell: Cell, shape: tuple, classes: int, source: str) -> None:
+    """Build a study's own model for `cell` on the CPU, as train_cell does first: one that fails
+    or whose output is not [batch, classes] is a StudyError, before anything trains."""
+    with study_code(model, source, cell):
+        models.build(model, cell.config, shape, classes, cell.seed)
 
 
 def _plain(group, data, model, device, on_epoch, source) -> list[list[dict]]:
-    try:
-        return [train_cell(cell, data, model, device, on_epoch) for cell in group]
-    except (KeyboardInterrupt, AblateError, torch.OutOfMemoryError):
-        raise
-    except Exception as e:
-        if callable(model):  # the study's own code failed: name the file, not our frames
-            raise StudyError(f"{source}: the model callable failed in cell {group[0].id}: "
-                             f"{type(e).__name__}: {e}") from None
-        raise
+    rows = []
+    for cell in group:
+        with study_code(model, source, cell):
+            rows.append(train_cell(cell, data, model, device, on_epoch))
+    return rows

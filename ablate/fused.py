@@ -187,6 +187,13 @@ def prepare(data: Data, raw: torch.Tensor, norm: list[bool], flips: torch.Tensor
     return x if x.dim() == 5 else x[None]
 
 
+def epoch_end(n: int, batch_size: int, batchnorm: bool) -> int:
+    """How many samples of an epoch's order train: all but a last batch of one sample when the
+    model has batchnorm (nn.BatchNorm1d refuses one sample; its variance would be 0). Both paths
+    use it, so a cell trains alike alone and in a group; the order still permutes all n."""
+    return n - 1 if batchnorm and n > 1 and n % batch_size == 1 else n
+
+
 def can_fuse(cells: list[Cell], model, device="cpu") -> bool:
     """A group whose cells share every shape key trains fused: an MLP anywhere, the other
     built-in models on a GPU only. On this 2-core CPU a vmapped CNN group of 8 took 1.3 to 2x
@@ -226,7 +233,9 @@ def train(cells: list[Cell], data: Data, device, on_epoch: Callable | None = Non
     opt = Optimizer(s.params(), cells, device)
     seeds = torch.tensor([[c.seed] for c in cells], device=device)
     n = min(cfg["train_subset"] or len(data.train_x), len(data.train_x))
-    bs, steps = cfg["batch_size"], math.ceil(n / cfg["batch_size"])
+    bs = cfg["batch_size"]
+    end = epoch_end(n, bs, models.has_batchnorm(nets[0]))
+    steps = math.ceil(end / bs)
     norm = [c["normalize"] for c in cfgs]
     flip_on = torch.tensor([c["hflip"] for c in cfgs], device=device).view(g, 1)
     any_flip = any(c["hflip"] for c in cfgs)
@@ -239,7 +248,7 @@ def train(cells: list[Cell], data: Data, device, on_epoch: Callable | None = Non
         if any_flip:
             flips = (rng.uniform24(rng.key(seeds, rng.FLIP, epoch), n, device) < rng.threshold(0.5)) & flip_on
         total = torch.zeros(g, device=device, dtype=dtype)
-        for i in range(0, n, bs):
+        for i in range(0, end, bs):
             idx = order[:, i:i + bs]
             x = prepare(data, data.train_x[idx], norm, flips[:, i:i + bs] if any_flip else None)
             with autocast(cfg["precision"], device):

@@ -128,9 +128,37 @@ def linear(config: dict, in_shape: tuple, classes: int, seed: int) -> nn.Sequent
 BUILDERS = {"mlp": mlp, "cnn": cnn, "linear": linear}
 
 
+class OutputError(ValueError):
+    """A study's own model whose output is not one logit per class."""
+
+
+@torch.no_grad()
+def check_output(net: nn.Module, name: str, in_shape: tuple, classes: int) -> None:
+    """Pass two zero images through `net` in eval mode (no batchnorm statistic moves, no dropout
+    mask is drawn): logits of any shape but [2, classes] would train silently on a wrong task,
+    as 50 outputs on 10 classes do (cross-entropy accepts them)."""
+    p = next(net.parameters(), None)
+    x = torch.zeros(2, *in_shape, dtype=p.dtype if p is not None else torch.float32,
+                    device=p.device if p is not None else "cpu")
+    was = net.training
+    try:
+        out = net.eval()(x)
+    finally:
+        net.train(was)
+    got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if got != (2, classes):
+        raise OutputError(f"model {name} returns {got} for a batch of shape {tuple(x.shape)}; "
+                          f"the dataset has {classes} classes, so expected (2, {classes})")
+
+
+def has_batchnorm(net: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+
+
 def build(model, config: dict, in_shape: tuple, classes: int, seed: int) -> nn.Module:
     """The cell's model on the CPU, its init drawn from the cell's seed alone (the global RNG
-    is forked, so nothing outside changes); the caller moves it to the device."""
+    is forked, so nothing outside changes); the caller moves it to the device. A study's own
+    model is checked on a zero batch (check_output), inside the fork."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(rng.key(seed, rng.INIT))
         if callable(model):
@@ -140,4 +168,6 @@ def build(model, config: dict, in_shape: tuple, classes: int, seed: int) -> nn.M
         else:
             net = BUILDERS[model](config, in_shape, classes, seed)
         init_(net, config["init"])
+        if callable(model):
+            check_output(net, repr(getattr(model, "__qualname__", repr(model))), in_shape, classes)
     return net

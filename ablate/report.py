@@ -63,8 +63,8 @@ def _height(n: int) -> float:
 def chart_final(fin, summary, factors, metric, out):
     """Every seed as a dot; the mean and its 95% CI as a bar, per design point."""
     summary = summary.assign(label=[f"{label(r, factors)}  (n={r.n_seeds})" for _, r in summary.iterrows()])
-    lab = {tuple(r[factors]): r.label for _, r in summary.iterrows()}
-    ok = fin[fin.status == "ok"].assign(label=lambda d: [lab[tuple(r)] for r in d[factors].itertuples(index=False)])
+    lab = dict(zip(stats.points(summary, factors), summary.label, strict=True))
+    ok = fin[fin.status == "ok"].assign(label=lambda d: [lab[p] for p in stats.points(d, factors)])
     fig, ax = plt.subplots(figsize=(8, _height(len(summary))))
     state = np.random.get_state()  # seaborn jitters from numpy's global RNG: same results, same chart
     np.random.seed(0)
@@ -87,11 +87,11 @@ def chart_final(fin, summary, factors, metric, out):
 def chart_curves(df, factors, metric, out):
     """Mean learning curve per design point with a 95% CI band."""
     cur = stats.curves(df, factors, metric)
-    n_lines = cur.groupby(factors).ngroups if factors else 1
-    fig, ax = plt.subplots(figsize=(9, 4.5 + 0.22 * math.ceil(n_lines / 2)))
-    palette = sns.color_palette("tab10", n_colors=max(1, cur.groupby(factors).ngroups if factors else 1))
-    for color, (key, g) in zip(palette, cur.groupby(factors, sort=False) if factors else [((), cur)], strict=False):
-        key = key if isinstance(key, tuple) else (key,)
+    lines = list(dict.fromkeys(cur["point"]))
+    fig, ax = plt.subplots(figsize=(9, 4.5 + 0.22 * math.ceil(len(lines) / 2)))
+    palette = sns.color_palette("tab10", n_colors=max(1, len(lines)))
+    for color, key in zip(palette, lines, strict=False):
+        g = cur[[p == key for p in cur["point"]]]
         name = ", ".join(f"{f}={v}" for f, v in zip(factors, key, strict=True)) or "base"
         ax.plot(g.epoch, g["mean"], color=color, label=f"{name} (n={g.n.min()})", marker="o", markersize=3)
         ax.fill_between(g.epoch, g.ci_low, g.ci_high, color=color, alpha=0.15, linewidth=0)
@@ -191,6 +191,7 @@ def dataset_sizes(manifest: dict) -> tuple[int | None, int | None]:
     return manifest.get("classes") or known[0], manifest.get("test_size") or known[1]
 
 
+METRICS = tuple(m for m in store.METRICS if m != "seconds")  # what an effect may be measured in
 OURS = (*(f"{c}.{x}" for c in CHARTS for x in ("png", "svg")), "claims.csv", "interactions.csv", "failures.csv",
         "anova.csv", "summary.csv", "effects.csv", "index.html")
 
@@ -203,12 +204,18 @@ def build(results: str | Path, out: str | Path | None = None, metric: str = "tes
     start = time.perf_counter()
     results = Path(results)
     df, manifest = stats.tidy(store.read(results, warn)), store.read_manifest(results)
-    if metric not in store.METRICS or metric not in df.columns:
-        raise AblateError(f"{results}: no metric '{metric}'; try {', '.join(store.METRICS)}")
+    if metric == "seconds":  # cells trained together share one wall time: zero-width intervals, p = 0
+        raise AblateError(f"--metric seconds: the epoch's wall time of the group a cell trained in, shared by "
+                          f"every cell of that group, not a per-cell outcome; try {', '.join(METRICS)}")
+    if metric not in METRICS or metric not in df.columns:
+        raise AblateError(f"{results}: no metric '{metric}'; try {', '.join(METRICS)}")
     if margin is not None and not margin > 0:
         raise AblateError(f"--margin {margin}: expected a positive difference in {metric}'s units")
     if not halfwidth > 0:
         raise AblateError(f"--halfwidth {halfwidth}: expected a positive half-width in {metric}'s units")
+    if not (df["status"] == "ok").any():
+        raise store.StoreError(f"{results}: every one of its {df['cell'].nunique()} cells diverged; nothing to "
+                               "report (`ablate show` lists them)")
     factors, levels, base = setting(manifest, df)
     df = in_design_order(df, factors, levels)
     fin = in_design_order(stats.final(df), factors, levels)
@@ -233,6 +240,7 @@ def build(results: str | Path, out: str | Path | None = None, metric: str = "tes
     def fill(folder: Path) -> None:
         rep.path = folder  # the page inlines the charts from where they are drawn
         sns.set_theme(style="whitegrid", context="notebook")
+        plt.rcParams["text.parse_math"] = False  # a claim's "US$5 vs $10" is text, not TeX to parse
         chart_final(fin, summary, factors, metric, folder)
         chart_curves(df, factors, metric, folder)
         if len(an.effects):

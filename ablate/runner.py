@@ -1,12 +1,15 @@
 """Expand a study, skip finished cells, form groups, train them, and store each group as it finishes."""
 from __future__ import annotations
 
+import contextlib
 import getpass
 import hashlib
 import json
 import platform
+import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,16 +20,42 @@ import torch
 from . import __version__, engine, fused, models
 from . import data as datasets
 from .store import ROW_COLUMNS, Store, StoreError, check_folder, parquet_files, read_manifest
-from .study import AblateError, Cell, Study, StudyError, model_name
+from .study import AblateError, Cell, Study, StudyError, design_ids, model_name
 from .study import cells as expand
 
 
 class Stopped(Exception):
-    """The user interrupted the run; finished cells are stored."""
+    """The user interrupted the run (Ctrl-C, SIGTERM, SIGHUP); finished cells are stored."""
 
-    def __init__(self, done: int, total: int):
+    def __init__(self, done: int, total: int, signum: int = signal.SIGINT):
         super().__init__(f"stopped: {done} of {total} cells done; run the same command to finish")
-        self.done, self.total = done, total
+        self.done, self.total, self.signum = done, total, int(signum)
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """SIGINT, SIGTERM and SIGHUP stop a run alike: the first raises KeyboardInterrupt where the
+    run is, and the signals that follow are ignored while it stores what finished (a second
+    Ctrl-C printed a traceback from the clean-up). Yields the list the first signal lands in.
+    A signal this process was started ignoring (nohup, a background job) stays ignored."""
+    got, previous = [], {}
+
+    def stop(signum, frame):
+        if not got:
+            got.append(signum)
+            raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                previous[sig] = signal.signal(sig, stop)
+    try:
+        yield got
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if not got:
+            got.append(signal.SIGINT)  # a KeyboardInterrupt raised another way: Ctrl-C
 
 
 class Progress:
@@ -105,10 +134,30 @@ def manifest(study: Study, old: dict, device: str | None, deterministic: bool = 
     out = {"study": study.name, "dataset": study.dataset, "model": model_name(study.model),
            "design": study.design, "base": study.base, "factors": study.factors,
            "factor_order": list(study.factors),  # the JSON is written with sorted keys
-           "seeds": study.seeds, "source": {"path": study.source, "text": text,
+           "seeds": study.seeds, "source": {"path": study.source, "abspath": str(_where(study.source)),
+                                            "text": text,
                                             "sha256": hashlib.sha256(text.encode()).hexdigest()},
            "claims": [vars(c) for c in study.claims], "runs": old.get("runs", []) + ([run] if device else [])}
     return json.loads(json.dumps(out, sort_keys=True, default=str))  # as read back: tuples are lists
+
+
+def check_owner(study: Study, path: Path, cells: list[Cell]) -> None:
+    """Two study files of one name would share a folder, the second replacing the first's
+    manifest (its source, claims, even dataset): refuse, unless both describe the same cells."""
+    old = read_manifest(path)
+    source = old.get("source") or {}
+    theirs = source.get("abspath") or source.get("path")  # manifests before 0.1.1: the path as typed
+    if not theirs or _where(theirs) == _where(study.source):
+        return
+    seeds = sorted({c.seed for c in cells})
+    if design_ids(old, seeds) == {c.id for c in cells}:  # the same study, moved or copied
+        return
+    raise AblateError(f"{path}: holds the results of {theirs} ({old.get('dataset')}), another study named "
+                      f"'{study.name}' than {study.source}; rename one or give it its own --out")
+
+
+def _where(source: str) -> Path:
+    return Path(source).expanduser().resolve()
 
 
 def refresh(study: Study, path: Path) -> None:
@@ -129,10 +178,14 @@ def refresh(study: Study, path: Path) -> None:
         store.close()
 
 
-def check_models(study: Study, todo: list[Cell], shape: tuple, classes: int) -> None:
+def check_models(study: Study, todo: list[Cell], shape: tuple, classes: int, own: bool = True) -> None:
     """Build each shape's model once and pass two zero images through it, so a `layers` spec that
-    does not fit the dataset fails here as one line, before anything is written."""
-    if callable(study.model):  # the study's own code: engine.train names its failures
+    does not fit the dataset, or a study's own model whose output is not [batch, classes], fails
+    here as one line, before anything is written. `own`: check a study's own model here too;
+    under Ray its code runs on the workers only (a model may end its process on purpose)."""
+    if callable(study.model):
+        for cell in {group_key(c): c for c in todo}.values() if own else ():
+            engine.check_model(study.model, cell, shape, classes, study.source)
         return
     for cell in {group_key(c): c for c in todo}.values():
         try:
@@ -204,6 +257,7 @@ def run(study: Study, out: str | Path = "results", device: str = "auto", max_gro
     progress = progress or Progress()
     path, started = results_dir(study, out), time.perf_counter()
     cells = expand(study)
+    check_owner(study, path, cells)
     if not (todo := [c for c in cells if c.id not in finished(path)]):
         refresh(study, path)
         return Summary(len(cells), len(cells), path=path)
@@ -213,36 +267,40 @@ def run(study: Study, out: str | Path = "results", device: str = "auto", max_gro
     else:  # either fails before anything is written (a missing dataset, no GPU, no Ray)
         pool = Local(study, device, deterministic, data_dir, progress)
     try:
-        check_models(study, todo, pool.shape, pool.classes)
+        check_models(study, todo, pool.shape, pool.classes, own=executor == "local")
     except BaseException:
         pool.close()
         raise
     store = Store(path, warn=progress.warn)
-    try:
-        store.open()
-        done = store.done()
-        todo = [c for c in cells if c.id not in done]
-        store.write_manifest(manifest(study, store.manifest(), pool.device, deterministic))
-        summary = Summary(len(cells), len(cells) - len(todo), path=path)
-        max_group = max_group or pool.auto_group(todo)
-        progress.start(len(cells), len(todo), f"{pool.device}, groups of up to {max_group}")
-        for group in reversed(groups(todo, max_group)):
-            pool.submit(group)
+    with stop_on_signals() as got:  # after ray.init: its C++ handler would dump and exit 1
         try:
-            while pool:
-                group, outcome = pool.next()
-                _finish(study, store, summary, progress, pool, group, outcome)
-        except KeyboardInterrupt:
-            for group, outcome in pool.drain():
-                _finish(study, store, summary, progress, pool, group, outcome)
-            raise Stopped(summary.skipped + summary.trained, len(cells)) from None
-        summary.seconds = time.perf_counter() - started
-        return summary
-    finally:
-        try:
-            pool.close()
+            store.open()
+            done = store.done()
+            todo = [c for c in cells if c.id not in done]
+            store.write_manifest(manifest(study, store.manifest(), pool.device, deterministic))
+            store.fill_columns(list(study.factors))
+            summary = Summary(len(cells), len(cells) - len(todo), path=path)
+            max_group = max_group or pool.auto_group(todo)
+            progress.start(len(cells), len(todo), f"{pool.device}, groups of up to {max_group}")
+            for group in reversed(groups(todo, max_group)):
+                pool.submit(group)
+            try:
+                while pool:
+                    group, outcome = pool.next()
+                    _finish(study, store, summary, progress, pool, group, outcome)
+            except KeyboardInterrupt:
+                for group, outcome in pool.drain():
+                    _finish(study, store, summary, progress, pool, group, outcome)
+                stored = len(finished(path) & {c.id for c in cells})  # the signal may land mid-_finish
+                raise Stopped(stored, len(cells),
+                                  got[0] if got else signal.SIGINT) from None
+            summary.seconds = time.perf_counter() - started
+            return summary
         finally:
-            store.close()
+            try:
+                pool.close()
+            finally:
+                store.close()
 
 
 def _finish(study, store, summary, progress, pool, group, outcome) -> None:

@@ -45,8 +45,15 @@ def tidy(df: pd.DataFrame) -> pd.DataFrame:
     """List-valued columns as tuples, so they group and compare."""
     df = df.copy()
     for c in [c for c in df.columns if pd.api.types.is_object_dtype(df[c])]:
-        df[c] = df[c].map(hashable)
+        df[c] = pd.Series([hashable(v) for v in df[c]], index=df.index, dtype=object)  # map makes None NaN
     return df
+
+
+def points(df: pd.DataFrame, factors: list[str]) -> list[tuple]:
+    """Each row's design point as a tuple of levels, NaN read as None (the key pandas' groupby
+    would turn into NaN, so that a None level and its rows never meet)."""
+    missing = lambda v: isinstance(v, float) and v != v  # noqa: E731
+    return [tuple(None if missing(v) else v for v in row) for row in df[factors].itertuples(index=False)]
 
 
 def factor_columns(df: pd.DataFrame) -> list[str]:
@@ -80,13 +87,14 @@ def interval(x, method: str = "t", level: float = LEVEL) -> tuple[float, float, 
 
 def summary(fin: pd.DataFrame, factors: list[str], metric: str = "test_acc") -> pd.DataFrame:
     """Per design point: n_seeds (ok cells), n_diverged, mean, std, ci_low, ci_high of the final metric."""
-    rows = []
-    for levels, g in fin.groupby(factors, sort=False, dropna=False) if factors else [((), fin)]:
+    rows, keys = [], points(fin, factors)
+    for levels in dict.fromkeys(keys):  # first seen first: the caller's (design) order
+        g = fin[[k == levels for k in keys]]
         ok = g[g["status"] == "ok"][metric]
         mean, std, lo, hi = interval(ok)
-        rows.append({**dict(zip(factors, levels if isinstance(levels, tuple) else (levels,), strict=True)),
-                     "n_seeds": len(ok), "n_diverged": int((g["status"] != "ok").sum()),
-                     "mean": mean, "std": std, "ci_low": lo, "ci_high": hi})
+        rows.append({**dict(zip(factors, levels, strict=True)), "n_seeds": len(ok),
+                     "n_diverged": int((g["status"] != "ok").sum()), "mean": mean, "std": std,
+                     "ci_low": lo, "ci_high": hi})
     return pd.DataFrame(rows)
 
 
@@ -344,12 +352,14 @@ def _is(df: pd.DataFrame, factor: str, level) -> pd.Series:
 def curves(df: pd.DataFrame, factors: list[str], metric: str) -> pd.DataFrame:
     """Per design point and epoch: n, mean and t interval of the metric over ok seeds."""
     ok = df[df["status"] == "ok"]
+    keys = [(*point, epoch) for point, epoch in zip(points(ok, factors), ok["epoch"], strict=True)]
     rows = []
-    for key, g in ok.groupby([*factors, "epoch"], sort=False):
+    for key in dict.fromkeys(keys):
+        g = ok[[k == key for k in keys]]
         mean, _, lo, hi = interval(g[metric])
-        rows.append({**dict(zip([*factors, "epoch"], key, strict=True)), "n": len(g), "mean": mean,
-                     "ci_low": lo, "ci_high": hi})
-    return pd.DataFrame(rows)
+        rows.append({**dict(zip([*factors, "epoch"], key, strict=True)), "point": key[:-1], "n": len(g),
+                     "mean": mean, "ci_low": lo, "ci_high": hi})
+    return pd.DataFrame(rows, columns=[*factors, "epoch", "point", "n", "mean", "ci_low", "ci_high"])
 
 
 @dataclass

@@ -63,10 +63,14 @@ def atomic_write(path: Path, write: Callable, kind: str = "file") -> None:
     a crash at any point leaves the old file or the new one, never a part."""
     _writes[kind] = _writes.get(kind, 0) + 1
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:  # a full disk, or Ctrl-C mid-write: no part left behind
+        tmp.unlink(missing_ok=True)
+        raise
     _fault(kind, "written")
     os.replace(tmp, path)
     _fault(kind, "renamed")
@@ -147,24 +151,55 @@ class Store:
         self.warn(f"{file}: {why}; moved to {target}")
 
     def done(self) -> set[str]:
-        """Ids of the cells with rows here. Unreadable or foreign files are moved aside, never merged."""
-        ids = set()
+        """Ids of the cells with rows here. Unreadable or foreign files are moved aside, never merged,
+        and so is a file whose cells another file holds with other values (an identical copy is
+        harmless: reading counts it once). Only the cell column is read unless a cell repeats."""
+        ids, first = set(), {}
         for f in parquet_files(self.path):
             try:
-                names = pq.read_schema(f).names
-                if "cell" not in names or "epoch" not in names:
-                    self._quarantine(f, "not an ablate results file (no 'cell' or 'epoch' column)")
+                if problem := schema_problem(pq.read_schema(f)):
+                    self._quarantine(f, problem)
                     continue
-                ids.update(pq.read_table(f, columns=["cell"]).column("cell").to_pylist())
+                cells = set(pq.read_table(f, columns=["cell"]).column("cell").to_pylist())
+                clash = [c for c in cells if c in first and not _same_rows(
+                    (first[c], pq.read_table(first[c]).to_pandas()), pq.read_table(f).to_pandas(), c)]
             except (pa.ArrowException, OSError) as e:
                 self._quarantine(f, f"unreadable Parquet ({str(e).splitlines()[0][:80]})")
+                continue
+            if clash:
+                self._quarantine(f, f"holds cell {clash[0]} with other values than {first[clash[0]].name}")
+                continue
+            first.update({c: f for c in cells if c not in first})
+            ids.update(cells)
         return ids
 
+    def fill_columns(self, factors: list[str]) -> None:
+        """Give every file a column for each of the study's factors, its level read from each row's
+        config. Readers take one file's schema for the folder (pyarrow, so pandas; DuckDB), so a
+        factor added after some cells were stored would vanish from `pd.read_parquet(folder)` and
+        pool its levels. Each file is rewritten atomically, under the lock."""
+        for f in parquet_files(self.path):
+            if not (missing := [x for x in factors if x not in pq.read_schema(f).names]):
+                continue
+            table = pq.read_table(f).to_pandas()
+            config = table["config"].map(lambda c: {**JSON_DEFAULTS, **json.loads(c)})
+            for x in missing:
+                table[x] = config.map(lambda c, x=x: c.get(x))
+            head = ["study", "cell", "seed", *factors]
+            table = table[head + [c for c in table.columns if c not in head]]
+            arrow = pa.Table.from_pandas(table, preserve_index=False)
+            atomic_write(f, lambda out, arrow=arrow: pq.write_table(arrow, out), "rewrite")
+
     def write(self, rows: list[dict], name: str) -> Path:
-        """One finished cell or group's rows as <name>.parquet, atomically."""
+        """One finished cell or group's rows as <name>.parquet, atomically; a full disk or a
+        read-only folder is one line, the cells stored before it kept."""
         table = pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False)
         path = self.path / f"{name}.parquet"
-        atomic_write(path, lambda f: pq.write_table(table, f), "parquet")
+        try:
+            atomic_write(path, lambda f: pq.write_table(table, f), "parquet")
+        except OSError as e:
+            raise StoreError(f"{self.path}: cannot store results ({e.strerror or e}); the cells stored "
+                             "before are kept: free space and run the same command to go on") from None
         return path
 
     def manifest(self) -> dict:
@@ -172,7 +207,10 @@ class Store:
 
     def write_manifest(self, manifest: dict) -> None:
         text = json.dumps(manifest, indent=2, sort_keys=True, default=str).encode()
-        atomic_write(self.path / MANIFEST, lambda f: f.write(text), "manifest")
+        try:
+            atomic_write(self.path / MANIFEST, lambda f: f.write(text), "manifest")
+        except OSError as e:
+            raise StoreError(f"{self.path}: cannot write {MANIFEST} ({e.strerror or e})") from None
 
 
 def read_manifest(path: str | Path) -> dict:
@@ -180,14 +218,60 @@ def read_manifest(path: str | Path) -> dict:
     if not file.is_file():
         return {}
     try:
-        return json.loads(file.read_text())
-    except (json.JSONDecodeError, OSError) as e:
+        manifest = json.loads(file.read_text())
+    except (json.JSONDecodeError, OSError, UnicodeDecodeError) as e:
         raise StoreError(f"{file}: unreadable manifest ({e})") from None
+    if not isinstance(manifest, dict):
+        raise StoreError(f"{file}: unreadable manifest (a JSON {type(manifest).__name__}, not an object); "
+                         "move it aside and rerun the study")
+    return manifest
 
 
 ROW_COLUMNS = ("epoch", "train_loss", "test_loss", "test_acc", "seconds", "status")  # per epoch, after the levels
 METRICS = ("train_loss", "test_loss", "test_acc", "seconds")
 REQUIRED = ("study", "cell", "seed", "epoch", "status", "config")
+
+
+NUMERIC = ("seed", "epoch", "train_loss", "test_loss", "test_acc", "seconds")
+
+
+def schema_problem(schema: pa.Schema) -> str:
+    """Why a Parquet file is not an ablate results file, or ""."""
+    if missing := [c for c in REQUIRED if c not in schema.names]:
+        return f"not an ablate results file (no '{missing[0]}' column)"
+    for name in [c for c in NUMERIC if c in schema.names]:
+        kind = schema.field(name).type
+        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+            return f"not an ablate results file ('{name}' holds {kind}, not numbers)"
+    return ""
+
+
+def _same_rows(first: tuple, table: pd.DataFrame, cell: str) -> bool:
+    """Whether `table` holds `cell` with the very rows the first file holding it has."""
+    rows = lambda t: t[t["cell"] == cell].sort_values("epoch").reset_index(drop=True)  # noqa: E731
+    a, b = rows(first[1]), rows(table)
+    return list(a.columns) == list(b.columns) and a.equals(b)
+
+
+def _once(frames: list[tuple[Path, pd.DataFrame]], warn) -> list[pd.DataFrame]:
+    """Each cell from the first file that holds it. Copying a results file under another name (as
+    merging from a second machine does) would otherwise double its seeds; copies with other
+    values are named, and the next `ablate run` moves them to _quarantine."""
+    seen, out, copies = {}, [], 0
+    for f, table in frames:
+        cells = table["cell"].unique()
+        known = [c for c in cells if c in seen]
+        for c in known:
+            if not _same_rows(seen[c], table, c):
+                raise StoreError(f"{f}: holds cell {c} with other values than {seen[c][0].name}; move one "
+                                 "of the two out (`ablate run` moves the later to _quarantine)")
+        copies += len(known)
+        out.append(table[~table["cell"].isin(known)])
+        for c in cells:
+            seen.setdefault(c, (f, table))
+    if copies and warn:
+        warn(f"{copies} cells are stored twice with identical rows (a copied results file?); each counted once")
+    return out
 
 
 def read(path: str | Path, warn: Callable[[str], None] | None = warnings.warn) -> pd.DataFrame:
@@ -202,12 +286,12 @@ def read(path: str | Path, warn: Callable[[str], None] | None = warnings.warn) -
     frames = []
     for f in files:
         try:
-            frames.append(pq.read_table(f).to_pandas())
+            if problem := schema_problem(pq.read_schema(f)):
+                raise StoreError(f"{f}: {problem}; move it out of {path}")
+            frames.append((f, pq.read_table(f).to_pandas()))
         except (pa.ArrowException, OSError) as e:
             raise StoreError(f"{f}: unreadable Parquet ({str(e).splitlines()[0][:80]})") from None
-        if missing := [c for c in REQUIRED if c not in frames[-1].columns]:
-            raise StoreError(f"{f}: not an ablate results file (no '{missing[0]}' column); move it out of {path}")
-    df = pd.concat(frames, ignore_index=True)
+    df = pd.concat(_once(frames, warn), ignore_index=True)
     manifest = read_manifest(path)
     df = _current(df, manifest, path, warn)
     if "factors" not in manifest:  # an old manifest: every stored level column is a factor
@@ -217,10 +301,26 @@ def read(path: str | Path, warn: Callable[[str], None] | None = warnings.warn) -
     for f in factors:  # a factor added after some rows were stored: their config holds its level
         level = config.map(lambda c, f=f: c.get(f))
         df[f] = (level if f not in df.columns else df[f].where(df[f].notna(), level)).infer_objects()
+        if pd.api.types.is_float_dtype(df[f]) or pd.api.types.is_object_dtype(df[f]):
+            # concatenated files made None NaN and 300 300.0: the study's own levels back
+            declared = (manifest["factors"] or {}).get(f) or []  # a list, not .map: map makes None NaN again
+            df[f] = pd.Series([_declared(v, declared) for v in df[f]], index=df.index, dtype=object)
     levels = [c for c in df.columns if c in JSON_DEFAULTS]  # config keys: factors now, or once (then in config)
     rest = [c for c in df.columns if c not in ("study", "cell", "seed", "config", *levels)]
     df = df[["study", "cell", "seed", *factors, *rest, "config"]]
     return df.sort_values(["cell", "epoch"], kind="stable").reset_index(drop=True)
+
+
+def _declared(value, levels: list):
+    """The declared level a stored float stands for (NaN: None; 300.0: 300), else the value."""
+    if not isinstance(value, float):
+        return value
+    for level in levels:
+        if level is None and value != value:  # NaN
+            return None
+        if isinstance(level, (int, float)) and not isinstance(level, bool) and value == level:
+            return level
+    return value
 
 
 def _current(df: pd.DataFrame, manifest: dict, path: Path, warn) -> pd.DataFrame:

@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import ast
 import difflib
+import functools
 import hashlib
 import importlib.util
+import inspect
 import itertools
 import json
+import linecache
 import math
 import re
 import sys
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +46,9 @@ OPTIMIZERS = ("sgd", "adam")
 # the same as fp32). bf16: fp32 weights, bfloat16 autocast for forward matmuls and convolutions.
 # fp64: for checks of numerics; it is slow on GPUs.
 PRECISIONS = ("fp32", "tf32", "bf16", "fp64")
+SEED_LIMIT = 2**32  # rng.key folds a seed to its low 32 bits: seed 2**32 + 1 would draw as seed 1
+MAX_CELLS = 100_000  # a dry run of 10^5 cells took 98 s; 10^9 seeds filled 24 GB before training
+MAX_SET = 1_000  # characters of one --set value; deeply nested literals exhaust the parser's memory
 
 
 def _is_int(v):
@@ -121,6 +128,8 @@ JSON_DEFAULTS = json.loads(json.dumps({k: default for k, (default, _, _) in KEYS
 
 def normalise(key: str, value: Any, where: str) -> Any:
     """The canonical form of one config value, or a StudyError naming `where` and the key."""
+    if not isinstance(key, str):
+        raise StudyError(f"{where}: config key {key!r} is not allowed; keys are strings, e.g. 'lr'")
     if key not in KEYS:
         close = difflib.get_close_matches(key, KEYS, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(KEYS)}"
@@ -175,8 +184,95 @@ def _canonical(obj) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=list)
 
 
-def model_name(model) -> str:
-    return model if isinstance(model, str) else "callable:" + getattr(model, "__qualname__", repr(model))
+def model_name(model, where: str = "model") -> str:
+    """How a cell id and the manifest name the model: "mlp", "cnn", "linear" as given; a callable
+    as callable:<qualname>@<12 hex digits of the hash of its source's syntax tree>, so an edited
+    body makes new cells. A StudyError naming `where` when it has no stable name."""
+    if isinstance(model, str):
+        return model
+    name, blob = _identity(model, where)
+    return f"callable:{name}@{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+def _identity(obj, where: str) -> tuple[str, str]:
+    """A readable name and a text that changes with the callable's code and plain-literal state."""
+    if isinstance(obj, functools.partial):
+        name, blob = _identity(obj.func, where)
+        args = [*obj.args, *sorted(obj.keywords.items())]
+        if not _literal(args):
+            raise StudyError(f"{where}: the partial of {name} has an argument that is not a plain literal "
+                             "(numbers, strings, tuples, lists, dicts of them), so its cells get no stable "
+                             "id; use a function defined with def")
+        return f"partial({name})", _canonical([blob, repr(args)])
+    if inspect.ismethod(obj):
+        name, blob = _identity(obj.__func__, where)
+        return name, _canonical([blob, _state(obj.__self__, where)])
+    if inspect.isclass(obj) or inspect.isfunction(obj):
+        closure = [c.cell_contents for c in getattr(obj, "__closure__", None) or () if _filled(c)]
+        literals = [v for v in closure if _literal(v)]  # make(64)'s inner function: 64 is in the id
+        return obj.__qualname__, _canonical([_source(obj, where), repr(literals)])
+    if callable(obj) and not inspect.isroutine(obj):  # an instance of a class with __call__
+        name, blob = _identity(type(obj), where)
+        return name, _canonical([blob, _state(obj, where)])
+    raise StudyError(f"{where}: {obj!r} has no source for a stable cell id; "
+                     "use a function defined with def")
+
+
+def _source(fn, where: str) -> list:
+    """fn's syntax tree, without docstrings; a lambda's: every lambda on its first line."""
+    try:
+        if fn.__name__ == "<lambda>":
+            lines, line = inspect.findsource(fn)[0], fn.__code__.co_firstlineno
+            tree = ast.Module([n for n in ast.walk(ast.parse("".join(lines)))
+                               if isinstance(n, ast.Lambda) and n.lineno == line], [])
+        else:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    except (OSError, TypeError, SyntaxError) as e:
+        raise StudyError(f"{where}: cannot read the source of {fn.__qualname__} ({e}), so its cells get no "
+                         "stable id; define it with def in a file") from None
+    for node in ast.walk(tree):  # a docstring, like a comment, is not the model
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(
+                body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return _tree(tree)
+
+
+def _tree(node):
+    """An AST as nested lists without positions; None and [] fields are left out, as their set grows
+    between Python versions (3.12 added FunctionDef.type_params) and ast.dump's output with it."""
+    if isinstance(node, ast.AST):
+        fields = ([f, _tree(v)] for f, v in ast.iter_fields(node) if v is not None and v != [])
+        return [type(node).__name__, *fields]
+    if isinstance(node, list):
+        return [_tree(v) for v in node]
+    return repr(node)
+
+
+def _state(obj, where: str) -> str:
+    """The attributes of a callable instance, which its class's source cannot show."""
+    attrs = getattr(obj, "__dict__", None)
+    if attrs is None or not _literal(attrs):
+        raise StudyError(f"{where}: {type(obj).__qualname__} instance holds attributes that are not plain "
+                         "literals, so its cells get no stable id; use a function defined with def")
+    return repr(sorted(attrs.items()))
+
+
+def _filled(cell) -> bool:
+    try:
+        _ = cell.cell_contents
+    except ValueError:  # a closure variable not yet assigned
+        return False
+    return True
+
+
+def _literal(v) -> bool:
+    """Numbers, strings, None and tuples, lists and dicts of them: their repr is the same in every run."""
+    if v is None or type(v) in (bool, int, float, complex, str, bytes):
+        return True
+    if type(v) in (tuple, list):
+        return all(_literal(x) for x in v)
+    return type(v) is dict and all(_literal(k) and _literal(x) for k, x in v.items())
 
 
 # Keys added after the first release enter a cell's id only when set away from their
@@ -188,7 +284,7 @@ FIRST_KEYS = frozenset({"hidden", "activation", "dropout", "batchnorm", "init", 
 def cell_id(dataset: str, model, config: dict, seed: int) -> str:
     """16 hex digits of sha256 over canonical JSON (sorted keys, tuples as lists) of
     dataset, model name, config and seed: stable across dict order, machines and the
-    other cells of the study."""
+    other cells of the study. `model` may be model_name's answer already (cells() names it once)."""
     config = {k: v for k, v in config.items() if k in FIRST_KEYS or _canonical(v) != _canonical(KEYS[k][0])}
     blob = _canonical({"dataset": dataset, "model": model_name(model), "config": config, "seed": seed})
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -208,14 +304,20 @@ def validate(study: Study) -> Study:
                          f"expected one of {', '.join(MODELS)} or a callable(config) -> nn.Module")
     if study.design not in DESIGNS:
         raise StudyError(f"{src}: unknown design {study.design!r}; expected one of {', '.join(DESIGNS)}")
-    if not isinstance(study.base, dict) or not isinstance(study.factors, dict):
-        raise StudyError(f"{src}: base and factors must be dicts")
+    for what, value in (("base", study.base), ("factors", study.factors)):
+        if not isinstance(value, dict):
+            raise StudyError(f"{src}: {what} is a {type(value).__name__}; expected a dict of config keys")
+    model_name(study.model, f"{src}: model")  # a callable with no stable id stops here
     base = {k: default for k, (default, _, _) in KEYS.items()}
     base.update({k: normalise(k, v, f"{src}: base") for k, v in study.base.items()})
     factors = {}
     for key, levels in study.factors.items():
+        if not isinstance(key, str):
+            raise StudyError(f"{src}: factor {key!r} is not allowed; factors are config keys, e.g. 'lr'")
         where = f"{src}: factor '{key}'"
-        if not isinstance(levels, (list, tuple)) or not levels:
+        if not isinstance(levels, (list, tuple)):
+            raise StudyError(f"{where}: levels {levels!r} are a {type(levels).__name__}; expected a list")
+        if not levels:
             raise StudyError(f"{where} has no levels; expected a non-empty list")
         levels = [normalise(key, v, where) for v in levels]
         if len({_canonical(v) for v in levels}) < len(levels):
@@ -228,25 +330,50 @@ def validate(study: Study) -> Study:
                              "(use 'grid' or 'one_at_a_time')")
         factors[key] = levels
     seeds = _seeds(study.seeds, src)
+    if (n := n_points(study.design, factors) * len(seeds)) > MAX_CELLS:  # counted, not built
+        raise StudyError(f"{src}: {n:,} cells ({n_points(study.design, factors):,} points x "
+                         f"{len(seeds):,} seeds) is more than the {MAX_CELLS:,} one study may hold; "
+                         "use fewer levels or seeds")
+    if not isinstance(study.claims, (list, tuple)):
+        raise StudyError(f"{src}: claims is a {type(study.claims).__name__}; expected a list of Claim(...)")
     for claim in study.claims:
         if not isinstance(claim, Claim):
             raise StudyError(f"{src}: claims must be Claim(...) objects, got {claim!r}")
+        if not isinstance(claim.where, dict):
+            raise StudyError(f"{src}: claim {claim.source or claim.where}: where={claim.where!r} is not "
+                             "allowed; expected a dict of config keys and levels, "
+                             "e.g. dict(activation='relu')")
         for k, v in claim.where.items():
             normalise(k, v, f"{src}: claim where")
-    return Study(study.name, study.dataset, study.model, base, factors, study.design, seeds,
+    return Study(study.name, study.dataset, study.model, base, factors, study.design, list(seeds),
                  list(study.claims), src)
 
 
-def _seeds(seeds, src) -> list[int]:
+def _seeds(seeds, src) -> range | list[int]:
+    """Seeds 0..n-1 as a range (a list only once the count is checked), or the listed seeds."""
     if _is_int(seeds):
-        if seeds < 1:
-            raise StudyError(f"{src}: seeds={seeds} is not allowed; expected an int >= 1 or a list of ints")
-        return list(range(seeds))
-    if isinstance(seeds, (list, tuple)) and seeds and all(_is_int(s) and s >= 0 for s in seeds):
+        if not 1 <= seeds <= SEED_LIMIT:
+            raise StudyError(f"{src}: seeds={seeds} is not allowed; expected an int >= 1 and <= 2**32 "
+                             "(seeds 0..n-1 must stay below 2**32)")
+        return range(seeds)
+    if isinstance(seeds, (list, tuple)) and seeds and all(_is_int(s) for s in seeds):
+        if bad := [s for s in seeds if not 0 <= s < SEED_LIMIT]:
+            raise StudyError(f"{src}: seed {bad[0]} is not allowed; expected 0 <= seed < 2**32 "
+                             "(the random streams use its low 32 bits)")
         if len(set(seeds)) < len(seeds):
             raise StudyError(f"{src}: seeds {list(seeds)} lists a seed twice")
         return list(seeds)
     raise StudyError(f"{src}: seeds={seeds!r} is not allowed; expected an int >= 1 or a list of ints >= 0")
+
+
+def n_points(design: str, factors: dict) -> int:
+    """How many settings points() gives, from the level counts alone (validated factors)."""
+    sizes = [len(levels) for levels in factors.values()]
+    if design == "one_at_a_time":
+        return 1 + sum(n - 1 for n in sizes)
+    if design == "fractional" and sum(n == 2 for n in sizes) >= 3:
+        return math.prod(sizes) // 2
+    return math.prod(sizes)
 
 
 def points(study: Study) -> list[dict]:
@@ -279,11 +406,11 @@ def _half_fraction(study: Study) -> list[dict]:
 
 def cells(study: Study) -> list[Cell]:
     """Every design point times every seed, in a stable order (point-major)."""
-    out = []
+    out, name = [], model_name(study.model, f"{study.source}: model")  # a callable's source: read once
     for levels in points(study):
         config = {**study.base, **levels}
         for seed in study.seeds:
-            out.append(Cell(cell_id(study.dataset, study.model, config, seed), seed, levels, config))
+            out.append(Cell(cell_id(study.dataset, name, config, seed), seed, levels, config))
     return out
 
 
@@ -293,9 +420,13 @@ def parse_set(item: str) -> tuple[str, Any]:
     key, text = key.strip(), text.strip()
     if not eq or not key:
         raise StudyError(f"--set {item!r}: expected key=value, e.g. --set lr=0.1")
+    if len(text) > MAX_SET:
+        raise StudyError(f"--set {key}: the value is {len(text):,} characters long; at most {MAX_SET:,}")
     try:
         return key, ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+    except (MemoryError, RecursionError):
+        raise StudyError(f"--set {key}: the value is nested too deeply to parse") from None
+    except (ValueError, SyntaxError, TypeError):  # TypeError: {[1]: 2}, an unhashable key
         if re.fullmatch(r"[A-Za-z_][\w-]*", text):
             return key, text
         raise StudyError(f"--set {item!r}: the value {text!r} does not parse as a Python literal") from None
@@ -319,10 +450,7 @@ def load(path: str | Path) -> Study:
     path = Path(path)
     if not path.is_file():
         raise StudyError(f"{path}: no such study file")
-    try:
-        code = compile(path.read_text(), str(path), "exec")
-    except SyntaxError as e:
-        raise StudyError(f"{path}:{e.lineno}: syntax error: {e.msg}") from None
+    code = _compile(path)
     spec = importlib.util.spec_from_loader(f"ablate_study_{path.stem}", loader=None)
     module = importlib.util.module_from_spec(spec)
     module.__file__ = str(path)
@@ -331,6 +459,10 @@ def load(path: str | Path) -> Study:
         exec(code, module.__dict__)
     except AblateError:
         raise
+    except SystemExit as e:  # exit 0 with nothing trained would pass a CI job
+        line = _user_line(e, str(path))
+        raise StudyError(f"{path}:{line}: the study file exited (SystemExit({e.code!r})) while loading; "
+                         "it must define `study`, not exit") from None
     except Exception as e:
         line = _user_line(e, str(path))
         raise StudyError(f"{path}:{line}: {type(e).__name__}: {e}") from None
@@ -343,6 +475,28 @@ def load(path: str | Path) -> Study:
     study = validate(study)
     check_claims(study)
     return study
+
+
+def _compile(path: Path):
+    """The file's code, its bytes decoded as Python decodes them (a BOM, a coding line, else UTF-8).
+    The text it ran goes to linecache, so inspect.getsource finds a model callable's source even
+    after the file is edited (mtime None: linecache.checkcache keeps the entry)."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise StudyError(f"{path}: cannot read it ({e.strerror or e})") from None
+    try:
+        code = compile(data, str(path), "exec")
+    except SyntaxError as e:
+        where = f"{path}:{e.lineno}" if e.lineno else str(path)
+        if "codec" in e.msg or "encoding" in e.msg:
+            raise StudyError(f"{where}: cannot decode it: {e.msg}; save it as UTF-8") from None
+        raise StudyError(f"{where}: syntax error: {e.msg}") from None
+    except ValueError as e:  # null bytes, on Python 3.11
+        raise StudyError(f"{path}: syntax error: {e}") from None
+    text = importlib.util.decode_source(data)
+    linecache.cache[str(path)] = (len(text), None, text.splitlines(keepends=True), str(path))
+    return code
 
 
 def _user_line(exc: BaseException, filename: str) -> str:

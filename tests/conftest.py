@@ -22,6 +22,7 @@ def default_sigint():
     """For subprocesses: a shell's background job inherits SIGINT ignored, and Python then never
     raises KeyboardInterrupt; give the child the default, as a terminal would."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)  # nohup-like runners ignore it; a terminal does not
 
 
 @pytest.fixture(scope="session")

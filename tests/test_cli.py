@@ -53,6 +53,14 @@ def test_dry_run_lists_cells_and_writes_nothing(tmp_path):
     assert not (tmp_path / "res").exists()
 
 
+def test_a_piped_dry_run_prints_one_whole_line_per_cell(tmp_path):
+    # before: a Rich table laid out over every row (98 s for 10^5 cells) and cut ids to 80 columns
+    result = run("run", write_study(tmp_path, seeds=3), "--out", tmp_path / "res", "--dry-run")
+    rows = [line.split("\t") for line in result.stdout.splitlines() if "\t" in line]
+    assert rows[0] == ["cell", "seed", "activation", "dropout", "done"] and len(rows) == 13
+    assert all(len(r[0]) == 16 and int(r[0], 16) >= 0 for r in rows[1:])
+
+
 def test_set_and_seeds_reshape_the_study(tmp_path):
     result = run("run", write_study(tmp_path), "--dry-run", "--set", "activation=relu", "--set", "hidden=(16, 8)",
                  "--seeds", "3")
@@ -143,8 +151,10 @@ def test_a_factor_added_later_keeps_the_stored_cells_and_reports_their_level(tmp
     grown = run("run", write_study(tmp_path, factors="dict(activation=['relu', 'sigmoid'], normalize=[False, True])"),
                 "--out", out)
     assert grown.exit_code == 0 and "training 4 of 8 cells" in grown.stdout
-    df = store.read(out / "tiny")  # the first files have no normalize column; their config says False
+    df = store.read(out / "tiny")  # the first files had no normalize column; their config says False
     assert df["normalize"].tolist().count(False) == 4 and df["normalize"].tolist().count(True) == 4
+    plain = pd.read_parquet(out / "tiny")  # the README's own read: every file now carries the column
+    assert plain["normalize"].tolist().count(False) == 4 and plain["normalize"].tolist().count(True) == 4
     report = run("report", out / "tiny")
     assert report.exit_code == 0, report.output
     assert "normalize" in report.stdout

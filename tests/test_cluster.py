@@ -163,7 +163,10 @@ def test_out_of_memory_in_a_worker_splits_the_group(tmp_path, data_dir, monkeypa
     assert pd.read_parquet(tmp_path / "res" / "tiny")["cell"].nunique() == 8
 
 
-def test_ctrl_c_keeps_finished_cells_and_stops_the_ray_it_started(tmp_path, data_dir):
+@pytest.mark.parametrize("sig, group, code", [(signal.SIGINT, True, 130), (signal.SIGTERM, False, 143)])
+def test_ctrl_c_or_sigterm_keeps_finished_cells_and_stops_the_ray_it_started(tmp_path, data_dir, sig, group, code):
+    # a terminal's Ctrl-C reaches the process group; `kill` sends SIGTERM to the driver alone
+    # (before: Ray's C++ handler dumped a stack and exited 1)
     study = write_study(tmp_path, epochs=6, factors=EIGHT)
     # a terminal's Ctrl-C reaches the whole foreground process group: the driver and what it started
     proc = subprocess.Popen([sys.executable, "-m", "ablate", "run", str(study), "--out", str(tmp_path / "res"),
@@ -175,9 +178,9 @@ def test_ctrl_c_keeps_finished_cells_and_stops_the_ray_it_started(tmp_path, data
     assert list(res.glob("*.parquet")) and proc.poll() is None, "no group finished while the run went on"
     started = descendants(proc.pid)  # before the signal: once the driver exits they are re-parented
     assert any("raylet" in cmd for cmd in started.values())
-    os.killpg(proc.pid, signal.SIGINT)
+    os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stdout + stderr
+    assert proc.returncode == code, stdout + stderr
     assert "stopped:" in stderr and "run the same command to finish" in stderr
     assert "Traceback" not in stderr
     kept = pd.read_parquet(res)["cell"].nunique()

@@ -84,3 +84,36 @@ def test_to_float_scales_and_normalises(data_dir):
     assert to_float(d, x, False).tolist() == [[[[0.0, 1.0]]]]
     z = to_float(d, d.train_x[:5000], True)
     assert z.mean().item() == pytest.approx(0.0, abs=0.02) and z.std().item() == pytest.approx(1.0, abs=0.02)
+
+
+def _mnist_with_a_bad_label(folder, data_dir, labels_file: str):
+    """The real MNIST files, gzipped as the loader expects, with label 7 of `labels_file` set to 200."""
+    folder.mkdir()
+    for f in data.FILES:
+        src = data_dir / "MNIST" / "raw" / (f + ".gz")
+        if f != labels_file:
+            (folder / (f + ".gz")).symlink_to(src)
+            continue
+        raw = bytearray(gzip.decompress(src.read_bytes()))
+        raw[8 + 7] = 200  # after the magic and the one dimension, 4 bytes each: a byte per label
+        (folder / (f + ".gz")).write_bytes(gzip.compress(bytes(raw)))
+    return folder / (labels_file + ".gz")
+
+
+@pytest.mark.parametrize("labels_file", ["train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte"])
+def test_a_label_outside_the_classes_is_refused_at_load_naming_the_file(tmp_path, data_dir, labels_file):
+    bad = _mnist_with_a_bad_label(tmp_path / "bad", data_dir, labels_file)
+    with pytest.raises(DataError) as e:
+        load("mnist", "cpu", tmp_path / "bad")
+    msg = str(e.value)
+    assert msg.startswith(f"{bad}: label 200 at position 7 is not a class of mnist (0..9; 1 such labels)")
+    assert "\n" not in msg
+
+
+def test_the_class_count_is_the_datasets_not_the_largest_label_seen():
+    x = torch.zeros(3, 1, 1, 1, dtype=torch.uint8)
+    d = data._data("mnist", x, torch.tensor([0, 1, 4]), x, torch.tensor([2, 3, 0]), "here")
+    assert d.classes == 10  # not 4 + 1
+    assert load("xor").classes == 2 and load("digits").classes == 10
+    with pytest.raises(DataError, match=r"^here: label -1 at position 2 is not a class of xor \(0..1"):
+        data._data("xor", x, torch.tensor([0, 1, -1]), x, torch.tensor([0, 1, 1]), "here")

@@ -1,12 +1,13 @@
 """The plain per-cell path: against a plain PyTorch loop, repeatability, divergence, own models, group size."""
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from ablate import engine, models
+from ablate import engine, fused, models, runner
 from ablate.data import load
-from ablate.study import Study, cells, validate
+from ablate.study import Study, StudyError, cells, validate
 
 BASE = dict(hidden=(64,), activation="relu", dropout=0.0, lr=0.05, momentum=0.5, batch_size=50,
             epochs=2, train_subset=1000)
@@ -98,3 +99,59 @@ def test_the_gpu_group_size_follows_free_memory_and_the_model(data_dir, monkeypa
     assert engine.auto_group(cnn, data, cuda, "cnn") < small  # 64 maps of 26x26 per sample outweigh the MLP
     assert engine.auto_group(mlp, data, torch.device("cpu"), "mlp") == 8
     assert engine.auto_group(mlp, data, cuda, lambda cfg: torch.nn.Linear(784, 10)) == 8
+
+
+def test_a_study_model_with_50_outputs_on_10_classes_stops_before_its_first_step(data_dir):
+    def wide(config):
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 50))
+
+    d = load("mnist", "cpu", data_dir)
+    cell = cells(validate(Study(name="t", dataset="mnist", model=wide, base={**BASE, "epochs": 1}, seeds=1)))[0]
+    said = (r"^s\.py: model '.*wide' returns \(2, 50\) for a batch of shape \(2, 1, 28, 28\); "
+            r"the dataset has 10 classes, so expected \(2, 10\)$")
+    epochs = []
+    with pytest.raises(StudyError, match=said):
+        engine.train([cell], d, wide, "cpu", lambda *a: epochs.append(a), source="s.py")
+    assert epochs == []
+    with pytest.raises(StudyError, match=said):  # the same check, for the runner before it writes anything
+        engine.check_model(wide, cell, d.shape, d.classes, "s.py")
+
+
+# what torch's CPU allocator raises, verbatim (torch 2.14, torch.empty(2**50, dtype=torch.uint8))
+CPU_OOM = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+           "you tried to allocate 1125899906842624 bytes. Error code 12 (Cannot allocate memory)")
+
+
+def _no_memory(*args, **kwargs):
+    raise RuntimeError(CPU_OOM)
+
+
+def test_cpu_out_of_memory_is_an_out_of_memory_error_on_both_paths(data_dir, monkeypatch):
+    monkeypatch.setattr(torch.optim.SGD, "step", _no_memory)
+    monkeypatch.setattr(fused.Optimizer, "step", _no_memory)
+    d = load("mnist", "cpu", data_dir)
+    two = cells(validate(Study(name="t", dataset="mnist", base={**BASE, "epochs": 1}, seeds=2)))
+    own = lambda cfg: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))  # noqa: E731
+    for group, model in ((two, "mlp"), (two[:1], "mlp"), (two[:1], own)):  # fused, plain, a study's model
+        with pytest.raises(torch.OutOfMemoryError, match="DefaultCPUAllocator: can't allocate memory"):
+            engine.train(group, d, model, "cpu", source="s.py")
+    assert engine.is_oom(RuntimeError(CPU_OOM)) and engine.is_oom(MemoryError())
+    assert not engine.is_oom(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+
+
+class Warnings(runner.Progress):
+    def __init__(self):
+        self.said = []
+
+    def warn(self, message):
+        self.said.append(message)
+
+
+def test_cpu_out_of_memory_in_a_group_splits_it_and_every_cell_trains(tmp_path, data_dir, monkeypatch):
+    monkeypatch.setattr(fused.Optimizer, "step", _no_memory)  # groups of 2 or more run out, single cells fit
+    st = validate(Study(name="t", dataset="mnist", base={**BASE, "epochs": 1, "train_subset": 200}, seeds=4))
+    progress = Warnings()
+    summary = runner.run(st, tmp_path, "cpu", max_group=4, progress=progress)
+    assert summary.trained == 4 and summary.failed == []
+    assert progress.said == ["a group of 4 cells ran out of cpu memory; retrying as 2 + 2"] + [
+        "a group of 2 cells ran out of cpu memory; retrying as 1 + 1"] * 2

@@ -58,6 +58,19 @@ STUDIES = {  # id: (study text, exit code, words the line must hold)
         tiny().replace('dataset="mnist"', 'dataset="xor", model="cnn"').replace("train_subset=512", "train_subset=4")
         .replace('where=dict(activation="relu")', "where=dict()"), 2,
         ["study.py", "model 'cnn'", "layers=", "xor inputs of shape"]),
+    "exit at import": ("import sys\n\nsys.exit(0)\n", 2,
+                       ["study.py:3", "SystemExit(0)", "must define `study`"]),
+    "claims not a list": (tiny().replace("claims=[", "claims=").replace('"tiny")]', '"tiny")'), 2,
+                          ["study.py", "claims is a Claim", "expected a list"]),
+    "claim where a list": (tiny().replace('where=dict(activation="relu")', "where=['activation']"), 2,
+                           ["study.py", "claim tiny", "where=['activation']", "expected a dict"]),
+    "claim where None": (tiny().replace('where=dict(activation="relu")', "where=None"), 2,
+                         ["study.py", "claim tiny", "where=None", "expected a dict"]),
+    "claim where keyed by an int": (tiny().replace('where=dict(activation="relu")', "where={1: 'relu'}"), 2,
+                                    ["study.py", "claim where", "config key 1 is not allowed"]),
+    "factor named by an int": (tiny(factors="{1: [1, 2]}"), 2, ["study.py", "factor 1 is not allowed"]),
+    "factors as a set": (tiny(factors="{'activation', 'dropout'}"), 2, ["study.py", "factors is a set"]),
+    "a seed past 2**32": (tiny(seeds="[1, 2**32 + 1]"), 2, ["study.py", "seed 4294967297", "2**32"]),
 }
 
 
@@ -84,9 +97,32 @@ def test_missing_study_file(tmp_path):
 
 
 @pytest.mark.parametrize("value, words", [("hidden=(64,", ["--set", "does not parse"]),
-                                          ("epochs", ["--set", "key=value"])])
+                                          ("epochs", ["--set", "key=value"]),
+                                          ("hidden={[1]: 2}", ["--set", "does not parse"]),
+                                          ("hidden=" + "-" * 9999 + "1",
+                                           ["--set hidden", "10,000 characters"])])
 def test_set_values_that_do_not_parse(tmp_path, value, words):
     r = cli.invoke(app, ["run", str(write_study(tmp_path)), "--out", str(tmp_path / "res"), "--set", value])
+    check(r, 2, words, tmp_path)
+
+
+def test_seeds_from_the_command_line_past_2_to_the_32(tmp_path):
+    r = cli.invoke(app, ["run", str(write_study(tmp_path)), "--out", str(tmp_path / "res"),
+                         "--seeds", "4294967297"])
+    check(r, 2, ["tiny.py", "seeds=4294967297", "below 2**32"], tmp_path)
+
+
+def test_a_dry_run_past_the_cell_limit_is_refused_before_it_is_built(tmp_path):
+    r = cli.invoke(app, ["run", str(write_study(tmp_path, factors="{}", seeds=100_001)), "--dry-run",
+                         "--out", str(tmp_path / "res")])
+    check(r, 2, ["tiny.py", "100,001 cells", "100,000"], tmp_path)
+
+
+@pytest.mark.parametrize("body, words", [(b'x = 1\nx = "\xe9"\n', ["study.py:2", "cannot decode it", "0xe9"]),
+                                         (b"# coding: klingon\n", ["study.py", "unknown encoding: klingon"])])
+def test_study_files_python_cannot_decode(tmp_path, body, words):
+    (tmp_path / "study.py").write_bytes(body)  # a latin-1 file with no coding line, a coding Python lacks
+    r = cli.invoke(app, ["run", str(tmp_path / "study.py"), "--out", str(tmp_path / "res")])
     check(r, 2, words, tmp_path)
 
 

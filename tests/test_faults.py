@@ -9,6 +9,7 @@ import time
 from collections import Counter
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from matplotlib.figure import Figure
 from typer.testing import CliRunner
@@ -76,7 +77,10 @@ def test_kill_9_anywhere_then_rerun_loses_and_duplicates_nothing(tmp_path, data_
     assert landed["parquet:written"] + landed["parquet:renamed"] > 0 and landed["training"] > 0
 
 
-def test_ctrl_c_stops_fast_keeps_finished_cells_and_exits_130(tmp_path, data_dir):
+@pytest.mark.parametrize("signals, code", [((signal.SIGINT,), 130), ((signal.SIGINT, signal.SIGINT), 130),
+                                           ((signal.SIGTERM,), 143), ((signal.SIGHUP,), 129)])
+def test_a_signal_stops_fast_keeps_finished_cells_and_says_so(tmp_path, data_dir, signals, code):
+    # before: SIGTERM and SIGHUP exited 143/129 without the line; a second Ctrl-C printed a traceback
     study = write_study(tmp_path, epochs=30, factors=FACTORS)  # long enough to be mid-training
     out = tmp_path / "res"
     proc = subprocess.Popen(command(study, out)[:-2] + ["--max-group", "1"], env=env(data_dir),
@@ -86,11 +90,13 @@ def test_ctrl_c_stops_fast_keeps_finished_cells_and_exits_130(tmp_path, data_dir
     deadline = time.time() + 60
     while not parquet_files(out / "tiny") and time.time() < deadline:
         time.sleep(0.05)  # wait for the first finished cell
-    proc.send_signal(signal.SIGINT)
     sent = time.perf_counter()
+    for sig in signals:
+        proc.send_signal(sig)
+        time.sleep(0.05)
     _, err = proc.communicate(timeout=30)
     assert time.perf_counter() - sent < 5
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
     done = pd.read_parquet(out / "tiny")["cell"].nunique()
     assert f"stopped: {done} of 8 cells done; run the same command to finish" in err
     assert 1 <= done < 8 and "Traceback" not in err
@@ -171,3 +177,58 @@ def test_a_full_disk_or_read_only_folder_leaves_the_old_report_whole(tiny_result
     assert str(out) in line and os.strerror(errno_) in line
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert not list(tmp_path.glob(".r.tmp-*"))
+
+
+def test_two_studies_of_one_name_do_not_share_a_folder(tmp_path, data_dir):
+    first = write_study(tmp_path, factors="dict(activation=['relu', 'sigmoid'])")
+    assert cli.invoke(app, ["run", str(first), "--out", str(tmp_path / "res")]).exit_code == 0
+    (tmp_path / "elsewhere").mkdir()
+    other = write_study(tmp_path / "elsewhere", factors="dict(dropout=[0.0, 0.25])")
+    line = one_line(cli.invoke(app, ["run", str(other), "--out", str(tmp_path / "res")]), 2)
+    assert str(first) in line and str(other) in line
+    assert read_manifest(tmp_path / "res" / "tiny")["source"]["path"] == str(first)
+    (tmp_path / "moved").mkdir()  # the same study moved: the same cells, so it may go on
+    moved = tmp_path / "moved" / "tiny.py"
+    moved.write_text(first.read_text())
+    again = cli.invoke(app, ["run", str(moved), "--out", str(tmp_path / "res")])
+    assert again.exit_code == 0 and "nothing to train" in again.stdout
+
+
+def test_a_full_disk_during_a_run_is_one_line_and_keeps_what_was_stored(tmp_path, data_dir, monkeypatch):
+    study = write_study(tmp_path, factors="dict(activation=['relu', 'sigmoid'])")
+    fail_on(monkeypatch, pq, "write_table", errno.ENOSPC, after=1)  # the second group finds no room
+    args = ["run", str(study), "--out", str(tmp_path / "res"), "--max-group", "1"]
+    line = one_line(cli.invoke(app, args), 1)
+    assert "No space left on device" in line and "run the same command" in line
+    folder = tmp_path / "res" / "tiny"
+    assert len(parquet_files(folder)) == 1 and not list(folder.glob(".*.tmp-*"))
+    monkeypatch.undo()
+    again = cli.invoke(app, args)
+    assert again.exit_code == 0 and "training 3 of 4 cells" in again.stdout
+
+
+OWN = """
+import sys
+import torch
+from ablate import Study
+
+def {name}(config):
+    {body}
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, {outputs}))
+
+study = Study(name="own", dataset="mnist", model={name}, base=dict(epochs=1, train_subset=256, batch_size=64),
+              factors=dict(lr=[0.01, 0.05]), seeds=1)
+"""
+
+
+@pytest.mark.parametrize("name, body, outputs, words", [
+    ("wide", "pass", 50, ["returns (2, 50)", "expected (2, 10)"]),  # before: trained silently
+    ("quits", "sys.exit(0)", 10, ["the model callable called exit(0)"]),  # before: exit 0, nothing trained
+])
+def test_a_study_model_that_cannot_train_is_one_line_before_anything_is_written(tmp_path, data_dir, name, body,
+                                                                                outputs, words):
+    study = tmp_path / "own.py"
+    study.write_text(OWN.format(name=name, body=body, outputs=outputs))
+    line = one_line(cli.invoke(app, ["run", str(study), "--out", str(tmp_path / "res")]), 2)
+    assert str(study) in line and all(w in line for w in words), line
+    assert not (tmp_path / "res").exists()

@@ -1,4 +1,5 @@
 """Model builders: MLP layers, init from the seed alone, the He bound, dropout masks, a study's callable."""
+import pytest
 import torch
 from torch import nn
 
@@ -52,3 +53,21 @@ def test_a_study_callable_builds_the_model():
 
     m = models.build(net, CFG, (1, 28, 28), 10, seed=0)
     assert m[1].out_features == 64
+
+
+def test_a_study_callable_with_more_outputs_than_classes_is_refused():
+    def three(config):
+        return nn.Linear(4, 3)
+
+    with pytest.raises(ValueError, match=r"model 'test_.*three' returns \(2, 3\) for a batch of "
+                                         r"shape \(2, 4\); the dataset has 2 classes, so expected \(2, 2\)"):
+        models.build(three, CFG, (4,), 2, seed=0)
+    assert models.build(three, CFG, (4,), 3, seed=0).out_features == 3
+
+
+def test_the_output_check_leaves_batchnorm_statistics_and_training_mode_alone():
+    net = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)).train()
+    nn.init.constant_(net[0].bias, 5.0)  # a zero batch gives activations 5 everywhere
+    models.check_output(net, "'bn'", (4,), 3)
+    assert net.training and net[1].running_mean.tolist() == [0.0, 0.0, 0.0]
+    assert net[1].num_batches_tracked.item() == 0

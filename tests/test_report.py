@@ -187,3 +187,54 @@ def test_margin_adds_an_equivalence_test_and_a_bad_margin_is_one_line(results, t
     bad = cli.invoke(app, ["report", str(results), "--out", str(tmp_path / "x"), "--margin", "-1"])
     assert bad.exit_code == 2 and bad.stderr.count("\n") == 1 and "--margin -1" in bad.stderr
     assert not (tmp_path / "x").exists()
+
+
+DIGITS = """
+from ablate import Study
+study = Study(name="ts", dataset="digits",
+    base=dict(hidden=(16,), activation="relu", lr=0.1, batch_size=64, epochs=2, train_subset=None),
+    factors=dict(train_subset=[None, 300], batchnorm=[False, True]), seeds=2)
+"""
+
+
+def test_a_none_baseline_level_reports_and_shows_as_none(tmp_path):
+    # before: KeyError (nan, False) in the report; show printed nan and 300.0
+    study = tmp_path / "ts.py"
+    study.write_text(DIGITS)
+    assert cli.invoke(app, ["run", str(study), "--out", str(tmp_path / "res")]).exit_code == 0
+    r = cli.invoke(app, ["report", str(tmp_path / "res" / "ts")])
+    assert r.exit_code == 0, r.output
+    effects = pd.read_csv(tmp_path / "res" / "ts" / REPORT / "effects.csv").set_index("factor")
+    assert effects.loc["train_subset", "n_pairs"] == 2 and effects.loc["train_subset", "baseline"] != effects.loc[
+        "train_subset", "level"]
+    shown = cli.invoke(app, ["show", str(tmp_path / "res" / "ts")]).stdout
+    assert "None" in shown and "300 " in shown and "nan" not in shown and "300.0" not in shown
+
+
+def test_a_study_whose_every_cell_diverged_is_one_line_and_writes_nothing(tmp_path):
+    study = tmp_path / "ts.py"
+    study.write_text(DIGITS)
+    run = cli.invoke(app, ["run", str(study), "--out", str(tmp_path / "res"), "--set", "lr=1e30"])
+    assert run.exit_code == 0 and "diverged" in run.output
+    r = cli.invoke(app, ["report", str(tmp_path / "res" / "ts")])
+    assert r.exit_code == 1 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.output
+    assert "every one of its 8 cells diverged" in r.stderr and not (tmp_path / "res" / "ts" / REPORT).exists()
+
+
+def test_dollar_signs_in_a_claim_are_text_not_math(tmp_path):
+    # before: matplotlib parsed "$...$" as TeX: an invalid expression crashed the report
+    study = tmp_path / "ts.py"
+    study.write_text(DIGITS.replace("seeds=2)", "seeds=2, claims=[Claim(where=dict(batchnorm=True), value=0.5, "
+                                    "source=r'US$5 vs $10 and $\\frac{$')])").replace("import Study",
+                                                                                       "import Claim, Study"))
+    assert cli.invoke(app, ["run", str(study), "--out", str(tmp_path / "res")]).exit_code == 0
+    r = cli.invoke(app, ["report", str(tmp_path / "res" / "ts")])
+    assert r.exit_code == 0, r.output
+    assert pd.read_csv(tmp_path / "res" / "ts" / REPORT / "claims.csv")["source"][0] == r"US$5 vs $10 and $\frac{$"
+
+
+def test_seconds_is_no_effect_metric(results):
+    # fused cells share their group's wall time: the report printed zero-width intervals and p = 0
+    r = cli.invoke(app, ["report", str(results), "--out", str(results.parent / "sec"), "--metric", "seconds"])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "--metric seconds" in r.stderr
+    assert not (results.parent / "sec").exists()

@@ -142,3 +142,42 @@ def test_quarantine_keeps_both_files_of_one_name(tmp_path):
     kept = sorted(p.name for p in (tmp_path / "s" / QUARANTINE).iterdir())
     assert kept == ["broken.1.parquet", "broken.parquet"], kept
     assert "broken.1.parquet" in warnings[-1]
+
+
+def test_a_copied_results_file_counts_each_cell_once(tmp_path):
+    # merging from a second machine: the same file under another name doubled n (3 -> 6 seeds)
+    s = Store(tmp_path / "s").open()
+    s.write(ROWS, "abc")
+    (tmp_path / "s" / "copy.parquet").write_bytes((tmp_path / "s" / "abc.parquet").read_bytes())
+    said = []
+    assert len(read(tmp_path / "s", said.append)) == 2
+    assert len(said) == 1 and "1 cells are stored twice with identical rows" in said[0]
+    assert s.done() == {"abc"} and not (tmp_path / "s" / QUARANTINE).exists()  # a harmless copy stays
+
+
+def test_a_copy_with_other_values_is_named_on_read_and_moved_aside_by_run(tmp_path):
+    s = Store(tmp_path / "s").open()
+    s.write(ROWS, "abc")
+    s.write([{**r, "test_acc": 0.5} for r in ROWS], "other")
+    with pytest.raises(StoreError, match="other.parquet: holds cell abc with other values than abc.parquet"):
+        read(tmp_path / "s")
+    assert s.done() == {"abc"} and [p.name for p in (tmp_path / "s" / QUARANTINE).iterdir()] == ["other.parquet"]
+    assert read(tmp_path / "s")["test_acc"].tolist() == [0.9, 0.9]
+
+
+def test_malformed_results_files_are_named_in_one_line_or_moved_aside(tmp_path):
+    s = Store(tmp_path / "s").open()
+    s.write(ROWS, "abc")
+    (tmp_path / "s" / MANIFEST).write_text("[1, 2]")  # a manifest that is a JSON list
+    with pytest.raises(StoreError, match="not an object"):
+        read(tmp_path / "s")
+    (tmp_path / "s" / MANIFEST).write_text("{}")
+    no_status = pd.DataFrame([{k: v for k, v in r.items() if k != "status"} | {"cell": "x"} for r in ROWS])
+    no_status.to_parquet(tmp_path / "s" / "nostatus.parquet")  # cell and epoch, but no status
+    with pytest.raises(StoreError, match="nostatus.parquet: not an ablate results file .no 'status' column"):
+        read(tmp_path / "s")
+    words = pd.DataFrame([r | {"cell": "y", "test_acc": "0.9"} for r in ROWS])  # a metric stored as text
+    words.to_parquet(tmp_path / "s" / "words.parquet")
+    assert s.done() == {"abc"}  # run no longer counts either as stored
+    moved = sorted(p.name for p in (tmp_path / "s" / QUARANTINE).iterdir())
+    assert moved == ["nostatus.parquet", "words.parquet"]

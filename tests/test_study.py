@@ -1,11 +1,12 @@
 """Study files: validation, canonical values, stable cell ids, designs and --set overrides."""
+import ast
 import itertools
 import math
 
 import pytest
 
-from ablate.study import Study, StudyError, cell_id, cells, load, override, parse_set, points, validate
-from conftest import write_study
+from ablate.study import Claim, Study, StudyError, cell_id, cells, load, override, parse_set, points, validate
+from conftest import TINY, write_study
 
 
 def make(**kw):
@@ -144,3 +145,141 @@ def test_override_changes_base_pins_factors_and_seeds():
     assert not {c.id for c in cells(st)} & {c.id for c in cells(make())}  # epochs changed every id
     with pytest.raises(StudyError, match="epochs=0"):
         override(make(), ["epochs=0"])
+
+
+CALLABLE = """
+import functools
+import torch.nn as nn
+from ablate import Study
+
+def model(config, width=64):
+    {doc}
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, width), nn.ReLU(), nn.Linear(width, 10))
+
+class Net:
+    def __init__(self, width):
+        self.width = width
+
+    def __call__(self, config):
+        return model(config, self.width)
+
+study = Study(name="own", dataset="mnist", model={model}, base=dict(epochs=1), seeds=2)
+"""
+
+
+def ids_of(tmp_path, model="model", doc="", name="own"):
+    path = write_study(tmp_path, name=name, body=CALLABLE.format(model=model, doc=doc))
+    return [c.id for c in cells(load(path))]
+
+
+def test_a_callable_models_id_changes_with_its_body_not_its_comments_or_docstring(tmp_path):
+    first = ids_of(tmp_path)
+    assert ids_of(tmp_path, doc='"""A docstring."""  # and a comment') == first
+    assert ids_of(tmp_path, doc="pass") != first  # an edited body trains new cells
+    assert ids_of(tmp_path, doc="pass", name="other") == ids_of(tmp_path, doc="pass")  # nor the file's name
+
+
+def test_a_callable_models_name_carries_its_hash_and_rebuilds_the_ids_from_the_manifest(tmp_path):
+    from ablate.runner import manifest
+    from ablate.study import design_ids, model_name
+
+    st = load(write_study(tmp_path, name="own", body=CALLABLE.format(model="model", doc="")))
+    assert model_name(st.model).startswith("callable:model@") and len(model_name(st.model)) == 15 + 12
+    assert design_ids(manifest(st, {}, None), st.seeds) == {c.id for c in cells(st)}
+
+
+@pytest.mark.parametrize("model", ["functools.partial(model, width=32)", "Net(16)",
+                                   "lambda config: model(config)"])
+def test_partials_instances_and_lambdas_get_the_same_id_in_every_load(tmp_path, model):
+    first = ids_of(tmp_path, model)  # a memory address in the id would never resume
+    assert ids_of(tmp_path, model) == first
+    other = model.replace("32", "33").replace("16", "17").replace("model(config)", "model(config, 8)")
+    assert ids_of(tmp_path, other) != first
+
+
+@pytest.mark.parametrize("model, words", [("functools.partial(model, width=nn.ReLU)", "partial of model"),
+                                          ("len", "no source"), ("Net(nn.ReLU)", "Net instance")])
+def test_a_model_with_no_stable_id_is_refused_in_one_line(tmp_path, model, words):
+    with pytest.raises(StudyError) as e:
+        ids_of(tmp_path, model)
+    assert words in str(e.value) and "own.py: model" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_seeds_must_stay_below_2_to_the_32():
+    assert make(seeds=[0, 2**32 - 1]).seeds == [0, 2**32 - 1]
+    with pytest.raises(StudyError, match="seed 4294967297 is not allowed; expected 0 <= seed < 2"):
+        make(seeds=[1, 2**32 + 1])  # would draw bitwise as seed 1
+    with pytest.raises(StudyError, match="seeds=4294967297 is not allowed"):
+        override(make(factors={}), seeds=2**32 + 1)
+    with pytest.raises(StudyError, match="seed -1 is not allowed"):
+        make(seeds=[-1])
+
+
+def test_n_points_counts_each_design_without_building_it():
+    from ablate.study import n_points
+
+    three = dict(activation=["sigmoid", "relu", "tanh"], batchnorm=[False, True])
+    assert n_points("grid", three) == 6 == len(points(make(factors=three)))
+    one = make(factors=three, design="one_at_a_time")
+    assert n_points("one_at_a_time", three) == 1 + 2 + 1 == len(points(one))
+    assert n_points("fractional", make().factors) == 4 == len(points(make(design="fractional")))
+    assert n_points("fractional", dict(batchnorm=[False, True], init=["default"])) == 2  # < 3 factors: the grid
+
+
+def test_a_study_past_the_cell_limit_is_refused_before_it_is_built():
+    assert len(make(factors={}, seeds=100_000).seeds) == 100_000
+    with pytest.raises(StudyError, match=r"studies/x.py: 100,001 cells \(1 points x 100,001 seeds\) is mo"):
+        make(factors={}, seeds=100_001, source="studies/x.py")
+    wide = dict(lr=[0.001 * (i + 1) for i in range(400)], dropout=[i / 1000 for i in range(300)])
+    with pytest.raises(StudyError, match=r"120,000 cells \(120,000 points x 1 seeds\)"):
+        make(base=dict(lr=0.001), factors=wide, seeds=1)
+    assert len(points(make(base=dict(lr=0.001), factors=wide, seeds=1, design="one_at_a_time"))) == 699
+
+
+def test_load_reads_a_bom_and_a_coding_line_as_python_does(tmp_path):
+    text = TINY.format(name="tiny", epochs=1, seeds=1, design="grid", factors="{}").replace('"tiny"', '"café"')
+    bom, latin = tmp_path / "bom.py", tmp_path / "latin.py"
+    bom.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    latin.write_bytes(("# -*- coding: latin-1 -*-" + text).encode("latin-1"))
+    assert load(bom).claims[0].source == "café" == load(latin).claims[0].source
+
+
+@pytest.mark.parametrize("body, words", [
+    (b'x = 1\n\nx = "\xff"\n', ["bad.py:3", "cannot decode it", "0xff", "save it as UTF-8"]),
+    (b"# coding: klingon\nx = 1\n", ["bad.py", "cannot decode it", "klingon"]),
+    (b"import sys\n\nsys.exit(0)\n", ["bad.py:3", "SystemExit(0)", "must define `study`"]),
+])
+def test_undecodable_or_exiting_study_files_are_one_line(tmp_path, body, words):
+    (tmp_path / "bad.py").write_bytes(body)
+    with pytest.raises(StudyError) as e:
+        load(tmp_path / "bad.py")
+    assert all(w in str(e.value) for w in words) and "\n" not in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(claims=Claim(where={}, value=0.5)), ["claims is a Claim", "expected a list"]),
+    (dict(claims=[Claim(where=["activation"], value=0.5)]), ["where=['activation']", "expected a dict"]),
+    (dict(claims=[Claim(where=None, value=0.5)]), ["where=None", "expected a dict"]),
+    (dict(claims=[Claim(where="relu", value=0.5)]), ["where='relu'", "expected a dict"]),
+    (dict(claims=[Claim(where={1: "relu"}, value=0.5)]), ["claim where", "config key 1 is not allowed"]),
+    (dict(factors={1: [1, 2]}), ["factor 1 is not allowed"]),
+    (dict(base={1: 2}), ["base", "config key 1 is not allowed"]),
+    (dict(factors={"activation", "batchnorm"}), ["factors is a set", "expected a dict"]),
+    (dict(factors=dict(activation={"sigmoid", "relu"})), ["'activation'", "are a set", "expected a list"]),
+])
+def test_mistyped_claims_and_factors_are_one_line(kw, words):
+    with pytest.raises(StudyError) as e:
+        make(source="studies/x.py", **kw)
+    assert str(e.value).startswith("studies/x.py") and "\n" not in str(e.value)
+    assert all(w in str(e.value) for w in words), str(e.value)
+
+
+def test_a_set_value_too_long_or_too_deep_is_one_line_naming_the_key(monkeypatch):
+    with pytest.raises(StudyError, match="--set hidden: the value is 10,000 characters long; at most 1,000"):
+        parse_set("hidden=" + "-" * 9999 + "1")
+    assert parse_set("init=" + "a" * 1000) == ("init", "a" * 1000)  # 1,000 characters are allowed
+    with pytest.raises(StudyError, match="--set 'hidden={\\[1\\]: 2}'.*does not parse"):
+        parse_set("hidden={[1]: 2}")
+    monkeypatch.setattr(ast, "literal_eval", lambda text: (_ for _ in ()).throw(MemoryError()))
+    with pytest.raises(StudyError, match="--set hidden: the value is nested too deeply"):  # 10^4 minus signs
+        parse_set("hidden=1")
