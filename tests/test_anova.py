@@ -123,3 +123,38 @@ def test_seeds_that_agree_exactly_show_no_sign_change():
     simple = anova.sign_changes(frame(values), ["a", "b"], {"a": 0, "b": 0}, {"a": [0, 1], "b": [0, 1]},
                                 resolution=0.25)
     assert simple["ci_low"].isna().all() and anova.changes_sign(simple).empty
+
+
+def test_failed_runs_counted_per_level_with_fishers_exact_test():
+    # a=1: 2 of 3 seeds diverged and 1 stalled at chance; a=0: all fine
+    values = {(a, "x", s): 0.9 for a in (0, 1) for s in range(6)}
+    fin = frame(values)
+    fin.loc[(fin["a"] == 1) & (fin["seed"] < 4), "status"] = "diverged"
+    fin.loc[(fin["a"] == 1) & (fin["seed"] == 4), "test_acc"] = 0.11  # 10 classes: within 2 points of 0.1
+    out = anova.failures(fin, ["a", "b"], {"a": [0, 1], "b": ["x"]}, classes=10).set_index(["factor", "level"])
+    assert out.loc[("a", 1), ["n_runs", "n_diverged", "n_stalled"]].tolist() == [6, 4, 1]
+    assert out.loc[("a", 0), ["n_diverged", "n_stalled"]].tolist() == [0, 0]
+    ref = st.fisher_exact([[0, 6], [5, 1]]).pvalue
+    assert out.loc[("a", 1), "p_fisher"] == pytest.approx(ref) and out.loc[("a", 1), "differs"]
+    assert out.loc[("b", "x"), "p_fisher"] == 1.0  # one level: nothing to compare
+
+
+def test_one_at_a_time_failures_compare_a_level_with_the_baseline_point_only():
+    # lr=10 always diverges; act=tanh never does: pooling act's rows would blame act (p 0.011)
+    values = {(lr, act, s): 0.9 for lr, act in ((0.1, "relu"), (10.0, "relu"), (0.1, "tanh")) for s in range(10)}
+    fin = frame(values, factors=("lr", "act"))
+    fin.loc[fin["lr"] == 10.0, "status"] = "diverged"
+    levels, base = {"lr": [0.1, 10.0], "act": ["relu", "tanh"]}, {"lr": 0.1, "act": "relu"}
+    out = anova.failures(fin, ["lr", "act"], levels, classes=10, baselines=base).set_index(["factor", "level"])
+    assert out.loc[("act", "tanh"), "n_runs"] == 10 and out.loc[("act", "relu"), "n_runs"] == 10
+    assert not out.loc[("act", "tanh"), "differs"] and out.loc[("lr", 10.0), "differs"]
+
+
+def test_fishers_test_over_three_levels_is_reproducible():
+    fin = frame({(a, "x", s): 0.9 for a in (0, 1, 2) for s in range(5)})
+    failed = {(0, 0), (2, 0), (2, 1), (2, 2), (2, 3)}  # table [[1, 4], [0, 5], [4, 1]]
+    fin.loc[[(a, s) in failed for a, s in zip(fin["a"], fin["seed"], strict=True)], "status"] = "diverged"
+    levels = {"a": [0, 1, 2], "b": ["x"]}
+    first = anova.failures(fin, ["a", "b"], levels, classes=10)["p_fisher"].iloc[0]
+    assert first == anova.failures(fin, ["a", "b"], levels, classes=10)["p_fisher"].iloc[0]
+    assert first == pytest.approx(0.0524, abs=0.004)  # scipy's Monte Carlo over three runs: 0.0517 to 0.0535

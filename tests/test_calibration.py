@@ -141,7 +141,7 @@ def test_failure_warnings_are_rare_when_failure_rates_are_equal():
     for _ in range(reps):
         fin = simulate(rng, GRID3, lambda p: 0.0, 5, normal(), list("abc"))
         fin.loc[rng.random(len(fin)) < 0.2, "status"] = "diverged"
-        warned += bool(stats.failures(fin, list("abc"), levels, classes=10)["differs"].any())
+        warned += bool(anova.failures(fin, list("abc"), levels, classes=10)["differs"].any())
     rate = warned / reps
     assert rate <= 0.05, f"a failure warning in {rate:.3f} of {reps} studies with equal failure rates"
     print(f"failure warnings with equal rates: {rate:.3f}")

@@ -31,6 +31,8 @@ STUDIES = {  # id: (study text, exit code, words the line must hold)
     "unknown key": (bad_base("lrr=0.1"), 2, ["study.py", "lrr", "did you mean 'lr'"]),
     "unknown level": (tiny(factors="dict(activation=['relu', 'swish'])"), 2,
                       ["study.py", "activation", "'swish'", "sigmoid, relu, tanh, gelu"]),
+    "batchnorm on batches of one": (bad_base("batchnorm=True").replace("batch_size=64", "batch_size=1"), 2,
+                                    ["study.py", "batchnorm=True with batch_size=1", "2 or more samples"]),
     "dropout out of range": (bad_base("dropout=1.5").replace("dropout=0.0, ", ""), 2,
                              ["study.py", "dropout=1.5", "0 <= p < 1"]),
     "negative lr": (tiny().replace("lr=0.05", "lr=-1"), 2, ["study.py", "lr=-1", "> 0"]),

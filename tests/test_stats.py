@@ -237,20 +237,6 @@ def test_equivalence_is_two_one_sided_t_tests_as_statsmodels_computes_them():
     assert not stats.effects(fin, ["a", "b"], BASE, LEVELS, margin=0.001).loc[0, "equivalent"]
 
 
-def test_failed_runs_counted_per_level_with_fishers_exact_test():
-    # a=1: 2 of 3 seeds diverged and 1 stalled at chance; a=0: all fine
-    values = {(a, "x", s): 0.9 for a in (0, 1) for s in range(6)}
-    fin = frame(values)
-    fin.loc[(fin["a"] == 1) & (fin["seed"] < 4), "status"] = "diverged"
-    fin.loc[(fin["a"] == 1) & (fin["seed"] == 4), "test_acc"] = 0.11  # 10 classes: within 2 points of 0.1
-    out = stats.failures(fin, ["a", "b"], {"a": [0, 1], "b": ["x"]}, classes=10).set_index(["factor", "level"])
-    assert out.loc[("a", 1), ["n_runs", "n_diverged", "n_stalled"]].tolist() == [6, 4, 1]
-    assert out.loc[("a", 0), ["n_diverged", "n_stalled"]].tolist() == [0, 0]
-    ref = st.fisher_exact([[0, 6], [5, 1]]).pvalue
-    assert out.loc[("a", 1), "p_fisher"] == pytest.approx(ref) and out.loc[("a", 1), "differs"]
-    assert out.loc[("b", "x"), "p_fisher"] == 1.0  # one level: nothing to compare
-
-
 def test_a_tie_of_seeds_that_lost_different_settings_keeps_one_estimand():
     # a adds 0.01 at b=0 and 0.05 at b=1; seed 0 lost (a=1, b=1), seeds 1 and 2 lost (a=1, b=0)
     values = {(a, b, s): 0.9 + a * (0.01 if b == 0 else 0.05) for a in (0, 1) for b in (0, 1) for s in range(3)}
@@ -259,27 +245,6 @@ def test_a_tie_of_seeds_that_lost_different_settings_keeps_one_estimand():
     fin.loc[(fin["a"] == 1) & (fin["b"] == 0) & (fin["seed"] > 0), "status"] = "diverged"
     d = stats.paired_diffs(fin, ["a", "b"], "a", 1, 0)
     assert d.empty or np.ptp(d.to_numpy()) == 0, d  # never 0.01 for one seed and 0.05 for the others
-
-
-def test_one_at_a_time_failures_compare_a_level_with_the_baseline_point_only():
-    # lr=10 always diverges; act=tanh never does: pooling act's rows would blame act (p 0.011)
-    values = {(lr, act, s): 0.9 for lr, act in ((0.1, "relu"), (10.0, "relu"), (0.1, "tanh")) for s in range(10)}
-    fin = frame(values, factors=("lr", "act"))
-    fin.loc[fin["lr"] == 10.0, "status"] = "diverged"
-    levels, base = {"lr": [0.1, 10.0], "act": ["relu", "tanh"]}, {"lr": 0.1, "act": "relu"}
-    out = stats.failures(fin, ["lr", "act"], levels, classes=10, baselines=base).set_index(["factor", "level"])
-    assert out.loc[("act", "tanh"), "n_runs"] == 10 and out.loc[("act", "relu"), "n_runs"] == 10
-    assert not out.loc[("act", "tanh"), "differs"] and out.loc[("lr", 10.0), "differs"]
-
-
-def test_fishers_test_over_three_levels_is_reproducible():
-    fin = frame({(a, "x", s): 0.9 for a in (0, 1, 2) for s in range(5)})
-    failed = {(0, 0), (2, 0), (2, 1), (2, 2), (2, 3)}  # table [[1, 4], [0, 5], [4, 1]]
-    fin.loc[[(a, s) in failed for a, s in zip(fin["a"], fin["seed"], strict=True)], "status"] = "diverged"
-    levels = {"a": [0, 1, 2], "b": ["x"]}
-    first = stats.failures(fin, ["a", "b"], levels, classes=10)["p_fisher"].iloc[0]
-    assert first == stats.failures(fin, ["a", "b"], levels, classes=10)["p_fisher"].iloc[0]
-    assert first == pytest.approx(0.0524, abs=0.004)  # scipy's Monte Carlo over three runs: 0.0517 to 0.0535
 
 
 def test_a_none_level_read_back_as_nan_still_pairs():

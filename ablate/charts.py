@@ -1,0 +1,147 @@
+"""The report's charts: seaborn and matplotlib figures, each saved as PNG and SVG (no torch)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from . import stats  # noqa: E402
+
+NAMES = ("final", "curves", "effects", "interactions", "claims")
+
+
+def theme() -> None:
+    sns.set_theme(style="whitegrid", context="notebook")
+    plt.rcParams["text.parse_math"] = False  # a claim's "US$5 vs $10" is text, not TeX to parse
+
+
+def label(row, factors) -> str:
+    return ", ".join(f"{f}={row[f]}" for f in factors) or "base"
+
+
+def _save(fig, out: Path, name: str) -> None:
+    fig.savefig(out / f"{name}.png", dpi=150, bbox_inches="tight")
+    with plt.rc_context({"svg.hashsalt": "ablate"}):  # same input, same file: no date, fixed element ids
+        fig.savefig(out / f"{name}.svg", bbox_inches="tight", metadata={"Date": None})
+    plt.close(fig)
+
+
+def _height(n: int) -> float:
+    return max(2.5, 0.45 * n + 1.2)
+
+
+def chart_final(fin, summary, factors, metric, out):
+    """Every seed as a dot; the mean and its 95% CI as a bar, per design point."""
+    summary = summary.assign(label=[f"{label(r, factors)}  (n={r.n_seeds})" for _, r in summary.iterrows()])
+    lab = dict(zip(stats.points(summary, factors), summary.label, strict=True))
+    ok = fin[fin.status == "ok"].assign(label=lambda d: [lab[p] for p in stats.points(d, factors)])
+    fig, ax = plt.subplots(figsize=(8, _height(len(summary))))
+    state = np.random.get_state()  # seaborn jitters from numpy's global RNG: same results, same chart
+    np.random.seed(0)
+    try:
+        sns.stripplot(data=ok, x=metric, y="label", order=summary.label, color="0.55", size=5, jitter=0.15, ax=ax)
+    finally:
+        np.random.set_state(state)
+    for i, r in summary.iterrows():
+        if pd.notna(r.ci_low):
+            ax.errorbar(r["mean"], i, xerr=[[r["mean"] - r.ci_low], [r.ci_high - r["mean"]]], fmt="o",
+                        color="black", capsize=4)
+        elif pd.notna(r["mean"]):  # one seed: a dot and words, never a zero-width bar
+            ax.plot(r["mean"], i, "o", color="black")
+            ax.annotate(f"n={r.n_seeds}, no interval", (r["mean"], i), xytext=(6, 6), textcoords="offset points",
+                        fontsize=8)
+    ax.set(xlabel=f"final {metric} (dots: seeds; black: mean, 95% t CI)", ylabel="")
+    _save(fig, out, "final")
+
+
+def chart_curves(df, factors, metric, out):
+    """Mean learning curve per design point with a 95% CI band."""
+    cur = stats.curves(df, factors, metric)
+    lines = list(dict.fromkeys(cur["point"]))
+    fig, ax = plt.subplots(figsize=(9, 4.5 + 0.22 * math.ceil(len(lines) / 2)))
+    palette = sns.color_palette("tab10", n_colors=max(1, len(lines)))
+    for color, key in zip(palette, lines, strict=False):
+        g = cur[[p == key for p in cur["point"]]]
+        name = ", ".join(f"{f}={v}" for f, v in zip(factors, key, strict=True)) or "base"
+        ax.plot(g.epoch, g["mean"], color=color, label=f"{name} (n={g.n.min()})", marker="o", markersize=3)
+        ax.fill_between(g.epoch, g.ci_low, g.ci_high, color=color, alpha=0.15, linewidth=0)
+    ax.set(xlabel="epoch", ylabel=metric)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
+    _save(fig, out, "curves")
+
+
+def chart_effects(eff, metric, out, family):
+    """Forest plot: each level minus its baseline, paired by seed; filled if it survives Holm.
+    A bar is a row's own 95% CI; where it excludes 0 on a row Holm does not flag, a dagger says so."""
+    eff = eff.iloc[::-1].reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(8, _height(len(eff))))
+    for i, r in eff.iterrows():
+        if pd.notna(r.ci_low):
+            ax.plot([r.ci_low, r.ci_high], [i, i], color="black")
+        elif r.no_spread:
+            ax.annotate(f"no spread: sign-flip p {r.p_value:.2g}", (r["diff"], i), xytext=(6, 6),
+                        textcoords="offset points", fontsize=8)
+        elif pd.notna(r["diff"]):
+            ax.annotate(f"n={r.n_pairs}, no interval", (r["diff"], i), xytext=(6, 6), textcoords="offset points",
+                        fontsize=8)
+        if "95% CI excludes 0" in r.note:
+            ax.annotate("\u2020", (r.ci_high, i), xytext=(4, -3), textcoords="offset points", fontsize=11)
+        ax.plot(r["diff"], i, "o", color="black", markerfacecolor="black" if r.significant else "white")
+    ax.axvline(0, color="0.6", linestyle="--", linewidth=1)
+    alias = lambda r: f"  [{r.alias[0]} {r.alias[1:]}]" if r.alias else ""  # noqa: E731
+    ax.set_yticks(range(len(eff)), [f"{r.factor}: {r.level} vs {r.baseline}{alias(r)}  (n={r.n_pairs})"
+                                    for _, r in eff.iterrows()])
+    dagger = "; \u2020: the CI alone excludes 0, Holm does not" if eff.note.str.contains("95% CI excl").any() else ""
+    ax.set(xlabel=f"difference in final {metric}: each row's own 95% CI; filled: significant after Holm over "
+                  f"{family} tests\n(effects and interactions){dagger}")
+    _save(fig, out, "effects")
+
+
+def chart_interactions(inter, metric, out, family):
+    """Each level's effect at the other factor's baseline (grey square) and at its level (black
+    circle), 95% CIs; filled where the two differ after Holm (the interaction)."""
+    inter = inter.iloc[::-1].reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(8, _height(len(inter)) + 0.3))
+    for i, r in inter.iterrows():
+        for dy, col, marker in ((0.15, "at_baseline", "s"), (-0.15, "at_level", "o")):
+            color = "0.55" if col == "at_baseline" else "black"
+            if pd.notna(r[f"{col}_low"]):
+                ax.plot([r[f"{col}_low"], r[f"{col}_high"]], [i + dy, i + dy], color=color)
+            ax.plot(r[col], i + dy, marker, color=color, markerfacecolor=color if r.significant else "white")
+    ax.axvline(0, color="0.6", linestyle="--", linewidth=1)
+    ax.set_yticks(range(len(inter)), [f"{r.factor}={r.level} vs {r.baseline}\nat {r.by}={r.by_baseline} (square), "
+                                      f"{r.by_level} (circle)  (n={r.n_pairs})" for _, r in inter.iterrows()])
+    ax.set(xlabel=f"effect on final {metric} (95% CI; filled: the two differ, Holm over {family} tests)")
+    _save(fig, out, "interactions")
+
+
+def chart_claims(cl, runs, out):
+    """One small panel per claim, each on its own scale: the runs (dots), the interval the claim
+    is judged by (prediction interval of one run, or CI of the mean), and the claimed value
+    (green: inside / holds; red: outside / does not hold)."""
+    fig, axes = plt.subplots(len(cl), 1, figsize=(8, 0.95 * len(cl) + 0.8), squeeze=False)
+    for ax, (_, r), x in zip(axes[:, 0], cl.iterrows(), runs, strict=True):
+        ax.plot(x, np.zeros(len(x)), "o", color="0.6", markersize=4, alpha=0.8)
+        lo, hi = (r.pi_low, r.pi_high) if r.kind == "point" else (r.ci_low, r.ci_high)
+        if r.kind in ("point", "mean") and pd.notna(lo):
+            ax.plot([lo, hi], [0, 0], color="black", linewidth=2)
+        ax.plot(r["mean"], 0, "|", color="black", markersize=14)
+        marker = {"at_most": "<", "at_least": ">"}.get(r.kind, "D")  # a bound points to the side it allows
+        color = "0.5" if r.inside is None else "tab:green" if r.inside else "tab:red"  # None: cannot say
+        ax.plot(r.claimed, 0, marker, color=color, markersize=9)
+        how = {"point": "one run: 95% prediction interval", "mean": "a mean: 95% CI",
+               "at_most": f"at most: {r.runs_within} of {r.n_seeds} runs", "at_least":
+               f"at least: {r.runs_within} of {r.n_seeds} runs"}[r.kind]
+        ax.set_title(f"{r.source or r.where}  (n={r.n_seeds}; {how})", fontsize=9, loc="left")
+        ax.set_yticks([])
+        ax.margins(x=0.08)
+    axes[-1, 0].set_xlabel("dots: runs; bar: the interval judged; tick: mean; diamond or triangle: the claim")
+    fig.tight_layout()
+    _save(fig, out, "claims")
