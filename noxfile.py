@@ -1,4 +1,5 @@
 """nox sessions: `tests` (the suite), `repro` (reproducibility checks), `study` (the reference study)."""
+
 import os
 from pathlib import Path
 

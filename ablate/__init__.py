@@ -1,4 +1,5 @@
 """ablate: declare an ablation study in one file; train every seeded cell; report effects with CIs."""
+
 __version__ = "0.1.0"
 
 from .study import AblateError, Cell, Claim, Study  # noqa: E402

@@ -1,4 +1,5 @@
 """`python -m ablate` is the `ablate` command."""
+
 from .cli import main
 
 main()

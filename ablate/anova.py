@@ -1,4 +1,5 @@
 """Beside the effects: a blocked factorial ANOVA, main effects that change sign, failed runs per level."""
+
 from __future__ import annotations
 
 import itertools
@@ -44,11 +45,12 @@ def _sum_sq(y: np.ndarray, axes: tuple[int, ...]) -> float:
         for kept in itertools.combinations(axes, r):
             drop = tuple(i for i in range(y.ndim) if i not in kept)
             effect = effect + (-1) ** (len(axes) - r) * y.mean(axis=drop, keepdims=True)
-    return float((effect ** 2).sum() * y.size / np.size(effect))
+    return float((effect**2).sum() * y.size / np.size(effect))
 
 
-def anova(fin: pd.DataFrame, factors: list[str], levels: dict,
-          metric: str = "test_acc") -> tuple[pd.DataFrame, int]:
+def anova(
+    fin: pd.DataFrame, factors: list[str], levels: dict, metric: str = "test_acc"
+) -> tuple[pd.DataFrame, int]:
     """Seed block plus the full factorial of the factors with 2+ levels, over the seeds with
     every combination ok; the table and the number of those seeds. Each term is tested
     against its own interaction with seed (error_df = df x (seeds - 1)), as a repeated-measures
@@ -59,9 +61,11 @@ def anova(fin: pd.DataFrame, factors: list[str], levels: dict,
     y = _grid(fin, factors, levels, metric)
     if len(y) < 2 or not factors:
         return pd.DataFrame(columns=ANOVA_COLUMNS), len(y)
-    terms = [("seed", (0,))] + [(":".join(factors[i - 1] for i in axes), axes)
-                                for r in range(1, len(factors) + 1)
-                                for axes in itertools.combinations(range(1, y.ndim), r)]
+    terms = [("seed", (0,))] + [
+        (":".join(factors[i - 1] for i in axes), axes)
+        for r in range(1, len(factors) + 1)
+        for axes in itertools.combinations(range(1, y.ndim), r)
+    ]
     rows = []
     for name, axes in terms:
         df = int(np.prod([y.shape[i] - 1 for i in axes]))
@@ -83,8 +87,14 @@ def anova(fin: pd.DataFrame, factors: list[str], levels: dict,
     return out[ANOVA_COLUMNS], len(y)
 
 
-def sign_changes(fin: pd.DataFrame, factors: list[str], baselines: dict, levels: dict,
-                 metric: str = "test_acc", resolution: float = 0.0) -> pd.DataFrame:
+def sign_changes(
+    fin: pd.DataFrame,
+    factors: list[str],
+    baselines: dict,
+    levels: dict,
+    metric: str = "test_acc",
+    resolution: float = 0.0,
+) -> pd.DataFrame:
     """Each level's simple effect against its factor's baseline at every setting of the other
     factors: paired by seed where both cells are ok, with a t interval that is simultaneous
     over the level's settings (Bonferroni: 95% / m each); none where there is no spread."""
@@ -110,8 +120,18 @@ def sign_changes(fin: pd.DataFrame, factors: list[str], baselines: dict, levels:
                 if stats.no_spread(d.to_numpy(), resolution):
                     lo = hi = np.nan  # seeds that agree to the metric's resolution: no interval
                 label = ", ".join(f"{g}={levels[g][i]}" for g, i in pairs)
-                rows.append(dict(factor=f, level=level, baseline=baselines[f], setting=label,
-                                 n_pairs=len(d), diff=diff, ci_low=lo, ci_high=hi))
+                rows.append(
+                    dict(
+                        factor=f,
+                        level=level,
+                        baseline=baselines[f],
+                        setting=label,
+                        n_pairs=len(d),
+                        diff=diff,
+                        ci_low=lo,
+                        ci_high=hi,
+                    )
+                )
     return pd.DataFrame(rows, columns=SIMPLE_COLUMNS)
 
 
@@ -124,17 +144,37 @@ def changes_sign(simple: pd.DataFrame) -> pd.DataFrame:
     for _, g in simple.groupby(key, sort=False):
         if (g["ci_low"] > 0).any() and (g["ci_high"] < 0).any():
             listed = "; ".join(f"{r.diff:+.4f} at {r.setting}" for r in g.itertuples())
-            rows.append(dict(factor=g["factor"].iloc[0], level=g["level"].iloc[0],
-                             baseline=g["baseline"].iloc[0], settings=listed))
+            rows.append(
+                dict(
+                    factor=g["factor"].iloc[0],
+                    level=g["level"].iloc[0],
+                    baseline=g["baseline"].iloc[0],
+                    settings=listed,
+                )
+            )
     return pd.DataFrame(rows, columns=SIGN_COLUMNS)
 
 
-FAILURE_COLUMNS = ["factor", "level", "n_runs", "n_diverged", "n_stalled", "p_fisher", "p_holm", "differs"]
+FAILURE_COLUMNS = [
+    "factor",
+    "level",
+    "n_runs",
+    "n_diverged",
+    "n_stalled",
+    "p_fisher",
+    "p_holm",
+    "differs",
+]
 STALL = 0.02  # a run whose final accuracy is within 2 points of chance learned nothing
 
 
-def failures(fin: pd.DataFrame, factors: list[str], levels: dict, classes: int | None,
-             baselines: dict | None = None) -> pd.DataFrame:
+def failures(
+    fin: pd.DataFrame,
+    factors: list[str],
+    levels: dict,
+    classes: int | None,
+    baselines: dict | None = None,
+) -> pd.DataFrame:
     """Per factor and level: runs, how many diverged and how many stalled (final test_acc within
     STALL of chance; none counted when the class count is unknown). Fisher's exact test of
     failed (either) against fine across each factor's levels (3+ levels: its Monte Carlo
@@ -143,7 +183,11 @@ def failures(fin: pd.DataFrame, factors: list[str], levels: dict, classes: int |
     cells with every other factor at its baseline, so one factor's failures are not another's."""
     chance = 1 / classes if classes else None
     diverged = fin["status"] != "ok"
-    stalled = ~diverged & (fin["test_acc"] <= chance + STALL) if chance else pd.Series(False, index=fin.index)
+    stalled = (
+        ~diverged & (fin["test_acc"] <= chance + STALL)
+        if chance
+        else pd.Series(False, index=fin.index)
+    )
     rows, tests = [], []
     for f in factors:
         mine = pd.Series(True, index=fin.index)
@@ -152,13 +196,24 @@ def failures(fin: pd.DataFrame, factors: list[str], levels: dict, classes: int |
         table = []
         for level in levels[f]:
             at = stats._is(fin, f, level) & mine
-            table.append([int((at & (diverged | stalled)).sum()), int((at & ~diverged & ~stalled).sum())])
-            rows.append(dict(factor=f, level=level, n_runs=int(at.sum()), n_diverged=int((at & diverged).sum()),
-                             n_stalled=int((at & stalled).sum())))
+            table.append(
+                [int((at & (diverged | stalled)).sum()), int((at & ~diverged & ~stalled).sum())]
+            )
+            rows.append(
+                dict(
+                    factor=f,
+                    level=level,
+                    n_runs=int(at.sum()),
+                    n_diverged=int((at & diverged).sum()),
+                    n_stalled=int((at & stalled).sum()),
+                )
+            )
         tests.append(_fisher(np.array([t for t in table if sum(t)])))
     out = pd.DataFrame(rows, columns=FAILURE_COLUMNS[:5])
     out["p_fisher"] = out["factor"].map(dict(zip(factors, tests, strict=True)))
-    out["p_holm"] = out["factor"].map(dict(zip(factors, stats.holm(tests), strict=True)) if factors else {})
+    out["p_holm"] = out["factor"].map(
+        dict(zip(factors, stats.holm(tests), strict=True)) if factors else {}
+    )
     out["differs"] = out["p_holm"] < stats.ALPHA
     return out
 

@@ -1,4 +1,5 @@
 """The report's charts: seaborn and matplotlib figures, each saved as PNG and SVG (no torch)."""
+
 from __future__ import annotations
 
 import math
@@ -28,7 +29,9 @@ def label(row, factors) -> str:
 
 def _save(fig, out: Path, name: str) -> None:
     fig.savefig(out / f"{name}.png", dpi=150, bbox_inches="tight")
-    with plt.rc_context({"svg.hashsalt": "ablate"}):  # same input, same file: no date, fixed element ids
+    with plt.rc_context(
+        {"svg.hashsalt": "ablate"}
+    ):  # same input, same file: no date, fixed element ids
         fig.savefig(out / f"{name}.svg", bbox_inches="tight", metadata={"Date": None})
     plt.close(fig)
 
@@ -39,24 +42,48 @@ def _height(n: int) -> float:
 
 def chart_final(fin, summary, factors, metric, out):
     """Every seed as a dot; the mean and its 95% CI as a bar, per design point."""
-    summary = summary.assign(label=[f"{label(r, factors)}  (n={r.n_seeds})" for _, r in summary.iterrows()])
+    summary = summary.assign(
+        label=[f"{label(r, factors)}  (n={r.n_seeds})" for _, r in summary.iterrows()]
+    )
     lab = dict(zip(stats.points(summary, factors), summary.label, strict=True))
     ok = fin[fin.status == "ok"].assign(label=lambda d: [lab[p] for p in stats.points(d, factors)])
     fig, ax = plt.subplots(figsize=(8, _height(len(summary))))
-    state = np.random.get_state()  # seaborn jitters from numpy's global RNG: same results, same chart
+    state = (
+        np.random.get_state()
+    )  # seaborn jitters from numpy's global RNG: same results, same chart
     np.random.seed(0)
     try:
-        sns.stripplot(data=ok, x=metric, y="label", order=summary.label, color="0.55", size=5, jitter=0.15, ax=ax)
+        sns.stripplot(
+            data=ok,
+            x=metric,
+            y="label",
+            order=summary.label,
+            color="0.55",
+            size=5,
+            jitter=0.15,
+            ax=ax,
+        )
     finally:
         np.random.set_state(state)
     for i, r in summary.iterrows():
         if pd.notna(r.ci_low):
-            ax.errorbar(r["mean"], i, xerr=[[r["mean"] - r.ci_low], [r.ci_high - r["mean"]]], fmt="o",
-                        color="black", capsize=4)
+            ax.errorbar(
+                r["mean"],
+                i,
+                xerr=[[r["mean"] - r.ci_low], [r.ci_high - r["mean"]]],
+                fmt="o",
+                color="black",
+                capsize=4,
+            )
         elif pd.notna(r["mean"]):  # one seed: a dot and words, never a zero-width bar
             ax.plot(r["mean"], i, "o", color="black")
-            ax.annotate(f"n={r.n_seeds}, no interval", (r["mean"], i), xytext=(6, 6), textcoords="offset points",
-                        fontsize=8)
+            ax.annotate(
+                f"n={r.n_seeds}, no interval",
+                (r["mean"], i),
+                xytext=(6, 6),
+                textcoords="offset points",
+                fontsize=8,
+            )
     ax.set(xlabel=f"final {metric} (dots: seeds; black: mean, 95% t CI)", ylabel="")
     _save(fig, out, "final")
 
@@ -70,7 +97,14 @@ def chart_curves(df, factors, metric, out):
     for color, key in zip(palette, lines, strict=False):
         g = cur[[p == key for p in cur["point"]]]
         name = ", ".join(f"{f}={v}" for f, v in zip(factors, key, strict=True)) or "base"
-        ax.plot(g.epoch, g["mean"], color=color, label=f"{name} (n={g.n.min()})", marker="o", markersize=3)
+        ax.plot(
+            g.epoch,
+            g["mean"],
+            color=color,
+            label=f"{name} (n={g.n.min()})",
+            marker="o",
+            markersize=3,
+        )
         ax.fill_between(g.epoch, g.ci_low, g.ci_high, color=color, alpha=0.15, linewidth=0)
     ax.set(xlabel="epoch", ylabel=metric)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
@@ -86,21 +120,46 @@ def chart_effects(eff, metric, out, family):
         if pd.notna(r.ci_low):
             ax.plot([r.ci_low, r.ci_high], [i, i], color="black")
         elif r.no_spread:
-            ax.annotate(f"no spread: sign-flip p {r.p_value:.2g}", (r["diff"], i), xytext=(6, 6),
-                        textcoords="offset points", fontsize=8)
+            ax.annotate(
+                f"no spread: sign-flip p {r.p_value:.2g}",
+                (r["diff"], i),
+                xytext=(6, 6),
+                textcoords="offset points",
+                fontsize=8,
+            )
         elif pd.notna(r["diff"]):
-            ax.annotate(f"n={r.n_pairs}, no interval", (r["diff"], i), xytext=(6, 6), textcoords="offset points",
-                        fontsize=8)
+            ax.annotate(
+                f"n={r.n_pairs}, no interval",
+                (r["diff"], i),
+                xytext=(6, 6),
+                textcoords="offset points",
+                fontsize=8,
+            )
         if "95% CI excludes 0" in r.note:
-            ax.annotate("\u2020", (r.ci_high, i), xytext=(4, -3), textcoords="offset points", fontsize=11)
-        ax.plot(r["diff"], i, "o", color="black", markerfacecolor="black" if r.significant else "white")
+            ax.annotate(
+                "\u2020", (r.ci_high, i), xytext=(4, -3), textcoords="offset points", fontsize=11
+            )
+        ax.plot(
+            r["diff"], i, "o", color="black", markerfacecolor="black" if r.significant else "white"
+        )
     ax.axvline(0, color="0.6", linestyle="--", linewidth=1)
     alias = lambda r: f"  [{r.alias[0]} {r.alias[1:]}]" if r.alias else ""  # noqa: E731
-    ax.set_yticks(range(len(eff)), [f"{r.factor}: {r.level} vs {r.baseline}{alias(r)}  (n={r.n_pairs})"
-                                    for _, r in eff.iterrows()])
-    dagger = "; \u2020: the CI alone excludes 0, Holm does not" if eff.note.str.contains("95% CI excl").any() else ""
-    ax.set(xlabel=f"difference in final {metric}: each row's own 95% CI; filled: significant after Holm over "
-                  f"{family} tests\n(effects and interactions){dagger}")
+    ax.set_yticks(
+        range(len(eff)),
+        [
+            f"{r.factor}: {r.level} vs {r.baseline}{alias(r)}  (n={r.n_pairs})"
+            for _, r in eff.iterrows()
+        ],
+    )
+    dagger = (
+        "; \u2020: the CI alone excludes 0, Holm does not"
+        if eff.note.str.contains("95% CI excl").any()
+        else ""
+    )
+    ax.set(
+        xlabel=f"difference in final {metric}: each row's own 95% CI; filled: significant after Holm over "
+        f"{family} tests\n(effects and interactions){dagger}"
+    )
     _save(fig, out, "effects")
 
 
@@ -114,11 +173,25 @@ def chart_interactions(inter, metric, out, family):
             color = "0.55" if col == "at_baseline" else "black"
             if pd.notna(r[f"{col}_low"]):
                 ax.plot([r[f"{col}_low"], r[f"{col}_high"]], [i + dy, i + dy], color=color)
-            ax.plot(r[col], i + dy, marker, color=color, markerfacecolor=color if r.significant else "white")
+            ax.plot(
+                r[col],
+                i + dy,
+                marker,
+                color=color,
+                markerfacecolor=color if r.significant else "white",
+            )
     ax.axvline(0, color="0.6", linestyle="--", linewidth=1)
-    ax.set_yticks(range(len(inter)), [f"{r.factor}={r.level} vs {r.baseline}\nat {r.by}={r.by_baseline} (square), "
-                                      f"{r.by_level} (circle)  (n={r.n_pairs})" for _, r in inter.iterrows()])
-    ax.set(xlabel=f"effect on final {metric} (95% CI; filled: the two differ, Holm over {family} tests)")
+    ax.set_yticks(
+        range(len(inter)),
+        [
+            f"{r.factor}={r.level} vs {r.baseline}\nat {r.by}={r.by_baseline} (square), "
+            f"{r.by_level} (circle)  (n={r.n_pairs})"
+            for _, r in inter.iterrows()
+        ],
+    )
+    ax.set(
+        xlabel=f"effect on final {metric} (95% CI; filled: the two differ, Holm over {family} tests)"
+    )
     _save(fig, out, "interactions")
 
 
@@ -133,15 +206,24 @@ def chart_claims(cl, runs, out):
         if r.kind in ("point", "mean") and pd.notna(lo):
             ax.plot([lo, hi], [0, 0], color="black", linewidth=2)
         ax.plot(r["mean"], 0, "|", color="black", markersize=14)
-        marker = {"at_most": "<", "at_least": ">"}.get(r.kind, "D")  # a bound points to the side it allows
-        color = "0.5" if r.inside is None else "tab:green" if r.inside else "tab:red"  # None: cannot say
+        marker = {"at_most": "<", "at_least": ">"}.get(
+            r.kind, "D"
+        )  # a bound points to the side it allows
+        color = (
+            "0.5" if r.inside is None else "tab:green" if r.inside else "tab:red"
+        )  # None: cannot say
         ax.plot(r.claimed, 0, marker, color=color, markersize=9)
-        how = {"point": "one run: 95% prediction interval", "mean": "a mean: 95% CI",
-               "at_most": f"at most: {r.runs_within} of {r.n_seeds} runs", "at_least":
-               f"at least: {r.runs_within} of {r.n_seeds} runs"}[r.kind]
+        how = {
+            "point": "one run: 95% prediction interval",
+            "mean": "a mean: 95% CI",
+            "at_most": f"at most: {r.runs_within} of {r.n_seeds} runs",
+            "at_least": f"at least: {r.runs_within} of {r.n_seeds} runs",
+        }[r.kind]
         ax.set_title(f"{r.source or r.where}  (n={r.n_seeds}; {how})", fontsize=9, loc="left")
         ax.set_yticks([])
         ax.margins(x=0.08)
-    axes[-1, 0].set_xlabel("dots: runs; bar: the interval judged; tick: mean; diamond or triangle: the claim")
+    axes[-1, 0].set_xlabel(
+        "dots: runs; bar: the interval judged; tick: mean; diamond or triangle: the claim"
+    )
     fig.tight_layout()
     _save(fig, out, "claims")

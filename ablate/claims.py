@@ -1,4 +1,5 @@
 """Published numbers against the measured runs: one run by a prediction interval, a mean by its CI."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,24 @@ from scipy import stats as st
 from .stats import LEVEL, final, hashable, interval, no_spread
 from .study import JSON_DEFAULTS
 
-COLUMNS = ["where", "claimed", "mean", "ci_low", "ci_high", "pi_low", "pi_high", "n_seeds", "runs_within",
-           "judged_by", "inside", "source", "metric", "epoch", "kind", "note"]
+COLUMNS = [
+    "where",
+    "claimed",
+    "mean",
+    "ci_low",
+    "ci_high",
+    "pi_low",
+    "pi_high",
+    "n_seeds",
+    "runs_within",
+    "judged_by",
+    "inside",
+    "source",
+    "metric",
+    "epoch",
+    "kind",
+    "note",
+]
 # kind -> the interval it is judged by: a tutorial's number is one run, so a faithful rerun
 # lands inside the CI of a mean only 68% of the time with 5 seeds, 35% with 20 (simulated)
 JUDGED_BY = {"point": "prediction", "mean": "ci", "at_most": "runs", "at_least": "runs"}
@@ -70,7 +87,9 @@ def select(df: pd.DataFrame, claim: dict, factors: list[str]) -> pd.Series:
     return rows[mask & (rows["status"] == "ok")][claim.get("metric", "test_acc")]
 
 
-def claims(df: pd.DataFrame, claim_list: list[dict], factors: list[str], resolution: float = 0.0) -> pd.DataFrame:
+def claims(
+    df: pd.DataFrame, claim_list: list[dict], factors: list[str], resolution: float = 0.0
+) -> pd.DataFrame:
     """Each claim beside the runs its `where` selects: their mean, CI of the mean, prediction
     interval of one run, how many respect a bound, and the verdict its kind calls for."""
     rows = []
@@ -83,13 +102,26 @@ def claims(df: pd.DataFrame, claim_list: list[dict], factors: list[str], resolut
             pi = (np.nan, np.nan)
         kind = c.get("kind", "point")
         bound = kind in ("at_most", "at_least")
-        rows.append(dict(where=", ".join(f"{k}={hashable(v)}" for k, v in c["where"].items()),
-                         claimed=c["value"], mean=mean, ci_low=lo, ci_high=hi, pi_low=pi[0], pi_high=pi[1],
-                         n_seeds=len(runs),
-                         runs_within=within(kind, c["value"], runs) if bound else np.nan,
-                         judged_by=JUDGED_BY[kind], inside=holds(kind, c["value"], runs, resolution),
-                         source=c.get("source", ""), metric=c.get("metric", "test_acc"),
-                         epoch=c.get("epoch"), kind=kind, note=_note(kind, runs, resolution)))
+        rows.append(
+            dict(
+                where=", ".join(f"{k}={hashable(v)}" for k, v in c["where"].items()),
+                claimed=c["value"],
+                mean=mean,
+                ci_low=lo,
+                ci_high=hi,
+                pi_low=pi[0],
+                pi_high=pi[1],
+                n_seeds=len(runs),
+                runs_within=within(kind, c["value"], runs) if bound else np.nan,
+                judged_by=JUDGED_BY[kind],
+                inside=holds(kind, c["value"], runs, resolution),
+                source=c.get("source", ""),
+                metric=c.get("metric", "test_acc"),
+                epoch=c.get("epoch"),
+                kind=kind,
+                note=_note(kind, runs, resolution),
+            )
+        )
     out = pd.DataFrame(rows, columns=COLUMNS)
     out["runs_within"] = out["runs_within"].astype("Int64")  # a count, blank where no bound
     return out

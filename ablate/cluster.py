@@ -1,4 +1,5 @@
 """Groups as Ray tasks over a cluster; rows come back to the driver, which stays the store's only writer."""
+
 from __future__ import annotations
 
 import logging
@@ -16,7 +17,9 @@ INSTALL = 'pip install "ablate[ray]"'
 RETRIES = 3  # a group whose worker dies runs again up to 3 times, then is recorded as failed
 POLL = 0.5  # seconds between looks at the epoch events while groups train
 
-_DATA: dict[str, datasets.Data] = {}  # in a worker process: the dataset on its device, kept across groups
+_DATA: dict[
+    str, datasets.Data
+] = {}  # in a worker process: the dataset on its device, kept across groups
 
 
 def _ray():
@@ -33,7 +36,9 @@ def _worker(data_box: list, deterministic: bool) -> tuple[datasets.Data, torch.d
     ray = _ray()
     device = torch.device("cuda" if ray.get_gpu_ids() else "cpu")  # Ray sets CUDA_VISIBLE_DEVICES
     if device.type == "cpu":  # as many threads as CPUs the task reserved, not the node's count
-        torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
+        torch.set_num_threads(
+            max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+        )
     engine.configure(deterministic)
     key = data_box[0].hex()
     if key not in _DATA:
@@ -42,16 +47,24 @@ def _worker(data_box: list, deterministic: bool) -> tuple[datasets.Data, torch.d
     return _DATA[key], device
 
 
-def _train_group(group: list[Cell], model, source: str, data_box: list, deterministic: bool, events):
+def _train_group(
+    group: list[Cell], model, source: str, data_box: list, deterministic: bool, events
+):
     device = None
     try:
         data, device = _worker(data_box, deterministic)
-        on_epoch = (lambda c, epoch, loss: events.put_nowait((c.id, epoch, loss))) if events is not None else None
+        on_epoch = (
+            (lambda c, epoch, loss: events.put_nowait((c.id, epoch, loss)))
+            if events is not None
+            else None
+        )
         return engine.train(group, data, model, device, on_epoch, source)
     except torch.OutOfMemoryError as e:  # returned, not raised: the driver splits the group
         return torch.OutOfMemoryError(str(e))
     finally:
-        if device is not None and device.type == "cuda":  # the process may stay; others share the GPU
+        if (
+            device is not None and device.type == "cuda"
+        ):  # the process may stay; others share the GPU
             torch.cuda.empty_cache()
 
 
@@ -63,20 +76,34 @@ def _auto_group(cells: list[Cell], model, data_box: list) -> int:
 class Pool:
     """Submits groups as Ray tasks and hands back each group's outcome as it finishes."""
 
-    def __init__(self, study: Study, device: str, deterministic: bool, data_dir, progress,
-                 address: str | None = None, groups_per_gpu: int = 1):
+    def __init__(
+        self,
+        study: Study,
+        device: str,
+        deterministic: bool,
+        data_dir,
+        progress,
+        address: str | None = None,
+        groups_per_gpu: int = 1,
+    ):
         ray = self.ray = _ray()
         self.study, self.progress, self.deterministic = study, progress, deterministic
-        data = datasets.load(study.dataset, "cpu", data_dir)  # a missing dataset fails before Ray starts
+        data = datasets.load(
+            study.dataset, "cpu", data_dir
+        )  # a missing dataset fails before Ray starts
         self.shape, self.classes = data.shape, data.classes
         self._connect(address)
         try:
             self._plan(device, address, groups_per_gpu)
             if module := sys.modules.get(f"ablate_study_{Path(study.source).stem}"):
-                from ray import cloudpickle  # workers cannot import a study file by name: ship its code
+                from ray import (
+                    cloudpickle,
+                )  # workers cannot import a study file by name: ship its code
+
                 cloudpickle.register_pickle_by_value(module)
             self.data_box = [ray.put(data)]  # in a list, so tasks get the reference and fetch once
             from ray.util.queue import Queue
+
             self.events = Queue(actor_options={"num_cpus": 0})
             self.task = ray.remote(max_calls=0 if self.reuse else 1)(_train_group)
         except BaseException:
@@ -89,11 +116,18 @@ class Pool:
         # "local" starts a fresh instance even when one from `ray start` is running; shutdown() stops
         # it again, or only disconnects from a cluster given by --address
         try:
-            self.ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-                          logging_level=logging.ERROR, configure_logging=True)
+            self.ray.init(
+                address=address or "local",
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.ERROR,
+                configure_logging=True,
+            )
         except Exception as e:
-            raise AblateError(f"--address {address or 'local'}: cannot start or reach Ray: "
-                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+            raise AblateError(
+                f"--address {address or 'local'}: cannot start or reach Ray: "
+                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            ) from None
 
     def _plan(self, device: str, address: str | None, groups_per_gpu: int) -> None:
         res = self.ray.cluster_resources()
@@ -103,12 +137,16 @@ class Pool:
             raise AblateError(f"--device {device}: the {where} has no GPU")
         use_gpu = gpus > 0 and device != "cpu"
         self.per_gpu = groups_per_gpu if use_gpu else 1
-        self.options = dict(num_cpus=1, num_gpus=1 / groups_per_gpu if use_gpu else 0, max_retries=RETRIES)
+        self.options = dict(
+            num_cpus=1, num_gpus=1 / groups_per_gpu if use_gpu else 0, max_retries=RETRIES
+        )
         self.slots = max(1, min(cpus, gpus * groups_per_gpu) if use_gpu else cpus)
         # A worker process keeps its data across groups (max_calls=0), but CUDA binds a process to
         # the GPU it first used, while Ray may give a reused worker another GPU of the same node.
         # So workers are reused where no node has two GPUs; elsewhere each group gets a fresh one.
-        per_node = max((n["Resources"].get("GPU", 0) for n in self.ray.nodes() if n["Alive"]), default=0)
+        per_node = max(
+            (n["Resources"].get("GPU", 0) for n in self.ray.nodes() if n["Alive"]), default=0
+        )
         self.reuse = not use_gpu or per_node <= 1
         per = f"{groups_per_gpu} groups per GPU" if use_gpu else "1 CPU per group"
         self.device = f"ray, {where}: {cpus} CPUs, {gpus} GPUs, {per}"
@@ -122,13 +160,21 @@ class Pool:
         try:
             fits = self.ray.get(task.remote(todo[:1], self.study.model, self.data_box))
         except self.ray.exceptions.RayError as e:
-            raise AblateError(f"--executor ray: a worker could not load {self.study.dataset} onto its device: "
-                              f"{str(e).strip().splitlines()[-1]}") from None
+            raise AblateError(
+                f"--executor ray: a worker could not load {self.study.dataset} onto its device: "
+                f"{str(e).strip().splitlines()[-1]}"
+            ) from None
         return max(1, min(fits // self.per_gpu, math.ceil(len(todo) / self.slots)))
 
     def submit(self, group: list[Cell]) -> None:
-        ref = self.task.options(**self.options).remote(group, self.study.model, self.study.source, self.data_box,
-                                                  self.deterministic, self.events)
+        ref = self.task.options(**self.options).remote(
+            group,
+            self.study.model,
+            self.study.source,
+            self.data_box,
+            self.deterministic,
+            self.events,
+        )
         self.pending[ref] = group
         self.cells.update((c.id, c) for c in group)
 
@@ -157,11 +203,15 @@ class Pool:
                 self.pending.pop(ref)
                 raise e.cause from None
             oom = isinstance(e.cause, torch.OutOfMemoryError)
-            out = (torch.OutOfMemoryError if oom else engine.GroupFailed)(f"{type(e.cause).__name__}: {e.cause}")
+            out = (torch.OutOfMemoryError if oom else engine.GroupFailed)(
+                f"{type(e.cause).__name__}: {e.cause}"
+            )
         except ray.exceptions.OutOfMemoryError as e:  # Ray's memory monitor killed the worker
             out = torch.OutOfMemoryError(str(e).strip().splitlines()[0])
         except ray.exceptions.RayError as e:  # its worker died RETRIES + 1 times, or its node did
-            out = engine.GroupFailed(f"{type(e).__name__} after {RETRIES} retries: {str(e).strip().splitlines()[0]}")
+            out = engine.GroupFailed(
+                f"{type(e).__name__} after {RETRIES} retries: {str(e).strip().splitlines()[0]}"
+            )
         return self.pending.pop(ref), out
 
     def _show_events(self) -> None:

@@ -1,4 +1,5 @@
 """Named datasets, loaded once into uint8 tensors on the device, and batched preprocessing there."""
+
 from __future__ import annotations
 
 import functools
@@ -21,9 +22,15 @@ SOURCES = {
     "mnist": ("MNIST", "MNIST"),
     "fashion_mnist": ("FashionMNIST", "FashionMNIST"),
 }
-FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-         "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-DEBIAN = {"fashion_mnist": Path("/usr/share/datasets/fashion-mnist")}  # package dataset-fashion-mnist
+FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+DEBIAN = {
+    "fashion_mnist": Path("/usr/share/datasets/fashion-mnist")
+}  # package dataset-fashion-mnist
 
 
 @dataclass
@@ -56,13 +63,17 @@ def read_idx(path: Path) -> torch.Tensor:
         with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError) as e:
-        raise DataError(f"{path}: cannot read it ({e}); replace the file with the published one") from None
+        raise DataError(
+            f"{path}: cannot read it ({e}); replace the file with the published one"
+        ) from None
     if len(raw) < 4 or raw[:3] != b"\x00\x00\x08":
         magic = raw[:4].hex() or "missing"
-        raise DataError(f"{path}: not an IDX file of unsigned bytes (magic {magic}, expected 0000080X)")
+        raise DataError(
+            f"{path}: not an IDX file of unsigned bytes (magic {magic}, expected 0000080X)"
+        )
     ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    body = raw[4 + 4 * ndim:]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    body = raw[4 + 4 * ndim :]
     if len(body) != (n := int(torch.tensor(dims).prod())):
         raise DataError(f"{path}: truncated IDX file: header says {n} bytes, found {len(body)}")
     return torch.frombuffer(bytearray(body), dtype=torch.uint8).reshape(dims)
@@ -71,7 +82,9 @@ def read_idx(path: Path) -> torch.Tensor:
 def _find(folder: str, roots: list[Path]) -> list[Path] | None:
     for root in roots:
         for d in (root / folder / "raw", root / folder, root):
-            found = [next((p for p in (d / f, d / (f + ".gz")) if p.is_file()), None) for f in FILES]
+            found = [
+                next((p for p in (d / f, d / (f + ".gz")) if p.is_file()), None) for f in FILES
+            ]
             if all(found):
                 return found
     return None
@@ -95,7 +108,8 @@ def locate(name: str, data_dir: str | Path | None = None) -> list[Path]:
         raise DataError(
             f"dataset {name}: files not found in {where} and the download failed ({type(e).__name__}); "
             f"put {folder}/raw/{FILES[0]}.gz and the other three files under a folder "
-            f"and pass --data-dir or set ABLATE_DATA_DIR") from None
+            f"and pass --data-dir or set ABLATE_DATA_DIR"
+        ) from None
     return _find(folder, [cache_dir()])
 
 
@@ -105,9 +119,11 @@ def check_labels(y: torch.Tensor, name: str, path) -> None:
     classes = DATASET_SIZES[name][0]
     if len(bad := ((y < 0) | (y >= classes)).nonzero()):
         i = int(bad[0])
-        raise DataError(f"{path}: label {int(y[i])} at position {i} is not a class of {name} "
-                        f"(0..{classes - 1}; {len(bad)} such labels); "
-                        f"replace the file with the published one")
+        raise DataError(
+            f"{path}: label {int(y[i])} at position {i} is not a class of {name} "
+            f"(0..{classes - 1}; {len(bad)} such labels); "
+            f"replace the file with the published one"
+        )
 
 
 def _data(name, train_x, train_y, test_x, test_y, origin: str, labels=None) -> Data:
@@ -125,9 +141,18 @@ def _idx_set(name: str, data_dir: str | None) -> Data:
     train_x, train_y, test_x, test_y = (read_idx(p) for p in paths)
     for x, y, p in ((train_x, train_y, paths[0]), (test_x, test_y, paths[2])):
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
-            raise DataError(f"{p}: images {tuple(x.shape)} and labels {tuple(y.shape)} do not match")
-    return _data(name, train_x[:, None], train_y, test_x[:, None], test_y, str(paths[0].parent),
-                 (paths[1], paths[3]))
+            raise DataError(
+                f"{p}: images {tuple(x.shape)} and labels {tuple(y.shape)} do not match"
+            )
+    return _data(
+        name,
+        train_x[:, None],
+        train_y,
+        test_x[:, None],
+        test_y,
+        str(paths[0].parent),
+        (paths[1], paths[3]),
+    )
 
 
 CIFAR = "cifar-10-batches-py"
@@ -169,8 +194,10 @@ def _cifar10(data_dir: str | None) -> Data:
             folder = cache_dir() / CIFAR
         except Exception as e:
             where = ", ".join(str(r) for r in roots)
-            raise DataError(f"dataset cifar10: {CIFAR}/ not found in {where} and the download failed "
-                            f"({type(e).__name__}); put the extracted {CIFAR}/ folder under --data-dir") from None
+            raise DataError(
+                f"dataset cifar10: {CIFAR}/ not found in {where} and the download failed "
+                f"({type(e).__name__}); put the extracted {CIFAR}/ folder under --data-dir"
+            ) from None
     return _data("cifar10", *read_cifar(folder), str(folder))
 
 
@@ -181,7 +208,9 @@ def _xor() -> Data:
     return _data("xor", x, y, x.clone(), y.clone(), "generated")
 
 
-DIGITS_TRAIN = 898  # the first half trains, the second tests: scikit-learn's digits example splits so
+DIGITS_TRAIN = (
+    898  # the first half trains, the second tests: scikit-learn's digits example splits so
+)
 
 
 def _digits() -> Data:
@@ -189,7 +218,9 @@ def _digits() -> Data:
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        raise DataError("dataset digits: needs scikit-learn, not installed: pip install scikit-learn") from None
+        raise DataError(
+            "dataset digits: needs scikit-learn, not installed: pip install scikit-learn"
+        ) from None
     d = load_digits()
     x = torch.from_numpy(d.images * (255 / 16)).round_().to(torch.uint8)[:, None]
     y = torch.from_numpy(d.target)
@@ -222,8 +253,17 @@ def to_device(d: Data, device: str | torch.device) -> Data:
     if torch.device(device).type == "cpu" and d.train_x.device.type == "cpu":
         return d
     move = lambda t: t.to(device)  # noqa: E731
-    return Data(d.name, move(d.train_x), move(d.train_y), move(d.test_x), move(d.test_y),
-                move(d.mean), move(d.std), d.classes, d.origin)
+    return Data(
+        d.name,
+        move(d.train_x),
+        move(d.train_y),
+        move(d.test_x),
+        move(d.test_y),
+        move(d.mean),
+        move(d.std),
+        d.classes,
+        d.origin,
+    )
 
 
 def to_float(data: Data, x: torch.Tensor, normalize: bool) -> torch.Tensor:

@@ -1,4 +1,5 @@
 """Training and evaluation of a group of cells on one device; each cell's numbers come from its seed alone."""
+
 from __future__ import annotations
 
 import math
@@ -18,7 +19,7 @@ EVAL_BATCH = 2000  # test-set chunk: bounds activation memory, large enough to k
 
 
 def parse_device(name: str) -> torch.device | None:
-    """"auto" (None), "cpu", "cuda" or "cuda:N"; anything else is a user error."""
+    """ "auto" (None), "cpu", "cuda" or "cuda:N"; anything else is a user error."""
     if name == "auto":
         return None
     try:
@@ -26,7 +27,9 @@ def parse_device(name: str) -> torch.device | None:
     except RuntimeError:
         device = None
     if device is None or device.type not in ("cpu", "cuda"):
-        raise AblateError(f"--device {name}: not a device ablate trains on; try auto, cpu, cuda or cuda:N")
+        raise AblateError(
+            f"--device {name}: not a device ablate trains on; try auto, cpu, cuda or cuda:N"
+        )
     return device
 
 
@@ -42,7 +45,9 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def configure(deterministic: bool) -> None:
     """fp32 everywhere (no TF32), and with `deterministic` the algorithms that repeat bitwise."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
+    os.environ.setdefault(
+        "CUBLAS_WORKSPACE_CONFIG", ":4096:8"
+    )  # cuBLAS needs it to be deterministic
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cudnn.benchmark = not deterministic
@@ -52,8 +57,9 @@ def configure(deterministic: bool) -> None:
 def optimizer(net: torch.nn.Module, cfg: dict) -> torch.optim.Optimizer:
     if cfg["optimizer"] == "adam":
         return torch.optim.Adam(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    return torch.optim.SGD(net.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
-                           weight_decay=cfg["weight_decay"])
+    return torch.optim.SGD(
+        net.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"]
+    )
 
 
 def epoch_order(seed: int, epoch: int, n: int, device) -> torch.Tensor:
@@ -66,7 +72,9 @@ def epoch_flips(seed: int, epoch: int, n: int, device) -> torch.Tensor:
     return rng.uniform24(rng.key(seed, rng.FLIP, epoch), n, device) < rng.threshold(0.5)
 
 
-def criterion(logits: torch.Tensor, y: torch.Tensor, name: str, reduction: str = "mean") -> torch.Tensor:
+def criterion(
+    logits: torch.Tensor, y: torch.Tensor, name: str, reduction: str = "mean"
+) -> torch.Tensor:
     """Cross-entropy; "softmax_then_cross_entropy" first applies softmax, as one tutorial did by
     mistake (cross_entropy applies log-softmax itself), which flattens the gradients."""
     if name == "softmax_then_cross_entropy":
@@ -75,24 +83,38 @@ def criterion(logits: torch.Tensor, y: torch.Tensor, name: str, reduction: str =
 
 
 @torch.no_grad()
-def evaluate(net: torch.nn.Module, data: Data, normalize: bool, dtype=torch.float32,
-             loss_name: str = "cross_entropy", precision: str = "fp32") -> tuple[float, float]:
+def evaluate(
+    net: torch.nn.Module,
+    data: Data,
+    normalize: bool,
+    dtype=torch.float32,
+    loss_name: str = "cross_entropy",
+    precision: str = "fp32",
+) -> tuple[float, float]:
     """Mean cross-entropy and accuracy (fraction) on the whole test set."""
     net.eval()
     loss = torch.zeros((), device=data.test_x.device, dtype=dtype)
     correct = torch.zeros((), dtype=torch.int64, device=data.test_x.device)
     for i in range(0, len(data.test_x), EVAL_BATCH):
         with fused.autocast(precision, data.test_x.device):
-            logits = net(to_float(data, data.test_x[i:i + EVAL_BATCH], normalize).to(dtype)).to(dtype)
-        y = data.test_y[i:i + EVAL_BATCH]
+            logits = net(to_float(data, data.test_x[i : i + EVAL_BATCH], normalize).to(dtype)).to(
+                dtype
+            )
+        y = data.test_y[i : i + EVAL_BATCH]
         loss += criterion(logits, y, loss_name, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
     n = len(data.test_x)
     return loss.item() / n, correct.item() / n
 
 
-def train_cell(cell: Cell, data: Data, model, device, on_epoch: Callable | None = None,
-               trace: list | None = None) -> list[dict]:
+def train_cell(
+    cell: Cell,
+    data: Data,
+    model,
+    device,
+    on_epoch: Callable | None = None,
+    trace: list | None = None,
+) -> list[dict]:
     """Train one cell; a row per epoch. Stops at the first epoch whose train loss is not finite
     (that epoch's row is kept and every row says "diverged"). `trace` collects per-step losses."""
     cfg, seed = cell.config, cell.seed
@@ -112,10 +134,10 @@ def train_cell(cell: Cell, data: Data, model, device, on_epoch: Callable | None 
         flips = epoch_flips(seed, epoch, n, device) if cfg["hflip"] else None
         total = torch.zeros((), device=device, dtype=dtype)
         for s in range(0, end, bs):
-            idx = order[s:s + bs]
+            idx = order[s : s + bs]
             x = to_float(data, xs[idx], cfg["normalize"]).to(dtype)
             if flips is not None:
-                x = hflip(x, flips[s:s + bs])
+                x = hflip(x, flips[s : s + bs])
             with fused.autocast(cfg["precision"], device):
                 logits = net(x)
             loss = criterion(logits.to(dtype), ys[idx], cfg["loss"])
@@ -126,10 +148,20 @@ def train_cell(cell: Cell, data: Data, model, device, on_epoch: Callable | None 
             if trace is not None:
                 trace.append(loss.item())
         train_loss = total.item() / steps
-        test_loss, test_acc = evaluate(net, data, cfg["normalize"], dtype, cfg["loss"], cfg["precision"])
+        test_loss, test_acc = evaluate(
+            net, data, cfg["normalize"], dtype, cfg["loss"], cfg["precision"]
+        )
         ok = math.isfinite(train_loss)
-        rows.append(dict(epoch=epoch, train_loss=train_loss, test_loss=test_loss, test_acc=test_acc,
-                         seconds=time.perf_counter() - start, status="ok" if ok else "diverged"))
+        rows.append(
+            dict(
+                epoch=epoch,
+                train_loss=train_loss,
+                test_loss=test_loss,
+                test_acc=test_acc,
+                seconds=time.perf_counter() - start,
+                status="ok" if ok else "diverged",
+            )
+        )
         if on_epoch:
             on_epoch(cell, epoch, train_loss)
         if not ok:
@@ -153,13 +185,18 @@ def auto_group(cells: list[Cell], data: Data, device: torch.device, model="mlp")
     net = models.build(model, cfg, data.shape, data.classes, 0)
     params = sum(p.numel() for p in net.parameters())
     sizes = []
-    hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(o.numel())) for m in net.modules()
-             if not list(m.children())]
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: sizes.append(o.numel()))
+        for m in net.modules()
+        if not list(m.children())
+    ]
     with torch.no_grad():
         net.eval()(torch.zeros(1, *data.shape))
     for h in hooks:
         h.remove()
-    acts = (cfg["batch_size"] + EVAL_BATCH) * (sum(sizes) * 2 + math.prod(data.shape))  # output and its grad
+    acts = (cfg["batch_size"] + EVAL_BATCH) * (
+        sum(sizes) * 2 + math.prod(data.shape)
+    )  # output and its grad
     per_cell = 4 * params * 4 + acts * 4 + len(data.train_x) * 8 * 2
     free, _ = torch.cuda.mem_get_info(device)
     return max(1, min(1024, free // 2 // per_cell))
@@ -176,13 +213,21 @@ def is_oom(exc: BaseException) -> bool:
     return cpu or isinstance(exc, (torch.OutOfMemoryError, MemoryError))
 
 
-def train(group: list[Cell], data: Data, model, device, on_epoch: Callable | None = None,
-          source: str = "study") -> list[list[dict]]:
+def train(
+    group: list[Cell],
+    data: Data,
+    model,
+    device,
+    on_epoch: Callable | None = None,
+    source: str = "study",
+) -> list[list[dict]]:
     """Train a group of cells that share their shapes; rows per cell, in the group's order.
     A group of one, or a study's own model, takes the plain per-cell path. A failure inside a
     study's model callable becomes a StudyError naming `source`, the study file. Any out of
     memory (is_oom) is raised as torch.OutOfMemoryError, which the runner splits on."""
-    if (limit := os.environ.get(OOM_ABOVE)) and len(group) > int(limit):  # an env var reaches Ray workers
+    if (limit := os.environ.get(OOM_ABOVE)) and len(group) > int(
+        limit
+    ):  # an env var reaches Ray workers
         raise torch.OutOfMemoryError(f"test hook: group of {len(group)} > {limit}")
     try:
         with fused.tf32(group[0].config["precision"]):
@@ -207,14 +252,17 @@ def study_code(model, source: str, cell: Cell):
     except SystemExit as e:  # exit 0 with nothing trained would pass a CI job
         if not callable(model):
             raise
-        raise StudyError(f"{source}: the model callable called exit({e.code!r}) in cell {cell.id}") from None
+        raise StudyError(
+            f"{source}: the model callable called exit({e.code!r}) in cell {cell.id}"
+        ) from None
     except models.OutputError as e:
         raise StudyError(f"{source}: {e}") from None
     except Exception as e:
         if not callable(model) or is_oom(e):
             raise
-        raise StudyError(f"{source}: the model callable failed in cell {cell.id}: "
-                         f"{type(e).__name__}: {e}") from None
+        raise StudyError(
+            f"{source}: the model callable failed in cell {cell.id}: {type(e).__name__}: {e}"
+        ) from None
 
 
 def check_model(model, cell: Cell, shape: tuple, classes: int, source: str) -> None:

@@ -1,4 +1,5 @@
 """A model callable's fingerprint: a stable name from its syntax tree and plain-literal state."""
+
 from __future__ import annotations
 
 import ast
@@ -30,9 +31,11 @@ def _identity(obj, where: str) -> tuple[str, str]:
         name, blob = _identity(obj.func, where)
         args = [*obj.args, *sorted(obj.keywords.items())]
         if not _literal(args):
-            raise NoStableId(f"{where}: the partial of {name} has an argument that is not a plain literal "
-                             "(numbers, strings, tuples, lists, dicts of them), so its cells get no stable "
-                             "id; use a function defined with def")
+            raise NoStableId(
+                f"{where}: the partial of {name} has an argument that is not a plain literal "
+                "(numbers, strings, tuples, lists, dicts of them), so its cells get no stable "
+                "id; use a function defined with def"
+            )
         return f"partial({name})", _json([blob, repr(args)])
     if inspect.ismethod(obj):
         name, blob = _identity(obj.__func__, where)
@@ -44,8 +47,9 @@ def _identity(obj, where: str) -> tuple[str, str]:
     if callable(obj) and not inspect.isroutine(obj):  # an instance of a class with __call__
         name, blob = _identity(type(obj), where)
         return name, _json([blob, _state(obj, where)])
-    raise NoStableId(f"{where}: {obj!r} has no source for a stable cell id; "
-                     "use a function defined with def")
+    raise NoStableId(
+        f"{where}: {obj!r} has no source for a stable cell id; use a function defined with def"
+    )
 
 
 def _source(fn, where: str) -> list:
@@ -53,17 +57,30 @@ def _source(fn, where: str) -> list:
     try:
         if fn.__name__ == "<lambda>":
             lines, line = inspect.findsource(fn)[0], fn.__code__.co_firstlineno
-            tree = ast.Module([n for n in ast.walk(ast.parse("".join(lines)))
-                               if isinstance(n, ast.Lambda) and n.lineno == line], [])
+            tree = ast.Module(
+                [
+                    n
+                    for n in ast.walk(ast.parse("".join(lines)))
+                    if isinstance(n, ast.Lambda) and n.lineno == line
+                ],
+                [],
+            )
         else:
             tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
     except (OSError, TypeError, SyntaxError) as e:
-        raise NoStableId(f"{where}: cannot read the source of {fn.__qualname__} ({e}), so its cells get no "
-                         "stable id; define it with def in a file") from None
+        raise NoStableId(
+            f"{where}: cannot read the source of {fn.__qualname__} ({e}), so its cells get no "
+            "stable id; define it with def in a file"
+        ) from None
     for node in ast.walk(tree):  # a docstring, like a comment, is not the model
         body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(
-                body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+        if (
+            isinstance(body, list)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
             node.body = body[1:] or [ast.Pass()]
     return _tree(tree)
 
@@ -83,8 +100,10 @@ def _state(obj, where: str) -> str:
     """The attributes of a callable instance, which its class's source cannot show."""
     attrs = getattr(obj, "__dict__", None)
     if attrs is None or not _literal(attrs):
-        raise NoStableId(f"{where}: {type(obj).__qualname__} instance holds attributes that are not plain "
-                         "literals, so its cells get no stable id; use a function defined with def")
+        raise NoStableId(
+            f"{where}: {type(obj).__qualname__} instance holds attributes that are not plain "
+            "literals, so its cells get no stable id; use a function defined with def"
+        )
     return repr(sorted(attrs.items()))
 
 

@@ -1,4 +1,5 @@
 """Model builders whose shape follows the config, with init and dropout drawn from the cell's seed."""
+
 from __future__ import annotations
 
 import math
@@ -19,7 +20,9 @@ class Dropout(nn.Module):
         super().__init__()
         self.p, self.step = p, 0
         # a buffer, not an int: stacked with the others, each cell of a vmapped group keeps its own
-        self.register_buffer("key", torch.tensor(rng.key(seed, rng.DROPOUT, layer)), persistent=False)
+        self.register_buffer(
+            "key", torch.tensor(rng.key(seed, rng.DROPOUT, layer)), persistent=False
+        )
 
     def forward(self, x):
         if not self.training or self.p == 0:
@@ -96,7 +99,7 @@ def cnn(config: dict, in_shape: tuple, classes: int, seed: int) -> nn.Sequential
         kind, *args = spec.split(":")
         if kind == "conv":
             vals = [int(a) for a in args]
-            out, k, stride, pad = vals + [1, 0][len(vals) - 2:]
+            out, k, stride, pad = vals + [1, 0][len(vals) - 2 :]
             layers.append(nn.Conv2d(shape()[1], out, k, stride, pad))
         elif kind == "maxpool":
             layers.append(nn.MaxPool2d(int(args[0])))
@@ -106,7 +109,9 @@ def cnn(config: dict, in_shape: tuple, classes: int, seed: int) -> nn.Sequential
             s = shape()
             layers.append(nn.BatchNorm2d(s[1]) if len(s) == 4 else nn.BatchNorm1d(s[1]))
         elif kind in ("dropout", "dropout2d"):
-            layers.append((Dropout2d if kind == "dropout2d" else Dropout)(float(args[0]), seed, drops))
+            layers.append(
+                (Dropout2d if kind == "dropout2d" else Dropout)(float(args[0]), seed, drops)
+            )
             drops += 1
         elif kind == "flatten":
             layers.append(nn.Flatten())
@@ -138,8 +143,12 @@ def check_output(net: nn.Module, name: str, in_shape: tuple, classes: int) -> No
     mask is drawn): logits of any shape but [2, classes] would train silently on a wrong task,
     as 50 outputs on 10 classes do (cross-entropy accepts them)."""
     p = next(net.parameters(), None)
-    x = torch.zeros(2, *in_shape, dtype=p.dtype if p is not None else torch.float32,
-                    device=p.device if p is not None else "cpu")
+    x = torch.zeros(
+        2,
+        *in_shape,
+        dtype=p.dtype if p is not None else torch.float32,
+        device=p.device if p is not None else "cpu",
+    )
     was = net.training
     try:
         out = net.eval()(x)
@@ -147,8 +156,10 @@ def check_output(net: nn.Module, name: str, in_shape: tuple, classes: int) -> No
         net.train(was)
     got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
     if got != (2, classes):
-        raise OutputError(f"model {name} returns {got} for a batch of shape {tuple(x.shape)}; "
-                          f"the dataset has {classes} classes, so expected (2, {classes})")
+        raise OutputError(
+            f"model {name} returns {got} for a batch of shape {tuple(x.shape)}; "
+            f"the dataset has {classes} classes, so expected (2, {classes})"
+        )
 
 
 def has_batchnorm(net: nn.Module) -> bool:
@@ -164,7 +175,9 @@ def build(model, config: dict, in_shape: tuple, classes: int, seed: int) -> nn.M
         if callable(model):
             net = model(dict(config))
             if not isinstance(net, nn.Module):
-                raise TypeError(f"the model callable returned {type(net).__name__}, expected an nn.Module")
+                raise TypeError(
+                    f"the model callable returned {type(net).__name__}, expected an nn.Module"
+                )
         else:
             net = BUILDERS[model](config, in_shape, classes, seed)
         init_(net, config["init"])

@@ -5,6 +5,7 @@ cell gets the same numbers alone or fused with others, on any device, in any ord
 the integer arithmetic is exact, so the draws are bitwise equal on CPU and GPU.
 The hash is murmur3's 32-bit finaliser, a bijection with full avalanche.
 """
+
 from __future__ import annotations
 
 import functools

@@ -1,4 +1,5 @@
 """Expand a study, skip finished cells, form groups, train them, and store each group as it finishes."""
+
 from __future__ import annotations
 
 import contextlib
@@ -74,7 +75,9 @@ class Summary:
     skipped: int
     trained: int = 0
     diverged: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)  # cell ids whose group failed; a rerun tries them
+    failed: list[str] = field(
+        default_factory=list
+    )  # cell ids whose group failed; a rerun tries them
     seconds: float = 0.0
     path: Path | None = None
 
@@ -106,7 +109,7 @@ def groups(todo: list[Cell], max_group: int) -> list[list[Cell]]:
     by_key: dict[str, list[Cell]] = {}
     for c in todo:
         by_key.setdefault(group_key(c), []).append(c)
-    return [g[i:i + max_group] for g in by_key.values() for i in range(0, len(g), max_group)]
+    return [g[i : i + max_group] for g in by_key.values() for i in range(0, len(g), max_group)]
 
 
 def file_name(group: list[Cell]) -> str:
@@ -120,25 +123,54 @@ def rows_for(study: Study, cell: Cell, epochs: list[dict]) -> list[dict]:
     """The tidy schema: study, cell, seed, one column per factor, the epoch's metrics, config JSON."""
     config = json.dumps(cell.config, sort_keys=True, default=list)
     levels = {k: list(v) if isinstance(v, tuple) else v for k, v in cell.levels.items()}
-    return [{"study": study.name, "cell": cell.id, "seed": cell.seed, **levels,
-             **{k: r[k] for k in ROW_COLUMNS}, "config": config} for r in epochs]
+    return [
+        {
+            "study": study.name,
+            "cell": cell.id,
+            "seed": cell.seed,
+            **levels,
+            **{k: r[k] for k in ROW_COLUMNS},
+            "config": config,
+        }
+        for r in epochs
+    ]
 
 
 def manifest(study: Study, old: dict, device: str | None, deterministic: bool = False) -> dict:
     """The study as run (design, claims, source text) and every run's details; no `device`: no new run."""
     text = Path(study.source).read_text() if Path(study.source).is_file() else ""
-    run = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ablate": __version__,
-           "python": platform.python_version(), "torch": torch.__version__,
-           "device": device, "host": socket.gethostname(), "user": getpass.getuser(),
-           "deterministic": deterministic, "argv": sys.argv}
-    out = {"study": study.name, "dataset": study.dataset, "model": model_name(study.model),
-           "design": study.design, "base": study.base, "factors": study.factors,
-           "factor_order": list(study.factors),  # the JSON is written with sorted keys
-           "seeds": study.seeds, "source": {"path": study.source, "abspath": str(_where(study.source)),
-                                            "text": text,
-                                            "sha256": hashlib.sha256(text.encode()).hexdigest()},
-           "claims": [vars(c) for c in study.claims], "runs": old.get("runs", []) + ([run] if device else [])}
-    return json.loads(json.dumps(out, sort_keys=True, default=str))  # as read back: tuples are lists
+    run = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "ablate": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": device,
+        "host": socket.gethostname(),
+        "user": getpass.getuser(),
+        "deterministic": deterministic,
+        "argv": sys.argv,
+    }
+    out = {
+        "study": study.name,
+        "dataset": study.dataset,
+        "model": model_name(study.model),
+        "design": study.design,
+        "base": study.base,
+        "factors": study.factors,
+        "factor_order": list(study.factors),  # the JSON is written with sorted keys
+        "seeds": study.seeds,
+        "source": {
+            "path": study.source,
+            "abspath": str(_where(study.source)),
+            "text": text,
+            "sha256": hashlib.sha256(text.encode()).hexdigest(),
+        },
+        "claims": [vars(c) for c in study.claims],
+        "runs": old.get("runs", []) + ([run] if device else []),
+    }
+    return json.loads(
+        json.dumps(out, sort_keys=True, default=str)
+    )  # as read back: tuples are lists
 
 
 def check_owner(study: Study, path: Path, cells: list[Cell]) -> None:
@@ -146,14 +178,18 @@ def check_owner(study: Study, path: Path, cells: list[Cell]) -> None:
     manifest (its source, claims, even dataset): refuse, unless both describe the same cells."""
     old = read_manifest(path)
     source = old.get("source") or {}
-    theirs = source.get("abspath") or source.get("path")  # manifests before 0.1.1: the path as typed
+    theirs = source.get("abspath") or source.get(
+        "path"
+    )  # manifests before 0.1.1: the path as typed
     if not theirs or _where(theirs) == _where(study.source):
         return
     seeds = sorted({c.seed for c in cells})
     if design_ids(old, seeds) == {c.id for c in cells}:  # the same study, moved or copied
         return
-    raise AblateError(f"{path}: holds the results of {theirs} ({old.get('dataset')}), another study named "
-                      f"'{study.name}' than {study.source}; rename one or give it its own --out")
+    raise AblateError(
+        f"{path}: holds the results of {theirs} ({old.get('dataset')}), another study named "
+        f"'{study.name}' than {study.source}; rename one or give it its own --out"
+    )
 
 
 def _where(source: str) -> Path:
@@ -178,7 +214,9 @@ def refresh(study: Study, path: Path) -> None:
         store.close()
 
 
-def check_models(study: Study, todo: list[Cell], shape: tuple, classes: int, own: bool = True) -> None:
+def check_models(
+    study: Study, todo: list[Cell], shape: tuple, classes: int, own: bool = True
+) -> None:
     """Build each shape's model once and pass two zero images through it, so a `layers` spec that
     does not fit the dataset, or a study's own model whose output is not [batch, classes], fails
     here as one line, before anything is written. `own`: check a study's own model here too;
@@ -193,9 +231,15 @@ def check_models(study: Study, todo: list[Cell], shape: tuple, classes: int, own
             with torch.no_grad():
                 net.eval()(torch.zeros(2, *shape))
         except (RuntimeError, ValueError) as e:
-            what = f"layers={cell.config['layers']}" if study.model == "cnn" else f"hidden={cell.config['hidden']}"
-            raise StudyError(f"{study.source}: model '{study.model}' with {what} does not fit {study.dataset} "
-                             f"inputs of shape {shape}: {str(e).splitlines()[0]}") from None
+            what = (
+                f"layers={cell.config['layers']}"
+                if study.model == "cnn"
+                else f"hidden={cell.config['hidden']}"
+            )
+            raise StudyError(
+                f"{study.source}: model '{study.model}' with {what} does not fit {study.dataset} "
+                f"inputs of shape {shape}: {str(e).splitlines()[0]}"
+            ) from None
 
 
 def device_name(device: torch.device) -> str:
@@ -207,7 +251,9 @@ def device_name(device: torch.device) -> str:
 class Local:
     """Trains queued groups one after another in this process, on one device."""
 
-    def __init__(self, study: Study, device: str, deterministic: bool, data_dir, progress: Progress):
+    def __init__(
+        self, study: Study, device: str, deterministic: bool, data_dir, progress: Progress
+    ):
         self.study, self.progress, self.queue = study, progress, []
         self.dev = engine.pick_device(device)
         engine.configure(deterministic)
@@ -230,8 +276,9 @@ class Local:
         for cell in group:
             self.progress.cell_start(cell)
         try:
-            return group, engine.train(group, self.data, self.study.model, self.dev, self.progress.epoch,
-                                       self.study.source)
+            return group, engine.train(
+                group, self.data, self.study.model, self.dev, self.progress.epoch, self.study.source
+            )
         except torch.OutOfMemoryError as e:
             if self.dev.type == "cuda":
                 torch.cuda.empty_cache()
@@ -244,16 +291,27 @@ class Local:
         pass
 
 
-def run(study: Study, out: str | Path = "results", device: str = "auto", max_group: int | None = None,
-        deterministic: bool = False, data_dir: str | None = None, progress: Progress | None = None,
-        executor: str = "local", address: str | None = None, groups_per_gpu: int = 1) -> Summary:
+def run(
+    study: Study,
+    out: str | Path = "results",
+    device: str = "auto",
+    max_group: int | None = None,
+    deterministic: bool = False,
+    data_dir: str | None = None,
+    progress: Progress | None = None,
+    executor: str = "local",
+    address: str | None = None,
+    groups_per_gpu: int = 1,
+) -> Summary:
     """Train every cell of `study` not yet in `out/<name>/`, in this process or (executor "ray") as
     Ray tasks. Raises Stopped on Ctrl-C; the store is written here only, whatever the executor."""
     if executor not in ("local", "ray"):
         raise AblateError(f"--executor {executor}: expected local or ray")
     if groups_per_gpu < 1:
         raise AblateError(f"--groups-per-gpu {groups_per_gpu}: expected 1 or more")
-    engine.parse_device(device)  # the name; whether this machine (or the Ray cluster) has it is checked later
+    engine.parse_device(
+        device
+    )  # the name; whether this machine (or the Ray cluster) has it is checked later
     progress = progress or Progress()
     path, started = results_dir(study, out), time.perf_counter()
     cells = expand(study)
@@ -263,7 +321,10 @@ def run(study: Study, out: str | Path = "results", device: str = "auto", max_gro
         return Summary(len(cells), len(cells), path=path)
     if executor == "ray":
         from . import cluster
-        pool = cluster.Pool(study, device, deterministic, data_dir, progress, address, groups_per_gpu)
+
+        pool = cluster.Pool(
+            study, device, deterministic, data_dir, progress, address, groups_per_gpu
+        )
     else:  # either fails before anything is written (a missing dataset, no GPU, no Ray)
         pool = Local(study, device, deterministic, data_dir, progress)
     try:
@@ -291,9 +352,10 @@ def run(study: Study, out: str | Path = "results", device: str = "auto", max_gro
             except KeyboardInterrupt:
                 for group, outcome in pool.drain():
                     _finish(study, store, summary, progress, pool, group, outcome)
-                stored = len(finished(path) & {c.id for c in cells})  # the signal may land mid-_finish
-                raise Stopped(stored, len(cells),
-                                  got[0] if got else signal.SIGINT) from None
+                stored = len(
+                    finished(path) & {c.id for c in cells}
+                )  # the signal may land mid-_finish
+                raise Stopped(stored, len(cells), got[0] if got else signal.SIGINT) from None
             summary.seconds = time.perf_counter() - started
             return summary
         finally:
@@ -305,12 +367,18 @@ def run(study: Study, out: str | Path = "results", device: str = "auto", max_gro
 
 def _finish(study, store, summary, progress, pool, group, outcome) -> None:
     """Store a trained group; split one that ran out of memory; record one that failed."""
-    if isinstance(outcome, torch.OutOfMemoryError) and len(group) == 1:  # cells of other shapes may fit
-        outcome = engine.GroupFailed(f"cell {group[0].id} alone does not fit in {pool.memory} memory")
+    if (
+        isinstance(outcome, torch.OutOfMemoryError) and len(group) == 1
+    ):  # cells of other shapes may fit
+        outcome = engine.GroupFailed(
+            f"cell {group[0].id} alone does not fit in {pool.memory} memory"
+        )
     if isinstance(outcome, torch.OutOfMemoryError):
         half = len(group) // 2
-        progress.warn(f"a group of {len(group)} cells ran out of {pool.memory} memory; "
-                      f"retrying as {half} + {len(group) - half}")
+        progress.warn(
+            f"a group of {len(group)} cells ran out of {pool.memory} memory; "
+            f"retrying as {half} + {len(group) - half}"
+        )
         pool.submit(group[half:])
         pool.submit(group[:half])
         return
@@ -320,7 +388,10 @@ def _finish(study, store, summary, progress, pool, group, outcome) -> None:
         return
     # one file per group: a group is stored whole or not at all, so a rerun after a
     # crash forms the same groups and repeats the same numbers bitwise
-    store.write([r for c, e in zip(group, outcome, strict=True) for r in rows_for(study, c, e)], file_name(group))
+    store.write(
+        [r for c, e in zip(group, outcome, strict=True) for r in rows_for(study, c, e)],
+        file_name(group),
+    )
     for cell, epochs in zip(group, outcome, strict=True):
         summary.trained += 1
         if epochs[-1]["status"] == "diverged":

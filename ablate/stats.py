@@ -18,6 +18,7 @@ Method, chosen for the usual 3-10 seeds:
 - Effects and interactions are one family: Holm's step-down adjustment over every row of
   both tables; significant at 0.05. tests/test_calibration.py simulates the error rates.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,7 +46,9 @@ def tidy(df: pd.DataFrame) -> pd.DataFrame:
     """List-valued columns as tuples, so they group and compare."""
     df = df.copy()
     for c in [c for c in df.columns if pd.api.types.is_object_dtype(df[c])]:
-        df[c] = pd.Series([hashable(v) for v in df[c]], index=df.index, dtype=object)  # map makes None NaN
+        df[c] = pd.Series(
+            [hashable(v) for v in df[c]], index=df.index, dtype=object
+        )  # map makes None NaN
     return df
 
 
@@ -53,18 +56,25 @@ def points(df: pd.DataFrame, factors: list[str]) -> list[tuple]:
     """Each row's design point as a tuple of levels, NaN read as None (the key pandas' groupby
     would turn into NaN, so that a None level and its rows never meet)."""
     missing = lambda v: isinstance(v, float) and v != v  # noqa: E731
-    return [tuple(None if missing(v) else v for v in row) for row in df[factors].itertuples(index=False)]
+    return [
+        tuple(None if missing(v) else v for v in row) for row in df[factors].itertuples(index=False)
+    ]
 
 
 def factor_columns(df: pd.DataFrame) -> list[str]:
     """The schema puts the factor columns between `seed` and `epoch`."""
     cols = list(df.columns)
-    return cols[cols.index("seed") + 1: cols.index("epoch")]
+    return cols[cols.index("seed") + 1 : cols.index("epoch")]
 
 
 def final(df: pd.DataFrame) -> pd.DataFrame:
     """Each cell's last stored epoch (a diverged cell's is the epoch it diverged in)."""
-    return df.sort_values("epoch", kind="stable").groupby("cell", sort=False).tail(1).reset_index(drop=True)
+    return (
+        df.sort_values("epoch", kind="stable")
+        .groupby("cell", sort=False)
+        .tail(1)
+        .reset_index(drop=True)
+    )
 
 
 def interval(x, method: str = "t", level: float = LEVEL) -> tuple[float, float, float, float]:
@@ -92,9 +102,17 @@ def summary(fin: pd.DataFrame, factors: list[str], metric: str = "test_acc") -> 
         g = fin[[k == levels for k in keys]]
         ok = g[g["status"] == "ok"][metric]
         mean, std, lo, hi = interval(ok)
-        rows.append({**dict(zip(factors, levels, strict=True)), "n_seeds": len(ok),
-                     "n_diverged": int((g["status"] != "ok").sum()), "mean": mean, "std": std,
-                     "ci_low": lo, "ci_high": hi})
+        rows.append(
+            {
+                **dict(zip(factors, levels, strict=True)),
+                "n_seeds": len(ok),
+                "n_diverged": int((g["status"] != "ok").sum()),
+                "mean": mean,
+                "std": std,
+                "ci_low": lo,
+                "ci_high": hi,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -122,11 +140,23 @@ def _sides(ok: pd.DataFrame, others: list[str], columns: dict, metric: str) -> p
     for name, mask in columns.items():
         corner[mask.to_numpy()] = name
     frame = pd.DataFrame({"match": match, "seed": ok["seed"], "corner": corner, "y": ok[metric]})
-    return frame.dropna(subset=["corner"]).groupby(["match", "seed", "corner"])["y"].mean().unstack("corner")
+    return (
+        frame.dropna(subset=["corner"])
+        .groupby(["match", "seed", "corner"])["y"]
+        .mean()
+        .unstack("corner")
+    )
 
 
-def paired_diffs(fin: pd.DataFrame, factors: list[str], factor: str, level, baseline,
-                 metric: str = "test_acc", matched: bool = True) -> pd.Series:
+def paired_diffs(
+    fin: pd.DataFrame,
+    factors: list[str],
+    factor: str,
+    level,
+    baseline,
+    metric: str = "test_acc",
+    matched: bool = True,
+) -> pd.Series:
     """Per seed: mean over matched settings of the other factors of (level - baseline). A
     fractional design has no matched settings (the other factors' levels fix this one's), so
     `matched=False` fits the main effects by least squares per seed (two-level factors coded
@@ -139,13 +169,17 @@ def paired_diffs(fin: pd.DataFrame, factors: list[str], factor: str, level, base
     if not matched:
         return _fitted(ok, factors, factor, level, baseline, metric)
     others = [f for f in factors if f != factor]
-    wide = _sides(ok, others, {"level": _is(ok, factor, level), "base": _is(ok, factor, baseline)}, metric)
+    wide = _sides(
+        ok, others, {"level": _is(ok, factor, level), "base": _is(ok, factor, baseline)}, metric
+    )
     if not {"level", "base"} <= set(wide.columns):
         return pd.Series(dtype=float)
     return _per_seed((wide["level"] - wide["base"]).dropna())
 
 
-def _fitted(ok: pd.DataFrame, factors: list[str], factor: str, level, baseline, metric: str) -> pd.Series:
+def _fitted(
+    ok: pd.DataFrame, factors: list[str], factor: str, level, baseline, metric: str
+) -> pd.Series:
     out = {}
     for seed, g in ok.groupby("seed"):
         g = g[g[factor].map(lambda x: same(x, level) or same(x, baseline)).astype(bool)]
@@ -153,7 +187,11 @@ def _fitted(ok: pd.DataFrame, factors: list[str], factor: str, level, baseline, 
         for f in factors:
             values = list(dict.fromkeys(g[f].map(hashable)))
             if f != factor and len(values) == 2:
-                cols.append(np.where(g[f].map(lambda x, v=values[1]: hashable(x) == v).astype(bool), 1.0, -1.0))
+                cols.append(
+                    np.where(
+                        g[f].map(lambda x, v=values[1]: hashable(x) == v).astype(bool), 1.0, -1.0
+                    )
+                )
         x = np.column_stack([np.ones(len(g)), *cols])
         if np.linalg.matrix_rank(x) == x.shape[1]:  # full column rank: every effect estimable
             out[seed] = 2 * np.linalg.lstsq(x, g[metric].to_numpy(dtype=float), rcond=None)[0][1]
@@ -177,8 +215,13 @@ def signflip(d: np.ndarray) -> float:
     """Exact two-sided sign-flip p of per-seed differences (Monte Carlo past 16 seeds)."""
     if len(d) < 1 or not np.any(d):
         return 1.0
-    flips = st.permutation_test((d,), np.mean, permutation_type="samples",
-                                n_resamples=np.inf if len(d) <= 16 else 9999, random_state=0)
+    flips = st.permutation_test(
+        (d,),
+        np.mean,
+        permutation_type="samples",
+        n_resamples=np.inf if len(d) <= 16 else 9999,
+        random_state=0,
+    )
     return float(flips.pvalue)
 
 
@@ -195,8 +238,11 @@ def mde(std: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float
         return np.nan
     df, crit = n - 1, st.t.ppf(1 - alpha / 2, n - 1)
     # the far tail's cdf is NaN once it underflows; it is 0 there. Power 0.8 needs d < 12 at n = 2
-    reach = lambda d: st.nct.sf(crit, df, d * np.sqrt(n)) + np.nan_to_num(  # noqa: E731
-        st.nct.cdf(-crit, df, d * np.sqrt(n)))
+
+    def reach(d):
+        shift = d * np.sqrt(n)
+        return st.nct.sf(crit, df, shift) + np.nan_to_num(st.nct.cdf(-crit, df, shift))
+
     return float(brentq(lambda d: reach(d) - power, 0.0, 60.0)) * std
 
 
@@ -247,20 +293,57 @@ def _row(d: np.ndarray, resolution: float, margin: float | None, halfwidth: floa
     if flat:  # the t interval would be [diff, diff]: a claim the data cannot make
         lo = hi = np.nan
     p_eq = tost(d, margin) if margin and not flat else np.nan
-    return dict(n_pairs=len(d), diff=diff, ci_low=lo, ci_high=hi, p_value=p, p_signflip=p_flip,
-                no_spread=flat, test=test, mde=np.nan if flat else mde(std, len(d)),
-                seeds_needed=np.nan if flat else seeds_needed(std, halfwidth),
-                p_equivalence=p_eq, equivalent=bool(p_eq < ALPHA))
+    return dict(
+        n_pairs=len(d),
+        diff=diff,
+        ci_low=lo,
+        ci_high=hi,
+        p_value=p,
+        p_signflip=p_flip,
+        no_spread=flat,
+        test=test,
+        mde=np.nan if flat else mde(std, len(d)),
+        seeds_needed=np.nan if flat else seeds_needed(std, halfwidth),
+        p_equivalence=p_eq,
+        equivalent=bool(p_eq < ALPHA),
+    )
 
 
-EFFECT_COLUMNS = ["factor", "level", "baseline", "metric", "n_pairs", "diff", "ci_low", "ci_high", "p_value",
-                  "p_signflip", "p_holm", "significant", "test", "no_spread", "mde", "seeds_needed",
-                  "p_equivalence", "equivalent", "alias", "note"]
+EFFECT_COLUMNS = [
+    "factor",
+    "level",
+    "baseline",
+    "metric",
+    "n_pairs",
+    "diff",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "p_signflip",
+    "p_holm",
+    "significant",
+    "test",
+    "no_spread",
+    "mde",
+    "seeds_needed",
+    "p_equivalence",
+    "equivalent",
+    "alias",
+    "note",
+]
 
 
-def effects(fin: pd.DataFrame, factors: list[str], baselines: dict, levels: dict,
-            metric: str = "test_acc", matched: bool = True, resolution: float = 0.0,
-            margin: float | None = None, halfwidth: float = HALFWIDTH) -> pd.DataFrame:
+def effects(
+    fin: pd.DataFrame,
+    factors: list[str],
+    baselines: dict,
+    levels: dict,
+    metric: str = "test_acc",
+    matched: bool = True,
+    resolution: float = 0.0,
+    margin: float | None = None,
+    halfwidth: float = HALFWIDTH,
+) -> pd.DataFrame:
     """Every non-baseline level of every factor against its baseline, paired by seed
     (`matched=False`: fitted per seed, for a fractional design; see paired_diffs). Holm here
     covers this table alone; `analyse` makes one family of effects and interactions."""
@@ -270,8 +353,17 @@ def effects(fin: pd.DataFrame, factors: list[str], baselines: dict, levels: dict
             if same(level, baselines[f]):
                 continue
             d = paired_diffs(fin, factors, f, level, baselines[f], metric, matched).to_numpy()
-            rows.append(dict(factor=f, level=level, baseline=baselines[f], metric=metric,
-                             **_row(d, resolution, margin, halfwidth), alias="", note=""))
+            rows.append(
+                dict(
+                    factor=f,
+                    level=level,
+                    baseline=baselines[f],
+                    metric=metric,
+                    **_row(d, resolution, margin, halfwidth),
+                    alias="",
+                    note="",
+                )
+            )
     out = pd.DataFrame(rows, columns=EFFECT_COLUMNS)
     if len(out):  # equivalence too is claimed page-wide: Holm over the rows it was tested on
         out["equivalent"] = holm(out["p_equivalence"]) < ALPHA
@@ -283,20 +375,47 @@ def _holm_family(*tables: pd.DataFrame) -> pd.DataFrame:
     p = np.concatenate([t["p_value"].to_numpy(dtype=float) for t in tables]) if tables else []
     adjusted, at = holm(p), 0
     for t in tables:
-        t["p_holm"] = adjusted[at:at + len(t)]
+        t["p_holm"] = adjusted[at : at + len(t)]
         t["significant"] = t["p_holm"] < ALPHA
         at += len(t)
     return tables[0]
 
 
-INTERACTION_COLUMNS = ["factor", "level", "baseline", "by", "by_level", "by_baseline", "metric", "n_pairs",
-                       "at_baseline", "at_baseline_low", "at_baseline_high", "at_level", "at_level_low",
-                       "at_level_high", "diff", "ci_low", "ci_high", "p_value", "p_holm", "significant", "test",
-                       "no_spread", "note"]
+INTERACTION_COLUMNS = [
+    "factor",
+    "level",
+    "baseline",
+    "by",
+    "by_level",
+    "by_baseline",
+    "metric",
+    "n_pairs",
+    "at_baseline",
+    "at_baseline_low",
+    "at_baseline_high",
+    "at_level",
+    "at_level_low",
+    "at_level_high",
+    "diff",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "p_holm",
+    "significant",
+    "test",
+    "no_spread",
+    "note",
+]
 
 
-def interactions(fin: pd.DataFrame, factors: list[str], baselines: dict, levels: dict,
-                 metric: str = "test_acc", resolution: float = 0.0) -> pd.DataFrame:
+def interactions(
+    fin: pd.DataFrame,
+    factors: list[str],
+    baselines: dict,
+    levels: dict,
+    metric: str = "test_acc",
+    resolution: float = 0.0,
+) -> pd.DataFrame:
     """Does a factor's effect depend on another's level? For each pair of factors (study order)
     and each non-baseline level of each: per setting of the remaining factors where all four
     cells are ok, the first's effect (level - baseline) at the second's baseline
@@ -306,17 +425,34 @@ def interactions(fin: pd.DataFrame, factors: list[str], baselines: dict, levels:
     and interactions together). Needs every combination of the pair: full grids only."""
     ok, rows = fin[fin["status"] == "ok"], []
     for i, a in enumerate(factors):
-        for b in factors[i + 1:]:
+        for b in factors[i + 1 :]:
             for la in [v for v in levels[a] if not same(v, baselines[a])]:
                 for lb in [v for v in levels[b] if not same(v, baselines[b])]:
-                    at0, at1 = _simple_pair(ok, factors, (a, la, baselines[a]), (b, lb, baselines[b]), metric)
+                    at0, at1 = _simple_pair(
+                        ok, factors, (a, la, baselines[a]), (b, lb, baselines[b]), metric
+                    )
                     d = (at1 - at0).to_numpy()
                     (m0, _, lo0, hi0), (m1, _, lo1, hi1) = interval(at0), interval(at1)
                     row = _row(d, resolution, None, HALFWIDTH)
-                    rows.append(dict(factor=a, level=la, baseline=baselines[a], by=b, by_level=lb,
-                                     by_baseline=baselines[b], metric=metric, at_baseline=m0,
-                                     at_baseline_low=lo0, at_baseline_high=hi0, at_level=m1, at_level_low=lo1,
-                                     at_level_high=hi1, **{k: row[k] for k in INTERACTION_KEYS}, note=""))
+                    rows.append(
+                        dict(
+                            factor=a,
+                            level=la,
+                            baseline=baselines[a],
+                            by=b,
+                            by_level=lb,
+                            by_baseline=baselines[b],
+                            metric=metric,
+                            at_baseline=m0,
+                            at_baseline_low=lo0,
+                            at_baseline_high=hi0,
+                            at_level=m1,
+                            at_level_low=lo1,
+                            at_level_high=hi1,
+                            **{k: row[k] for k in INTERACTION_KEYS},
+                            note="",
+                        )
+                    )
     return _holm_family(pd.DataFrame(rows, columns=INTERACTION_COLUMNS))
 
 
@@ -328,8 +464,11 @@ def _simple_pair(ok, factors, first: tuple, second: tuple, metric) -> tuple[pd.S
     settings of the remaining factors where all four cells are ok."""
     (a, la, ba), (b, lb, bb) = first, second
     others = [f for f in factors if f not in (a, b)]
-    corners = {x + y: _is(ok, a, va) & _is(ok, b, vb) for x, va in (("1", la), ("0", ba))
-               for y, vb in (("1", lb), ("0", bb))}  # "10": a at its level, b at baseline
+    corners = {
+        x + y: _is(ok, a, va) & _is(ok, b, vb)
+        for x, va in (("1", la), ("0", ba))
+        for y, vb in (("1", lb), ("0", bb))
+    }  # "10": a at its level, b at baseline
     w = _sides(ok, others, corners, metric) if len(ok) else pd.DataFrame()
     if not set(corners) <= set(w.columns):
         return pd.Series(dtype=float), pd.Series(dtype=float)
@@ -357,9 +496,19 @@ def curves(df: pd.DataFrame, factors: list[str], metric: str) -> pd.DataFrame:
     for key in dict.fromkeys(keys):
         g = ok[[k == key for k in keys]]
         mean, _, lo, hi = interval(g[metric])
-        rows.append({**dict(zip([*factors, "epoch"], key, strict=True)), "point": key[:-1], "n": len(g),
-                     "mean": mean, "ci_low": lo, "ci_high": hi})
-    return pd.DataFrame(rows, columns=[*factors, "epoch", "point", "n", "mean", "ci_low", "ci_high"])
+        rows.append(
+            {
+                **dict(zip([*factors, "epoch"], key, strict=True)),
+                "point": key[:-1],
+                "n": len(g),
+                "mean": mean,
+                "ci_low": lo,
+                "ci_high": hi,
+            }
+        )
+    return pd.DataFrame(
+        rows, columns=[*factors, "epoch", "point", "n", "mean", "ci_low", "ci_high"]
+    )
 
 
 @dataclass
@@ -373,24 +522,43 @@ class Analysis:
 
     @property
     def family(self) -> int:
-        return int(self.effects["p_value"].notna().sum() + self.interactions["p_value"].notna().sum())
+        return int(
+            self.effects["p_value"].notna().sum() + self.interactions["p_value"].notna().sum()
+        )
 
 
-def analyse(fin: pd.DataFrame, factors: list[str], baselines: dict, levels: dict, metric: str = "test_acc",
-            design: str = "grid", resolution: float = 0.0, margin: float | None = None,
-            halfwidth: float = HALFWIDTH) -> Analysis:
+def analyse(
+    fin: pd.DataFrame,
+    factors: list[str],
+    baselines: dict,
+    levels: dict,
+    metric: str = "test_acc",
+    design: str = "grid",
+    resolution: float = 0.0,
+    margin: float | None = None,
+    halfwidth: float = HALFWIDTH,
+) -> Analysis:
     """Effects, interactions where every combination of levels is present, one Holm family over
     both (a complete null then flags something on the page in <= 5% of studies), and a note
     on every row a reader could misread."""
     points = len(fin[factors].astype(str).drop_duplicates()) if factors else 1
     full = len(factors) > 1 and points == math.prod(len(levels[f]) for f in factors)
     fractional = design == "fractional" and not full
-    eff = effects(fin, factors, baselines, levels, metric, not fractional, resolution, margin, halfwidth)
-    inter = (interactions(fin, factors, baselines, levels, metric, resolution) if full
-             else pd.DataFrame(columns=INTERACTION_COLUMNS))
+    eff = effects(
+        fin, factors, baselines, levels, metric, not fractional, resolution, margin, halfwidth
+    )
+    inter = (
+        interactions(fin, factors, baselines, levels, metric, resolution)
+        if full
+        else pd.DataFrame(columns=INTERACTION_COLUMNS)
+    )
     _holm_family(eff, inter)
-    out = Analysis(eff, inter, "grid" if full else "fractional" if fractional else design,
-                   sum(len(levels[f]) == 2 for f in factors) if fractional else None)
+    out = Analysis(
+        eff,
+        inter,
+        "grid" if full else "fractional" if fractional else design,
+        sum(len(levels[f]) == 2 for f in factors) if fractional else None,
+    )
     if out.half_k:
         sign = "-" if out.half_k % 2 else "+"  # the half's defining relation: I = (-1)^k AB...K
         two = [f for f in factors if len(levels[f]) == 2]  # a factor a --set pinned aliases nothing
@@ -405,10 +573,16 @@ def _note(r, family: int) -> str:
     notes = []
     if r.get("alias"):
         word = "minus" if r["alias"][0] == "-" else "plus"
-        notes.append(f"estimates the main effect {word} the {r['alias'][1:]} interaction (aliased in the half)")
+        notes.append(
+            f"estimates the main effect {word} the {r['alias'][1:]} interaction (aliased in the half)"
+        )
     if r["no_spread"]:
-        notes.append(f"no spread: every seed differs by {r['diff']:+.4g} to within the metric's resolution; "
-                     f"exact sign-flip p {r['p_value']:.3g} decides")
+        notes.append(
+            f"no spread: every seed differs by {r['diff']:+.4g} to within the metric's resolution; "
+            f"exact sign-flip p {r['p_value']:.3g} decides"
+        )
     elif not r["significant"] and (r["ci_low"] > 0 or r["ci_high"] < 0):
-        notes.append(f"95% CI excludes 0 for this row alone; not significant after Holm over {family} tests")
+        notes.append(
+            f"95% CI excludes 0 for this row alone; not significant after Holm over {family} tests"
+        )
     return "; ".join(notes)

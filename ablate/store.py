@@ -8,6 +8,7 @@ Layout of results/<study>/:
 Names beginning with "_" or "." are skipped by pyarrow's and DuckDB's readers, so
 `pandas.read_parquet("results/<study>")` sees the rows alone.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,7 +28,9 @@ from .study import JSON_DEFAULTS, AblateError, design_ids
 MANIFEST = "_manifest.json"
 QUARANTINE = "_quarantine"
 LOCK = ".lock"
-MARKER = ".ablate-report"  # in a report folder: the files ablate wrote there, the only ones it removes
+MARKER = (
+    ".ablate-report"  # in a report folder: the files ablate wrote there, the only ones it removes
+)
 
 
 class StoreError(AblateError):
@@ -78,7 +81,9 @@ def atomic_write(path: Path, write: Callable, kind: str = "file") -> None:
 
 
 def parquet_files(path: Path) -> list[Path]:
-    return sorted(p for p in Path(path).glob("*.parquet") if not p.name.startswith((".", "_")) and p.is_file())
+    return sorted(
+        p for p in Path(path).glob("*.parquet") if not p.name.startswith((".", "_")) and p.is_file()
+    )
 
 
 def check_folder(path: Path) -> None:
@@ -87,19 +92,31 @@ def check_folder(path: Path) -> None:
     one inside another study's results folder. Opening a store moves foreign Parquet files
     aside and deletes temp files, which must never happen to a user's own folder."""
     if (path.parent / MANIFEST).is_file():
-        raise StoreError(f"{path.parent}: is a study's results folder; results of another study do not go "
-                         "inside it: choose another --out", code=2)
+        raise StoreError(
+            f"{path.parent}: is a study's results folder; results of another study do not go "
+            "inside it: choose another --out",
+            code=2,
+        )
     if not path.exists():
         return
     if not path.is_dir():
-        raise StoreError(f"{path}: exists and is not a folder; choose another --out or study name", code=2)
+        raise StoreError(
+            f"{path}: exists and is not a folder; choose another --out or study name", code=2
+        )
     if (path / MANIFEST).is_file():
         return
-    foreign = [p.name for p in path.iterdir() if p.name != LOCK and not (p.name.startswith(".") and ".tmp-" in p.name)]
+    foreign = [
+        p.name
+        for p in path.iterdir()
+        if p.name != LOCK and not (p.name.startswith(".") and ".tmp-" in p.name)
+    ]
     if foreign:
-        raise StoreError(f"{path}: holds files ablate did not write ({', '.join(sorted(foreign)[:3])}"
-                         f"{', ...' if len(foreign) > 3 else ''}) and no {MANIFEST}; choose another --out "
-                         "or study name", code=2)
+        raise StoreError(
+            f"{path}: holds files ablate did not write ({', '.join(sorted(foreign)[:3])}"
+            f"{', ...' if len(foreign) > 3 else ''}) and no {MANIFEST}; choose another --out "
+            "or study name",
+            code=2,
+        )
 
 
 class Store:
@@ -123,8 +140,10 @@ class Store:
             self._lock.seek(0)
             pid = self._lock.read().strip() or "unknown"
             self._lock.close()
-            raise StoreError(f"{self.path}: another ablate run (pid {pid}) is writing here; "
-                             "wait for it to finish or stop it") from None
+            raise StoreError(
+                f"{self.path}: another ablate run (pid {pid}) is writing here; "
+                "wait for it to finish or stop it"
+            ) from None
         except ImportError:  # no flock on Windows: single-writer is then the user's to keep
             pass
         self._lock.truncate(0)
@@ -161,13 +180,23 @@ class Store:
                     self._quarantine(f, problem)
                     continue
                 cells = set(pq.read_table(f, columns=["cell"]).column("cell").to_pylist())
-                clash = [c for c in cells if c in first and not _same_rows(
-                    (first[c], pq.read_table(first[c]).to_pandas()), pq.read_table(f).to_pandas(), c)]
+                clash = [
+                    c
+                    for c in cells
+                    if c in first
+                    and not _same_rows(
+                        (first[c], pq.read_table(first[c]).to_pandas()),
+                        pq.read_table(f).to_pandas(),
+                        c,
+                    )
+                ]
             except (pa.ArrowException, OSError) as e:
                 self._quarantine(f, f"unreadable Parquet ({str(e).splitlines()[0][:80]})")
                 continue
             if clash:
-                self._quarantine(f, f"holds cell {clash[0]} with other values than {first[clash[0]].name}")
+                self._quarantine(
+                    f, f"holds cell {clash[0]} with other values than {first[clash[0]].name}"
+                )
                 continue
             first.update({c: f for c in cells if c not in first})
             ids.update(cells)
@@ -198,8 +227,10 @@ class Store:
         try:
             atomic_write(path, lambda f: pq.write_table(table, f), "parquet")
         except OSError as e:
-            raise StoreError(f"{self.path}: cannot store results ({e.strerror or e}); the cells stored "
-                             "before are kept: free space and run the same command to go on") from None
+            raise StoreError(
+                f"{self.path}: cannot store results ({e.strerror or e}); the cells stored "
+                "before are kept: free space and run the same command to go on"
+            ) from None
         return path
 
     def manifest(self) -> dict:
@@ -222,12 +253,21 @@ def read_manifest(path: str | Path) -> dict:
     except (json.JSONDecodeError, OSError, UnicodeDecodeError) as e:
         raise StoreError(f"{file}: unreadable manifest ({e})") from None
     if not isinstance(manifest, dict):
-        raise StoreError(f"{file}: unreadable manifest (a JSON {type(manifest).__name__}, not an object); "
-                         "move it aside and rerun the study")
+        raise StoreError(
+            f"{file}: unreadable manifest (a JSON {type(manifest).__name__}, not an object); "
+            "move it aside and rerun the study"
+        )
     return manifest
 
 
-ROW_COLUMNS = ("epoch", "train_loss", "test_loss", "test_acc", "seconds", "status")  # per epoch, after the levels
+ROW_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "test_loss",
+    "test_acc",
+    "seconds",
+    "status",
+)  # per epoch, after the levels
 METRICS = ("train_loss", "test_loss", "test_acc", "seconds")
 REQUIRED = ("study", "cell", "seed", "epoch", "status", "config")
 
@@ -263,14 +303,18 @@ def _once(frames: list[tuple[Path, pd.DataFrame]], warn) -> list[pd.DataFrame]:
         known = [c for c in cells if c in seen]
         for c in known:
             if not _same_rows(seen[c], table, c):
-                raise StoreError(f"{f}: holds cell {c} with other values than {seen[c][0].name}; move one "
-                                 "of the two out (`ablate run` moves the later to _quarantine)")
+                raise StoreError(
+                    f"{f}: holds cell {c} with other values than {seen[c][0].name}; move one "
+                    "of the two out (`ablate run` moves the later to _quarantine)"
+                )
         copies += len(known)
         out.append(table[~table["cell"].isin(known)])
         for c in cells:
             seen.setdefault(c, (f, table))
     if copies and warn:
-        warn(f"{copies} cells are stored twice with identical rows (a copied results file?); each counted once")
+        warn(
+            f"{copies} cells are stored twice with identical rows (a copied results file?); each counted once"
+        )
     return out
 
 
@@ -297,15 +341,23 @@ def read(path: str | Path, warn: Callable[[str], None] | None = warnings.warn) -
     if "factors" not in manifest:  # an old manifest: every stored level column is a factor
         return df.sort_values(["cell", "epoch"], kind="stable").reset_index(drop=True)
     factors = manifest.get("factor_order") or list(manifest["factors"] or {})  # the study's order
-    config = df["config"].map({c: {**JSON_DEFAULTS, **json.loads(c)} for c in df["config"].unique()})
+    config = df["config"].map(
+        {c: {**JSON_DEFAULTS, **json.loads(c)} for c in df["config"].unique()}
+    )
     for f in factors:  # a factor added after some rows were stored: their config holds its level
         level = config.map(lambda c, f=f: c.get(f))
-        df[f] = (level if f not in df.columns else df[f].where(df[f].notna(), level)).infer_objects()
+        df[f] = (
+            level if f not in df.columns else df[f].where(df[f].notna(), level)
+        ).infer_objects()
         if pd.api.types.is_float_dtype(df[f]) or pd.api.types.is_object_dtype(df[f]):
             # concatenated files made None NaN and 300 300.0: the study's own levels back
-            declared = (manifest["factors"] or {}).get(f) or []  # a list, not .map: map makes None NaN again
+            declared = (manifest["factors"] or {}).get(
+                f
+            ) or []  # a list, not .map: map makes None NaN again
             df[f] = pd.Series([_declared(v, declared) for v in df[f]], index=df.index, dtype=object)
-    levels = [c for c in df.columns if c in JSON_DEFAULTS]  # config keys: factors now, or once (then in config)
+    levels = [
+        c for c in df.columns if c in JSON_DEFAULTS
+    ]  # config keys: factors now, or once (then in config)
     rest = [c for c in df.columns if c not in ("study", "cell", "seed", "config", *levels)]
     df = df[["study", "cell", "seed", *factors, *rest, "config"]]
     return df.sort_values(["cell", "epoch"], kind="stable").reset_index(drop=True)
@@ -333,11 +385,15 @@ def _current(df: pd.DataFrame, manifest: dict, path: Path, warn) -> pd.DataFrame
     keep = df["cell"].isin(ids)
     stale = df.loc[~keep, "cell"].nunique()
     if not keep.any():
-        raise StoreError(f"{path}: none of its cells belong to the design in {MANIFEST}; "
-                         "was the study edited or run with --set? Rerun it with `ablate run`")
+        raise StoreError(
+            f"{path}: none of its cells belong to the design in {MANIFEST}; "
+            "was the study edited or run with --set? Rerun it with `ablate run`"
+        )
     if stale and warn:
-        warn(f"{path}: {stale} stored cells are not in the study's current design (an edited study or a "
-             "--set run wrote here) and are left out; `--out` keeps such runs apart")
+        warn(
+            f"{path}: {stale} stored cells are not in the study's current design (an edited study or a "
+            "--set run wrote here) and are left out; `--out` keeps such runs apart"
+        )
     return df[keep.to_numpy()]
 
 
@@ -351,8 +407,11 @@ def write_folder(out: Path, fill: Callable[[Path], None], ours: tuple[str, ...] 
     if out.exists() and not out.is_dir():
         raise StoreError(f"{out}: exists and is not a folder; choose another --out", code=2)
     if out.is_dir() and not marker.is_file() and not ours and any(out.iterdir()):
-        raise StoreError(f"{out}: not empty and not a report folder ablate wrote (no {MARKER}); choose a "
-                         "new or empty --out", code=2)
+        raise StoreError(
+            f"{out}: not empty and not a report folder ablate wrote (no {MARKER}); choose a "
+            "new or empty --out",
+            code=2,
+        )
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     try:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -9,6 +9,7 @@ On CUDA the default mode is "reduce-overhead", which replays the step as CUDA gr
 
     python benchmarks/compile.py [--workload reference|fashion] [--group 16] [--steps 600] [--mode ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,11 @@ WARMUP = 20  # steps before timing: compilation, allocator and cache warm-up
 def group(name: str, g: int, device, data):
     """A fresh Stack and Optimizer for G seeds of the workload's baseline cell."""
     dataset, model, cfg = WORKLOADS[name]
-    cs = cells(validate(Study(name="bench", dataset=dataset, model=model, base={**cfg, "epochs": 1}, seeds=g)))
+    cs = cells(
+        validate(
+            Study(name="bench", dataset=dataset, model=model, base={**cfg, "epochs": 1}, seeds=g)
+        )
+    )
     nets = [models.build(model, c.config, data.shape, data.classes, c.seed) for c in cs]
     s = fused.Stack(nets, device, cs)
     return cs, s, fused.Optimizer(s.params(), cs, device)
@@ -49,7 +54,9 @@ def train(loss_fn, s, opt, cs, data, steps: int, device) -> tuple[list[float], f
         if i == WARMUP:
             sync(device)
             warm, start = time.perf_counter() - start, time.perf_counter()
-        idx = order[:, (i * bs) % (len(data.train_x) - bs):][:, :bs]  # full batches only: one graph shape
+        idx = order[:, (i * bs) % (len(data.train_x) - bs) :][
+            :, :bs
+        ]  # full batches only: one graph shape
         x = fused.prepare(data, data.train_x[idx], norm, None)
         loss = loss_fn(s, x, data.train_y[idx], torch.tensor(i, device=device))
         loss.sum().backward()
@@ -70,9 +77,15 @@ def main() -> int:
     ap.add_argument("--workload", choices=["reference", "fashion"], default="reference")
     ap.add_argument("--group", type=int, default=16)
     ap.add_argument("--steps", type=int, default=600)
-    ap.add_argument("--rounds", type=int, default=2, help="eager and compiled alternated this many times")
+    ap.add_argument(
+        "--rounds", type=int, default=2, help="eager and compiled alternated this many times"
+    )
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--mode", default=None, help="torch.compile mode (default: reduce-overhead on CUDA, else default)")
+    ap.add_argument(
+        "--mode",
+        default=None,
+        help="torch.compile mode (default: reduce-overhead on CUDA, else default)",
+    )
     args = ap.parse_args()
     if args.steps <= WARMUP:
         ap.error(f"--steps must be more than the {WARMUP} warm-up steps")
@@ -80,8 +93,10 @@ def main() -> int:
     engine.configure(deterministic=False)
     mode = args.mode or ("reduce-overhead" if device.type == "cuda" else "default")
     data = datasets.load(WORKLOADS[args.workload][0], device)
-    print(f"device: {device_name(device)}; torch {torch.__version__}, {platform.python_version()}; "
-          f"{time.strftime('%Y-%m-%d')}; {args.workload} MLP, G={args.group}, {args.steps} steps, mode {mode}")
+    print(
+        f"device: {device_name(device)}; torch {torch.__version__}, {platform.python_version()}; "
+        f"{time.strftime('%Y-%m-%d')}; {args.workload} MLP, G={args.group}, {args.steps} steps, mode {mode}"
+    )
     compiled = torch.compile(step_loss, mode=mode, dynamic=False)
     runs: dict[str, list] = {"eager": [], "compiled": []}
     for r in range(args.rounds):  # alternated: a shared CPU's speed drifts
@@ -89,11 +104,18 @@ def main() -> int:
             cs, s, opt = group(args.workload, args.group, device, data)
             runs[label].append(train(fn, s, opt, cs, data, args.steps, device))
             losses, warm, per_step = runs[label][-1]
-            print(f"round {r + 1} {label:9} first {WARMUP} steps {warm:7.2f} s, then {per_step * 1e3:8.3f} ms/step")
+            print(
+                f"round {r + 1} {label:9} first {WARMUP} steps {warm:7.2f} s, then {per_step * 1e3:8.3f} ms/step"
+            )
     eager, comp = (min(t[2] for t in runs[k]) for k in ("eager", "compiled"))
-    drift = max(abs(a - b) / abs(a) for a, b in zip(runs["eager"][0][0], runs["compiled"][0][0], strict=True))
-    print(f"best of {args.rounds}: eager {eager * 1e3:.3f} ms/step, compiled {comp * 1e3:.3f} ms/step; compiled is "
-          f"{eager / comp:.2f}x eager's speed; largest relative loss difference over {args.steps} steps: {drift:.1e}")
+    drift = max(
+        abs(a - b) / abs(a)
+        for a, b in zip(runs["eager"][0][0], runs["compiled"][0][0], strict=True)
+    )
+    print(
+        f"best of {args.rounds}: eager {eager * 1e3:.3f} ms/step, compiled {comp * 1e3:.3f} ms/step; compiled is "
+        f"{eager / comp:.2f}x eager's speed; largest relative loss difference over {args.steps} steps: {drift:.1e}"
+    )
     return 0
 
 

@@ -7,6 +7,7 @@ on the same device; the GEMM peak and copy bandwidth are measured after the runs
 
     python benchmarks/throughput.py [--workload reference|fashion|both] [--device auto] [--quick]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,15 +29,43 @@ from ablate import engine  # noqa: E402
 from ablate.runner import device_name  # noqa: E402
 from ablate.study import Study, cells, validate  # noqa: E402
 
-EXAMPLES = ("conv:10:5", "maxpool:2", "act", "conv:20:5", "dropout2d:0.5", "maxpool:2", "act", "flatten",
-            "fc:50", "act", "dropout:0.5")
+EXAMPLES = (
+    "conv:10:5",
+    "maxpool:2",
+    "act",
+    "conv:20:5",
+    "dropout2d:0.5",
+    "maxpool:2",
+    "act",
+    "flatten",
+    "fc:50",
+    "act",
+    "dropout:0.5",
+)
 WORKLOADS = {  # the reference study's baseline cell, the Fashion-MNIST tutorial's MLP, the examples CNN
-    "reference": ("mnist", "mlp", dict(hidden=(512, 256), activation="sigmoid", dropout=0.5, lr=0.01, momentum=0.5,
-                                       batch_size=32, epochs=10)),
-    "fashion": ("fashion_mnist", "mlp", dict(hidden=(256, 128), activation="relu", lr=0.01, batch_size=64,
-                                             epochs=30)),
-    "cnn": ("mnist", "cnn", dict(layers=EXAMPLES, activation="relu", lr=0.01, momentum=0.5, batch_size=64,
-                                 epochs=40)),
+    "reference": (
+        "mnist",
+        "mlp",
+        dict(
+            hidden=(512, 256),
+            activation="sigmoid",
+            dropout=0.5,
+            lr=0.01,
+            momentum=0.5,
+            batch_size=32,
+            epochs=10,
+        ),
+    ),
+    "fashion": (
+        "fashion_mnist",
+        "mlp",
+        dict(hidden=(256, 128), activation="relu", lr=0.01, batch_size=64, epochs=30),
+    ),
+    "cnn": (
+        "mnist",
+        "cnn",
+        dict(layers=EXAMPLES, activation="relu", lr=0.01, momentum=0.5, batch_size=64, epochs=40),
+    ),
 }
 
 
@@ -52,9 +81,12 @@ def flops_per_sample(model, cfg) -> float:
         widths = [784, *cfg["hidden"], 10]
         return 6 * sum(a * b for a, b in zip(widths, widths[1:], strict=False))
     from torch.utils.flop_counter import FlopCounterMode
+
     net, bs = tutorial_model(model, cfg), cfg["batch_size"]
     with FlopCounterMode(display=False) as counter:
-        nn.functional.cross_entropy(net(torch.zeros(bs, 1, 28, 28)), torch.zeros(bs, dtype=torch.long)).backward()
+        nn.functional.cross_entropy(
+            net(torch.zeros(bs, 1, 28, 28)), torch.zeros(bs, dtype=torch.long)
+        ).backward()
     return counter.get_total_flops() / bs
 
 
@@ -62,12 +94,25 @@ def tutorial_model(model, cfg) -> nn.Module:
     """The model as the tutorials write it, with torch's own layers."""
     act = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid}[cfg["activation"]]
     if model == "cnn":  # the PyTorch examples' Net as a Sequential
-        return nn.Sequential(nn.Conv2d(1, 10, 5), nn.MaxPool2d(2), act(), nn.Conv2d(10, 20, 5), nn.Dropout2d(0.5),
-                             nn.MaxPool2d(2), act(), nn.Flatten(), nn.Linear(320, 50), act(), nn.Dropout(0.5),
-                             nn.Linear(50, 10))
+        return nn.Sequential(
+            nn.Conv2d(1, 10, 5),
+            nn.MaxPool2d(2),
+            act(),
+            nn.Conv2d(10, 20, 5),
+            nn.Dropout2d(0.5),
+            nn.MaxPool2d(2),
+            act(),
+            nn.Flatten(),
+            nn.Linear(320, 50),
+            act(),
+            nn.Dropout(0.5),
+            nn.Linear(50, 10),
+        )
     layers, width = [nn.Flatten()], 784
     for h in cfg["hidden"]:
-        layers += [nn.Linear(width, h), act()] + ([nn.Dropout(cfg["dropout"])] if cfg.get("dropout") else [])
+        layers += [nn.Linear(width, h), act()] + (
+            [nn.Dropout(cfg["dropout"])] if cfg.get("dropout") else []
+        )
         width = h
     return nn.Sequential(*layers, nn.Linear(width, 10))
 
@@ -80,7 +125,10 @@ def torchvision_root(name: str, cache: Path) -> Path:
     for path in datasets.locate(name):
         target = raw / path.name.removesuffix(".gz")
         if not target.exists():
-            with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f, open(target, "wb") as out:
+            with (
+                (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f,
+                open(target, "wb") as out,
+            ):
                 shutil.copyfileobj(f, out)
     return cache
 
@@ -91,7 +139,12 @@ def tutorial_epoch(name, model_name, cfg, device, limit, cache) -> tuple[int, fl
     from torchvision import transforms
 
     cls = getattr(torchvision.datasets, datasets.SOURCES[name][1])
-    ds = cls(str(torchvision_root(name, cache)), train=True, download=False, transform=transforms.ToTensor())
+    ds = cls(
+        str(torchvision_root(name, cache)),
+        train=True,
+        download=False,
+        transform=transforms.ToTensor(),
+    )
     if limit:
         ds = torch.utils.data.Subset(ds, range(limit))
     loader = torch.utils.data.DataLoader(ds, batch_size=cfg["batch_size"], shuffle=True)
@@ -122,8 +175,17 @@ def ablate_epoch(name, model, cfg, device, limit, g, precision="fp32") -> tuple[
     data = datasets.load(name, device)
     base = {**cfg, "epochs": 1, "train_subset": limit or None, "precision": precision}
     group = cells(validate(Study(name="bench", dataset=name, model=model, base=base, seeds=g)))
-    warm = cells(validate(Study(name="bench", dataset=name, model=model,
-                                base={**base, "train_subset": 50 * cfg["batch_size"]}, seeds=g)))
+    warm = cells(
+        validate(
+            Study(
+                name="bench",
+                dataset=name,
+                model=model,
+                base={**base, "train_subset": 50 * cfg["batch_size"]},
+                seeds=g,
+            )
+        )
+    )
     engine.train(warm, data, model, device)
     sync(device)
     start = time.perf_counter()
@@ -149,9 +211,11 @@ def measured_peak(device, dtype=torch.float32) -> float:
 
 
 # datasheet dense peaks (SXM parts) by precision: fp32 without tensor cores, tf32 and bf16 with them
-DATASHEET = {"H100": ({"fp32": 67e12, "tf32": 494.7e12, "bf16": 989.4e12}, 3.35e12),
-             "H200": ({"fp32": 67e12, "tf32": 494.7e12, "bf16": 989.4e12}, 4.8e12),
-             "A100": ({"fp32": 19.5e12, "tf32": 156e12, "bf16": 312e12}, 2.0e12)}
+DATASHEET = {
+    "H100": ({"fp32": 67e12, "tf32": 494.7e12, "bf16": 989.4e12}, 3.35e12),
+    "H200": ({"fp32": 67e12, "tf32": 494.7e12, "bf16": 989.4e12}, 4.8e12),
+    "A100": ({"fp32": 19.5e12, "tf32": 156e12, "bf16": 312e12}, 2.0e12),
+}
 
 
 def device_limits(device, precision="fp32") -> tuple[float, float, str]:
@@ -161,7 +225,11 @@ def device_limits(device, precision="fp32") -> tuple[float, float, str]:
         for key, (peaks, bw) in DATASHEET.items():
             if key in name:
                 peak = peaks[precision]
-                return peak, bw, f"{name}: datasheet {precision} {peak / 1e12:.1f} TFLOP/s, {bw / 1e12:.2f} TB/s"
+                return (
+                    peak,
+                    bw,
+                    f"{name}: datasheet {precision} {peak / 1e12:.1f} TFLOP/s, {bw / 1e12:.2f} TB/s",
+                )
     peak = measured_peak(device, torch.bfloat16 if precision == "bf16" else torch.float32)
     x = torch.empty(64 * 2**20, dtype=torch.float32, device=device)  # 256 MiB: far past any cache
     y = torch.empty_like(x)
@@ -172,8 +240,14 @@ def device_limits(device, precision="fp32") -> tuple[float, float, str]:
         y.copy_(x)
     sync(device)
     bw = 5 * 2 * x.numel() * 4 / (time.perf_counter() - start)
-    return peak, bw, (f"{'bf16' if precision == 'bf16' else 'fp32'} GEMM 2048^3 measured {peak / 1e9:.0f} GFLOP/s; "
-                      f"copy bandwidth measured {bw / 1e9:.1f} GB/s")
+    return (
+        peak,
+        bw,
+        (
+            f"{'bf16' if precision == 'bf16' else 'fp32'} GEMM 2048^3 measured {peak / 1e9:.0f} GFLOP/s; "
+            f"copy bandwidth measured {bw / 1e9:.1f} GB/s"
+        ),
+    )
 
 
 def intensity(model, cfg) -> float:
@@ -181,8 +255,11 @@ def intensity(model, cfg) -> float:
     momentum read and written, weights written (6 passes of 4 bytes), plus the batch's activations
     (each linear, conv and pool output written forward, read backward, and its gradient)."""
     net, sizes = tutorial_model(model, cfg), []
-    hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(o[0].numel())) for m in net.modules()
-             if isinstance(m, (nn.Linear, nn.Conv2d, nn.MaxPool2d))]  # MLP: the widths after the input
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: sizes.append(o[0].numel()))
+        for m in net.modules()
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.MaxPool2d))
+    ]  # MLP: the widths after the input
     with torch.no_grad():
         net.eval()(torch.zeros(1, 1, 28, 28))
     for h in hooks:
@@ -203,7 +280,9 @@ def measure(args, device, names, limit, top, cache) -> list[tuple]:
         g = 1
         while g <= top:
             try:
-                samples, secs = best(ablate_epoch, dataset, model, cfg, device, limit, g, args.precision)
+                samples, secs = best(
+                    ablate_epoch, dataset, model, cfg, device, limit, g, args.precision
+                )
             except torch.OutOfMemoryError:
                 break
             measured.append((name, "ablate" if g == 1 else "fused", g, samples, secs))
@@ -219,53 +298,91 @@ def table(measured, peak, bw) -> list[dict]:
         rate = samples / secs
         tut.setdefault(name, rate)
         fps, bound = flops_per_sample(model, cfg), min(peak, bw * intensity(model, cfg))
-        rows.append(dict(workload=name, mode=mode, group=g, cell_samples_per_s=round(rate),
-                         cells_per_hour=round(rate * 3600 / (cfg["epochs"] * 60_000), 1),
-                         speedup=round(rate / tut[name], 2), gflops=round(rate * fps / 1e9, 2),
-                         roofline_gflops=round(bound / 1e9, 1), pct_roofline=round(100 * rate * fps / bound, 1)))
+        rows.append(
+            dict(
+                workload=name,
+                mode=mode,
+                group=g,
+                cell_samples_per_s=round(rate),
+                cells_per_hour=round(rate * 3600 / (cfg["epochs"] * 60_000), 1),
+                speedup=round(rate / tut[name], 2),
+                gflops=round(rate * fps / 1e9, 2),
+                roofline_gflops=round(bound / 1e9, 1),
+                pct_roofline=round(100 * rate * fps / bound, 1),
+            )
+        )
     return rows
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workload", choices=[*WORKLOADS, "both", "all"], default="both",
-                    help="both: the two MLPs; all: the MLPs and the CNN")
+    ap.add_argument(
+        "--workload",
+        choices=[*WORKLOADS, "both", "all"],
+        default="both",
+        help="both: the two MLPs; all: the MLPs and the CNN",
+    )
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--max-group", type=int, default=None, help="largest group (default 16 on CPU, 512 on GPU)")
-    ap.add_argument("--quick", action="store_true",
-                    help="6,400-sample epochs and groups up to 4: a smoke run (ablate's epochs still end with the "
-                    "10,000-image test pass, so its rates read low)")
+    ap.add_argument(
+        "--max-group", type=int, default=None, help="largest group (default 16 on CPU, 512 on GPU)"
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="6,400-sample epochs and groups up to 4: a smoke run (ablate's epochs still end with the "
+        "10,000-image test pass, so its rates read low)",
+    )
     ap.add_argument("--csv", default="benchmarks/throughput.csv")
-    ap.add_argument("--repeat", type=int, default=2, help="epochs timed per mode; the fastest counts")
-    ap.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32",
-                    help="ablate's recipe precision (the tutorial loop stays fp32, as the tutorials run)")
+    ap.add_argument(
+        "--repeat", type=int, default=2, help="epochs timed per mode; the fastest counts"
+    )
+    ap.add_argument(
+        "--precision",
+        choices=["fp32", "tf32", "bf16"],
+        default="fp32",
+        help="ablate's recipe precision (the tutorial loop stays fp32, as the tutorials run)",
+    )
     args = ap.parse_args()
     device = engine.pick_device(args.device)
     engine.configure(deterministic=False)
     limit = 6400 if args.quick else 0
     top = args.max_group or (4 if args.quick else 512 if device.type == "cuda" else 16)
-    names = {"both": ["reference", "fashion"], "all": list(WORKLOADS)}.get(args.workload, [args.workload])
-    print(f"device: {device_name(device)}; precision {args.precision}; "
-          f"torch {torch.__version__}, {platform.python_version()}; {time.strftime('%Y-%m-%d')}")
+    names = {"both": ["reference", "fashion"], "all": list(WORKLOADS)}.get(
+        args.workload, [args.workload]
+    )
+    print(
+        f"device: {device_name(device)}; precision {args.precision}; "
+        f"torch {torch.__version__}, {platform.python_version()}; {time.strftime('%Y-%m-%d')}"
+    )
     measured = measure(args, device, names, limit, top, datasets.cache_dir() / "torchvision")
-    peak, bw, how = device_limits(device, args.precision)  # after the runs too: a shared CPU's speed drifts
+    peak, bw, how = device_limits(
+        device, args.precision
+    )  # after the runs too: a shared CPU's speed drifts
     print(f"roofline inputs: {how}")
     rows = table(measured, peak, bw)
-    print(f"\n{'workload':10} {'mode':8} {'G':>4} {'cell-samples/s':>15} {'cells/h':>8} {'speedup':>8} "
-          f"{'GFLOP/s':>8} {'bound':>8} {'% bound':>8}")
+    print(
+        f"\n{'workload':10} {'mode':8} {'G':>4} {'cell-samples/s':>15} {'cells/h':>8} {'speedup':>8} "
+        f"{'GFLOP/s':>8} {'bound':>8} {'% bound':>8}"
+    )
     for r in rows:
-        print(f"{r['workload']:10} {r['mode']:8} {r['group']:>4} {r['cell_samples_per_s']:>15,} "
-              f"{r['cells_per_hour']:>8} {r['speedup']:>7}x {r['gflops']:>8} {r['roofline_gflops']:>8} "
-              f"{r['pct_roofline']:>7}%")
+        print(
+            f"{r['workload']:10} {r['mode']:8} {r['group']:>4} {r['cell_samples_per_s']:>15,} "
+            f"{r['cells_per_hour']:>8} {r['speedup']:>7}x {r['gflops']:>8} {r['roofline_gflops']:>8} "
+            f"{r['pct_roofline']:>7}%"
+        )
     Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
     with open(args.csv, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    print("\ncells/h: whole cells of the workload's recipe (reference: 10 epochs, fashion: 30, cnn: 40) per hour; "
-          "ablate's epochs include the test-set evaluation, the tutorial loop's do not")
-    print(f"written: {args.csv}; bound = min(peak, bandwidth x intensity); intensity "
-          + ", ".join(f"{n}: {intensity(*WORKLOADS[n][1:]):.1f} FLOP/B" for n in names))
+    print(
+        "\ncells/h: whole cells of the workload's recipe (reference: 10 epochs, fashion: 30, cnn: 40) per hour; "
+        "ablate's epochs include the test-set evaluation, the tutorial loop's do not"
+    )
+    print(
+        f"written: {args.csv}; bound = min(peak, bandwidth x intensity); intensity "
+        + ", ".join(f"{n}: {intensity(*WORKLOADS[n][1:]):.1f} FLOP/B" for n in names)
+    )
     return 0 if math.isfinite(rows[-1]["speedup"]) else 1
 
 

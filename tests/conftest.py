@@ -1,4 +1,5 @@
 """Shared fixtures: the real datasets folder and tiny study files."""
+
 import os
 import signal
 import textwrap
@@ -12,7 +13,9 @@ REPO = Path(__file__).resolve().parents[1]
 def _data_dir() -> Path | None:
     given = os.environ.get("ABLATE_DATA_DIR")
     if given:
-        assert (Path(given) / "MNIST" / "raw").is_dir(), f"ABLATE_DATA_DIR={given} holds no MNIST/raw"
+        assert (Path(given) / "MNIST" / "raw").is_dir(), (
+            f"ABLATE_DATA_DIR={given} holds no MNIST/raw"
+        )
         return Path(given)
     guess = REPO.parent / "shared" / "datasets"
     return guess if (guess / "MNIST" / "raw").is_dir() else None
@@ -22,7 +25,9 @@ def default_sigint():
     """For subprocesses: a shell's background job inherits SIGINT ignored, and Python then never
     raises KeyboardInterrupt; give the child the default, as a terminal would."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)  # nohup-like runners ignore it; a terminal does not
+    signal.signal(
+        signal.SIGHUP, signal.SIG_DFL
+    )  # nohup-like runners ignore it; a terminal does not
 
 
 @pytest.fixture(scope="session")
@@ -50,10 +55,20 @@ study = Study(
 """
 
 
-def write_study(folder: Path, name="tiny", epochs=1, seeds=2, design="grid",
-                factors="dict(activation=['relu', 'sigmoid'], dropout=[0.0, 0.25])", body=None) -> Path:
+def write_study(
+    folder: Path,
+    name="tiny",
+    epochs=1,
+    seeds=2,
+    design="grid",
+    factors="dict(activation=['relu', 'sigmoid'], dropout=[0.0, 0.25])",
+    body=None,
+) -> Path:
     path = folder / f"{name}.py"
-    text = body if body is not None else TINY.format(name=name, epochs=epochs, seeds=seeds,
-                                                     design=design, factors=factors)
+    text = (
+        body
+        if body is not None
+        else TINY.format(name=name, epochs=epochs, seeds=seeds, design=design, factors=factors)
+    )
     path.write_text(textwrap.dedent(text))
     return path

@@ -1,4 +1,5 @@
 """The blocked ANOVA checked by hand and against statsmodels; sign changes planted and simulated."""
+
 import itertools
 
 import numpy as np
@@ -14,8 +15,13 @@ from ablate import anova
 
 def test_a_two_by_two_grid_by_hand():
     rows = {0: [1, 2, 3, 6], 1: [2, 3, 4, 6], 2: [3, 4, 5, 9]}  # seed: (a, b) = 00, 01, 10, 11
-    fin = frame({(a, b, s): float(y[2 * a + b]) for s, y in rows.items()
-                 for a, b in itertools.product([0, 1], [0, 1])})
+    fin = frame(
+        {
+            (a, b, s): float(y[2 * a + b])
+            for s, y in rows.items()
+            for a, b in itertools.product([0, 1], [0, 1])
+        }
+    )
     out, n = anova.anova(fin, ["a", "b"], {"a": [0, 1], "b": [0, 1]})
     # grand mean 4; a's means 15/6 = 2.5 and 33/6 = 5.5: SS_a = 12 obs * 1.5**2 = 27 of a total 54.
     # b: 12 * 1**2 = 12; a:b: cell (1,1) 7 - 5.5 - 5 + 4 = 0.5, so 12 * 0.25 = 3; seed means
@@ -27,9 +33,14 @@ def test_a_two_by_two_grid_by_hand():
     assert out["term"].tolist() == ["seed", "a", "b", "a:b", "residual"]
     assert out["df"].tolist() == [2, 1, 1, 1, 6]
     assert out["sum_sq"].tolist() == pytest.approx([10.5, 27, 12, 3, 1.5])
-    assert out["F"].tolist()[1:4] == pytest.approx([108, 48, 12]) and out["error_df"].tolist()[1:4] == [2, 2, 2]
+    assert out["F"].tolist()[1:4] == pytest.approx([108, 48, 12]) and out["error_df"].tolist()[
+        1:4
+    ] == [2, 2, 2]
     assert out["F"][1] == pytest.approx(st.ttest_1samp([3, 2.5, 3.5], 0).statistic ** 2)
-    assert out["p"][1] == pytest.approx(st.f.sf(108, 1, 2)) and out[["F", "p"]].iloc[[0, -1]].isna().all().all()
+    assert (
+        out["p"][1] == pytest.approx(st.f.sf(108, 1, 2))
+        and out[["F", "p"]].iloc[[0, -1]].isna().all().all()
+    )
     assert out["eta_sq"][1] == pytest.approx(0.5) and out["eta_sq"].sum() == pytest.approx(1)
 
 
@@ -37,9 +48,17 @@ def random_grid(rng, seeds=4) -> tuple[pd.DataFrame, dict]:
     """2 x 3 x 2 with a shift per seed, main effects, one interaction and noise."""
     levels = {"a": [0, 1], "b": ["x", "y", "z"], "c": [False, True]}
     shift = rng.normal(0, 0.01, seeds)
-    values = {(a, b, c, s): 0.9 + 0.02 * a + 0.01 * "xyz".index(b) - 0.005 * c + 0.01 * a * c
-              + shift[s] + rng.normal(0, 0.005)
-              for a, b, c in itertools.product(*levels.values()) for s in range(seeds)}
+    values = {
+        (a, b, c, s): 0.9
+        + 0.02 * a
+        + 0.01 * "xyz".index(b)
+        - 0.005 * c
+        + 0.01 * a * c
+        + shift[s]
+        + rng.normal(0, 0.005)
+        for a, b, c in itertools.product(*levels.values())
+        for s in range(seeds)
+    }
     return frame(values, factors=("a", "b", "c")), levels
 
 
@@ -80,9 +99,16 @@ def test_a_simple_effect_of_each_sign_is_flagged_and_an_additive_one_is_not():
     rng = np.random.default_rng(3)  # hidden helps by 0.03 without batchnorm, hurts by 0.01 with it
     levels = {"hidden": [(32,), (64, 32)], "bn": [False, True]}
     big = {h: h == (64, 32) for h in levels["hidden"]}
-    values = {(h, bn, s): 0.9 + 0.03 * big[h] - 0.04 * big[h] * bn - 0.01 * bn + 0.01 * s
-              + rng.normal(0, 1e-4)
-              for h, bn in itertools.product(*levels.values()) for s in range(5)}
+    values = {
+        (h, bn, s): 0.9
+        + 0.03 * big[h]
+        - 0.04 * big[h] * bn
+        - 0.01 * bn
+        + 0.01 * s
+        + rng.normal(0, 1e-4)
+        for h, bn in itertools.product(*levels.values())
+        for s in range(5)
+    }
     fin, base = frame(values, factors=("hidden", "bn")), {"hidden": (32,), "bn": False}
     simple = anova.sign_changes(fin, ["hidden", "bn"], base, levels)
     assert list(simple.columns) == anova.SIMPLE_COLUMNS and simple["n_pairs"].tolist() == [5] * 4
@@ -91,10 +117,13 @@ def test_a_simple_effect_of_each_sign_is_flagged_and_an_additive_one_is_not():
     flagged = anova.changes_sign(simple)  # bn hurts at either hidden: no sign change
     assert flagged[["factor", "level"]].values.tolist() == [["hidden", (64, 32)]]
     assert flagged["settings"][0] == "+0.0300 at bn=False; -0.0100 at bn=True"
-    additive = {(a, b, s): 0.9 + 0.02 * a - 0.01 * b + rng.normal(0, 0.001)
-                for a, b, s in itertools.product([0, 1], [0, 1], range(5))}
-    flat = anova.sign_changes(frame(additive), ["a", "b"], {"a": 0, "b": 0},
-                              {"a": [0, 1], "b": [0, 1]})
+    additive = {
+        (a, b, s): 0.9 + 0.02 * a - 0.01 * b + rng.normal(0, 0.001)
+        for a, b, s in itertools.product([0, 1], [0, 1], range(5))
+    }
+    flat = anova.sign_changes(
+        frame(additive), ["a", "b"], {"a": 0, "b": 0}, {"a": [0, 1], "b": [0, 1]}
+    )
     none = anova.changes_sign(flat)
     assert none.empty and list(none.columns) == anova.SIGN_COLUMNS
 
@@ -108,20 +137,29 @@ def test_sign_changes_are_rarely_flagged_when_effects_add_up(k, reps):
     flagged = 0
     for _ in range(reps):
         shift = rng.normal(0, 0.02, 5)  # pairing by seed removes it
-        values = {(*p, s): 0.9 + 0.01 * p[0] + shift[s] + rng.normal(0, 0.01)
-                  for p in itertools.product([0, 1], repeat=k) for s in range(5)}
+        values = {
+            (*p, s): 0.9 + 0.01 * p[0] + shift[s] + rng.normal(0, 0.01)
+            for p in itertools.product([0, 1], repeat=k)
+            for s in range(5)
+        }
         simple = anova.sign_changes(frame(values, factors=tuple(names)), list(names), base, levels)
         flagged += not anova.changes_sign(simple).empty
     rate = flagged / reps
-    assert rate <= 0.05, f"{k} factors, additive: a sign change flagged in {rate:.3f} of {reps} studies"
+    assert rate <= 0.05, (
+        f"{k} factors, additive: a sign change flagged in {rate:.3f} of {reps} studies"
+    )
     print(f"{k} factors: sign change flagged in {rate:.3f} of {reps} additive studies")
 
 
 def test_seeds_that_agree_exactly_show_no_sign_change():
     # xor-like: the effect is +0.25 at one setting and -0.25 at the other in every seed
-    values = {(a, b, s): 0.5 + 0.25 * a * (1 if b else -1) for a, b, s in itertools.product([0, 1], [0, 1], range(3))}
-    simple = anova.sign_changes(frame(values), ["a", "b"], {"a": 0, "b": 0}, {"a": [0, 1], "b": [0, 1]},
-                                resolution=0.25)
+    values = {
+        (a, b, s): 0.5 + 0.25 * a * (1 if b else -1)
+        for a, b, s in itertools.product([0, 1], [0, 1], range(3))
+    }
+    simple = anova.sign_changes(
+        frame(values), ["a", "b"], {"a": 0, "b": 0}, {"a": [0, 1], "b": [0, 1]}, resolution=0.25
+    )
     assert simple["ci_low"].isna().all() and anova.changes_sign(simple).empty
 
 
@@ -130,8 +168,12 @@ def test_failed_runs_counted_per_level_with_fishers_exact_test():
     values = {(a, "x", s): 0.9 for a in (0, 1) for s in range(6)}
     fin = frame(values)
     fin.loc[(fin["a"] == 1) & (fin["seed"] < 4), "status"] = "diverged"
-    fin.loc[(fin["a"] == 1) & (fin["seed"] == 4), "test_acc"] = 0.11  # 10 classes: within 2 points of 0.1
-    out = anova.failures(fin, ["a", "b"], {"a": [0, 1], "b": ["x"]}, classes=10).set_index(["factor", "level"])
+    fin.loc[(fin["a"] == 1) & (fin["seed"] == 4), "test_acc"] = (
+        0.11  # 10 classes: within 2 points of 0.1
+    )
+    out = anova.failures(fin, ["a", "b"], {"a": [0, 1], "b": ["x"]}, classes=10).set_index(
+        ["factor", "level"]
+    )
     assert out.loc[("a", 1), ["n_runs", "n_diverged", "n_stalled"]].tolist() == [6, 4, 1]
     assert out.loc[("a", 0), ["n_diverged", "n_stalled"]].tolist() == [0, 0]
     ref = st.fisher_exact([[0, 6], [5, 1]]).pvalue
@@ -141,11 +183,17 @@ def test_failed_runs_counted_per_level_with_fishers_exact_test():
 
 def test_one_at_a_time_failures_compare_a_level_with_the_baseline_point_only():
     # lr=10 always diverges; act=tanh never does: pooling act's rows would blame act (p 0.011)
-    values = {(lr, act, s): 0.9 for lr, act in ((0.1, "relu"), (10.0, "relu"), (0.1, "tanh")) for s in range(10)}
+    values = {
+        (lr, act, s): 0.9
+        for lr, act in ((0.1, "relu"), (10.0, "relu"), (0.1, "tanh"))
+        for s in range(10)
+    }
     fin = frame(values, factors=("lr", "act"))
     fin.loc[fin["lr"] == 10.0, "status"] = "diverged"
     levels, base = {"lr": [0.1, 10.0], "act": ["relu", "tanh"]}, {"lr": 0.1, "act": "relu"}
-    out = anova.failures(fin, ["lr", "act"], levels, classes=10, baselines=base).set_index(["factor", "level"])
+    out = anova.failures(fin, ["lr", "act"], levels, classes=10, baselines=base).set_index(
+        ["factor", "level"]
+    )
     assert out.loc[("act", "tanh"), "n_runs"] == 10 and out.loc[("act", "relu"), "n_runs"] == 10
     assert not out.loc[("act", "tanh"), "differs"] and out.loc[("lr", 10.0), "differs"]
 
@@ -153,8 +201,12 @@ def test_one_at_a_time_failures_compare_a_level_with_the_baseline_point_only():
 def test_fishers_test_over_three_levels_is_reproducible():
     fin = frame({(a, "x", s): 0.9 for a in (0, 1, 2) for s in range(5)})
     failed = {(0, 0), (2, 0), (2, 1), (2, 2), (2, 3)}  # table [[1, 4], [0, 5], [4, 1]]
-    fin.loc[[(a, s) in failed for a, s in zip(fin["a"], fin["seed"], strict=True)], "status"] = "diverged"
+    fin.loc[[(a, s) in failed for a, s in zip(fin["a"], fin["seed"], strict=True)], "status"] = (
+        "diverged"
+    )
     levels = {"a": [0, 1, 2], "b": ["x"]}
     first = anova.failures(fin, ["a", "b"], levels, classes=10)["p_fisher"].iloc[0]
     assert first == anova.failures(fin, ["a", "b"], levels, classes=10)["p_fisher"].iloc[0]
-    assert first == pytest.approx(0.0524, abs=0.004)  # scipy's Monte Carlo over three runs: 0.0517 to 0.0535
+    assert first == pytest.approx(
+        0.0524, abs=0.004
+    )  # scipy's Monte Carlo over three runs: 0.0517 to 0.0535

@@ -1,4 +1,5 @@
 """The benchmark scripts run end to end and print their side-by-side tables (smoke runs, never timings)."""
+
 import csv
 import subprocess
 import sys
@@ -10,23 +11,62 @@ REPO = Path(__file__).resolve().parents[1]
 def test_throughput_benchmark_runs_side_by_side_and_writes_its_table(tmp_path, data_dir):
     # a smoke run: it checks the script works and reports every mode, not how fast anything is
     out = tmp_path / "t.csv"
-    proc = subprocess.run([sys.executable, "benchmarks/throughput.py", "--quick", "--workload", "fashion",
-                           "--max-group", "2", "--csv", str(out)], cwd=REPO, capture_output=True, text=True,
-                          env={"ABLATE_DATA_DIR": str(data_dir), "ABLATE_CACHE": str(tmp_path / "cache"),
-                               "PATH": "/usr/bin:/bin"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/throughput.py",
+            "--quick",
+            "--workload",
+            "fashion",
+            "--max-group",
+            "2",
+            "--csv",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={
+            "ABLATE_DATA_DIR": str(data_dir),
+            "ABLATE_CACHE": str(tmp_path / "cache"),
+            "PATH": "/usr/bin:/bin",
+        },
+    )
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.DictReader(out.open()))
-    assert [(r["mode"], r["group"]) for r in rows] == [("tutorial", "1"), ("ablate", "1"), ("fused", "2")]
+    assert [(r["mode"], r["group"]) for r in rows] == [
+        ("tutorial", "1"),
+        ("ablate", "1"),
+        ("fused", "2"),
+    ]
     assert rows[0]["speedup"] == "1.0" and all(float(r["cell_samples_per_s"]) > 0 for r in rows)
     assert "% bound" in proc.stdout and "roofline inputs" in proc.stdout
 
 
 def test_compile_benchmark_compares_eager_and_compiled_side_by_side(data_dir, tmp_path):
     # a smoke run: torch.compile (inductor, a C++ compiler on the CPU) against eager on 2 cells
-    proc = subprocess.run([sys.executable, "benchmarks/compile.py", "--workload", "fashion", "--group", "2",
-                           "--steps", "25", "--rounds", "1"], cwd=REPO, capture_output=True, text=True,
-                          env={"ABLATE_DATA_DIR": str(data_dir), "PATH": "/usr/bin:/bin",
-                               "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/compile.py",
+            "--workload",
+            "fashion",
+            "--group",
+            "2",
+            "--steps",
+            "25",
+            "--rounds",
+            "1",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={
+            "ABLATE_DATA_DIR": str(data_dir),
+            "PATH": "/usr/bin:/bin",
+            "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"),
+        },
+    )
     assert proc.returncode == 0, proc.stderr
     assert "round 1 eager" in proc.stdout and "round 1 compiled" in proc.stdout
     assert "x eager's speed" in proc.stdout and "largest relative loss difference" in proc.stdout

@@ -1,4 +1,5 @@
 """Every verdict the report prints, by simulation: coverage, page-wide false positives, equivalence, failures."""
+
 import itertools
 
 import numpy as np
@@ -10,7 +11,9 @@ from ablate import anova, stats
 def simulate(rng, points, truth, seeds, noise, factors) -> pd.DataFrame:
     """One row per cell: truth(point) + a shift per seed (pairing removes it) + noise(rng, point)."""
     shift = rng.normal(0, 0.02, seeds)
-    rows = [(s, *p, 0.9 + truth(p) + shift[s] + noise(rng, p)) for p in points for s in range(seeds)]
+    rows = [
+        (s, *p, 0.9 + truth(p) + shift[s] + noise(rng, p)) for p in points for s in range(seeds)
+    ]
     fin = pd.DataFrame(rows, columns=["seed", *factors, "test_acc"])
     return fin.assign(status="ok", cell=np.arange(len(fin)).astype(str))
 
@@ -33,7 +36,9 @@ def run(rng, reps, points, truth, estimand, seeds, noise, factors, design="grid"
         covered += int(((eff.ci_low <= want) & (want <= eff.ci_high)).sum())
         rows += len(eff)
         flagged = eff.significant & (want == 0)
-        false_pages += bool(flagged.any() or out.interactions.significant.any())  # additive truth: no interaction
+        false_pages += bool(
+            flagged.any() or out.interactions.significant.any()
+        )  # additive truth: no interaction
     return covered / rows, false_pages / reps
 
 
@@ -47,21 +52,36 @@ def test_a_complete_null_flags_something_on_the_page_in_at_most_6_percent_of_gri
     for _ in range(reps):
         fin = simulate(rng, GRID3, lambda p: 0.0, 5, normal(), list("abc"))
         out = stats.analyse(fin, list("abc"), dict(a=0, b=0, c=0), {f: [0, 1] for f in "abc"})
-        flips = anova.changes_sign(anova.sign_changes(fin, list("abc"), dict(a=0, b=0, c=0),
-                                                      {f: [0, 1] for f in "abc"}))
-        one += bool(out.effects.significant.any() or out.interactions.significant.any() or len(flips))
-        two += bool((stats.holm(out.effects.p_value) < 0.05).any()
-                    or (stats.holm(out.interactions.p_value) < 0.05).any())
-    msg = f"page-wide false positives (effects, interactions, sign changes) over {reps} null 2x2x2 studies: " \
-          f"one Holm family {one / reps:.3f}, two families (before) {two / reps:.3f}"
+        flips = anova.changes_sign(
+            anova.sign_changes(fin, list("abc"), dict(a=0, b=0, c=0), {f: [0, 1] for f in "abc"})
+        )
+        one += bool(
+            out.effects.significant.any() or out.interactions.significant.any() or len(flips)
+        )
+        two += bool(
+            (stats.holm(out.effects.p_value) < 0.05).any()
+            or (stats.holm(out.interactions.p_value) < 0.05).any()
+        )
+    msg = (
+        f"page-wide false positives (effects, interactions, sign changes) over {reps} null 2x2x2 studies: "
+        f"one Holm family {one / reps:.3f}, two families (before) {two / reps:.3f}"
+    )
     print(msg)
     assert one / reps <= 0.06, msg
 
 
 def test_grid_with_planted_effects_covers_95_percent_and_keeps_nulls_quiet_at_5_seeds():
     planted = dict(a=0.02, b=-0.01, c=0.0)
-    coverage, fwer = run(np.random.default_rng(1), 300, GRID3, lambda p: np.dot(p, list(planted.values())),
-                         lambda f, level: planted[f], 5, normal(), list("abc"))
+    coverage, fwer = run(
+        np.random.default_rng(1),
+        300,
+        GRID3,
+        lambda p: np.dot(p, list(planted.values())),
+        lambda f, level: planted[f],
+        5,
+        normal(),
+        list("abc"),
+    )
     msg = f"grid 2x2x2, 5 seeds: coverage {coverage:.3f}, page-wide false positives {fwer:.3f}"
     print(msg)
     assert 0.93 <= coverage <= 0.97 and fwer <= 0.06, msg
@@ -70,8 +90,17 @@ def test_grid_with_planted_effects_covers_95_percent_and_keeps_nulls_quiet_at_5_
 def test_one_at_a_time_covers_and_keeps_nulls_quiet():
     points = [(0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1)]
     planted = dict(a=0.02, b=0.0, c=0.0)
-    coverage, fwer = run(np.random.default_rng(2), 300, points, lambda p: np.dot(p, list(planted.values())),
-                         lambda f, level: planted[f], 5, normal(), list("abc"), design="one_at_a_time")
+    coverage, fwer = run(
+        np.random.default_rng(2),
+        300,
+        points,
+        lambda p: np.dot(p, list(planted.values())),
+        lambda f, level: planted[f],
+        5,
+        normal(),
+        list("abc"),
+        design="one_at_a_time",
+    )
     msg = f"one-at-a-time, 5 seeds: coverage {coverage:.3f}, page-wide false positives {fwer:.3f}"
     print(msg)
     assert 0.93 <= coverage <= 0.97 and fwer <= 0.06, msg
@@ -83,10 +112,21 @@ def test_a_three_factor_half_fraction_covers_its_aliased_estimand():
     half = [p for p in GRID3 if sum(p) % 2 == 0]
     bc = lambda p: 0.01 * (2 * p[1] - 1) * (2 * p[2] - 1)  # noqa: E731  the b x c interaction, 0.02 in level units
     estimand = {"a": -0.02, "b": 0.0, "c": 0.0}  # B's alias is -AC = 0, C's is -AB = 0
-    coverage, fwer = run(np.random.default_rng(3), 300, half, bc, lambda f, level: estimand[f], 5, normal(),
-                         list("abc"), design="fractional")
-    msg = f"half of 2^3 with BC = 2 points, 5 seeds: coverage of main - alias {coverage:.3f}, " \
-          f"page-wide false positives {fwer:.3f}"
+    coverage, fwer = run(
+        np.random.default_rng(3),
+        300,
+        half,
+        bc,
+        lambda f, level: estimand[f],
+        5,
+        normal(),
+        list("abc"),
+        design="fractional",
+    )
+    msg = (
+        f"half of 2^3 with BC = 2 points, 5 seeds: coverage of main - alias {coverage:.3f}, "
+        f"page-wide false positives {fwer:.3f}"
+    )
     print(msg)
     assert 0.93 <= coverage <= 0.97 and fwer <= 0.06, msg
 
@@ -94,8 +134,16 @@ def test_a_three_factor_half_fraction_covers_its_aliased_estimand():
 def test_a_three_level_factor_with_3_seeds_covers_and_keeps_nulls_quiet():
     points = list(itertools.product([0, 1, 2], [0, 1]))
     truth = {0: 0.0, 1: 0.015, 2: 0.0}
-    coverage, fwer = run(np.random.default_rng(4), 300, points, lambda p: truth[p[0]],
-                         lambda f, level: truth[level] if f == "a" else 0.0, 3, normal(), ["a", "b"])
+    coverage, fwer = run(
+        np.random.default_rng(4),
+        300,
+        points,
+        lambda p: truth[p[0]],
+        lambda f, level: truth[level] if f == "a" else 0.0,
+        3,
+        normal(),
+        ["a", "b"],
+    )
     msg = f"3x2 grid, 3 seeds: coverage {coverage:.3f}, page-wide false positives {fwer:.3f}"
     print(msg)
     assert 0.93 <= coverage <= 0.97 and fwer <= 0.06, msg
@@ -105,8 +153,16 @@ def test_ten_seeds_with_heteroscedastic_noise_cover_and_keep_nulls_quiet():
     # the spread is four times larger wherever a = 1 (a regulariser that makes runs erratic)
     planted = dict(a=0.0, b=0.01, c=0.0)
     noisy = lambda rng, p: rng.normal(0, 0.02 if p[0] else 0.005)  # noqa: E731
-    coverage, fwer = run(np.random.default_rng(5), 300, GRID3, lambda p: np.dot(p, list(planted.values())),
-                         lambda f, level: planted[f], 10, noisy, list("abc"))
+    coverage, fwer = run(
+        np.random.default_rng(5),
+        300,
+        GRID3,
+        lambda p: np.dot(p, list(planted.values())),
+        lambda f, level: planted[f],
+        10,
+        noisy,
+        list("abc"),
+    )
     msg = f"grid 2x2x2, 10 seeds, sd 0.005 vs 0.02: coverage {coverage:.3f}, page-wide false positives {fwer:.3f}"
     print(msg)
     assert 0.93 <= coverage <= 0.97 and fwer <= 0.06, msg
@@ -116,8 +172,16 @@ def test_bimodal_noise_keeps_coverage_and_nulls_quiet_at_5_seeds():
     # one run in five lands 3 points low (a bad basin), independently per cell
     bimodal = lambda rng, p: rng.normal(0, 0.005) - 0.03 * (rng.random() < 0.2)  # noqa: E731
     planted = dict(a=0.01, b=0.0, c=0.0)
-    coverage, fwer = run(np.random.default_rng(6), 300, GRID3, lambda p: np.dot(p, list(planted.values())),
-                         lambda f, level: planted[f], 5, bimodal, list("abc"))
+    coverage, fwer = run(
+        np.random.default_rng(6),
+        300,
+        GRID3,
+        lambda p: np.dot(p, list(planted.values())),
+        lambda f, level: planted[f],
+        5,
+        bimodal,
+        list("abc"),
+    )
     msg = f"grid 2x2x2, 5 seeds, bimodal noise: coverage {coverage:.3f}, page-wide false positives {fwer:.3f}"
     print(msg)
     assert 0.92 <= coverage <= 0.98 and fwer <= 0.06, msg
@@ -126,10 +190,14 @@ def test_bimodal_noise_keeps_coverage_and_nulls_quiet_at_5_seeds():
 def test_equivalence_is_rarely_claimed_at_the_margin_and_often_at_zero():
     rng = np.random.default_rng(8)
     margin, reps = 0.005, 2000
-    at_margin = np.mean([stats.tost(rng.normal(margin, 0.004, 10), margin) < 0.05 for _ in range(reps)])
+    at_margin = np.mean(
+        [stats.tost(rng.normal(margin, 0.004, 10), margin) < 0.05 for _ in range(reps)]
+    )
     at_zero = np.mean([stats.tost(rng.normal(0, 0.004, 10), margin) < 0.05 for _ in range(reps)])
-    msg = f"10 seeds, sd 0.004, margin 0.005: equivalent when the truth is the margin {at_margin:.3f}, " \
-          f"when it is 0 {at_zero:.3f}"
+    msg = (
+        f"10 seeds, sd 0.004, margin 0.005: equivalent when the truth is the margin {at_margin:.3f}, "
+        f"when it is 0 {at_zero:.3f}"
+    )
     print(msg)
     assert at_margin <= 0.055 and at_zero >= 0.5, msg
 
@@ -143,7 +211,9 @@ def test_failure_warnings_are_rare_when_failure_rates_are_equal():
         fin.loc[rng.random(len(fin)) < 0.2, "status"] = "diverged"
         warned += bool(anova.failures(fin, list("abc"), levels, classes=10)["differs"].any())
     rate = warned / reps
-    assert rate <= 0.05, f"a failure warning in {rate:.3f} of {reps} studies with equal failure rates"
+    assert rate <= 0.05, (
+        f"a failure warning in {rate:.3f} of {reps} studies with equal failure rates"
+    )
     print(f"failure warnings with equal rates: {rate:.3f}")
 
 
@@ -152,8 +222,12 @@ def test_equivalence_over_a_table_at_the_margin_is_claimed_in_at_most_5_percent_
     rng, reps, claimed = np.random.default_rng(10), 300, 0
     for _ in range(reps):
         fin = simulate(rng, GRID3, lambda p: 0.005 * sum(p), 10, normal(0.004), list("abc"))
-        eff = stats.effects(fin, list("abc"), dict(a=0, b=0, c=0), {f: [0, 1] for f in "abc"}, margin=0.005)
+        eff = stats.effects(
+            fin, list("abc"), dict(a=0, b=0, c=0), {f: [0, 1] for f in "abc"}, margin=0.005
+        )
         claimed += bool(eff.equivalent.any())
     rate = claimed / reps
-    assert rate <= 0.05, f"equivalence claimed for some row at the margin in {rate:.3f} of {reps} studies"
+    assert rate <= 0.05, (
+        f"equivalence claimed for some row at the margin in {rate:.3f} of {reps} studies"
+    )
     print(f"page-wide false equivalence at the margin: {rate:.3f}")

@@ -1,4 +1,5 @@
 """The `ablate` command through Typer's runner: real studies trained on MNIST subsets, real Parquet read back."""
+
 import json
 
 import pandas as pd
@@ -11,8 +12,20 @@ from ablate.store import MANIFEST
 from conftest import write_study
 
 cli = CliRunner()
-COLUMNS = ["study", "cell", "seed", "activation", "dropout", "epoch", "train_loss", "test_loss", "test_acc",
-           "seconds", "status", "config"]
+COLUMNS = [
+    "study",
+    "cell",
+    "seed",
+    "activation",
+    "dropout",
+    "epoch",
+    "train_loss",
+    "test_loss",
+    "test_acc",
+    "seconds",
+    "status",
+    "config",
+]
 
 
 def run(*args):
@@ -27,14 +40,20 @@ def test_run_writes_tidy_parquet_then_trains_nothing_the_second_time(tmp_path, d
     df = pd.read_parquet(tmp_path / "res" / "tiny")
     assert list(df.columns) == COLUMNS
     assert len(df) == 16 and df.groupby("cell").size().eq(2).all() and df["cell"].nunique() == 8
-    assert df["dropout"].dtype == "float64" and df["seed"].dtype == "int64" and df["epoch"].tolist().count(1) == 8
+    assert (
+        df["dropout"].dtype == "float64"
+        and df["seed"].dtype == "int64"
+        and df["epoch"].tolist().count(1) == 8
+    )
     assert set(df["status"]) == {"ok"} and df["test_acc"].between(0, 1).all()
     relu = df[(df.activation == "relu") & (df.epoch == 2)]
     assert relu["test_acc"].min() > 0.3  # 16 steps on 512 samples; chance is 0.1
     config = json.loads(df["config"].iloc[0])
     assert config["hidden"] == [32] and config["train_subset"] == 512
     manifest = json.loads((tmp_path / "res" / "tiny" / MANIFEST).read_text())
-    assert manifest["source"]["text"] == study.read_text() and len(manifest["source"]["sha256"]) == 64
+    assert (
+        manifest["source"]["text"] == study.read_text() and len(manifest["source"]["sha256"]) == 64
+    )
     assert manifest["runs"][0]["torch"] and manifest["runs"][0]["device"].startswith("cpu")
     assert manifest["claims"][0]["value"] == 0.8 and manifest["factors"]["dropout"] == [0.0, 0.25]
 
@@ -62,17 +81,29 @@ def test_a_piped_dry_run_prints_one_whole_line_per_cell(tmp_path):
 
 
 def test_set_and_seeds_reshape_the_study(tmp_path):
-    result = run("run", write_study(tmp_path), "--dry-run", "--set", "activation=relu", "--set", "hidden=(16, 8)",
-                 "--seeds", "3")
+    result = run(
+        "run",
+        write_study(tmp_path),
+        "--dry-run",
+        "--set",
+        "activation=relu",
+        "--set",
+        "hidden=(16, 8)",
+        "--seeds",
+        "3",
+    )
     assert result.exit_code == 0 and "6 cells" in result.stdout
 
 
-@pytest.mark.parametrize("args, code, words", [
-    (["--set", "hidden=(64,"], 2, ["--set", "does not parse"]),
-    (["--set", "lrr=0.1"], 2, ["lrr", "did you mean 'lr'"]),
-    (["--set", "dropout=1.5"], 2, ["dropout=1.5", "0 <= p < 1"]),
-    (["--seeds", "0"], 2, ["seeds=0"]),
-])
+@pytest.mark.parametrize(
+    "args, code, words",
+    [
+        (["--set", "hidden=(64,"], 2, ["--set", "does not parse"]),
+        (["--set", "lrr=0.1"], 2, ["lrr", "did you mean 'lr'"]),
+        (["--set", "dropout=1.5"], 2, ["dropout=1.5", "0 <= p < 1"]),
+        (["--seeds", "0"], 2, ["seeds=0"]),
+    ],
+)
 def test_user_mistakes_are_one_line_with_an_exit_code(tmp_path, args, code, words):
     result = run("run", write_study(tmp_path), "--out", tmp_path / "res", *args)
     assert result.exit_code == code
@@ -93,14 +124,22 @@ def test_missing_data_is_exit_1_and_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(tvd, "MNIST", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
     data._load.cache_clear()
     data._load_cpu.cache_clear()
-    result = run("run", write_study(tmp_path), "--out", tmp_path / "res", "--data-dir", tmp_path / "nodata")
+    result = run(
+        "run", write_study(tmp_path), "--out", tmp_path / "res", "--data-dir", tmp_path / "nodata"
+    )
     data._load.cache_clear()
     data._load_cpu.cache_clear()
-    assert result.exit_code == 1 and "dataset mnist" in result.stderr and str(tmp_path / "nodata") in result.stderr
+    assert (
+        result.exit_code == 1
+        and "dataset mnist" in result.stderr
+        and str(tmp_path / "nodata") in result.stderr
+    )
     assert not (tmp_path / "res").exists()
 
 
-def test_interrupted_run_keeps_finished_cells_and_the_rerun_finishes_the_rest(tmp_path, data_dir, monkeypatch):
+def test_interrupted_run_keeps_finished_cells_and_the_rerun_finishes_the_rest(
+    tmp_path, data_dir, monkeypatch
+):
     study = write_study(tmp_path)
     real, calls = engine.train, []
 
@@ -131,7 +170,9 @@ def test_out_of_memory_splits_the_group_and_the_study_completes(tmp_path, data_d
     assert pd.read_parquet(tmp_path / "res" / "tiny")["cell"].nunique() == 8
 
 
-def test_a_cell_that_alone_does_not_fit_is_recorded_and_the_rest_goes_on(tmp_path, data_dir, monkeypatch):
+def test_a_cell_that_alone_does_not_fit_is_recorded_and_the_rest_goes_on(
+    tmp_path, data_dir, monkeypatch
+):
     monkeypatch.setenv(engine.OOM_ABOVE, "0")  # every group, even of one cell, runs out of memory
     study = write_study(tmp_path, factors="dict(activation=['relu', 'sigmoid'])")
     result = run("run", study, "--out", tmp_path / "res", "--max-group", "2")
@@ -139,7 +180,10 @@ def test_a_cell_that_alone_does_not_fit_is_recorded_and_the_rest_goes_on(tmp_pat
     said = " ".join(result.output.split())
     assert "a group of 2 cells ran out of cpu memory; retrying as 1 + 1" in said
     assert said.count("alone does not fit in cpu memory") == 4
-    assert "4 cells failed (warnings above) and were not stored; run the same command to retry them" in said
+    assert (
+        "4 cells failed (warnings above) and were not stored; run the same command to retry them"
+        in said
+    )
     monkeypatch.delenv(engine.OOM_ABOVE)
     rerun = run("run", study, "--out", tmp_path / "res")
     assert rerun.exit_code == 0 and "training 4 of 4 cells" in rerun.stdout
@@ -148,36 +192,68 @@ def test_a_cell_that_alone_does_not_fit_is_recorded_and_the_rest_goes_on(tmp_pat
 def test_a_factor_added_later_keeps_the_stored_cells_and_reports_their_level(tmp_path, data_dir):
     out = tmp_path / "res"
     run("run", write_study(tmp_path, factors="dict(activation=['relu', 'sigmoid'])"), "--out", out)
-    grown = run("run", write_study(tmp_path, factors="dict(activation=['relu', 'sigmoid'], normalize=[False, True])"),
-                "--out", out)
+    grown = run(
+        "run",
+        write_study(
+            tmp_path, factors="dict(activation=['relu', 'sigmoid'], normalize=[False, True])"
+        ),
+        "--out",
+        out,
+    )
     assert grown.exit_code == 0 and "training 4 of 8 cells" in grown.stdout
-    df = store.read(out / "tiny")  # the first files had no normalize column; their config says False
+    df = store.read(
+        out / "tiny"
+    )  # the first files had no normalize column; their config says False
     assert df["normalize"].tolist().count(False) == 4 and df["normalize"].tolist().count(True) == 4
-    plain = pd.read_parquet(out / "tiny")  # the README's own read: every file now carries the column
-    assert plain["normalize"].tolist().count(False) == 4 and plain["normalize"].tolist().count(True) == 4
+    plain = pd.read_parquet(
+        out / "tiny"
+    )  # the README's own read: every file now carries the column
+    assert (
+        plain["normalize"].tolist().count(False) == 4
+        and plain["normalize"].tolist().count(True) == 4
+    )
     report = run("report", out / "tiny")
     assert report.exit_code == 0, report.output
     assert "normalize" in report.stdout
 
 
 def test_a_changed_study_keeps_unchanged_cells(tmp_path, data_dir):
-    run("run", write_study(tmp_path, factors="dict(activation=['relu', 'sigmoid'])"), "--out", tmp_path / "res")
-    grown = run("run", write_study(tmp_path, factors="dict(activation=['relu', 'sigmoid', 'tanh'])"),
-                "--out", tmp_path / "res")
+    run(
+        "run",
+        write_study(tmp_path, factors="dict(activation=['relu', 'sigmoid'])"),
+        "--out",
+        tmp_path / "res",
+    )
+    grown = run(
+        "run",
+        write_study(tmp_path, factors="dict(activation=['relu', 'sigmoid', 'tanh'])"),
+        "--out",
+        tmp_path / "res",
+    )
     assert grown.exit_code == 0 and "training 2 of 6 cells" in grown.stdout
     assert pd.read_parquet(tmp_path / "res" / "tiny")["cell"].nunique() == 6
 
 
 def test_a_set_run_into_the_same_folder_is_left_out_of_the_report(tmp_path, data_dir):
-    out, study = tmp_path / "res", write_study(tmp_path, factors="dict(activation=['relu', 'sigmoid'])")
+    out, study = (
+        tmp_path / "res",
+        write_study(tmp_path, factors="dict(activation=['relu', 'sigmoid'])"),
+    )
     assert run("run", study, "--out", out).exit_code == 0  # 4 cells of 1 epoch
     quick = run("run", study, "--out", out, "--set", "lr=0.01", "--seeds", "1")
     assert quick.exit_code == 0 and "training 2 of 2 cells" in quick.stdout
-    df = store.read(out / "tiny", warn=None)  # the manifest now records lr=0.01: the 4 cells of lr 0.05 are not in it
+    df = store.read(
+        out / "tiny", warn=None
+    )  # the manifest now records lr=0.01: the 4 cells of lr 0.05 are not in it
     assert df["cell"].nunique() == 2 and {json.loads(c)["lr"] for c in df["config"]} == {0.01}
     shown = run("show", out / "tiny")
-    assert "2 cells" in shown.stdout and "4 stored cells are not in the study's current design" in shown.stderr
-    back = run("run", study, "--out", out)  # the study as written: its 4 cells again, seeds 0 and 1 once each
+    assert (
+        "2 cells" in shown.stdout
+        and "4 stored cells are not in the study's current design" in shown.stderr
+    )
+    back = run(
+        "run", study, "--out", out
+    )  # the study as written: its 4 cells again, seeds 0 and 1 once each
     assert "nothing to train" in back.stdout
     report = run("report", out / "tiny")
     assert report.exit_code == 0 and "n=2" in report.stdout, report.output
@@ -187,25 +263,49 @@ def test_a_set_run_into_the_same_folder_is_left_out_of_the_report(tmp_path, data
 def test_factor_columns_follow_the_seed_whatever_order_the_files_sort_in(tmp_path, data_dir):
     out = tmp_path / "res"
     run("run", write_study(tmp_path, factors="dict(activation=['relu', 'sigmoid'])"), "--out", out)
-    run("run", write_study(tmp_path, factors="dict(activation=['relu', 'sigmoid'], normalize=[False, True])"),
-        "--out", out)
-    for i, f in enumerate(sorted((out / "tiny").glob("*.parquet"), key=lambda f: "normalize" in str(
-            pd.read_parquet(f).columns.tolist()))):
-        f.rename(f.with_name(f"{'ab'[i > 0]}{i}.parquet"))  # the file without `normalize` now sorts first
-    assert list(store.read(out / "tiny").columns[:6]) == ["study", "cell", "seed", "activation", "normalize", "epoch"]
+    run(
+        "run",
+        write_study(
+            tmp_path, factors="dict(activation=['relu', 'sigmoid'], normalize=[False, True])"
+        ),
+        "--out",
+        out,
+    )
+    for i, f in enumerate(
+        sorted(
+            (out / "tiny").glob("*.parquet"),
+            key=lambda f: "normalize" in str(pd.read_parquet(f).columns.tolist()),
+        )
+    ):
+        f.rename(
+            f.with_name(f"{'ab'[i > 0]}{i}.parquet")
+        )  # the file without `normalize` now sorts first
+    assert list(store.read(out / "tiny").columns[:6]) == [
+        "study",
+        "cell",
+        "seed",
+        "activation",
+        "normalize",
+        "epoch",
+    ]
     assert run("report", out / "tiny").exit_code == 0
     summary = pd.read_csv(out / "tiny" / "_report" / "summary.csv")
     assert len(summary) == 4 and summary["n_seeds"].tolist() == [2, 2, 2, 2]
 
 
 def test_an_edited_claim_reaches_the_report_without_training(tmp_path, data_dir):
-    out, study = tmp_path / "res", write_study(tmp_path, factors="dict(activation=['relu', 'sigmoid'])")
+    out, study = (
+        tmp_path / "res",
+        write_study(tmp_path, factors="dict(activation=['relu', 'sigmoid'])"),
+    )
     run("run", study, "--out", out)
     study.write_text(study.read_text().replace("value=0.8,", "value=0.99, kind='at_least',"))
     again = run("run", study, "--out", out)
     assert again.exit_code == 0 and "nothing to train" in again.stdout
     manifest = json.loads((out / "tiny" / MANIFEST).read_text())
-    assert manifest["claims"][0]["kind"] == "at_least" and len(manifest["runs"]) == 1  # no run was added
+    assert (
+        manifest["claims"][0]["kind"] == "at_least" and len(manifest["runs"]) == 1
+    )  # no run was added
     said = " ".join(run("report", out / "tiny").stdout.split())  # Rich wraps at 80 columns here
     assert "claim tiny: at least 0.9900; 0 of 2 runs keep to it" in said and "does not hold" in said
 
@@ -214,8 +314,15 @@ def test_a_dropped_factor_and_a_switched_design_leave_one_column_per_factor(tmp_
     out = tmp_path / "res"
     two = "dict(activation=['relu', 'sigmoid'], normalize=[False, True])"
     run("run", write_study(tmp_path, factors=two), "--out", out)  # 8 cells
-    one = run("run", write_study(tmp_path, factors="dict(activation=['relu', 'sigmoid', 'tanh'])"), "--out", out)
-    assert "training 2 of 6 cells" in one.stdout  # normalize=False cells are kept: same config, same ids
+    one = run(
+        "run",
+        write_study(tmp_path, factors="dict(activation=['relu', 'sigmoid', 'tanh'])"),
+        "--out",
+        out,
+    )
+    assert (
+        "training 2 of 6 cells" in one.stdout
+    )  # normalize=False cells are kept: same config, same ids
     df = store.read(out / "tiny", warn=None)
     assert "normalize" not in df.columns and df["cell"].nunique() == 6  # its level stays in config
     assert run("report", out / "tiny").exit_code == 0
@@ -223,12 +330,18 @@ def test_a_dropped_factor_and_a_switched_design_leave_one_column_per_factor(tmp_
     oat = run("run", write_study(tmp_path, factors=two, design="one_at_a_time"), "--out", out)
     assert "nothing to train" in oat.stdout  # base, sigmoid, normalize=True: all stored
     df = store.read(out / "tiny", warn=None)  # not relu+True: one-at-a-time has no such point
-    assert sorted(df.groupby(["activation", "normalize"]).groups) == [("relu", False), ("relu", True),
-                                                                      ("sigmoid", False)]
+    assert sorted(df.groupby(["activation", "normalize"]).groups) == [
+        ("relu", False),
+        ("relu", True),
+        ("sigmoid", False),
+    ]
 
 
 def test_an_edited_dataset_under_the_same_name_is_not_pooled(tmp_path, data_dir):
-    out, study = tmp_path / "res", write_study(tmp_path, factors="dict(activation=['relu', 'sigmoid'])")
+    out, study = (
+        tmp_path / "res",
+        write_study(tmp_path, factors="dict(activation=['relu', 'sigmoid'])"),
+    )
     run("run", study, "--out", out)
     study.write_text(study.read_text().replace('dataset="mnist"', 'dataset="fashion_mnist"'))
     assert "training 4 of 4 cells" in run("run", study, "--out", out).stdout
@@ -244,22 +357,35 @@ def test_a_set_that_strands_a_claim_says_so(tmp_path, data_dir):
 
 def test_a_fractional_study_trains_half_the_grid_and_reports_main_effects(tmp_path, data_dir):
     four = "dict(activation=['relu', 'sigmoid'], dropout=[0.0, 0.25], batchnorm=[False, True], normalize=[False, True])"
-    r = run("run", write_study(tmp_path, factors=four, design="fractional"), "--out", tmp_path / "res")
+    r = run(
+        "run", write_study(tmp_path, factors=four, design="fractional"), "--out", tmp_path / "res"
+    )
     assert r.exit_code == 0 and "training 16 of 16 cells" in r.stdout  # 8 of 16 points x 2 seeds
     report = run("report", tmp_path / "res" / "tiny")
     assert report.exit_code == 0, report.output
     effects = pd.read_csv(tmp_path / "res" / "tiny" / "_report" / "effects.csv")
     assert effects["factor"].tolist() == ["activation", "dropout", "batchnorm", "normalize"]
     assert effects["n_pairs"].tolist() == [2, 2, 2, 2] and effects["diff"].notna().all()
-    assert not (tmp_path / "res" / "tiny" / "_report" / "interactions.csv").exists()  # aliased in a half
+    assert not (
+        tmp_path / "res" / "tiny" / "_report" / "interactions.csv"
+    ).exists()  # aliased in a half
     page = (tmp_path / "res" / "tiny" / "_report" / "index.html").read_text()
     assert "A half fraction of the 2^4 grid (resolution 4, I = +ABCD)" in page
-    assert "plus the interaction of the other 3" in page and "Fitted per seed by least squares" in page
+    assert (
+        "plus the interaction of the other 3" in page and "Fitted per seed by least squares" in page
+    )
 
 
 def test_columns_and_interactions_follow_the_studys_factor_order(tmp_path, data_dir):
-    out = tmp_path / "res"  # dropout first: the manifest's JSON keys are sorted, factor_order is not
-    run("run", write_study(tmp_path, factors="dict(dropout=[0.0, 0.25], activation=['relu', 'sigmoid'])"), "--out", out)
+    out = (
+        tmp_path / "res"
+    )  # dropout first: the manifest's JSON keys are sorted, factor_order is not
+    run(
+        "run",
+        write_study(tmp_path, factors="dict(dropout=[0.0, 0.25], activation=['relu', 'sigmoid'])"),
+        "--out",
+        out,
+    )
     assert list(store.read(out / "tiny").columns[3:5]) == ["dropout", "activation"]
     assert run("report", out / "tiny").exit_code == 0
     inter = pd.read_csv(out / "tiny" / "_report" / "interactions.csv")
@@ -268,14 +394,23 @@ def test_columns_and_interactions_follow_the_studys_factor_order(tmp_path, data_
 
 def test_one_at_a_time_reports_no_interactions_and_removes_a_stale_table(tmp_path, data_dir):
     out = tmp_path / "res"
-    run("run", write_study(tmp_path, design="one_at_a_time"), "--out", out)  # relu+0.0, sigmoid, dropout 0.25
+    run(
+        "run", write_study(tmp_path, design="one_at_a_time"), "--out", out
+    )  # relu+0.0, sigmoid, dropout 0.25
     report_dir = out / "tiny" / "_report"
     report_dir.mkdir(parents=True)
     (report_dir / "interactions.csv").write_text("stale")
     assert run("report", out / "tiny").exit_code == 0
-    assert not (report_dir / "interactions.csv").exists() and len(pd.read_csv(report_dir / "effects.csv")) == 2
-    page = (report_dir / "index.html").read_text()  # a simple effect, not an average over other levels
-    assert "with every other factor at its baseline" in page and "averaged over the other" not in page
+    assert (
+        not (report_dir / "interactions.csv").exists()
+        and len(pd.read_csv(report_dir / "effects.csv")) == 2
+    )
+    page = (
+        report_dir / "index.html"
+    ).read_text()  # a simple effect, not an average over other levels
+    assert (
+        "with every other factor at its baseline" in page and "averaged over the other" not in page
+    )
 
 
 def test_a_three_factor_fractional_study_warns_of_its_aliases(tmp_path):

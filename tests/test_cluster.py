@@ -1,4 +1,5 @@
 """--executor ray on a local Ray instance: same values as in-process, killed workers, Ctrl-C, failures."""
+
 import os
 import signal
 import subprocess
@@ -48,7 +49,9 @@ def descendants(root: int) -> dict[int, str]:
             continue
         try:
             parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmds[int(d.name)] = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cmds[int(d.name)] = (
+                (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            )
         except (OSError, IndexError, ValueError):
             continue
     found, todo = {}, [root]
@@ -71,22 +74,36 @@ def alive(pid: int) -> bool:
 def test_ray_stores_the_same_values_as_in_process(tmp_path, data_dir):
     study = write_study(tmp_path, epochs=2, factors=EIGHT)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each Ray worker, which gets 1 CPU: a sum's order may follow threads
+    torch.set_num_threads(
+        1
+    )  # as each Ray worker, which gets 1 CPU: a sum's order may follow threads
     try:
-        local = cli("run", study, "--out", tmp_path / "local", "--max-group", "2", "--deterministic")
+        local = cli(
+            "run", study, "--out", tmp_path / "local", "--max-group", "2", "--deterministic"
+        )
     finally:
         torch.set_num_threads(threads)
     assert local.exit_code == 0, local.output
-    through_ray = cli("run", study, "--out", tmp_path / "ray", "--max-group", "2", "--deterministic",
-                      "--executor", "ray")
+    through_ray = cli(
+        "run",
+        study,
+        "--out",
+        tmp_path / "ray",
+        "--max-group",
+        "2",
+        "--deterministic",
+        "--executor",
+        "ray",
+    )
     assert through_ray.exit_code == 0, through_ray.output
     assert "on ray, local Ray instance: " in " ".join(through_ray.stdout.split())
     assert not ray.is_initialized()  # the run stopped the instance it started
     a, b = values(tmp_path / "local" / "tiny"), values(tmp_path / "ray" / "tiny")
     assert len(a) == 16 and a["cell"].nunique() == 8
     pd.testing.assert_frame_equal(a, b)  # bitwise: same groups, same kernels, one writer
-    assert sorted(p.name for p in (tmp_path / "ray" / "tiny").glob("*.parquet")) == \
-        sorted(p.name for p in (tmp_path / "local" / "tiny").glob("*.parquet"))
+    assert sorted(p.name for p in (tmp_path / "ray" / "tiny").glob("*.parquet")) == sorted(
+        p.name for p in (tmp_path / "local" / "tiny").glob("*.parquet")
+    )
 
 
 def test_a_worker_killed_mid_group_is_retried_and_every_cell_lands_once(tmp_path, data_dir):
@@ -103,7 +120,11 @@ def test_a_worker_killed_mid_group_is_retried_and_every_cell_lands_once(tmp_path
     seen = Seen()
 
     def busy() -> list[int]:  # Ray titles a worker after the task it runs
-        return [pid for pid, cmd in descendants(os.getpid()).items() if cmd.startswith("ray::_train_group")]
+        return [
+            pid
+            for pid, cmd in descendants(os.getpid()).items()
+            if cmd.startswith("ray::_train_group")
+        ]
 
     def killer():  # SIGKILL the first worker seen training a group, a moment into it
         while not stop.is_set():
@@ -118,15 +139,18 @@ def test_a_worker_killed_mid_group_is_retried_and_every_cell_lands_once(tmp_path
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     try:
-        summary = runner.run(study, tmp_path / "ray", max_group=2, deterministic=True, executor="ray",
-                             progress=seen)
+        summary = runner.run(
+            study, tmp_path / "ray", max_group=2, deterministic=True, executor="ray", progress=seen
+        )
     finally:
         stop.set()
         thread.join()
     assert killed, "no worker was seen training"
     assert {(c, e) for c, e in seen.epochs} == {(c.id, e) for c in cells(study) for e in (1, 2, 3)}
     assert summary.trained == 8 and summary.failed == []
-    pd.testing.assert_frame_equal(values(tmp_path / "local" / "tiny"), values(tmp_path / "ray" / "tiny"))
+    pd.testing.assert_frame_equal(
+        values(tmp_path / "local" / "tiny"), values(tmp_path / "ray" / "tiny")
+    )
 
 
 DIES = """
@@ -145,37 +169,85 @@ study = Study(name="dies", dataset="mnist", model=model, base=dict(epochs=1, tra
 
 
 def test_a_group_whose_worker_always_dies_is_recorded_not_retried_forever(tmp_path, data_dir):
-    result = cli("run", write_study(tmp_path, body=DIES), "--out", tmp_path / "res", "--max-group", "1",
-                 "--executor", "ray")
+    result = cli(
+        "run",
+        write_study(tmp_path, body=DIES),
+        "--out",
+        tmp_path / "res",
+        "--max-group",
+        "1",
+        "--executor",
+        "ray",
+    )
     assert result.exit_code == 1, result.output
     said = " ".join(result.output.split())
     assert "a group of 1 cells failed and stays untrained" in said and "after 3 retries" in said
-    assert "1 cells failed (warnings above) and were not stored; run the same command to retry them" in said
-    df = pd.read_parquet(tmp_path / "res" / "dies")  # the study's own code went to the workers by value
+    assert (
+        "1 cells failed (warnings above) and were not stored; run the same command to retry them"
+        in said
+    )
+    df = pd.read_parquet(
+        tmp_path / "res" / "dies"
+    )  # the study's own code went to the workers by value
     assert df["cell"].nunique() == 1 and (df["lr"] == 0.05).all()
 
 
 def test_out_of_memory_in_a_worker_splits_the_group(tmp_path, data_dir, monkeypatch):
     monkeypatch.setenv(engine.OOM_ABOVE, "2")  # set before Ray starts, so its workers inherit it
-    result = cli("run", write_study(tmp_path), "--out", tmp_path / "res", "--max-group", "4", "--executor", "ray")
+    result = cli(
+        "run",
+        write_study(tmp_path),
+        "--out",
+        tmp_path / "res",
+        "--max-group",
+        "4",
+        "--executor",
+        "ray",
+    )
     assert result.exit_code == 0, result.output
-    assert "a group of 4 cells ran out of worker memory; retrying as 2 + 2" in " ".join(result.stdout.split())
+    assert "a group of 4 cells ran out of worker memory; retrying as 2 + 2" in " ".join(
+        result.stdout.split()
+    )
     assert pd.read_parquet(tmp_path / "res" / "tiny")["cell"].nunique() == 8
 
 
-@pytest.mark.parametrize("sig, group, code", [(signal.SIGINT, True, 130), (signal.SIGTERM, False, 143)])
-def test_ctrl_c_or_sigterm_keeps_finished_cells_and_stops_the_ray_it_started(tmp_path, data_dir, sig, group, code):
+@pytest.mark.parametrize(
+    "sig, group, code", [(signal.SIGINT, True, 130), (signal.SIGTERM, False, 143)]
+)
+def test_ctrl_c_or_sigterm_keeps_finished_cells_and_stops_the_ray_it_started(
+    tmp_path, data_dir, sig, group, code
+):
     # a terminal's Ctrl-C reaches the process group; `kill` sends SIGTERM to the driver alone
     # (before: Ray's C++ handler dumped a stack and exited 1)
     study = write_study(tmp_path, epochs=6, factors=EIGHT)
     # a terminal's Ctrl-C reaches the whole foreground process group: the driver and what it started
-    proc = subprocess.Popen([sys.executable, "-m", "ablate", "run", str(study), "--out", str(tmp_path / "res"),
-                             "--max-group", "1", "--executor", "ray"], cwd=REPO, start_new_session=True,
-                            preexec_fn=default_sigint, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ablate",
+            "run",
+            str(study),
+            "--out",
+            str(tmp_path / "res"),
+            "--max-group",
+            "1",
+            "--executor",
+            "ray",
+        ],
+        cwd=REPO,
+        start_new_session=True,
+        preexec_fn=default_sigint,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     res, deadline = tmp_path / "res" / "tiny", time.monotonic() + 120
     while not list(res.glob("*.parquet")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.1)
-    assert list(res.glob("*.parquet")) and proc.poll() is None, "no group finished while the run went on"
+    assert list(res.glob("*.parquet")) and proc.poll() is None, (
+        "no group finished while the run went on"
+    )
     started = descendants(proc.pid)  # before the signal: once the driver exits they are re-parented
     assert any("raylet" in cmd for cmd in started.values())
     os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
@@ -189,7 +261,9 @@ def test_ctrl_c_or_sigterm_keeps_finished_cells_and_stops_the_ray_it_started(tmp
     while (left := [p for p in started if alive(p)]) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not left, f"Ray processes outlived the run: {[started[p] for p in left]}"
-    rest = cli("run", study, "--out", tmp_path / "res", "--max-group", "1")  # in-process finishes the rest
+    rest = cli(
+        "run", study, "--out", tmp_path / "res", "--max-group", "1"
+    )  # in-process finishes the rest
     assert rest.exit_code == 0 and f"training {8 - kept} of 8 cells" in rest.stdout
     assert pd.read_parquet(res)["cell"].nunique() == 8
 
@@ -198,14 +272,22 @@ def test_without_the_extra_the_user_gets_one_line(tmp_path, data_dir, monkeypatc
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
     result = cli("run", write_study(tmp_path), "--out", tmp_path / "res", "--executor", "ray")
     assert result.exit_code == 2
-    assert result.stderr.strip() == 'error: --executor ray needs Ray, which is not installed: ' \
-                                    'pip install "ablate[ray]"'
+    assert (
+        result.stderr.strip() == "error: --executor ray needs Ray, which is not installed: "
+        'pip install "ablate[ray]"'
+    )
     assert not (tmp_path / "res").exists()
 
 
 def test_the_core_never_imports_ray(tmp_path, data_dir):
-    code = ("import sys; from ablate import cli, report, runner; from ablate.study import load; "
-            "runner.run(load(sys.argv[1]), sys.argv[2]); assert 'ray' not in sys.modules, 'ray was imported'")
-    done = subprocess.run([sys.executable, "-c", code, str(write_study(tmp_path)), str(tmp_path / "res")],
-                          cwd=REPO, capture_output=True, text=True)
+    code = (
+        "import sys; from ablate import cli, report, runner; from ablate.study import load; "
+        "runner.run(load(sys.argv[1]), sys.argv[2]); assert 'ray' not in sys.modules, 'ray was imported'"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(write_study(tmp_path)), str(tmp_path / "res")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr

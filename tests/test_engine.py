@@ -1,4 +1,5 @@
 """The plain per-cell path: against a plain PyTorch loop, repeatability, divergence, own models, group size."""
+
 import math
 
 import pytest
@@ -9,8 +10,16 @@ from ablate import engine, fused, models, runner
 from ablate.data import load
 from ablate.study import Study, StudyError, cells, validate
 
-BASE = dict(hidden=(64,), activation="relu", dropout=0.0, lr=0.05, momentum=0.5, batch_size=50,
-            epochs=2, train_subset=1000)
+BASE = dict(
+    hidden=(64,),
+    activation="relu",
+    dropout=0.0,
+    lr=0.05,
+    momentum=0.5,
+    batch_size=50,
+    epochs=2,
+    train_subset=1000,
+)
 
 
 def one_cell(**over):
@@ -32,7 +41,7 @@ def test_per_step_losses_equal_a_plain_pytorch_loop(data_dir):
     for epoch in (1, 2):
         order = engine.epoch_order(4, epoch, 1000, "cpu")
         for s in range(0, 1000, 50):
-            idx = order[s:s + 50]
+            idx = order[s : s + 50]
             loss = F.cross_entropy(net(x_all[idx]), y_all[idx])
             opt.zero_grad()
             loss.backward()
@@ -40,7 +49,9 @@ def test_per_step_losses_equal_a_plain_pytorch_loop(data_dir):
             ref.append(loss.item())
     assert len(trace) == 40
     assert trace == ref  # bitwise: the same ops in the same order
-    assert math.isclose(rows[-1]["train_loss"], sum(ref[20:]) / 20, rel_tol=1e-6)  # fp32 sum vs Python sum
+    assert math.isclose(
+        rows[-1]["train_loss"], sum(ref[20:]) / 20, rel_tol=1e-6
+    )  # fp32 sum vs Python sum
     net.eval()
     with torch.no_grad():
         acc = (net(d.test_x.float() / 255).argmax(1) == d.test_y).float().mean().item()
@@ -58,14 +69,18 @@ def test_a_cell_repeats_exactly_with_dropout_flips_and_normalisation(data_dir):
 
 
 def test_learning_happens(data_dir):
-    rows = engine.train_cell(one_cell(train_subset=5000, epochs=2), load("mnist", "cpu", data_dir), "mlp", "cpu")
+    rows = engine.train_cell(
+        one_cell(train_subset=5000, epochs=2), load("mnist", "cpu", data_dir), "mlp", "cpu"
+    )
     assert [r["epoch"] for r in rows] == [1, 2]
     assert rows[1]["train_loss"] < rows[0]["train_loss"]
     assert rows[1]["test_acc"] > 0.85
 
 
 def test_a_diverging_cell_stops_and_says_so(data_dir):
-    rows = engine.train_cell(one_cell(lr=1e30, epochs=5), load("mnist", "cpu", data_dir), "mlp", "cpu")
+    rows = engine.train_cell(
+        one_cell(lr=1e30, epochs=5), load("mnist", "cpu", data_dir), "mlp", "cpu"
+    )
     assert len(rows) < 5
     assert all(r["status"] == "diverged" for r in rows)
     assert not math.isfinite(rows[-1]["train_loss"])
@@ -89,14 +104,27 @@ def test_the_gpu_group_size_follows_free_memory_and_the_model(data_dir, monkeypa
     free = {"bytes": 8 * gib}
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["bytes"], 80 * gib))
     mlp = cells(validate(Study(name="t", dataset="mnist", base=dict(hidden=(512, 256)), seeds=1)))
-    cnn = cells(validate(Study(name="t", dataset="mnist", model="cnn", base=dict(layers=("conv:64:3", "act")),
-                               seeds=1)))
+    cnn = cells(
+        validate(
+            Study(
+                name="t",
+                dataset="mnist",
+                model="cnn",
+                base=dict(layers=("conv:64:3", "act")),
+                seeds=1,
+            )
+        )
+    )
     cuda = torch.device("cuda")
     small = engine.auto_group(mlp, data, cuda, "mlp")
-    assert 40 <= small <= 160  # about 54 MB a cell (reference MLP, eval chunk of 2000): 4 GiB / 54 MB = 79
+    assert (
+        40 <= small <= 160
+    )  # about 54 MB a cell (reference MLP, eval chunk of 2000): 4 GiB / 54 MB = 79
     free["bytes"] = 16 * gib
     assert abs(engine.auto_group(mlp, data, cuda, "mlp") - 2 * small) <= 1
-    assert engine.auto_group(cnn, data, cuda, "cnn") < small  # 64 maps of 26x26 per sample outweigh the MLP
+    assert (
+        engine.auto_group(cnn, data, cuda, "cnn") < small
+    )  # 64 maps of 26x26 per sample outweigh the MLP
     assert engine.auto_group(mlp, data, torch.device("cpu"), "mlp") == 8
     assert engine.auto_group(mlp, data, cuda, lambda cfg: torch.nn.Linear(784, 10)) == 8
 
@@ -106,20 +134,28 @@ def test_a_study_model_with_50_outputs_on_10_classes_stops_before_its_first_step
         return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 50))
 
     d = load("mnist", "cpu", data_dir)
-    cell = cells(validate(Study(name="t", dataset="mnist", model=wide, base={**BASE, "epochs": 1}, seeds=1)))[0]
-    said = (r"^s\.py: model '.*wide' returns \(2, 50\) for a batch of shape \(2, 1, 28, 28\); "
-            r"the dataset has 10 classes, so expected \(2, 10\)$")
+    cell = cells(
+        validate(Study(name="t", dataset="mnist", model=wide, base={**BASE, "epochs": 1}, seeds=1))
+    )[0]
+    said = (
+        r"^s\.py: model '.*wide' returns \(2, 50\) for a batch of shape \(2, 1, 28, 28\); "
+        r"the dataset has 10 classes, so expected \(2, 10\)$"
+    )
     epochs = []
     with pytest.raises(StudyError, match=said):
         engine.train([cell], d, wide, "cpu", lambda *a: epochs.append(a), source="s.py")
     assert epochs == []
-    with pytest.raises(StudyError, match=said):  # the same check, for the runner before it writes anything
+    with pytest.raises(
+        StudyError, match=said
+    ):  # the same check, for the runner before it writes anything
         engine.check_model(wide, cell, d.shape, d.classes, "s.py")
 
 
 # what torch's CPU allocator raises, verbatim (torch 2.14, torch.empty(2**50, dtype=torch.uint8))
-CPU_OOM = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
-           "you tried to allocate 1125899906842624 bytes. Error code 12 (Cannot allocate memory)")
+CPU_OOM = (
+    "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+    "you tried to allocate 1125899906842624 bytes. Error code 12 (Cannot allocate memory)"
+)
 
 
 def _no_memory(*args, **kwargs):
@@ -132,8 +168,14 @@ def test_cpu_out_of_memory_is_an_out_of_memory_error_on_both_paths(data_dir, mon
     d = load("mnist", "cpu", data_dir)
     two = cells(validate(Study(name="t", dataset="mnist", base={**BASE, "epochs": 1}, seeds=2)))
     own = lambda cfg: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))  # noqa: E731
-    for group, model in ((two, "mlp"), (two[:1], "mlp"), (two[:1], own)):  # fused, plain, a study's model
-        with pytest.raises(torch.OutOfMemoryError, match="DefaultCPUAllocator: can't allocate memory"):
+    for group, model in (
+        (two, "mlp"),
+        (two[:1], "mlp"),
+        (two[:1], own),
+    ):  # fused, plain, a study's model
+        with pytest.raises(
+            torch.OutOfMemoryError, match="DefaultCPUAllocator: can't allocate memory"
+        ):
             engine.train(group, d, model, "cpu", source="s.py")
     assert engine.is_oom(RuntimeError(CPU_OOM)) and engine.is_oom(MemoryError())
     assert not engine.is_oom(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
@@ -147,11 +189,20 @@ class Warnings(runner.Progress):
         self.said.append(message)
 
 
-def test_cpu_out_of_memory_in_a_group_splits_it_and_every_cell_trains(tmp_path, data_dir, monkeypatch):
-    monkeypatch.setattr(fused.Optimizer, "step", _no_memory)  # groups of 2 or more run out, single cells fit
-    st = validate(Study(name="t", dataset="mnist", base={**BASE, "epochs": 1, "train_subset": 200}, seeds=4))
+def test_cpu_out_of_memory_in_a_group_splits_it_and_every_cell_trains(
+    tmp_path, data_dir, monkeypatch
+):
+    monkeypatch.setattr(
+        fused.Optimizer, "step", _no_memory
+    )  # groups of 2 or more run out, single cells fit
+    st = validate(
+        Study(name="t", dataset="mnist", base={**BASE, "epochs": 1, "train_subset": 200}, seeds=4)
+    )
     progress = Warnings()
     summary = runner.run(st, tmp_path, "cpu", max_group=4, progress=progress)
     assert summary.trained == 4 and summary.failed == []
-    assert progress.said == ["a group of 4 cells ran out of cpu memory; retrying as 2 + 2"] + [
-        "a group of 2 cells ran out of cpu memory; retrying as 1 + 1"] * 2
+    assert (
+        progress.said
+        == ["a group of 4 cells ran out of cpu memory; retrying as 2 + 2"]
+        + ["a group of 2 cells ran out of cpu memory; retrying as 1 + 1"] * 2
+    )

@@ -1,5 +1,6 @@
 """The catalogue of user mistakes: each is one line on stderr naming the file and the key or
 value and what was expected, exit 2 (1 for runtime failures), no traceback, nothing written."""
+
 import gzip
 import shutil
 
@@ -13,7 +14,13 @@ cli = CliRunner()
 
 
 def tiny(**over) -> str:
-    args = dict(name="tiny", epochs=1, seeds=2, design="grid", factors="dict(activation=['relu', 'sigmoid'])")
+    args = dict(
+        name="tiny",
+        epochs=1,
+        seeds=2,
+        design="grid",
+        factors="dict(activation=['relu', 'sigmoid'])",
+    )
     args.update(over)
     return TINY.format(**args)
 
@@ -23,56 +30,145 @@ def bad_base(key_value: str) -> str:
 
 
 STUDIES = {  # id: (study text, exit code, words the line must hold)
-    "a name ending in .parquet": (tiny(name="x.parquet"), 2, ["study.py", "'x.parquet'", "may not end in .parquet"]),
-    "syntax error": ("from ablate import Study\nstudy = Study(name='x',\n", 2, ["study.py:2", "syntax error"]),
+    "a name ending in .parquet": (
+        tiny(name="x.parquet"),
+        2,
+        ["study.py", "'x.parquet'", "may not end in .parquet"],
+    ),
+    "syntax error": (
+        "from ablate import Study\nstudy = Study(name='x',\n",
+        2,
+        ["study.py:2", "syntax error"],
+    ),
     "no study": ("x = 1\n", 2, ["study.py", "defines no `study`"]),
     "study of the wrong type": ("study = {'name': 'x'}\n", 2, ["study.py", "dict", "ablate.Study"]),
-    "error inside the file": ("from ablate import Study\n\nstudy = Study(name=nme)\n", 2, ["study.py:3", "nme"]),
+    "error inside the file": (
+        "from ablate import Study\n\nstudy = Study(name=nme)\n",
+        2,
+        ["study.py:3", "nme"],
+    ),
     "unknown key": (bad_base("lrr=0.1"), 2, ["study.py", "lrr", "did you mean 'lr'"]),
-    "unknown level": (tiny(factors="dict(activation=['relu', 'swish'])"), 2,
-                      ["study.py", "activation", "'swish'", "sigmoid, relu, tanh, gelu"]),
-    "batchnorm on batches of one": (bad_base("batchnorm=True").replace("batch_size=64", "batch_size=1"), 2,
-                                    ["study.py", "batchnorm=True with batch_size=1", "2 or more samples"]),
-    "dropout out of range": (bad_base("dropout=1.5").replace("dropout=0.0, ", ""), 2,
-                             ["study.py", "dropout=1.5", "0 <= p < 1"]),
+    "unknown level": (
+        tiny(factors="dict(activation=['relu', 'swish'])"),
+        2,
+        ["study.py", "activation", "'swish'", "sigmoid, relu, tanh, gelu"],
+    ),
+    "batchnorm on batches of one": (
+        bad_base("batchnorm=True").replace("batch_size=64", "batch_size=1"),
+        2,
+        ["study.py", "batchnorm=True with batch_size=1", "2 or more samples"],
+    ),
+    "dropout out of range": (
+        bad_base("dropout=1.5").replace("dropout=0.0, ", ""),
+        2,
+        ["study.py", "dropout=1.5", "0 <= p < 1"],
+    ),
     "negative lr": (tiny().replace("lr=0.05", "lr=-1"), 2, ["study.py", "lr=-1", "> 0"]),
     "zero epochs": (tiny(epochs=0), 2, ["study.py", "epochs=0", ">= 1"]),
-    "zero batch": (tiny().replace("batch_size=64", "batch_size=0"), 2, ["study.py", "batch_size=0", ">= 1"]),
+    "zero batch": (
+        tiny().replace("batch_size=64", "batch_size=0"),
+        2,
+        ["study.py", "batch_size=0", ">= 1"],
+    ),
     "zero seeds": (tiny(seeds=0), 2, ["study.py", "seeds=0", "int >= 1"]),
-    "empty factor": (tiny(factors="dict(activation=[])"), 2, ["study.py", "activation", "no levels"]),
-    "duplicate levels": (tiny(factors="dict(activation=['relu', 'relu'])"), 2, ["study.py", "activation", "twice"]),
-    "baseline not a level": (tiny(factors="dict(activation=['sigmoid', 'tanh'])"), 2,
-                             ["study.py", "activation", "baseline 'relu'", "not among its levels"]),
-    "unknown dataset": (tiny().replace('dataset="mnist"', 'dataset="imagenet"'), 2,
-                        ["study.py", "'imagenet'", "mnist, fashion_mnist"]),
-    "wrong type": (bad_base("batchnorm='yes'"), 2, ["study.py", "batchnorm='yes'", "True or False"]),
-    "claim in percent": (tiny().replace("value=0.8", "value=97.26"), 2,
-                         ["study.py", "claim tiny", "value=97.26", "not a fraction", "0.9726"]),
-    "claim selecting nothing": (tiny().replace('where=dict(activation="relu")', 'where=dict(activation="tanh")'),
-                                2, ["study.py", "claim tiny", "selects no cell", "activation in ['relu', 'sigmoid']"]),
-    "claim past the last epoch": (tiny().replace("value=0.8,", "value=0.8, epoch=3,"), 2,
-                                  ["study.py", "claim tiny", "epoch=3", "from 1 to 1"]),
-    "claim of an unknown metric": (tiny().replace("value=0.8,", "value=0.8, metric='accuracy',"), 2,
-                                   ["study.py", "claim tiny", "metric='accuracy'", "test_acc, test_loss"]),
-    "claim of an unknown kind": (tiny().replace("value=0.8,", "value=0.8, kind='about',"), 2,
-                                 ["study.py", "claim tiny", "kind='about'", "point, mean, at_most, at_least"]),
+    "empty factor": (
+        tiny(factors="dict(activation=[])"),
+        2,
+        ["study.py", "activation", "no levels"],
+    ),
+    "duplicate levels": (
+        tiny(factors="dict(activation=['relu', 'relu'])"),
+        2,
+        ["study.py", "activation", "twice"],
+    ),
+    "baseline not a level": (
+        tiny(factors="dict(activation=['sigmoid', 'tanh'])"),
+        2,
+        ["study.py", "activation", "baseline 'relu'", "not among its levels"],
+    ),
+    "unknown dataset": (
+        tiny().replace('dataset="mnist"', 'dataset="imagenet"'),
+        2,
+        ["study.py", "'imagenet'", "mnist, fashion_mnist"],
+    ),
+    "wrong type": (
+        bad_base("batchnorm='yes'"),
+        2,
+        ["study.py", "batchnorm='yes'", "True or False"],
+    ),
+    "claim in percent": (
+        tiny().replace("value=0.8", "value=97.26"),
+        2,
+        ["study.py", "claim tiny", "value=97.26", "not a fraction", "0.9726"],
+    ),
+    "claim selecting nothing": (
+        tiny().replace('where=dict(activation="relu")', 'where=dict(activation="tanh")'),
+        2,
+        ["study.py", "claim tiny", "selects no cell", "activation in ['relu', 'sigmoid']"],
+    ),
+    "claim past the last epoch": (
+        tiny().replace("value=0.8,", "value=0.8, epoch=3,"),
+        2,
+        ["study.py", "claim tiny", "epoch=3", "from 1 to 1"],
+    ),
+    "claim of an unknown metric": (
+        tiny().replace("value=0.8,", "value=0.8, metric='accuracy',"),
+        2,
+        ["study.py", "claim tiny", "metric='accuracy'", "test_acc, test_loss"],
+    ),
+    "claim of an unknown kind": (
+        tiny().replace("value=0.8,", "value=0.8, kind='about',"),
+        2,
+        ["study.py", "claim tiny", "kind='about'", "point, mean, at_most, at_least"],
+    ),
     "cnn layers that do not fit the images": (
-        tiny().replace('dataset="mnist"', 'dataset="xor", model="cnn"').replace("train_subset=512", "train_subset=4")
-        .replace('where=dict(activation="relu")', "where=dict()"), 2,
-        ["study.py", "model 'cnn'", "layers=", "xor inputs of shape"]),
-    "exit at import": ("import sys\n\nsys.exit(0)\n", 2,
-                       ["study.py:3", "SystemExit(0)", "must define `study`"]),
-    "claims not a list": (tiny().replace("claims=[", "claims=").replace('"tiny")]', '"tiny")'), 2,
-                          ["study.py", "claims is a Claim", "expected a list"]),
-    "claim where a list": (tiny().replace('where=dict(activation="relu")', "where=['activation']"), 2,
-                           ["study.py", "claim tiny", "where=['activation']", "expected a dict"]),
-    "claim where None": (tiny().replace('where=dict(activation="relu")', "where=None"), 2,
-                         ["study.py", "claim tiny", "where=None", "expected a dict"]),
-    "claim where keyed by an int": (tiny().replace('where=dict(activation="relu")', "where={1: 'relu'}"), 2,
-                                    ["study.py", "claim where", "config key 1 is not allowed"]),
-    "factor named by an int": (tiny(factors="{1: [1, 2]}"), 2, ["study.py", "factor 1 is not allowed"]),
-    "factors as a set": (tiny(factors="{'activation', 'dropout'}"), 2, ["study.py", "factors is a set"]),
-    "a seed past 2**32": (tiny(seeds="[1, 2**32 + 1]"), 2, ["study.py", "seed 4294967297", "2**32"]),
+        tiny()
+        .replace('dataset="mnist"', 'dataset="xor", model="cnn"')
+        .replace("train_subset=512", "train_subset=4")
+        .replace('where=dict(activation="relu")', "where=dict()"),
+        2,
+        ["study.py", "model 'cnn'", "layers=", "xor inputs of shape"],
+    ),
+    "exit at import": (
+        "import sys\n\nsys.exit(0)\n",
+        2,
+        ["study.py:3", "SystemExit(0)", "must define `study`"],
+    ),
+    "claims not a list": (
+        tiny().replace("claims=[", "claims=").replace('"tiny")]', '"tiny")'),
+        2,
+        ["study.py", "claims is a Claim", "expected a list"],
+    ),
+    "claim where a list": (
+        tiny().replace('where=dict(activation="relu")', "where=['activation']"),
+        2,
+        ["study.py", "claim tiny", "where=['activation']", "expected a dict"],
+    ),
+    "claim where None": (
+        tiny().replace('where=dict(activation="relu")', "where=None"),
+        2,
+        ["study.py", "claim tiny", "where=None", "expected a dict"],
+    ),
+    "claim where keyed by an int": (
+        tiny().replace('where=dict(activation="relu")', "where={1: 'relu'}"),
+        2,
+        ["study.py", "claim where", "config key 1 is not allowed"],
+    ),
+    "factor named by an int": (
+        tiny(factors="{1: [1, 2]}"),
+        2,
+        ["study.py", "factor 1 is not allowed"],
+    ),
+    "factors as a set": (
+        tiny(factors="{'activation', 'dropout'}"),
+        2,
+        ["study.py", "factors is a set"],
+    ),
+    "a seed past 2**32": (
+        tiny(seeds="[1, 2**32 + 1]"),
+        2,
+        ["study.py", "seed 4294967297", "2**32"],
+    ),
 }
 
 
@@ -90,7 +186,9 @@ def test_bad_study_files(tmp_path, case):
     text, code, words = STUDIES[case]
     path = tmp_path / "study.py"
     path.write_text(text)
-    check(cli.invoke(app, ["run", str(path), "--out", str(tmp_path / "res")]), code, words, tmp_path)
+    check(
+        cli.invoke(app, ["run", str(path), "--out", str(tmp_path / "res")]), code, words, tmp_path
+    )
 
 
 def test_missing_study_file(tmp_path):
@@ -98,32 +196,62 @@ def test_missing_study_file(tmp_path):
     check(r, 2, ["nope.py", "no such study file"], tmp_path)
 
 
-@pytest.mark.parametrize("value, words", [("hidden=(64,", ["--set", "does not parse"]),
-                                          ("epochs", ["--set", "key=value"]),
-                                          ("hidden={[1]: 2}", ["--set", "does not parse"]),
-                                          ("hidden=" + "-" * 9999 + "1",
-                                           ["--set hidden", "10,000 characters"])])
+@pytest.mark.parametrize(
+    "value, words",
+    [
+        ("hidden=(64,", ["--set", "does not parse"]),
+        ("epochs", ["--set", "key=value"]),
+        ("hidden={[1]: 2}", ["--set", "does not parse"]),
+        ("hidden=" + "-" * 9999 + "1", ["--set hidden", "10,000 characters"]),
+    ],
+)
 def test_set_values_that_do_not_parse(tmp_path, value, words):
-    r = cli.invoke(app, ["run", str(write_study(tmp_path)), "--out", str(tmp_path / "res"), "--set", value])
+    r = cli.invoke(
+        app, ["run", str(write_study(tmp_path)), "--out", str(tmp_path / "res"), "--set", value]
+    )
     check(r, 2, words, tmp_path)
 
 
 def test_seeds_from_the_command_line_past_2_to_the_32(tmp_path):
-    r = cli.invoke(app, ["run", str(write_study(tmp_path)), "--out", str(tmp_path / "res"),
-                         "--seeds", "4294967297"])
+    r = cli.invoke(
+        app,
+        [
+            "run",
+            str(write_study(tmp_path)),
+            "--out",
+            str(tmp_path / "res"),
+            "--seeds",
+            "4294967297",
+        ],
+    )
     check(r, 2, ["tiny.py", "seeds=4294967297", "below 2**32"], tmp_path)
 
 
 def test_a_dry_run_past_the_cell_limit_is_refused_before_it_is_built(tmp_path):
-    r = cli.invoke(app, ["run", str(write_study(tmp_path, factors="{}", seeds=100_001)), "--dry-run",
-                         "--out", str(tmp_path / "res")])
+    r = cli.invoke(
+        app,
+        [
+            "run",
+            str(write_study(tmp_path, factors="{}", seeds=100_001)),
+            "--dry-run",
+            "--out",
+            str(tmp_path / "res"),
+        ],
+    )
     check(r, 2, ["tiny.py", "100,001 cells", "100,000"], tmp_path)
 
 
-@pytest.mark.parametrize("body, words", [(b'x = 1\nx = "\xe9"\n', ["study.py:2", "cannot decode it", "0xe9"]),
-                                         (b"# coding: klingon\n", ["study.py", "unknown encoding: klingon"])])
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        (b'x = 1\nx = "\xe9"\n', ["study.py:2", "cannot decode it", "0xe9"]),
+        (b"# coding: klingon\n", ["study.py", "unknown encoding: klingon"]),
+    ],
+)
 def test_study_files_python_cannot_decode(tmp_path, body, words):
-    (tmp_path / "study.py").write_bytes(body)  # a latin-1 file with no coding line, a coding Python lacks
+    (tmp_path / "study.py").write_bytes(
+        body
+    )  # a latin-1 file with no coding line, a coding Python lacks
     r = cli.invoke(app, ["run", str(tmp_path / "study.py"), "--out", str(tmp_path / "res")])
     check(r, 2, words, tmp_path)
 
@@ -136,11 +264,14 @@ def _copy_mnist(src, dst):
     return raw
 
 
-@pytest.mark.parametrize("damage, words", [
-    ("missing", ["dataset mnist", "files not found"]),
-    ("bad gzip", ["train-images-idx3-ubyte.gz", "cannot read it"]),
-    ("wrong magic", ["train-images-idx3-ubyte.gz", "not an IDX file", "magic 00000d03"]),
-])
+@pytest.mark.parametrize(
+    "damage, words",
+    [
+        ("missing", ["dataset mnist", "files not found"]),
+        ("bad gzip", ["train-images-idx3-ubyte.gz", "cannot read it"]),
+        ("wrong magic", ["train-images-idx3-ubyte.gz", "not an IDX file", "magic 00000d03"]),
+    ],
+)
 def test_dataset_files_missing_or_corrupt(tmp_path, data_dir, monkeypatch, damage, words):
     import torchvision.datasets as tvd
 
@@ -157,14 +288,25 @@ def test_dataset_files_missing_or_corrupt(tmp_path, data_dir, monkeypatch, damag
         images.write_bytes(b"not gzip at all")
     else:
         images.write_bytes(gzip.compress(b"\x00\x00\x0d\x03" + b"\x00" * 64))
-    r = cli.invoke(app, ["run", str(write_study(tmp_path)), "--out", str(tmp_path / "res"),
-                         "--data-dir", str(tmp_path / "data")])
+    r = cli.invoke(
+        app,
+        [
+            "run",
+            str(write_study(tmp_path)),
+            "--out",
+            str(tmp_path / "res"),
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
+    )
     check(r, 1, words, tmp_path)
 
 
 def test_results_directory_not_writable(tmp_path, data_dir):
     (tmp_path / "file").write_text("")
-    r = cli.invoke(app, ["run", str(write_study(tmp_path)), "--out", str(tmp_path / "file" / "res")])
+    r = cli.invoke(
+        app, ["run", str(write_study(tmp_path)), "--out", str(tmp_path / "file" / "res")]
+    )
     check(r, 1, [str(tmp_path / "file" / "res" / "tiny"), "cannot write results here"], tmp_path)
 
 
@@ -182,22 +324,41 @@ def test_a_cuda_device_that_is_not_there(tmp_path, data_dir):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    r = cli.invoke(app, ["run", str(write_study(tmp_path)), "--out", str(tmp_path / "res"), "--device", "cuda"])
+    r = cli.invoke(
+        app, ["run", str(write_study(tmp_path)), "--out", str(tmp_path / "res"), "--device", "cuda"]
+    )
     check(r, 2, ["--device cuda", "no GPU"], tmp_path)
 
 
-@pytest.mark.parametrize("device, executor", [("gpu", "local"), ("cuda:x", "local"), ("meta", "local"),
-                                              ("gpu", "ray")])
+@pytest.mark.parametrize(
+    "device, executor", [("gpu", "local"), ("cuda:x", "local"), ("meta", "local"), ("gpu", "ray")]
+)
 def test_a_device_name_that_is_not_a_device(tmp_path, data_dir, device, executor):
-    r = cli.invoke(app, ["run", str(write_study(tmp_path)), "--out", str(tmp_path / "res"), "--device", device,
-                         "--executor", executor])
+    r = cli.invoke(
+        app,
+        [
+            "run",
+            str(write_study(tmp_path)),
+            "--out",
+            str(tmp_path / "res"),
+            "--device",
+            device,
+            "--executor",
+            executor,
+        ],
+    )
     check(r, 2, [f"--device {device}", "try auto, cpu, cuda or cuda:N"], tmp_path)
 
 
 def test_show_with_a_column_that_is_not_a_metric(tmp_path, data_dir):
     res = tmp_path / "res"
-    assert cli.invoke(app, ["run", str(write_study(tmp_path, seeds=1)), "--out", str(res)]).exit_code == 0
+    assert (
+        cli.invoke(app, ["run", str(write_study(tmp_path, seeds=1)), "--out", str(res)]).exit_code
+        == 0
+    )
     for column in ("config", "status", "nope", "seed", "epoch", "activation"):
         r = cli.invoke(app, ["show", str(res / "tiny"), "--metric", column])
-        assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.output, r.output
+        assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.output, (
+            r.output
+        )
         assert f"no metric '{column}'" in r.stderr and "train_loss, test_loss, test_acc" in r.stderr

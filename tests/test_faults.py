@@ -1,4 +1,5 @@
 """kill -9 at seeded moments, full disks, users' own folders: nothing lost, duplicated, moved or half-written."""
+
 import errno
 import os
 import random
@@ -25,8 +26,18 @@ FACTORS = "dict(activation=['relu', 'sigmoid'], dropout=[0.0, 0.25])"
 
 
 def command(study, out):
-    return [sys.executable, "-m", "ablate", "run", str(study), "--out", str(out), "--deterministic",
-            "--max-group", "2"]
+    return [
+        sys.executable,
+        "-m",
+        "ablate",
+        "run",
+        str(study),
+        "--out",
+        str(out),
+        "--deterministic",
+        "--max-group",
+        "2",
+    ]
 
 
 def env(data_dir, **extra):
@@ -55,9 +66,17 @@ def test_kill_9_anywhere_then_rerun_loses_and_duplicates_nothing(tmp_path, data_
     for i in range(KILLS):
         phase, out = phases[i % 3], tmp_path / f"run{i}"
         point = rng.choice(["written", "renamed"])
-        hook = {"parquet": f"parquet:{rng.randint(1, 4)}:{point}", "manifest": f"manifest:1:{point}"}.get(phase)
-        proc = subprocess.Popen(command(study, out), env=env(data_dir, **({"ABLATE_TEST_KILL": hook} if hook else {})),
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        hook = {
+            "parquet": f"parquet:{rng.randint(1, 4)}:{point}",
+            "manifest": f"manifest:1:{point}",
+        }.get(phase)
+        proc = subprocess.Popen(
+            command(study, out),
+            env=env(data_dir, **({"ABLATE_TEST_KILL": hook} if hook else {})),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         if phase == "training":
             while "training" not in (proc.stdout.readline() or "training"):
                 pass  # startup done: the run has begun training
@@ -67,24 +86,43 @@ def test_kill_9_anywhere_then_rerun_loses_and_duplicates_nothing(tmp_path, data_
         if proc.returncode == -signal.SIGKILL:
             landed[f"{phase}:{point}" if hook else phase] += 1
         df = finish(study, out, data_dir)
-        assert df["cell"].nunique() == 8 and df.groupby("cell").size().eq(2).all()  # each cell exactly once
-        assert df.drop(columns="seconds").equals(reference.drop(columns="seconds")), f"attempt {i} ({phase})"
+        assert (
+            df["cell"].nunique() == 8 and df.groupby("cell").size().eq(2).all()
+        )  # each cell exactly once
+        assert df.drop(columns="seconds").equals(reference.drop(columns="seconds")), (
+            f"attempt {i} ({phase})"
+        )
         assert (out / "tiny" / MANIFEST).is_file()
-    print(f"kills landed by phase: {dict(landed)}; {sum(landed.values())} of {KILLS}; "
-          "cells lost 0, duplicated 0, corrupt 0")
+    print(
+        f"kills landed by phase: {dict(landed)}; {sum(landed.values())} of {KILLS}; "
+        "cells lost 0, duplicated 0, corrupt 0"
+    )
     assert sum(landed.values()) >= KILLS - 2, dict(landed)
     assert landed["manifest:written"] + landed["manifest:renamed"] > 0
     assert landed["parquet:written"] + landed["parquet:renamed"] > 0 and landed["training"] > 0
 
 
-@pytest.mark.parametrize("signals, code", [((signal.SIGINT,), 130), ((signal.SIGINT, signal.SIGINT), 130),
-                                           ((signal.SIGTERM,), 143), ((signal.SIGHUP,), 129)])
+@pytest.mark.parametrize(
+    "signals, code",
+    [
+        ((signal.SIGINT,), 130),
+        ((signal.SIGINT, signal.SIGINT), 130),
+        ((signal.SIGTERM,), 143),
+        ((signal.SIGHUP,), 129),
+    ],
+)
 def test_a_signal_stops_fast_keeps_finished_cells_and_says_so(tmp_path, data_dir, signals, code):
     # before: SIGTERM and SIGHUP exited 143/129 without the line; a second Ctrl-C printed a traceback
     study = write_study(tmp_path, epochs=30, factors=FACTORS)  # long enough to be mid-training
     out = tmp_path / "res"
-    proc = subprocess.Popen(command(study, out)[:-2] + ["--max-group", "1"], env=env(data_dir),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
+    proc = subprocess.Popen(
+        command(study, out)[:-2] + ["--max-group", "1"],
+        env=env(data_dir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_sigint,
+    )
     while "training" not in (proc.stdout.readline() or "training"):
         pass
     deadline = time.time() + 60
@@ -104,11 +142,19 @@ def test_a_signal_stops_fast_keeps_finished_cells_and_says_so(tmp_path, data_dir
 
 # ---- nothing of the user's is deleted or moved, and nothing is left half-written ----
 
+
 @pytest.fixture(scope="module")
 def tiny_results(tmp_path_factory, data_dir):
     tmp = tmp_path_factory.mktemp("harm")
-    r = cli.invoke(app, ["run", str(write_study(tmp, factors="dict(activation=['relu', 'sigmoid'])")),
-                         "--out", str(tmp / "res")])
+    r = cli.invoke(
+        app,
+        [
+            "run",
+            str(write_study(tmp, factors="dict(activation=['relu', 'sigmoid'])")),
+            "--out",
+            str(tmp / "res"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     return tmp / "res" / "tiny"
 
@@ -125,14 +171,21 @@ def test_report_into_a_users_folder_is_refused_and_deletes_nothing(tiny_results,
     (users / "claims.csv").write_text("precious")
     line = one_line(cli.invoke(app, ["report", str(tiny_results), "--out", str(users)]), 2)
     assert str(users) in line and "not a report folder ablate wrote" in line
-    assert [p.name for p in users.iterdir()] == ["claims.csv"] and (users / "claims.csv").read_text() == "precious"
+    assert [p.name for p in users.iterdir()] == ["claims.csv"] and (
+        users / "claims.csv"
+    ).read_text() == "precious"
 
 
 def test_a_report_folder_keeps_files_ablate_did_not_write(tiny_results, tmp_path):
     out = tmp_path / "r"
     assert cli.invoke(app, ["report", str(tiny_results), "--out", str(out)]).exit_code == 0
     (out / "notes.txt").write_text("mine")
-    assert cli.invoke(app, ["report", str(tiny_results), "--out", str(out), "--metric", "test_loss"]).exit_code == 0
+    assert (
+        cli.invoke(
+            app, ["report", str(tiny_results), "--out", str(out), "--metric", "test_loss"]
+        ).exit_code
+        == 0
+    )
     assert (out / "notes.txt").read_text() == "mine" and not (out / "claims.png").exists()
     assert not list(tmp_path.glob(".r.tmp-*"))
 
@@ -152,7 +205,10 @@ def test_run_refuses_to_nest_a_study_inside_another_studys_results(tiny_results,
     study = write_study(tmp_path, name="other", factors="dict(activation=['relu', 'sigmoid'])")
     before = sorted(p.name for p in tiny_results.iterdir())
     line = one_line(cli.invoke(app, ["run", str(study), "--out", str(tiny_results)]), 2)
-    assert "is a study's results folder" in line and sorted(p.name for p in tiny_results.iterdir()) == before
+    assert (
+        "is a study's results folder" in line
+        and sorted(p.name for p in tiny_results.iterdir()) == before
+    )
 
 
 def fail_on(monkeypatch, target, attribute, errno_, after=0):
@@ -164,11 +220,14 @@ def fail_on(monkeypatch, target, attribute, errno_, after=0):
         if len(calls) > after:
             raise OSError(errno_, os.strerror(errno_))
         return real(*args, **kwargs)
+
     monkeypatch.setattr(target, attribute, boom)
 
 
 @pytest.mark.parametrize("errno_", [errno.ENOSPC, errno.EROFS])
-def test_a_full_disk_or_read_only_folder_leaves_the_old_report_whole(tiny_results, tmp_path, monkeypatch, errno_):
+def test_a_full_disk_or_read_only_folder_leaves_the_old_report_whole(
+    tiny_results, tmp_path, monkeypatch, errno_
+):
     out = tmp_path / "r"
     assert cli.invoke(app, ["report", str(tiny_results), "--out", str(out)]).exit_code == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -194,7 +253,9 @@ def test_two_studies_of_one_name_do_not_share_a_folder(tmp_path, data_dir):
     assert again.exit_code == 0 and "nothing to train" in again.stdout
 
 
-def test_a_full_disk_during_a_run_is_one_line_and_keeps_what_was_stored(tmp_path, data_dir, monkeypatch):
+def test_a_full_disk_during_a_run_is_one_line_and_keeps_what_was_stored(
+    tmp_path, data_dir, monkeypatch
+):
     study = write_study(tmp_path, factors="dict(activation=['relu', 'sigmoid'])")
     fail_on(monkeypatch, pq, "write_table", errno.ENOSPC, after=1)  # the second group finds no room
     args = ["run", str(study), "--out", str(tmp_path / "res"), "--max-group", "1"]
@@ -221,12 +282,21 @@ study = Study(name="own", dataset="mnist", model={name}, base=dict(epochs=1, tra
 """
 
 
-@pytest.mark.parametrize("name, body, outputs, words", [
-    ("wide", "pass", 50, ["returns (2, 50)", "expected (2, 10)"]),  # before: trained silently
-    ("quits", "sys.exit(0)", 10, ["the model callable called exit(0)"]),  # before: exit 0, nothing trained
-])
-def test_a_study_model_that_cannot_train_is_one_line_before_anything_is_written(tmp_path, data_dir, name, body,
-                                                                                outputs, words):
+@pytest.mark.parametrize(
+    "name, body, outputs, words",
+    [
+        ("wide", "pass", 50, ["returns (2, 50)", "expected (2, 10)"]),  # before: trained silently
+        (
+            "quits",
+            "sys.exit(0)",
+            10,
+            ["the model callable called exit(0)"],
+        ),  # before: exit 0, nothing trained
+    ],
+)
+def test_a_study_model_that_cannot_train_is_one_line_before_anything_is_written(
+    tmp_path, data_dir, name, body, outputs, words
+):
     study = tmp_path / "own.py"
     study.write_text(OWN.format(name=name, body=body, outputs=outputs))
     line = one_line(cli.invoke(app, ["run", str(study), "--out", str(tmp_path / "res")]), 2)

@@ -1,4 +1,5 @@
 """The fused engine: a cell trained in a group of 1, 3 or 8 equals itself alone; per-cell hyperparameters."""
+
 import math
 
 import pytest
@@ -8,8 +9,15 @@ from ablate import engine, fused
 from ablate.data import load
 from ablate.study import Study, cells, validate
 
-BASE = dict(hidden=(64, 32), activation="relu", lr=0.05, momentum=0.5, batch_size=50, epochs=1,
-            train_subset=5000)
+BASE = dict(
+    hidden=(64, 32),
+    activation="relu",
+    lr=0.05,
+    momentum=0.5,
+    batch_size=50,
+    epochs=1,
+    train_subset=5000,
+)
 VARIANTS = {
     "sgd": {},
     "dropout+flip+norm+bn": dict(dropout=0.3, hflip=True, normalize=True, batchnorm=True),
@@ -20,15 +28,22 @@ VARIANTS = {
 def group(precision, extra, seeds=2):
     base = {**BASE, **extra, "precision": precision}
     lr = base["lr"]
-    st = validate(Study(name="t", dataset="mnist", base=base, seeds=seeds,
-                        factors=dict(lr=[lr, 2 * lr], weight_decay=[0.0, 1e-3])))
+    st = validate(
+        Study(
+            name="t",
+            dataset="mnist",
+            base=base,
+            seeds=seeds,
+            factors=dict(lr=[lr, 2 * lr], weight_decay=[0.0, 1e-3]),
+        )
+    )
     return cells(st)
 
 
 def in_groups(cs, data, size):
     rows = []
     for i in range(0, len(cs), size):
-        rows += engine.train(cs[i:i + size], data, "mlp", "cpu")
+        rows += engine.train(cs[i : i + size], data, "mlp", "cpu")
     return rows
 
 
@@ -37,7 +52,9 @@ def in_groups(cs, data, size):
 # other BLAS builds. In fp32 SGD we measured 1.4e-7 and allow 1e-4. Adam divides by
 # sqrt(v), tiny early on, so fp32 rounding grows: 1.5e-4 on the test loss and 2 test
 # samples after 100 steps; it is checked in fp64, where the maths is shown to match.
-CASES = [("fp64", v) for v in VARIANTS] + [("fp32", v) for v in VARIANTS if not v.startswith("adam")]
+CASES = [("fp64", v) for v in VARIANTS] + [
+    ("fp32", v) for v in VARIANTS if not v.startswith("adam")
+]
 
 
 @pytest.mark.parametrize("precision, variant", CASES)
@@ -60,7 +77,10 @@ def test_a_group_repeats_bitwise_in_deterministic_mode(data_dir):
     engine.configure(deterministic=True)
     try:
         cs = group("fp32", VARIANTS["dropout+flip+norm+bn"])
-        strip = lambda rows: [[{k: v for k, v in r.items() if k != "seconds"} for r in c] for c in rows]  # noqa: E731
+
+        def strip(rows):
+            return [[{k: v for k, v in r.items() if k != "seconds"} for r in c] for c in rows]
+
         assert strip(fused.train(cs, data, "cpu")) == strip(fused.train(cs, data, "cpu"))
     finally:
         engine.configure(deterministic=False)
@@ -68,14 +88,23 @@ def test_a_group_repeats_bitwise_in_deterministic_mode(data_dir):
 
 def test_a_diverging_cell_stops_inside_its_group_and_the_others_go_on(data_dir):
     data = load("mnist", "cpu", data_dir)
-    st = validate(Study(name="t", dataset="mnist", base={**BASE, "epochs": 3, "train_subset": 1000},
-                        factors=dict(lr=[0.05, 1e30]), seeds=1))
+    st = validate(
+        Study(
+            name="t",
+            dataset="mnist",
+            base={**BASE, "epochs": 3, "train_subset": 1000},
+            factors=dict(lr=[0.05, 1e30]),
+            seeds=1,
+        )
+    )
     cs = cells(st)
     rows = fused.train(cs, data, "cpu")
     assert [r["status"] for r in rows[0]] == ["ok"] * 3
     assert len(rows[1]) < 3 and all(r["status"] == "diverged" for r in rows[1])
     alone = engine.train_cell(cs[0], data, "mlp", "cpu")
-    assert [r["train_loss"] for r in rows[0]] == pytest.approx([r["train_loss"] for r in alone], rel=1e-5)
+    assert [r["train_loss"] for r in rows[0]] == pytest.approx(
+        [r["train_loss"] for r in alone], rel=1e-5
+    )
 
 
 def test_cells_of_another_shape_or_a_study_model_do_not_fuse():
@@ -89,9 +118,13 @@ def test_cells_of_another_shape_or_a_study_model_do_not_fuse():
 def test_tf32_is_fp32_on_a_cpu_and_leaves_the_flags_as_it_found_them(data_dir):
     data = load("mnist", "cpu", data_dir)
     engine.configure(deterministic=False)
-    fp32, tf32 = (in_groups(group(p, VARIANTS["dropout+flip+norm+bn"]), data, 8) for p in ("fp32", "tf32"))
-    assert fp32 == [[{**r, "seconds": a["seconds"]} for r, a in zip(t, f, strict=True)]
-                    for t, f in zip(tf32, fp32, strict=True)]  # a CPU has no TF32 units: bitwise equal
+    fp32, tf32 = (
+        in_groups(group(p, VARIANTS["dropout+flip+norm+bn"]), data, 8) for p in ("fp32", "tf32")
+    )
+    assert fp32 == [
+        [{**r, "seconds": a["seconds"]} for r, a in zip(t, f, strict=True)]
+        for t, f in zip(tf32, fp32, strict=True)
+    ]  # a CPU has no TF32 units: bitwise equal
     assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
 
 
@@ -108,20 +141,50 @@ def test_bf16_autocasts_the_forward_and_stays_close_to_fp32(data_dir, variant):
         assert a[0]["train_loss"] != f[0]["train_loss"]
         assert math.isclose(a[0]["train_loss"], c[0]["train_loss"], rel_tol=1e-2)
         assert math.isclose(c[0]["train_loss"], f[0]["train_loss"], rel_tol=1e-2)
-        assert abs(c[0]["test_acc"] - f[0]["test_acc"]) <= 0.01  # 0.52 points measured, early in training
+        assert (
+            abs(c[0]["test_acc"] - f[0]["test_acc"]) <= 0.01
+        )  # 0.52 points measured, early in training
     with fused.autocast("bf16", "cpu"):
         assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
 
 
-CNN = ("conv:6:5", "batchnorm", "maxpool:2", "act", "conv:8:3", "dropout2d:0.3", "act", "flatten", "fc:32", "act",
-       "dropout:0.4")
+CNN = (
+    "conv:6:5",
+    "batchnorm",
+    "maxpool:2",
+    "act",
+    "conv:8:3",
+    "dropout2d:0.3",
+    "act",
+    "flatten",
+    "fc:32",
+    "act",
+    "dropout:0.4",
+)
 
 
 def cnn_group(precision, optimizer):
-    base = dict(layers=CNN, optimizer=optimizer, lr=0.02 if optimizer == "sgd" else 0.002, momentum=0.5,
-                batch_size=32, epochs=1, train_subset=640, precision=precision, hflip=True)
-    st = validate(Study(name="t", dataset="mnist", model="cnn", base=base, seeds=[3],
-                        factors=dict(normalize=[False, True], weight_decay=[0.0, 1e-3])))
+    base = dict(
+        layers=CNN,
+        optimizer=optimizer,
+        lr=0.02 if optimizer == "sgd" else 0.002,
+        momentum=0.5,
+        batch_size=32,
+        epochs=1,
+        train_subset=640,
+        precision=precision,
+        hflip=True,
+    )
+    st = validate(
+        Study(
+            name="t",
+            dataset="mnist",
+            model="cnn",
+            base=base,
+            seeds=[3],
+            factors=dict(normalize=[False, True], weight_decay=[0.0, 1e-3]),
+        )
+    )
     return cells(st)
 
 
@@ -129,19 +192,30 @@ def cnn_group(precision, optimizer):
 # batchnorm, dropout2d, dropout, flips and per-cell normalisation and weight decay. Measured
 # after 20 steps: fp64 SGD 3.9e-16, fp64 Adam 2.5e-10 (Adam's 1/sqrt(v) amplifies rounding),
 # fp32 SGD 1.3e-7 relative.
-@pytest.mark.parametrize("precision, optimizer, rel", [("fp64", "sgd", 1e-12), ("fp64", "adam", 1e-8),
-                                                        ("fp32", "sgd", 1e-4)])
+@pytest.mark.parametrize(
+    "precision, optimizer, rel",
+    [("fp64", "sgd", 1e-12), ("fp64", "adam", 1e-8), ("fp32", "sgd", 1e-4)],
+)
 def test_a_cnn_cell_is_itself_in_a_vmapped_group(data_dir, precision, optimizer, rel):
     data = load("mnist", "cpu", data_dir)
     cs = cnn_group(precision, optimizer)
-    assert not fused.can_fuse(cs, "cnn", "cpu") and fused.can_fuse(cs, "cnn", "cuda")  # CPUs keep the plain path
+    assert not fused.can_fuse(cs, "cnn", "cpu") and fused.can_fuse(
+        cs, "cnn", "cuda"
+    )  # CPUs keep the plain path
     group = fused.train(cs, data, "cpu", model="cnn")
     for cell, rows in zip(cs, group, strict=True):
         alone = engine.train_cell(cell, data, "cnn", "cpu")
         for key in ("train_loss", "test_loss"):
-            assert math.isclose(alone[0][key], rows[0][key], rel_tol=rel), (key, alone[0][key], rows[0][key])
+            assert math.isclose(alone[0][key], rows[0][key], rel_tol=rel), (
+                key,
+                alone[0][key],
+                rows[0][key],
+            )
         # fp32 rounding flips near-tied argmaxes: 6 of 10,000 measured at 30% accuracy after 20 steps
-        assert abs(alone[0]["test_acc"] - rows[0]["test_acc"]) <= (1 if precision == "fp64" else 10) / 10000
+        assert (
+            abs(alone[0]["test_acc"] - rows[0]["test_acc"])
+            <= (1 if precision == "fp64" else 10) / 10000
+        )
     assert len({r[0]["train_loss"] for r in group}) == 4  # four different cells, not one copied
 
 
@@ -149,7 +223,9 @@ def test_a_cnn_cell_is_itself_in_a_vmapped_group(data_dir, precision, optimizer,
 # sample, so both paths drop it when the model has batchnorm (and keep it without). Measured
 # after 6 steps: 2e-16 relative in fp64, 6e-8 in fp32; the tolerances are the ones above.
 @pytest.mark.parametrize("precision, rel", [("fp64", 1e-10), ("fp32", 1e-4)])
-def test_a_batchnorm_cell_whose_last_batch_is_one_sample_trains_alike_alone_and_in_a_group(precision, rel):
+def test_a_batchnorm_cell_whose_last_batch_is_one_sample_trains_alike_alone_and_in_a_group(
+    precision, rel
+):
     data = load("digits")
     base = dict(hidden=(32,), batchnorm=True, batch_size=299, epochs=2, lr=0.1, precision=precision)
     cs = cells(validate(Study(name="t", dataset="digits", base=base, seeds=2)))
@@ -161,7 +237,9 @@ def test_a_batchnorm_cell_whose_last_batch_is_one_sample_trains_alike_alone_and_
         for key in ("train_loss", "test_loss"):
             assert math.isclose(a[key], b[key], rel_tol=rel), (key, a[key], b[key])
         assert abs(a["test_acc"] - b["test_acc"]) <= 1 / 899  # within one test sample
-    plain = cells(validate(Study(name="t", dataset="digits", base={**base, "batchnorm": False}, seeds=1)))
+    plain = cells(
+        validate(Study(name="t", dataset="digits", base={**base, "batchnorm": False}, seeds=1))
+    )
     trace = []
     engine.train_cell(plain[0], data, "mlp", "cpu", trace=trace)
     assert len(trace) == 2 * 4  # without batchnorm the sample alone in its batch still trains

@@ -1,4 +1,5 @@
 """Model builders: MLP layers, init from the seed alone, the He bound, dropout masks, a study's callable."""
+
 import pytest
 import torch
 from torch import nn
@@ -11,12 +12,29 @@ CFG = dict(hidden=(64, 32), activation="relu", dropout=0.5, batchnorm=True, init
 def test_mlp_layers_follow_the_config():
     net = models.build("mlp", CFG, (1, 28, 28), 10, seed=0)
     kinds = [type(m).__name__ for m in net]
-    assert kinds == ["Flatten", "Linear", "BatchNorm1d", "ReLU", "Dropout", "Linear", "BatchNorm1d", "ReLU",
-                     "Dropout", "Linear"]
+    assert kinds == [
+        "Flatten",
+        "Linear",
+        "BatchNorm1d",
+        "ReLU",
+        "Dropout",
+        "Linear",
+        "BatchNorm1d",
+        "ReLU",
+        "Dropout",
+        "Linear",
+    ]
     assert net(torch.zeros(4, 1, 28, 28)).shape == (4, 10)
     cfg = {**CFG, "dropout": 0.0, "batchnorm": False, "activation": "sigmoid"}
     plain = models.build("mlp", cfg, (1, 28, 28), 10, 0)
-    assert [type(m).__name__ for m in plain] == ["Flatten", "Linear", "Sigmoid", "Linear", "Sigmoid", "Linear"]
+    assert [type(m).__name__ for m in plain] == [
+        "Flatten",
+        "Linear",
+        "Sigmoid",
+        "Linear",
+        "Sigmoid",
+        "Linear",
+    ]
 
 
 def test_init_comes_from_the_seed_and_leaves_the_global_rng_alone():
@@ -59,8 +77,11 @@ def test_a_study_callable_with_more_outputs_than_classes_is_refused():
     def three(config):
         return nn.Linear(4, 3)
 
-    with pytest.raises(ValueError, match=r"model 'test_.*three' returns \(2, 3\) for a batch of "
-                                         r"shape \(2, 4\); the dataset has 2 classes, so expected \(2, 2\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"model 'test_.*three' returns \(2, 3\) for a batch of "
+        r"shape \(2, 4\); the dataset has 2 classes, so expected \(2, 2\)",
+    ):
         models.build(three, CFG, (4,), 2, seed=0)
     assert models.build(three, CFG, (4,), 3, seed=0).out_features == 3
 

@@ -1,4 +1,5 @@
 """The report: every file written, a self-contained page, the documented CSV columns, no torch imported."""
+
 import base64
 import io
 import json
@@ -38,7 +39,9 @@ study = Study(
 @pytest.fixture(scope="module")
 def results(tmp_path_factory, data_dir):
     tmp = tmp_path_factory.mktemp("rep")
-    r = cli.invoke(app, ["run", str(write_study(tmp, name="tinyrep", body=STUDY)), "--out", str(tmp / "res")])
+    r = cli.invoke(
+        app, ["run", str(write_study(tmp, name="tinyrep", body=STUDY)), "--out", str(tmp / "res")]
+    )
     assert r.exit_code == 0, r.output
     folder = tmp / "res" / "tinyrep"
     manifest = json.loads((folder / MANIFEST).read_text())
@@ -71,11 +74,19 @@ def test_report_writes_every_file_and_a_self_contained_page(results):
     parser = Collect()
     parser.feed(page)
     assert "script" not in parser.tags and EVIL not in page and "&lt;script&gt;" in page
-    assert len(parser.imgs) == 5 and all(src.startswith("data:image/png;base64,") for src in parser.imgs)
+    assert len(parser.imgs) == 5 and all(
+        src.startswith("data:image/png;base64,") for src in parser.imgs
+    )
     for src in parser.imgs:
-        assert mpimg.imread(io.BytesIO(base64.b64decode(src.split(",", 1)[1])), format="png").ndim == 3
+        assert (
+            mpimg.imread(io.BytesIO(base64.b64decode(src.split(",", 1)[1])), format="png").ndim == 3
+        )
     assert "http" not in page.replace("http-equiv", "")  # nothing fetched from the network
-    assert "4 points x 3 seeds (12 cells)" in page and "n from 0 to 3" in page and "6 cells diverged" in page
+    assert (
+        "4 points x 3 seeds (12 cells)" in page
+        and "n from 0 to 3" in page
+        and "6 cells diverged" in page
+    )
     assert pd.read_parquet(results).shape[0] > 0  # the report folder does not disturb readers
 
 
@@ -85,30 +96,69 @@ def test_csvs_have_the_documented_columns(results):
     summary = pd.read_csv(out / "summary.csv")
     assert list(summary.columns[:2]) == ["batchnorm", "lr"]
     assert {"n_seeds", "mean", "std", "ci_low", "ci_high"} <= set(summary.columns)
-    assert summary["n_seeds"].tolist() == [3, 0, 3, 0] and summary["n_diverged"].tolist() == [0, 3, 0, 3]
+    assert summary["n_seeds"].tolist() == [3, 0, 3, 0] and summary["n_diverged"].tolist() == [
+        0,
+        3,
+        0,
+        3,
+    ]
     effects = pd.read_csv(out / "effects.csv")
-    assert list(effects.columns[:9]) == ["factor", "level", "baseline", "metric", "n_pairs", "diff", "ci_low",
-                                         "ci_high", "p_value"]
+    assert list(effects.columns[:9]) == [
+        "factor",
+        "level",
+        "baseline",
+        "metric",
+        "n_pairs",
+        "diff",
+        "ci_low",
+        "ci_high",
+        "p_value",
+    ]
     assert {"p_holm", "significant"} <= set(effects.columns)
     bn = effects.set_index("factor").loc["batchnorm"]
     assert bn["n_pairs"] == 3 and bn["baseline"] == "False"
     lr = effects.set_index("factor").loc["lr"]
     assert lr["n_pairs"] == 0 and not lr["significant"]  # every 1e30 cell diverged: nothing to pair
     claims = pd.read_csv(out / "claims.csv")
-    assert list(claims.columns[:11]) == ["where", "claimed", "mean", "ci_low", "ci_high", "pi_low", "pi_high",
-                                         "n_seeds", "runs_within", "judged_by", "inside"]
+    assert list(claims.columns[:11]) == [
+        "where",
+        "claimed",
+        "mean",
+        "ci_low",
+        "ci_high",
+        "pi_low",
+        "pi_high",
+        "n_seeds",
+        "runs_within",
+        "judged_by",
+        "inside",
+    ]
     assert claims.loc[0, "n_seeds"] == 3 and claims.loc[0, "source"] == EVIL
-    inter = pd.read_csv(out / "interactions.csv")  # batchnorm's effect at lr 1e30: every cell diverged
-    assert list(inter.columns[:8]) == ["factor", "level", "baseline", "by", "by_level", "by_baseline", "metric",
-                                       "n_pairs"]
+    inter = pd.read_csv(
+        out / "interactions.csv"
+    )  # batchnorm's effect at lr 1e30: every cell diverged
+    assert list(inter.columns[:8]) == [
+        "factor",
+        "level",
+        "baseline",
+        "by",
+        "by_level",
+        "by_baseline",
+        "metric",
+        "n_pairs",
+    ]
     assert inter[["factor", "by", "n_pairs"]].values.tolist() == [["batchnorm", "lr", 0]]
-    assert pd.isna(inter.loc[0, "at_baseline"]) and not inter.loc[0, "significant"]  # no setting has 4 ok cells
+    assert (
+        pd.isna(inter.loc[0, "at_baseline"]) and not inter.loc[0, "significant"]
+    )  # no setting has 4 ok cells
 
 
 def test_report_never_imports_torch(results, tmp_path):
-    code = ("import sys; from typer.testing import CliRunner; from ablate.cli import app; "
-            f"r = CliRunner().invoke(app, ['report', {str(results)!r}, '--out', {str(tmp_path)!r}]); "
-            "assert r.exit_code == 0, r.output; assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys; from typer.testing import CliRunner; from ablate.cli import app; "
+        f"r = CliRunner().invoke(app, ['report', {str(results)!r}, '--out', {str(tmp_path)!r}]); "
+        "assert r.exit_code == 0, r.output; assert 'torch' not in sys.modules, 'torch imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -122,23 +172,39 @@ def test_report_on_a_missing_or_empty_directory_is_one_line(tmp_path, make):
 
 
 def test_one_seed_says_no_interval_instead_of_a_zero_width_bar(tmp_path):
-    r = cli.invoke(app, ["run", "studies/xor.py", "--out", str(tmp_path), "--seeds", "1", "--set", "epochs=5"])
+    r = cli.invoke(
+        app, ["run", "studies/xor.py", "--out", str(tmp_path), "--seeds", "1", "--set", "epochs=5"]
+    )
     assert r.exit_code == 0, r.output
     rep = cli.invoke(app, ["report", str(tmp_path / "xor")])
     assert rep.exit_code == 0 and "n=1, no interval" in rep.stdout
     page = (tmp_path / "xor" / REPORT / "index.html").read_text()
-    assert "n/a (n&lt;2)" in page and "hidden=(4,)" in (tmp_path / "xor" / REPORT / "claims.csv").read_text()
+    assert (
+        "n/a (n&lt;2)" in page
+        and "hidden=(4,)" in (tmp_path / "xor" / REPORT / "claims.csv").read_text()
+    )
 
 
-def test_the_same_results_give_the_same_files_and_another_metric_leaves_no_stale_ones(results, tmp_path):
+def test_the_same_results_give_the_same_files_and_another_metric_leaves_no_stale_ones(
+    results, tmp_path
+):
     out = tmp_path / "r"
     assert cli.invoke(app, ["report", str(results), "--out", str(out)]).exit_code == 0
     first = {p.name: p.read_bytes() for p in out.iterdir()}
     assert cli.invoke(app, ["report", str(results), "--out", str(out)]).exit_code == 0
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == first  # committed reports stay unchanged
+    assert {
+        p.name: p.read_bytes() for p in out.iterdir()
+    } == first  # committed reports stay unchanged
     assert f"from {results}." in first["index.html"].decode()
-    assert cli.invoke(app, ["report", str(results), "--out", str(out), "--metric", "test_loss"]).exit_code == 0
-    names = {p.name for p in out.iterdir()}  # the claims are about test_acc: none drawn for test_loss
+    assert (
+        cli.invoke(
+            app, ["report", str(results), "--out", str(out), "--metric", "test_loss"]
+        ).exit_code
+        == 0
+    )
+    names = {
+        p.name for p in out.iterdir()
+    }  # the claims are about test_acc: none drawn for test_loss
     assert "claims.csv" not in names and "claims.png" not in names and "final.png" in names
 
 
@@ -147,7 +213,9 @@ def test_failed_runs_are_counted_per_level_and_the_page_warns_when_they_differ(r
     fails = pd.read_csv(results / REPORT / "failures.csv").set_index(["factor", "level"])
     assert fails.loc[("lr", "1e+30"), ["n_runs", "n_diverged"]].tolist() == [6, 6]
     assert fails.loc[("lr", "0.05"), "n_diverged"] == 0
-    assert fails.loc[("lr", "0.05"), "p_fisher"] == pytest.approx(st.fisher_exact([[0, 6], [6, 0]]).pvalue)
+    assert fails.loc[("lr", "0.05"), "p_fisher"] == pytest.approx(
+        st.fisher_exact([[0, 6], [6, 0]]).pvalue
+    )
     page = (results / REPORT / "index.html").read_text()
     assert "Failed runs differ across the levels of lr" in page and "batchnorm (Fisher" not in page
 
@@ -156,25 +224,46 @@ def test_the_reference_study_shows_anova_shares_sign_changes_and_prediction_inte
     r = cli.invoke(app, ["report", str(REPO / "results" / "mnist_mlp"), "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output
     anova = pd.read_csv(tmp_path / "anova.csv")
-    assert list(anova.columns) == ["term", "df", "sum_sq", "mean_sq", "F", "p", "eta_sq", "error_df"]
+    assert list(anova.columns) == [
+        "term",
+        "df",
+        "sum_sq",
+        "mean_sq",
+        "F",
+        "p",
+        "eta_sq",
+        "error_df",
+    ]
     assert anova["term"].tolist()[-2:] == ["activation:batchnorm:init", "residual"]
     assert anova["eta_sq"].sum() == pytest.approx(1.0)
     page = (tmp_path / "index.html").read_text()
-    assert "Share of the variance" in page and "init=kaiming_uniform vs default changes sign" in page
-    assert "+0.0324 at activation=sigmoid, batchnorm=False" in page  # He init: +3.24 points there, -0.83 ...
-    claims = pd.read_csv(tmp_path / "claims.csv")  # the ReLU claim 97.41 lies in [97.31, 97.67] for one run
-    assert claims["inside"].tolist() == [False, True, True, True] and set(claims["judged_by"]) == {"prediction"}
+    assert (
+        "Share of the variance" in page and "init=kaiming_uniform vs default changes sign" in page
+    )
+    assert (
+        "+0.0324 at activation=sigmoid, batchnorm=False" in page
+    )  # He init: +3.24 points there, -0.83 ...
+    claims = pd.read_csv(
+        tmp_path / "claims.csv"
+    )  # the ReLU claim 97.41 lies in [97.31, 97.67] for one run
+    assert claims["inside"].tolist() == [False, True, True, True] and set(claims["judged_by"]) == {
+        "prediction"
+    }
     assert "averaged over the other factors' levels" in page
 
 
 def test_a_ci_that_excludes_zero_on_a_row_holm_does_not_flag_is_explained(tmp_path):
-    r = cli.invoke(app, ["report", str(REPO / "results" / "fashion_mnist_mlp"), "--out", str(tmp_path)])
+    r = cli.invoke(
+        app, ["report", str(REPO / "results" / "fashion_mnist_mlp"), "--out", str(tmp_path)]
+    )
     assert r.exit_code == 0, r.output
     effects = pd.read_csv(tmp_path / "effects.csv").set_index("factor")
     for factor in ("dropout", "hflip"):  # their own CIs exclude 0; p_holm 0.11 each
         row = effects.loc[factor]
         assert (row["ci_low"] > 0 or row["ci_high"] < 0) and not row["significant"]
-        assert row["note"].startswith("95% CI excludes 0 for this row alone; not significant after Holm")
+        assert row["note"].startswith(
+            "95% CI excludes 0 for this row alone; not significant after Holm"
+        )
     assert "†" in r.stdout and "not after Holm" in " ".join(r.stdout.split())
 
 
@@ -205,8 +294,10 @@ def test_a_none_baseline_level_reports_and_shows_as_none(tmp_path):
     r = cli.invoke(app, ["report", str(tmp_path / "res" / "ts")])
     assert r.exit_code == 0, r.output
     effects = pd.read_csv(tmp_path / "res" / "ts" / REPORT / "effects.csv").set_index("factor")
-    assert effects.loc["train_subset", "n_pairs"] == 2 and effects.loc["train_subset", "baseline"] != effects.loc[
-        "train_subset", "level"]
+    assert (
+        effects.loc["train_subset", "n_pairs"] == 2
+        and effects.loc["train_subset", "baseline"] != effects.loc["train_subset", "level"]
+    )
     shown = cli.invoke(app, ["show", str(tmp_path / "res" / "ts")]).stdout
     assert "None" in shown and "300 " in shown and "nan" not in shown and "300.0" not in shown
 
@@ -217,24 +308,38 @@ def test_a_study_whose_every_cell_diverged_is_one_line_and_writes_nothing(tmp_pa
     run = cli.invoke(app, ["run", str(study), "--out", str(tmp_path / "res"), "--set", "lr=1e30"])
     assert run.exit_code == 0 and "diverged" in run.output
     r = cli.invoke(app, ["report", str(tmp_path / "res" / "ts")])
-    assert r.exit_code == 1 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.output
-    assert "every one of its 8 cells diverged" in r.stderr and not (tmp_path / "res" / "ts" / REPORT).exists()
+    assert r.exit_code == 1 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, (
+        r.output
+    )
+    assert (
+        "every one of its 8 cells diverged" in r.stderr
+        and not (tmp_path / "res" / "ts" / REPORT).exists()
+    )
 
 
 def test_dollar_signs_in_a_claim_are_text_not_math(tmp_path):
     # before: matplotlib parsed "$...$" as TeX: an invalid expression crashed the report
     study = tmp_path / "ts.py"
-    study.write_text(DIGITS.replace("seeds=2)", "seeds=2, claims=[Claim(where=dict(batchnorm=True), value=0.5, "
-                                    "source=r'US$5 vs $10 and $\\frac{$')])").replace("import Study",
-                                                                                       "import Claim, Study"))
+    study.write_text(
+        DIGITS.replace(
+            "seeds=2)",
+            "seeds=2, claims=[Claim(where=dict(batchnorm=True), value=0.5, "
+            "source=r'US$5 vs $10 and $\\frac{$')])",
+        ).replace("import Study", "import Claim, Study")
+    )
     assert cli.invoke(app, ["run", str(study), "--out", str(tmp_path / "res")]).exit_code == 0
     r = cli.invoke(app, ["report", str(tmp_path / "res" / "ts")])
     assert r.exit_code == 0, r.output
-    assert pd.read_csv(tmp_path / "res" / "ts" / REPORT / "claims.csv")["source"][0] == r"US$5 vs $10 and $\frac{$"
+    assert (
+        pd.read_csv(tmp_path / "res" / "ts" / REPORT / "claims.csv")["source"][0]
+        == r"US$5 vs $10 and $\frac{$"
+    )
 
 
 def test_seconds_is_no_effect_metric(results):
     # fused cells share their group's wall time: the report printed zero-width intervals and p = 0
-    r = cli.invoke(app, ["report", str(results), "--out", str(results.parent / "sec"), "--metric", "seconds"])
+    r = cli.invoke(
+        app, ["report", str(results), "--out", str(results.parent / "sec"), "--metric", "seconds"]
+    )
     assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "--metric seconds" in r.stderr
     assert not (results.parent / "sec").exists()

@@ -1,4 +1,5 @@
 """Reproducibility checks (`nox -s repro`): same study, same seeds, the same numbers."""
+
 import json
 
 import numpy as np
@@ -22,11 +23,17 @@ def run_fresh(tmp_path, out, *args):
     study = write_study(tmp_path, epochs=2, factors=FACTORS)
     r = cli.invoke(app, ["run", str(study), "--out", str(tmp_path / out), "--deterministic", *args])
     assert r.exit_code == 0, r.output
-    df = pd.read_parquet(tmp_path / out / "tiny").sort_values(["cell", "epoch"]).reset_index(drop=True)
+    df = (
+        pd.read_parquet(tmp_path / out / "tiny")
+        .sort_values(["cell", "epoch"])
+        .reset_index(drop=True)
+    )
     return df, json.loads((tmp_path / out / "tiny" / MANIFEST).read_text())
 
 
-def test_two_runs_from_scratch_are_bitwise_equal_and_group_size_changes_nothing_beyond_rounding(tmp_path, data_dir):
+def test_two_runs_from_scratch_are_bitwise_equal_and_group_size_changes_nothing_beyond_rounding(
+    tmp_path, data_dir
+):
     a, manifest = run_fresh(tmp_path, "a")
     b, _ = run_fresh(tmp_path, "b")
     assert len(a) == 16

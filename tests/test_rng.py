@@ -1,4 +1,5 @@
 """Counter-based random numbers: murmur3 reference values, int and tensor paths, streams, permutations."""
+
 import torch
 
 from ablate import rng
@@ -20,7 +21,10 @@ def test_tensor_and_int_paths_agree():
     xs = torch.tensor([0, 1, 2, 12345, 0xFFFFFFFF], dtype=torch.int64)
     assert rng.fmix(xs).tolist() == [rng.fmix(int(x)) for x in xs]
     seeds = torch.tensor([[0], [7]])
-    assert rng.key(seeds, rng.ORDER, 3).flatten().tolist() == [rng.key(0, rng.ORDER, 3), rng.key(7, rng.ORDER, 3)]
+    assert rng.key(seeds, rng.ORDER, 3).flatten().tolist() == [
+        rng.key(0, rng.ORDER, 3),
+        rng.key(7, rng.ORDER, 3),
+    ]
 
 
 def test_batched_keys_give_each_row_its_own_stream():

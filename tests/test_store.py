@@ -1,4 +1,5 @@
 """The results directory: atomic writes, crash safety, quarantine, the lock and the design filter."""
+
 import json
 import os
 import subprocess
@@ -11,8 +12,22 @@ import pytest
 from ablate.store import MANIFEST, QUARANTINE, Store, StoreError, atomic_write, parquet_files, read
 from ablate.study import Study, cells, validate
 
-ROWS = [dict(study="s", cell="abc", seed=0, activation="relu", epoch=e, train_loss=1.0 / e, test_loss=0.5,
-             test_acc=0.9, seconds=1.0, status="ok", config="{}") for e in (1, 2)]
+ROWS = [
+    dict(
+        study="s",
+        cell="abc",
+        seed=0,
+        activation="relu",
+        epoch=e,
+        train_loss=1.0 / e,
+        test_loss=0.5,
+        test_acc=0.9,
+        seconds=1.0,
+        status="ok",
+        config="{}",
+    )
+    for e in (1, 2)
+]
 
 
 def test_write_read_and_manifest_beside_readers_that_know_nothing_of_ablate(tmp_path):
@@ -24,7 +39,10 @@ def test_write_read_and_manifest_beside_readers_that_know_nothing_of_ablate(tmp_
     assert df["epoch"].tolist() == [1, 2] and df["train_loss"].tolist() == [1.0, 0.5]
     assert len(pd.read_parquet(tmp_path / "s")) == 2  # the manifest and lock are skipped by name
     duckdb = pytest.importorskip("duckdb")
-    assert duckdb.sql(f"select count(*) from read_parquet('{tmp_path}/s/*.parquet')").fetchall()[0][0] == 2
+    assert (
+        duckdb.sql(f"select count(*) from read_parquet('{tmp_path}/s/*.parquet')").fetchall()[0][0]
+        == 2
+    )
     assert json.loads((tmp_path / "s" / MANIFEST).read_text())["study"] == "s"
 
 
@@ -40,7 +58,7 @@ def test_a_write_killed_half_way_leaves_no_readable_partial_file(tmp_path):
             f.write(b"PAR1" + b"x" * 100000)
             f.flush()
             os.kill(os.getpid(), 9)
-        atomic_write(Path({str(folder / 'c.parquet')!r}), half)
+        atomic_write(Path({str(folder / "c.parquet")!r}), half)
     """)
     proc = subprocess.run([sys.executable, "-c", code])
     assert proc.returncode == -9
@@ -71,7 +89,10 @@ def test_corrupt_and_foreign_files_are_moved_aside_not_merged(tmp_path):
     (tmp_path / "s" / "broken.parquet").write_bytes(b"PAR1 garbage")
     pd.DataFrame({"x": [1]}).to_parquet(tmp_path / "s" / "foreign.parquet")
     assert s.done() == {"abc"}
-    assert sorted(p.name for p in (tmp_path / "s" / QUARANTINE).iterdir()) == ["broken.parquet", "foreign.parquet"]
+    assert sorted(p.name for p in (tmp_path / "s" / QUARANTINE).iterdir()) == [
+        "broken.parquet",
+        "foreign.parquet",
+    ]
     assert len(warnings) == 2 and all("moved to" in w for w in warnings)
     assert len(read(tmp_path / "s")) == 2
 
@@ -98,18 +119,40 @@ def test_unwritable_and_missing_directories_are_one_line(tmp_path):
 
 
 def test_rows_stored_before_a_key_existed_belong_to_a_design_at_its_default(tmp_path):
-    st = validate(Study(name="s", dataset="mnist", base=dict(hidden=(32,), lr=0.05),
-                        factors=dict(activation=["relu"]), seeds=1))
+    st = validate(
+        Study(
+            name="s",
+            dataset="mnist",
+            base=dict(hidden=(32,), lr=0.05),
+            factors=dict(activation=["relu"]),
+            seeds=1,
+        )
+    )
     cell = cells(st)[0]
-    old = {k: v for k, v in cell.config.items() if k not in ("precision", "layers", "loss")}  # before those keys
+    old = {
+        k: v for k, v in cell.config.items() if k not in ("precision", "layers", "loss")
+    }  # before those keys
     s = Store(tmp_path / "s").open()
-    s.write([{**r, "cell": cell.id, "seed": 0, "config": json.dumps(old, default=list)} for r in ROWS], "abc")
-    manifest = {"study": "s", "dataset": "mnist", "model": "mlp", "design": "grid", "base": dict(st.base),
-                "factors": {"activation": ["relu"]}}
+    s.write(
+        [{**r, "cell": cell.id, "seed": 0, "config": json.dumps(old, default=list)} for r in ROWS],
+        "abc",
+    )
+    manifest = {
+        "study": "s",
+        "dataset": "mnist",
+        "model": "mlp",
+        "design": "grid",
+        "base": dict(st.base),
+        "factors": {"activation": ["relu"]},
+    }
     s.write_manifest(manifest)
     assert read(tmp_path / "s")["cell"].tolist() == [cell.id] * 2
     for key, value in [("precision", "bf16"), ("dataset", "fashion_mnist"), ("model", "cnn")]:
-        other = {**manifest, "base": {**st.base, key: value}} if key == "precision" else {**manifest, key: value}
+        other = (
+            {**manifest, "base": {**st.base, key: value}}
+            if key == "precision"
+            else {**manifest, key: value}
+        )
         s.write_manifest(other)
         with pytest.raises(StoreError, match="none of its cells belong to the design"):
             read(tmp_path / "s")
@@ -129,7 +172,9 @@ def test_a_foreign_parquet_file_is_one_line(tmp_path):
     s = Store(tmp_path / "s").open()
     s.write([{k: v for k, v in r.items() if k != "seed"} for r in ROWS], "abc")
     s.close()
-    with pytest.raises(StoreError, match="abc.parquet: not an ablate results file .no 'seed' column"):
+    with pytest.raises(
+        StoreError, match="abc.parquet: not an ablate results file .no 'seed' column"
+    ):
         read(tmp_path / "s")
 
 
@@ -152,16 +197,22 @@ def test_a_copied_results_file_counts_each_cell_once(tmp_path):
     said = []
     assert len(read(tmp_path / "s", said.append)) == 2
     assert len(said) == 1 and "1 cells are stored twice with identical rows" in said[0]
-    assert s.done() == {"abc"} and not (tmp_path / "s" / QUARANTINE).exists()  # a harmless copy stays
+    assert (
+        s.done() == {"abc"} and not (tmp_path / "s" / QUARANTINE).exists()
+    )  # a harmless copy stays
 
 
 def test_a_copy_with_other_values_is_named_on_read_and_moved_aside_by_run(tmp_path):
     s = Store(tmp_path / "s").open()
     s.write(ROWS, "abc")
     s.write([{**r, "test_acc": 0.5} for r in ROWS], "other")
-    with pytest.raises(StoreError, match="other.parquet: holds cell abc with other values than abc.parquet"):
+    with pytest.raises(
+        StoreError, match="other.parquet: holds cell abc with other values than abc.parquet"
+    ):
         read(tmp_path / "s")
-    assert s.done() == {"abc"} and [p.name for p in (tmp_path / "s" / QUARANTINE).iterdir()] == ["other.parquet"]
+    assert s.done() == {"abc"} and [p.name for p in (tmp_path / "s" / QUARANTINE).iterdir()] == [
+        "other.parquet"
+    ]
     assert read(tmp_path / "s")["test_acc"].tolist() == [0.9, 0.9]
 
 
@@ -172,11 +223,17 @@ def test_malformed_results_files_are_named_in_one_line_or_moved_aside(tmp_path):
     with pytest.raises(StoreError, match="not an object"):
         read(tmp_path / "s")
     (tmp_path / "s" / MANIFEST).write_text("{}")
-    no_status = pd.DataFrame([{k: v for k, v in r.items() if k != "status"} | {"cell": "x"} for r in ROWS])
+    no_status = pd.DataFrame(
+        [{k: v for k, v in r.items() if k != "status"} | {"cell": "x"} for r in ROWS]
+    )
     no_status.to_parquet(tmp_path / "s" / "nostatus.parquet")  # cell and epoch, but no status
-    with pytest.raises(StoreError, match="nostatus.parquet: not an ablate results file .no 'status' column"):
+    with pytest.raises(
+        StoreError, match="nostatus.parquet: not an ablate results file .no 'status' column"
+    ):
         read(tmp_path / "s")
-    words = pd.DataFrame([r | {"cell": "y", "test_acc": "0.9"} for r in ROWS])  # a metric stored as text
+    words = pd.DataFrame(
+        [r | {"cell": "y", "test_acc": "0.9"} for r in ROWS]
+    )  # a metric stored as text
     words.to_parquet(tmp_path / "s" / "words.parquet")
     assert s.done() == {"abc"}  # run no longer counts either as stored
     moved = sorted(p.name for p in (tmp_path / "s" / QUARANTINE).iterdir())
