@@ -156,14 +156,17 @@ def run(
     ),
 ):
     """Train every cell of STUDY not yet in the results directory (resumable)."""
-    from . import runner  # torch loads here, not for --help
+    from . import (
+        runner,  # torch loads here, not for --help
+        studyfile,
+    )
     from . import study as studies
 
     if executor not in ("local", "ray"):  # checked before the study loads; run() checks it again
         raise AblateError(f"--executor {executor}: expected local or ray")
     if address and executor != "ray":
         raise AblateError(f"--address {address}: only used with --executor ray")
-    st = studies.override(studies.load(study_file), set_ or [], seeds)
+    st = studyfile.override(studyfile.load(study_file), set_ or [], seeds)
     for problem in studies.claim_problems(st):  # after --set: say so, the quick look goes on
         warn(f"{problem}; after --set the report leaves this claim out")
     if st.design == "fractional" and sum(len(v) == 2 for v in st.factors.values()) == 3:

@@ -1,177 +1,33 @@
-"""Study declaration, validation, and its expansion into seeded cells."""
+"""Study declaration, validation, designs, and their expansion into seeded cells (keys.py: the keys)."""
 
 from __future__ import annotations
 
-import ast
-import difflib
 import hashlib
-import importlib.util
 import itertools
 import json
-import linecache
 import math
 import re
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 from . import fingerprint
-
-
-class AblateError(Exception):
-    """A mistake the user can fix: the CLI prints it as one line and exits with `code`."""
-
-    code = 2
-
-
-class StudyError(AblateError):
-    pass
-
-
-DATASETS = ("mnist", "fashion_mnist", "cifar10", "xor", "digits")  # digits: scikit-learn's, offline
-# classes and test images of each dataset: chance accuracy, and the step of test accuracy (one image)
-DATASET_SIZES = {
-    "mnist": (10, 10_000),
-    "fashion_mnist": (10, 10_000),
-    "cifar10": (10, 10_000),
-    "xor": (2, 4),
-    "digits": (10, 899),
-}
-MODELS = ("mlp", "cnn", "linear")  # linear: one Linear layer, the perceptron
-LOSSES = (
-    "cross_entropy",
-    "softmax_then_cross_entropy",
-)  # the latter: a tutorial's bug, kept to measure it
-DESIGNS = ("grid", "one_at_a_time", "fractional")  # fractional: the half of a two-level grid
-METRICS = ("test_acc", "test_loss", "train_loss")  # per epoch, as store.ROW_COLUMNS stores them
-CLAIM_KINDS = ("point", "mean", "at_most", "at_least")
-ACTIVATIONS = ("sigmoid", "relu", "tanh", "gelu")
-INITS = ("default", "kaiming_uniform", "kaiming_normal", "xavier_uniform")
-OPTIMIZERS = ("sgd", "adam")
-# fp32: TF32 off. tf32: fp32 weights, TF32 matmuls and convolutions where the GPU has them (on a CPU
-# the same as fp32). bf16: fp32 weights, bfloat16 autocast for forward matmuls and convolutions.
-# fp64: for checks of numerics; it is slow on GPUs.
-PRECISIONS = ("fp32", "tf32", "bf16", "fp64")
-SEED_LIMIT = 2**32  # rng.key folds a seed to its low 32 bits: seed 2**32 + 1 would draw as seed 1
-MAX_CELLS = 100_000  # a dry run of 10^5 cells took 98 s; 10^9 seeds filled 24 GB before training
-MAX_SET = 1_000  # characters of one --set value; deeply nested literals exhaust the parser's memory
-
-
-def _is_int(v):
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v):
-    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
-
-
-BAD = object()  # a checker's answer for a value outside its key's range
-
-
-def _hidden(v):
-    ok = isinstance(v, (tuple, list)) and all(
-        _is_int(h) and h > 0 for h in v
-    )  # (): no hidden layer
-    return tuple(v) if ok else BAD
-
-
-def _choice(options):
-    return lambda v: v if isinstance(v, str) and v in options else BAD
-
-
-def _flag(v):
-    return v if isinstance(v, bool) else BAD
-
-
-def _float(lo, hi=math.inf, lo_open=False):
-    def check(v):
-        if not _is_num(v) or not (lo < v if lo_open else lo <= v) or not v < hi:
-            return BAD
-        return float(v)
-
-    return check
-
-
-LAYER = re.compile(
-    r"conv:\d+:\d+(:\d+(:\d+)?)?|maxpool:\d+|act|batchnorm|flatten|fc:\d+"
-    r"|dropout(2d)?:(0(\.\d+)?|\.\d+)"
+from .keys import (  # noqa: F401  some re-exported: ablate's modules import them from here
+    CLAIM_KINDS,
+    DATASET_SIZES,
+    DATASETS,
+    DESIGNS,
+    JSON_DEFAULTS,
+    KEYS,
+    MAX_CELLS,
+    MAX_SET,
+    METRICS,
+    MODELS,
+    SEED_LIMIT,
+    AblateError,
+    StudyError,
+    _is_int,
+    normalise,
 )
-
-
-def _layers(v):
-    """CNN layers as data: conv:OUT:K[:STRIDE[:PAD]], maxpool:K, act (the `activation` key),
-    batchnorm, dropout:P, dropout2d:P, flatten, fc:N; the classifier is appended."""
-    ok = (
-        isinstance(v, (tuple, list))
-        and len(v) > 0
-        and all(isinstance(x, str) and LAYER.fullmatch(x) for x in v)
-    )
-    return tuple(v) if ok else BAD
-
-
-def _int(lo, optional=False):
-    return lambda v: v if (v is None and optional) or (_is_int(v) and v >= lo) else BAD
-
-
-# key -> (default, normaliser returning the canonical value or None, what is allowed)
-KEYS: dict[str, tuple[Any, Callable, str]] = {
-    "hidden": ((512, 256), _hidden, "a tuple of positive ints, e.g. (512, 256), or () for none"),
-    "activation": ("relu", _choice(ACTIVATIONS), "one of " + ", ".join(ACTIVATIONS)),
-    "dropout": (0.0, _float(0.0, 1.0), "a number with 0 <= p < 1"),
-    "batchnorm": (False, _flag, "True or False"),
-    "init": ("default", _choice(INITS), "one of " + ", ".join(INITS)),
-    "hflip": (False, _flag, "True or False"),
-    "normalize": (False, _flag, "True or False"),
-    "optimizer": ("sgd", _choice(OPTIMIZERS), "one of " + ", ".join(OPTIMIZERS)),
-    "lr": (0.01, _float(0.0, lo_open=True), "a number > 0"),
-    "momentum": (0.0, _float(0.0, 1.0), "a number with 0 <= m < 1"),
-    "weight_decay": (0.0, _float(0.0), "a number >= 0"),
-    "batch_size": (32, _int(1), "an int >= 1"),
-    "epochs": (10, _int(1), "an int >= 1"),
-    "train_subset": (None, _int(1, optional=True), "None or an int >= 1"),
-    "precision": ("fp32", _choice(PRECISIONS), "one of " + ", ".join(PRECISIONS)),
-    "layers": (
-        (
-            "conv:10:5",
-            "maxpool:2",
-            "act",
-            "conv:20:5",
-            "dropout2d:0.5",
-            "maxpool:2",
-            "act",
-            "flatten",
-            "fc:50",
-            "act",
-            "dropout:0.5",
-        ),
-        _layers,
-        "a tuple of conv:OUT:K[:STRIDE[:PAD]], maxpool:K, act, batchnorm, dropout:P, dropout2d:P, "
-        "flatten, fc:N (model='cnn')",
-    ),
-    "loss": ("cross_entropy", _choice(LOSSES), "one of " + ", ".join(LOSSES)),
-}
-
-
-JSON_DEFAULTS = json.loads(
-    json.dumps({k: default for k, (default, _, _) in KEYS.items()})
-)  # as `config` reads
-
-
-def normalise(key: str, value: Any, where: str) -> Any:
-    """The canonical form of one config value, or a StudyError naming `where` and the key."""
-    if not isinstance(key, str):
-        raise StudyError(f"{where}: config key {key!r} is not allowed; keys are strings, e.g. 'lr'")
-    if key not in KEYS:
-        close = difflib.get_close_matches(key, KEYS, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(KEYS)}"
-        raise StudyError(f"{where}: unknown config key '{key}'{hint}")
-    _, check, allowed = KEYS[key]
-    out = check(value)
-    if out is BAD:
-        raise StudyError(f"{where}: {key}={value!r} is not allowed; expected {allowed}")
-    return out
 
 
 @dataclass(frozen=True)
@@ -454,115 +310,6 @@ def cells(study: Study) -> list[Cell]:
         for seed in study.seeds:
             out.append(Cell(cell_id(study.dataset, name, config, seed), seed, levels, config))
     return out
-
-
-def parse_set(item: str) -> tuple[str, Any]:
-    """`key=value` with value a Python literal; a bare word is taken as a string."""
-    key, eq, text = item.partition("=")
-    key, text = key.strip(), text.strip()
-    if not eq or not key:
-        raise StudyError(f"--set {item!r}: expected key=value, e.g. --set lr=0.1")
-    if len(text) > MAX_SET:
-        raise StudyError(
-            f"--set {key}: the value is {len(text):,} characters long; at most {MAX_SET:,}"
-        )
-    try:
-        return key, ast.literal_eval(text)
-    except (MemoryError, RecursionError):
-        raise StudyError(f"--set {key}: the value is nested too deeply to parse") from None
-    except (ValueError, SyntaxError, TypeError):  # TypeError: {[1]: 2}, an unhashable key
-        if re.fullmatch(r"[A-Za-z_][\w-]*", text):
-            return key, text
-        raise StudyError(
-            f"--set {item!r}: the value {text!r} does not parse as a Python literal"
-        ) from None
-
-
-def override(study: Study, sets: list[str] = (), seeds: int | None = None) -> Study:
-    """Apply `--set` and `--seeds`; setting a factor pins it to that one level."""
-    base, factors = dict(study.base), dict(study.factors)
-    for item in sets:
-        key, value = parse_set(item)
-        base[key] = value
-        if key in factors:
-            factors[key] = [value]
-    out = Study(
-        study.name,
-        study.dataset,
-        study.model,
-        base,
-        factors,
-        study.design,
-        study.seeds if seeds is None else seeds,
-        study.claims,
-        study.source,
-    )
-    return validate(out)
-
-
-def load(path: str | Path) -> Study:
-    """Execute a study file and return its validated `study`; every failure is one StudyError line."""
-    path = Path(path)
-    if not path.is_file():
-        raise StudyError(f"{path}: no such study file")
-    code = _compile(path)
-    spec = importlib.util.spec_from_loader(f"ablate_study_{path.stem}", loader=None)
-    module = importlib.util.module_from_spec(spec)
-    module.__file__ = str(path)
-    sys.modules[spec.name] = module  # so dataclasses and pickling inside the file work
-    try:
-        exec(code, module.__dict__)
-    except AblateError:
-        raise
-    except SystemExit as e:  # exit 0 with nothing trained would pass a CI job
-        line = _user_line(e, str(path))
-        raise StudyError(
-            f"{path}:{line}: the study file exited (SystemExit({e.code!r})) while loading; "
-            "it must define `study`, not exit"
-        ) from None
-    except Exception as e:
-        line = _user_line(e, str(path))
-        raise StudyError(f"{path}:{line}: {type(e).__name__}: {e}") from None
-    study = getattr(module, "study", None)
-    if study is None:
-        raise StudyError(f"{path}: defines no `study`; expected `study = Study(...)`")
-    if not isinstance(study, Study):
-        raise StudyError(f"{path}: `study` is a {type(study).__name__}; expected an ablate.Study")
-    study.source = str(path)
-    study = validate(study)
-    check_claims(study)
-    return study
-
-
-def _compile(path: Path):
-    """The file's code, its bytes decoded as Python decodes them (a BOM, a coding line, else UTF-8).
-    The text it ran goes to linecache, so inspect.getsource finds a model callable's source even
-    after the file is edited (mtime None: linecache.checkcache keeps the entry)."""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise StudyError(f"{path}: cannot read it ({e.strerror or e})") from None
-    try:
-        code = compile(data, str(path), "exec")
-    except SyntaxError as e:
-        where = f"{path}:{e.lineno}" if e.lineno else str(path)
-        if "codec" in e.msg or "encoding" in e.msg:
-            raise StudyError(f"{where}: cannot decode it: {e.msg}; save it as UTF-8") from None
-        raise StudyError(f"{where}: syntax error: {e.msg}") from None
-    except ValueError as e:  # null bytes, on Python 3.11
-        raise StudyError(f"{path}: syntax error: {e}") from None
-    text = importlib.util.decode_source(data)
-    linecache.cache[str(path)] = (len(text), None, text.splitlines(keepends=True), str(path))
-    return code
-
-
-def _user_line(exc: BaseException, filename: str) -> str:
-    tb, line = exc.__traceback__, "?"
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename == filename:
-            line = str(tb.tb_lineno)
-        tb = tb.tb_next
-    return line
 
 
 def check_claims(study: Study) -> None:

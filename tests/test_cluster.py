@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from ablate import engine, runner
 from ablate.cli import app
-from ablate.study import cells, load, override
+from ablate.study import cells
+from ablate.studyfile import load, override
 from conftest import REPO, default_sigint, write_study
 
 ray = pytest.importorskip("ray")
@@ -281,7 +282,7 @@ def test_without_the_extra_the_user_gets_one_line(tmp_path, data_dir, monkeypatc
 
 def test_the_core_never_imports_ray(tmp_path, data_dir):
     code = (
-        "import sys; from ablate import cli, report, runner; from ablate.study import load; "
+        "import sys; from ablate import cli, report, runner; from ablate.studyfile import load; "
         "runner.run(load(sys.argv[1]), sys.argv[2]); assert 'ray' not in sys.modules, 'ray was imported'"
     )
     done = subprocess.run(

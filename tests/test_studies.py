@@ -13,7 +13,7 @@ from ablate import engine, models
 from ablate.cli import app
 from ablate.data import load, read_cifar
 from ablate.study import KEYS
-from ablate.study import load as load_study
+from ablate.studyfile import load as load_study
 
 cli = CliRunner()
 STUDIES = sorted(Path(__file__).resolve().parents[1].glob("studies/*.py"))

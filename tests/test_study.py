@@ -12,12 +12,10 @@ from ablate.study import (
     StudyError,
     cell_id,
     cells,
-    load,
-    override,
-    parse_set,
     points,
     validate,
 )
+from ablate.studyfile import load, override, parse_set
 from conftest import TINY, write_study
 
 

@@ -1,0 +1,164 @@
+"""The config keys a study may set (defaults, checks, canonical values) and the errors a user causes."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import re
+from collections.abc import Callable
+from typing import Any
+
+
+class AblateError(Exception):
+    """A mistake the user can fix: the CLI prints it as one line and exits with `code`."""
+
+    code = 2
+
+
+class StudyError(AblateError):
+    pass
+
+
+DATASETS = ("mnist", "fashion_mnist", "cifar10", "xor", "digits")  # digits: scikit-learn's, offline
+# classes and test images of each dataset: chance accuracy, and the step of test accuracy (one image)
+DATASET_SIZES = {
+    "mnist": (10, 10_000),
+    "fashion_mnist": (10, 10_000),
+    "cifar10": (10, 10_000),
+    "xor": (2, 4),
+    "digits": (10, 899),
+}
+MODELS = ("mlp", "cnn", "linear")  # linear: one Linear layer, the perceptron
+LOSSES = (
+    "cross_entropy",
+    "softmax_then_cross_entropy",
+)  # the latter: a tutorial's bug, kept to measure it
+DESIGNS = ("grid", "one_at_a_time", "fractional")  # fractional: the half of a two-level grid
+METRICS = ("test_acc", "test_loss", "train_loss")  # per epoch, as store.ROW_COLUMNS stores them
+CLAIM_KINDS = ("point", "mean", "at_most", "at_least")
+ACTIVATIONS = ("sigmoid", "relu", "tanh", "gelu")
+INITS = ("default", "kaiming_uniform", "kaiming_normal", "xavier_uniform")
+OPTIMIZERS = ("sgd", "adam")
+# fp32: TF32 off. tf32: fp32 weights, TF32 matmuls and convolutions where the GPU has them (on a CPU
+# the same as fp32). bf16: fp32 weights, bfloat16 autocast for forward matmuls and convolutions.
+# fp64: for checks of numerics; it is slow on GPUs.
+PRECISIONS = ("fp32", "tf32", "bf16", "fp64")
+SEED_LIMIT = 2**32  # rng.key folds a seed to its low 32 bits: seed 2**32 + 1 would draw as seed 1
+MAX_CELLS = 100_000  # a dry run of 10^5 cells took 98 s; 10^9 seeds filled 24 GB before training
+MAX_SET = 1_000  # characters of one --set value; deeply nested literals exhaust the parser's memory
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v):
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+BAD = object()  # a checker's answer for a value outside its key's range
+
+
+def _hidden(v):
+    ok = isinstance(v, (tuple, list)) and all(
+        _is_int(h) and h > 0 for h in v
+    )  # (): no hidden layer
+    return tuple(v) if ok else BAD
+
+
+def _choice(options):
+    return lambda v: v if isinstance(v, str) and v in options else BAD
+
+
+def _flag(v):
+    return v if isinstance(v, bool) else BAD
+
+
+def _float(lo, hi=math.inf, lo_open=False):
+    def check(v):
+        if not _is_num(v) or not (lo < v if lo_open else lo <= v) or not v < hi:
+            return BAD
+        return float(v)
+
+    return check
+
+
+LAYER = re.compile(
+    r"conv:\d+:\d+(:\d+(:\d+)?)?|maxpool:\d+|act|batchnorm|flatten|fc:\d+"
+    r"|dropout(2d)?:(0(\.\d+)?|\.\d+)"
+)
+
+
+def _layers(v):
+    """CNN layers as data: conv:OUT:K[:STRIDE[:PAD]], maxpool:K, act (the `activation` key),
+    batchnorm, dropout:P, dropout2d:P, flatten, fc:N; the classifier is appended."""
+    ok = (
+        isinstance(v, (tuple, list))
+        and len(v) > 0
+        and all(isinstance(x, str) and LAYER.fullmatch(x) for x in v)
+    )
+    return tuple(v) if ok else BAD
+
+
+def _int(lo, optional=False):
+    return lambda v: v if (v is None and optional) or (_is_int(v) and v >= lo) else BAD
+
+
+# key -> (default, normaliser returning the canonical value or None, what is allowed)
+KEYS: dict[str, tuple[Any, Callable, str]] = {
+    "hidden": ((512, 256), _hidden, "a tuple of positive ints, e.g. (512, 256), or () for none"),
+    "activation": ("relu", _choice(ACTIVATIONS), "one of " + ", ".join(ACTIVATIONS)),
+    "dropout": (0.0, _float(0.0, 1.0), "a number with 0 <= p < 1"),
+    "batchnorm": (False, _flag, "True or False"),
+    "init": ("default", _choice(INITS), "one of " + ", ".join(INITS)),
+    "hflip": (False, _flag, "True or False"),
+    "normalize": (False, _flag, "True or False"),
+    "optimizer": ("sgd", _choice(OPTIMIZERS), "one of " + ", ".join(OPTIMIZERS)),
+    "lr": (0.01, _float(0.0, lo_open=True), "a number > 0"),
+    "momentum": (0.0, _float(0.0, 1.0), "a number with 0 <= m < 1"),
+    "weight_decay": (0.0, _float(0.0), "a number >= 0"),
+    "batch_size": (32, _int(1), "an int >= 1"),
+    "epochs": (10, _int(1), "an int >= 1"),
+    "train_subset": (None, _int(1, optional=True), "None or an int >= 1"),
+    "precision": ("fp32", _choice(PRECISIONS), "one of " + ", ".join(PRECISIONS)),
+    "layers": (
+        (
+            "conv:10:5",
+            "maxpool:2",
+            "act",
+            "conv:20:5",
+            "dropout2d:0.5",
+            "maxpool:2",
+            "act",
+            "flatten",
+            "fc:50",
+            "act",
+            "dropout:0.5",
+        ),
+        _layers,
+        "a tuple of conv:OUT:K[:STRIDE[:PAD]], maxpool:K, act, batchnorm, dropout:P, dropout2d:P, "
+        "flatten, fc:N (model='cnn')",
+    ),
+    "loss": ("cross_entropy", _choice(LOSSES), "one of " + ", ".join(LOSSES)),
+}
+
+
+JSON_DEFAULTS = json.loads(
+    json.dumps({k: default for k, (default, _, _) in KEYS.items()})
+)  # as `config` reads
+
+
+def normalise(key: str, value: Any, where: str) -> Any:
+    """The canonical form of one config value, or a StudyError naming `where` and the key."""
+    if not isinstance(key, str):
+        raise StudyError(f"{where}: config key {key!r} is not allowed; keys are strings, e.g. 'lr'")
+    if key not in KEYS:
+        close = difflib.get_close_matches(key, KEYS, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(KEYS)}"
+        raise StudyError(f"{where}: unknown config key '{key}'{hint}")
+    _, check, allowed = KEYS[key]
+    out = check(value)
+    if out is BAD:
+        raise StudyError(f"{where}: {key}={value!r} is not allowed; expected {allowed}")
+    return out
