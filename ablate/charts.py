@@ -18,6 +18,11 @@ from . import stats  # noqa: E402
 NAMES = ("final", "curves", "effects", "interactions", "claims")
 
 
+def _say(ax, text: str, x, y) -> None:
+    """Words beside a point that has no interval, so a reader never sees a zero-width bar."""
+    ax.annotate(text, (x, y), xytext=(6, 6), textcoords="offset points", fontsize=8)
+
+
 def theme() -> None:
     sns.set_theme(style="whitegrid", context="notebook")
     plt.rcParams["text.parse_math"] = False  # a claim's "US$5 vs $10" is text, not TeX to parse
@@ -77,13 +82,7 @@ def chart_final(fin, summary, factors, metric, out):
             )
         elif pd.notna(r["mean"]):  # one seed: a dot and words, never a zero-width bar
             ax.plot(r["mean"], i, "o", color="black")
-            ax.annotate(
-                f"n={r.n_seeds}, no interval",
-                (r["mean"], i),
-                xytext=(6, 6),
-                textcoords="offset points",
-                fontsize=8,
-            )
+            _say(ax, f"n={r.n_seeds}, no interval", r["mean"], i)
     ax.set(xlabel=f"final {metric} (dots: seeds; black: mean, 95% t CI)", ylabel="")
     _save(fig, out, "final")
 
@@ -120,21 +119,9 @@ def chart_effects(eff, metric, out, family):
         if pd.notna(r.ci_low):
             ax.plot([r.ci_low, r.ci_high], [i, i], color="black")
         elif r.no_spread:
-            ax.annotate(
-                f"no spread: sign-flip p {r.p_value:.2g}",
-                (r["diff"], i),
-                xytext=(6, 6),
-                textcoords="offset points",
-                fontsize=8,
-            )
+            _say(ax, f"no spread: sign-flip p {r.p_value:.2g}", r["diff"], i)
         elif pd.notna(r["diff"]):
-            ax.annotate(
-                f"n={r.n_pairs}, no interval",
-                (r["diff"], i),
-                xytext=(6, 6),
-                textcoords="offset points",
-                fontsize=8,
-            )
+            _say(ax, f"n={r.n_pairs}, no interval", r["diff"], i)
         if "95% CI excludes 0" in r.note:
             ax.annotate(
                 "\u2020", (r.ci_high, i), xytext=(4, -3), textcoords="offset points", fontsize=11

@@ -284,25 +284,17 @@ def page(
     parts += _effects_section(rep, factors)
     parts += _anova_section(rep)
     if len(rep.interactions):
-        shown = rep.interactions[
-            [
-                "factor",
-                "level",
-                "baseline",
-                "by",
-                "by_level",
-                "by_baseline",
-                "n_pairs",
-                "at_baseline",
-                "at_level",
-                "diff",
-                "ci_low",
-                "ci_high",
-                "p_holm",
-                "significant",
-                "note",
-            ]
-        ]
+        hidden = (
+            "metric",
+            "at_baseline_low",
+            "at_baseline_high",
+            "at_level_low",
+            "at_level_high",
+            "p_value",
+            "test",
+            "no_spread",
+        )  # in interactions.csv; the chart draws the bands
+        shown = rep.interactions[[c for c in stats.INTERACTION_COLUMNS if c not in hidden]]
         parts += [
             "<h2>Interactions: does one factor's effect depend on another's level?</h2><figure>",
             _img(rep.path, "interactions"),
