@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from . import fused, models, rng
+from . import fused, models, rng, testhooks
 from .data import Data, hflip, to_float
 from .study import AblateError, Cell, StudyError
 
@@ -171,9 +171,6 @@ def train_cell(
     return rows
 
 
-OOM_ABOVE = "ABLATE_TEST_OOM_ABOVE"  # tests set it: groups larger than this raise OutOfMemoryError
-
-
 def auto_group(cells: list[Cell], data: Data, device: torch.device, model="mlp") -> int:
     """The default --max-group: on a GPU, what fits in half the free memory (parameters with
     gradient and two optimizer states, activations of a batch and of an eval chunk kept for the
@@ -225,10 +222,8 @@ def train(
     A group of one, or a study's own model, takes the plain per-cell path. A failure inside a
     study's model callable becomes a StudyError naming `source`, the study file. Any out of
     memory (is_oom) is raised as torch.OutOfMemoryError, which the runner splits on."""
-    if (limit := os.environ.get(OOM_ABOVE)) and len(group) > int(
-        limit
-    ):  # an env var reaches Ray workers
-        raise torch.OutOfMemoryError(f"test hook: group of {len(group)} > {limit}")
+    if testhooks.too_large(len(group)):
+        raise torch.OutOfMemoryError(f"test hook: a group of {len(group)} cells")
     try:
         with fused.tf32(group[0].config["precision"]):
             if len(group) > 1 and fused.can_fuse(group, model, device):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import testhooks
 from .study import JSON_DEFAULTS, AblateError, design_ids
 
 MANIFEST = "_manifest.json"
@@ -49,22 +49,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-_writes: dict[str, int] = {}
-
-
-def _fault(kind: str, point: str) -> None:
-    """Test-only: ABLATE_TEST_KILL=kind:n:point makes the process SIGKILL itself at `point`
-    ("written": temp file complete, not renamed; "renamed": before the folder's fsync) of
-    its n-th write of `kind` (parquet or manifest), as a crash or power loss would."""
-    spec = os.environ.get("ABLATE_TEST_KILL")
-    if spec and spec.split(":") == [kind, str(_writes.get(kind, 0)), point]:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def atomic_write(path: Path, write: Callable, kind: str = "file") -> None:
     """write(f) into a hidden temp file beside `path`, fsync, rename over `path`, fsync the folder:
     a crash at any point leaves the old file or the new one, never a part."""
-    _writes[kind] = _writes.get(kind, 0) + 1
+    testhooks.count_write(kind)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
@@ -74,9 +62,9 @@ def atomic_write(path: Path, write: Callable, kind: str = "file") -> None:
     except BaseException:  # a full disk, or Ctrl-C mid-write: no part left behind
         tmp.unlink(missing_ok=True)
         raise
-    _fault(kind, "written")
+    testhooks.kill_at(kind, "written")
     os.replace(tmp, path)
-    _fault(kind, "renamed")
+    testhooks.kill_at(kind, "renamed")
     _fsync_dir(path.parent)
 
 

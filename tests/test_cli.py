@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from ablate import engine, store
+from ablate import engine, store, testhooks
 from ablate.cli import app
 from ablate.store import MANIFEST
 from conftest import write_study
@@ -163,7 +163,7 @@ def test_interrupted_run_keeps_finished_cells_and_the_rerun_finishes_the_rest(
 
 
 def test_out_of_memory_splits_the_group_and_the_study_completes(tmp_path, data_dir, monkeypatch):
-    monkeypatch.setenv(engine.OOM_ABOVE, "2")
+    monkeypatch.setenv(testhooks.OOM_ABOVE, "2")
     result = run("run", write_study(tmp_path), "--out", tmp_path / "res", "--max-group", "8")
     assert result.exit_code == 0, result.output
     assert "a group of 4 cells ran out of cpu memory; retrying as 2 + 2" in result.stdout
@@ -173,7 +173,7 @@ def test_out_of_memory_splits_the_group_and_the_study_completes(tmp_path, data_d
 def test_a_cell_that_alone_does_not_fit_is_recorded_and_the_rest_goes_on(
     tmp_path, data_dir, monkeypatch
 ):
-    monkeypatch.setenv(engine.OOM_ABOVE, "0")  # every group, even of one cell, runs out of memory
+    monkeypatch.setenv(testhooks.OOM_ABOVE, "0")  # every group, even of one cell, runs out of memory
     study = write_study(tmp_path, factors="dict(activation=['relu', 'sigmoid'])")
     result = run("run", study, "--out", tmp_path / "res", "--max-group", "2")
     assert result.exit_code == 1, result.output
@@ -184,7 +184,7 @@ def test_a_cell_that_alone_does_not_fit_is_recorded_and_the_rest_goes_on(
         "4 cells failed (warnings above) and were not stored; run the same command to retry them"
         in said
     )
-    monkeypatch.delenv(engine.OOM_ABOVE)
+    monkeypatch.delenv(testhooks.OOM_ABOVE)
     rerun = run("run", study, "--out", tmp_path / "res")
     assert rerun.exit_code == 0 and "training 4 of 4 cells" in rerun.stdout
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ablate import engine, runner
+from ablate import engine, runner, testhooks
 from ablate.cli import app
 from ablate.study import cells
 from ablate.studyfile import load, override
@@ -194,7 +194,7 @@ def test_a_group_whose_worker_always_dies_is_recorded_not_retried_forever(tmp_pa
 
 
 def test_out_of_memory_in_a_worker_splits_the_group(tmp_path, data_dir, monkeypatch):
-    monkeypatch.setenv(engine.OOM_ABOVE, "2")  # set before Ray starts, so its workers inherit it
+    monkeypatch.setenv(testhooks.OOM_ABOVE, "2")  # set before Ray starts, so its workers inherit it
     result = cli(
         "run",
         write_study(tmp_path),
