@@ -1,21 +1,21 @@
-"""Training and evaluation of a group of cells on one device; each cell's numbers come from its seed alone."""
+"""Which path a group trains on (fused or cell by cell), on which device, and what a failure means.
+
+The epochs themselves are loop.train's, for every path; a study's own model code runs inside
+study_code, which turns its failures into one line naming the study file.
+"""
 
 from __future__ import annotations
 
 import math
 import os
-import time
 from collections.abc import Callable
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 
-from . import fused, models, rng, testhooks
-from .data import Data, hflip, to_float
+from . import fused, loop, models, testhooks
+from .data import Data
 from .study import AblateError, Cell, StudyError
-
-EVAL_BATCH = 2000  # test-set chunk: bounds activation memory, large enough to keep a GPU busy
 
 
 def parse_device(name: str) -> torch.device | None:
@@ -34,7 +34,8 @@ def parse_device(name: str) -> torch.device | None:
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """The device named, or for "auto" the GPU where there is one; a GPU this machine lacks is a user error."""
+    """The device named, or for "auto" the GPU where there is one; a GPU this machine lacks is a
+    user error."""
     if (device := parse_device(name)) is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
@@ -45,66 +46,11 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def configure(deterministic: bool) -> None:
     """fp32 everywhere (no TF32), and with `deterministic` the algorithms that repeat bitwise."""
-    os.environ.setdefault(
-        "CUBLAS_WORKSPACE_CONFIG", ":4096:8"
-    )  # cuBLAS needs it to be deterministic
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's deterministic mode
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cudnn.benchmark = not deterministic
     torch.use_deterministic_algorithms(deterministic)
-
-
-def optimizer(net: torch.nn.Module, cfg: dict) -> torch.optim.Optimizer:
-    if cfg["optimizer"] == "adam":
-        return torch.optim.Adam(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    return torch.optim.SGD(
-        net.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"]
-    )
-
-
-def epoch_order(seed: int, epoch: int, n: int, device) -> torch.Tensor:
-    """The cell's sample order in this epoch (1-based): a permutation of range(n)."""
-    return rng.permutation(rng.key(seed, rng.ORDER, epoch), n, device)
-
-
-def epoch_flips(seed: int, epoch: int, n: int, device) -> torch.Tensor:
-    """Whether the sample at each position of this epoch's order is mirrored (p 0.5)."""
-    return rng.uniform24(rng.key(seed, rng.FLIP, epoch), n, device) < rng.threshold(0.5)
-
-
-def criterion(
-    logits: torch.Tensor, y: torch.Tensor, name: str, reduction: str = "mean"
-) -> torch.Tensor:
-    """Cross-entropy; "softmax_then_cross_entropy" first applies softmax, as one tutorial did by
-    mistake (cross_entropy applies log-softmax itself), which flattens the gradients."""
-    if name == "softmax_then_cross_entropy":
-        logits = F.softmax(logits, dim=1)
-    return F.cross_entropy(logits, y, reduction=reduction)
-
-
-@torch.no_grad()
-def evaluate(
-    net: torch.nn.Module,
-    data: Data,
-    normalize: bool,
-    dtype=torch.float32,
-    loss_name: str = "cross_entropy",
-    precision: str = "fp32",
-) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy (fraction) on the whole test set."""
-    net.eval()
-    loss = torch.zeros((), device=data.test_x.device, dtype=dtype)
-    correct = torch.zeros((), dtype=torch.int64, device=data.test_x.device)
-    for i in range(0, len(data.test_x), EVAL_BATCH):
-        with fused.autocast(precision, data.test_x.device):
-            logits = net(to_float(data, data.test_x[i : i + EVAL_BATCH], normalize).to(dtype)).to(
-                dtype
-            )
-        y = data.test_y[i : i + EVAL_BATCH]
-        loss += criterion(logits, y, loss_name, reduction="sum")
-        correct += (logits.argmax(1) == y).sum()
-    n = len(data.test_x)
-    return loss.item() / n, correct.item() / n
 
 
 def train_cell(
@@ -115,60 +61,12 @@ def train_cell(
     on_epoch: Callable | None = None,
     trace: list | None = None,
 ) -> list[dict]:
-    """Train one cell; a row per epoch. Stops at the first epoch whose train loss is not finite
-    (that epoch's row is kept and every row says "diverged"). `trace` collects per-step losses."""
-    cfg, seed = cell.config, cell.seed
-    torch.manual_seed(rng.key(seed, rng.TORCH))  # a study's own modules (nn.Dropout) draw from here
-    dtype = fused.DTYPES[cfg["precision"]]
-    net = models.build(model, cfg, data.shape, data.classes, seed).to(device, dtype)
-    opt = optimizer(net, cfg)
-    n = min(cfg["train_subset"] or len(data.train_x), len(data.train_x))
-    xs, ys, bs = data.train_x[:n], data.train_y[:n], cfg["batch_size"]
-    end = fused.epoch_end(n, bs, models.has_batchnorm(net))
-    steps = math.ceil(end / bs)
-    rows = []
-    for epoch in range(1, cfg["epochs"] + 1):
-        start = time.perf_counter()
-        net.train()
-        order = epoch_order(seed, epoch, n, device)
-        flips = epoch_flips(seed, epoch, n, device) if cfg["hflip"] else None
-        total = torch.zeros((), device=device, dtype=dtype)
-        for s in range(0, end, bs):
-            idx = order[s : s + bs]
-            x = to_float(data, xs[idx], cfg["normalize"]).to(dtype)
-            if flips is not None:
-                x = hflip(x, flips[s : s + bs])
-            with fused.autocast(cfg["precision"], device):
-                logits = net(x)
-            loss = criterion(logits.to(dtype), ys[idx], cfg["loss"])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.detach()  # summed on the device: one sync per epoch, not per step
-            if trace is not None:
-                trace.append(loss.item())
-        train_loss = total.item() / steps
-        test_loss, test_acc = evaluate(
-            net, data, cfg["normalize"], dtype, cfg["loss"], cfg["precision"]
-        )
-        ok = math.isfinite(train_loss)
-        rows.append(
-            dict(
-                epoch=epoch,
-                train_loss=train_loss,
-                test_loss=test_loss,
-                test_acc=test_acc,
-                seconds=time.perf_counter() - start,
-                status="ok" if ok else "diverged",
-            )
-        )
-        if on_epoch:
-            on_epoch(cell, epoch, train_loss)
-        if not ok:
-            for r in rows:
-                r["status"] = "diverged"
-            break
-    return rows
+    """Train one cell alone, the plain path; a row per epoch. `trace` collects per-step losses."""
+    steps = [] if trace is not None else None
+    rows = loop.train(loop.Plain(cell, data, model, device), [cell], data, device, on_epoch, steps)
+    if trace is not None:
+        trace.extend(losses[0] for losses in steps)
+    return rows[0]
 
 
 def auto_group(cells: list[Cell], data: Data, device: torch.device, model="mlp") -> int:
@@ -191,7 +89,7 @@ def auto_group(cells: list[Cell], data: Data, device: torch.device, model="mlp")
         net.eval()(torch.zeros(1, *data.shape))
     for h in hooks:
         h.remove()
-    acts = (cfg["batch_size"] + EVAL_BATCH) * (
+    acts = (cfg["batch_size"] + loop.EVAL_BATCH) * (
         sum(sizes) * 2 + math.prod(data.shape)
     )  # output and its grad
     per_cell = 4 * params * 4 + acts * 4 + len(data.train_x) * 8 * 2
@@ -225,10 +123,13 @@ def train(
     if testhooks.too_large(len(group)):
         raise torch.OutOfMemoryError(f"test hook: a group of {len(group)} cells")
     try:
-        with fused.tf32(group[0].config["precision"]):
-            if len(group) > 1 and fused.can_fuse(group, model, device):
-                return fused.train(group, data, device, on_epoch, model)
-            return _plain(group, data, model, device, on_epoch, source)
+        if len(group) > 1 and fused.can_fuse(group, model, device):
+            return fused.train(group, data, device, on_epoch, model)
+        rows = []
+        for cell in group:
+            with study_code(model, source, cell):
+                rows.append(train_cell(cell, data, model, device, on_epoch))
+        return rows
     except (RuntimeError, MemoryError) as e:
         if isinstance(e, torch.OutOfMemoryError) or not is_oom(e):
             raise
@@ -265,11 +166,3 @@ def check_model(model, cell: Cell, shape: tuple, classes: int, source: str) -> N
     or whose output is not [batch, classes] is a StudyError, before anything trains."""
     with study_code(model, source, cell):
         models.build(model, cell.config, shape, classes, cell.seed)
-
-
-def _plain(group, data, model, device, on_epoch, source) -> list[list[dict]]:
-    rows = []
-    for cell in group:
-        with study_code(model, source, cell):
-            rows.append(train_cell(cell, data, model, device, on_epoch))
-    return rows

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from throughput import WORKLOADS, sync  # noqa: E402
 
 from ablate import data as datasets  # noqa: E402
-from ablate import engine, fused, models, rng  # noqa: E402
+from ablate import engine, fused, loop, models, rng  # noqa: E402
 from ablate.runner import device_name  # noqa: E402
 from ablate.study import Study, cells, validate  # noqa: E402
 
@@ -41,7 +41,7 @@ def group(name: str, g: int, device, data):
     )
     nets = [models.build(model, c.config, data.shape, data.classes, c.seed) for c in cs]
     s = fused.Stack(nets, device, cs)
-    return cs, s, fused.Optimizer(s.params(), cs, device)
+    return cs, s, s.optimizer
 
 
 def train(loss_fn, s, opt, cs, data, steps: int, device) -> tuple[list[float], float, float]:
@@ -57,7 +57,7 @@ def train(loss_fn, s, opt, cs, data, steps: int, device) -> tuple[list[float], f
         idx = order[:, (i * bs) % (len(data.train_x) - bs) :][
             :, :bs
         ]  # full batches only: one graph shape
-        x = fused.prepare(data, data.train_x[idx], norm, None)
+        x = loop.prepare(data, data.train_x[idx], norm, None)
         loss = loss_fn(s, x, data.train_y[idx], torch.tensor(i, device=device))
         loss.sum().backward()
         opt.step()
@@ -69,7 +69,7 @@ def train(loss_fn, s, opt, cs, data, steps: int, device) -> tuple[list[float], f
 
 def step_loss(s, x, y, step):
     """The fused step's forward and loss, as fused.train computes them."""
-    return fused.cell_losses(s.forward(x, True, step), y).mean(1)
+    return loop.cell_losses(s.forward(x, True, step), y, "cross_entropy", "mean")
 
 
 def main() -> int:

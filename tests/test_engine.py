@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ablate import engine, fused, models, runner
+from ablate import engine, fused, loop, models, runner
 from ablate.data import load
 from ablate.study import Study, StudyError, cells, validate
 
@@ -39,7 +39,7 @@ def test_per_step_losses_equal_a_plain_pytorch_loop(data_dir):
     x_all, y_all = d.train_x[:1000].float() / 255, d.train_y[:1000]
     ref = []
     for epoch in (1, 2):
-        order = engine.epoch_order(4, epoch, 1000, "cpu")
+        order = loop.epoch_order(4, epoch, 1000, "cpu")
         for s in range(0, 1000, 50):
             idx = order[s : s + 50]
             loss = F.cross_entropy(net(x_all[idx]), y_all[idx])

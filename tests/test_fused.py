@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ablate import engine, fused
+from ablate import engine, fused, loop
 from ablate.data import load
 from ablate.study import Study, cells, validate
 
@@ -144,7 +144,7 @@ def test_bf16_autocasts_the_forward_and_stays_close_to_fp32(data_dir, variant):
         assert (
             abs(c[0]["test_acc"] - f[0]["test_acc"]) <= 0.01
         )  # 0.52 points measured, early in training
-    with fused.autocast("bf16", "cpu"):
+    with loop.autocast("bf16", "cpu"):
         assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
 
 

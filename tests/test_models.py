@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from ablate import models
+from ablate import keys, models
 
 CFG = dict(hidden=(64, 32), activation="relu", dropout=0.5, batchnorm=True, init="default")
 
@@ -92,3 +92,7 @@ def test_the_output_check_leaves_batchnorm_statistics_and_training_mode_alone():
     models.check_output(net, "'bn'", (4,), 3)
     assert net.training and net[1].running_mean.tolist() == [0.0, 0.0, 0.0]
     assert net[1].num_batches_tracked.item() == 0
+
+
+def test_every_activation_the_study_file_accepts_has_a_module_and_no_other():
+    assert set(models.ACTIVATIONS) == set(keys.ACTIVATIONS)

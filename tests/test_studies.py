@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ablate import engine, models
+from ablate import loop, models
 from ablate.cli import app
 from ablate.data import load, read_cifar
 from ablate.study import KEYS
@@ -64,10 +64,10 @@ def test_softmax_before_the_loss_is_cross_entropy_of_probabilities():
     logits, y = torch.tensor([[2.0, 0.0]]), torch.tensor([0])
     p = torch.softmax(logits, 1)
     by_hand = -torch.log(torch.exp(p[0, 0]) / torch.exp(p[0]).sum())
-    assert engine.criterion(logits, y, "softmax_then_cross_entropy").item() == pytest.approx(
+    assert loop.criterion(logits, y, "softmax_then_cross_entropy").item() == pytest.approx(
         by_hand.item()
     )
-    assert engine.criterion(logits, y, "cross_entropy").item() == pytest.approx(
+    assert loop.criterion(logits, y, "cross_entropy").item() == pytest.approx(
         -torch.log(p[0, 0]).item()
     )
 

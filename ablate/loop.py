@@ -1,0 +1,250 @@
+"""The one training loop: a group of cells' epochs, sample order, flips, loss, evaluation and rows.
+
+How a group computes its forward and its optimizer step is the group's own (the `Group`
+protocol): `Plain` below is one cell's nn.Module with a torch.optim optimizer, the plain path;
+fused.Stack and fused.Vmapped hold many cells as [G, ...] tensors. The loop treats them alike,
+so a cell's sample order, flips, loss and rows are the same whichever way it trains.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from . import models, rng
+from .data import Data, hflip, to_float
+from .study import Cell
+
+# the weights' dtype per precision; bf16 keeps fp32 weights and runs the forward under autocast
+DTYPES = {
+    "fp32": torch.float32,
+    "tf32": torch.float32,
+    "bf16": torch.float32,
+    "fp64": torch.float64,
+}
+EVAL_BATCH = 2000  # test-set chunk: bounds activation memory, large enough to keep a GPU busy
+
+
+class Group(Protocol):
+    """How a group of cells computes its logits and applies its gradients."""
+
+    batchnorm: bool  # the model has batchnorm: an epoch skips a last batch of one sample
+
+    def forward(self, x: torch.Tensor, train: bool, step: int) -> torch.Tensor:
+        """x [G or 1, B, C, H, W] -> logits [G, B, classes]; `step` numbers training forwards."""
+        ...
+
+    def step(self) -> None:
+        """Apply the gradients the backward left on the parameters, then clear them."""
+        ...
+
+
+def optimizer(net: torch.nn.Module, cfg: dict) -> torch.optim.Optimizer:
+    """The cell's torch.optim optimizer (fused.Optimizer computes the same for a [G, ...] group)."""
+    if cfg["optimizer"] == "adam":
+        return torch.optim.Adam(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    return torch.optim.SGD(
+        net.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"]
+    )
+
+
+class Plain:
+    """One cell's model as a group of one: any nn.Module (a study's own model included), trained
+    by torch.optim. A study's own modules that draw from torch's global generator (nn.Dropout)
+    draw from the cell's TORCH stream."""
+
+    def __init__(self, cell: Cell, data: Data, model, device):
+        torch.manual_seed(rng.key(cell.seed, rng.TORCH))
+        self.dtype = DTYPES[cell.config["precision"]]
+        self.net = models.build(model, cell.config, data.shape, data.classes, cell.seed)
+        self.net = self.net.to(device, self.dtype)
+        self.batchnorm = models.has_batchnorm(self.net)
+        self.optimizer = optimizer(self.net, cell.config)
+
+    def forward(self, x: torch.Tensor, train: bool, step: int) -> torch.Tensor:
+        self.net.train(train)
+        return self.net(x[0].to(self.dtype))[None]
+
+    def step(self) -> None:
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def autocast(precision: str, device) -> torch.autocast:
+    """bfloat16 for the forward matmuls under "bf16" (the loss stays fp32); a no-op otherwise."""
+    return torch.autocast(
+        torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"
+    )
+
+
+@contextmanager
+def tf32(precision: str):
+    """TF32 matmuls and convolutions under "tf32" only (engine.configure turns them off)."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def epoch_order(seed, epoch: int, n: int, device) -> torch.Tensor:
+    """The sample order in this epoch (1-based): a permutation of range(n), [G, n] for seeds
+    [G, 1]."""
+    return rng.permutation(rng.key(seed, rng.ORDER, epoch), n, device)
+
+
+def epoch_flips(seed, epoch: int, n: int, device) -> torch.Tensor:
+    """Whether the sample at each position of this epoch's order is mirrored (p 0.5)."""
+    return rng.uniform24(rng.key(seed, rng.FLIP, epoch), n, device) < rng.threshold(0.5)
+
+
+def epoch_end(n: int, batch_size: int, batchnorm: bool) -> int:
+    """How many samples of an epoch's order train: all but a last batch of one sample when the
+    model has batchnorm (nn.BatchNorm1d refuses one sample; its variance would be 0), alone or
+    in a group alike; the order still permutes all n."""
+    return n - 1 if batchnorm and n > 1 and n % batch_size == 1 else n
+
+
+def criterion(
+    logits: torch.Tensor, y: torch.Tensor, name: str, reduction: str = "mean"
+) -> torch.Tensor:
+    """Cross-entropy; "softmax_then_cross_entropy" first applies softmax, as one tutorial did by
+    mistake (cross_entropy applies log-softmax itself), which flattens the gradients."""
+    if name == "softmax_then_cross_entropy":
+        logits = F.softmax(logits, dim=-1)
+    return F.cross_entropy(logits, y, reduction=reduction)
+
+
+def cell_losses(logits: torch.Tensor, y: torch.Tensor, name: str, reduction: str) -> torch.Tensor:
+    """Each cell's loss over its batch, [G], as the mean or the sum. A group of one takes
+    cross_entropy's own reduction, bitwise what a plain PyTorch loop computes; a larger group
+    takes every sample's loss as flat rows (a faster kernel than [G, C, B]) and reduces per cell.
+    The gradient is the same either way."""
+    g, b, c = logits.shape
+    if g == 1:
+        return criterion(logits[0], y[0], name, reduction)[None]
+    per_sample = criterion(logits.reshape(g * b, c), y.reshape(g * b), name, "none").view(g, b)
+    return per_sample.mean(1) if reduction == "mean" else per_sample.sum(1)
+
+
+def prepare(
+    data: Data, raw: torch.Tensor, norm: list[bool], flips: torch.Tensor | None
+) -> torch.Tensor:
+    """uint8 [G, B, C, H, W] (or [B, ...] shared by all cells) -> float [G or 1, B, C, H, W]; each
+    cell normalised or not, mirrored where `flips` [G, B] says. Skips the work no cell asks for."""
+    if all(norm) or not any(norm):
+        x = to_float(data, raw, norm[0])
+    else:
+        x = torch.where(
+            torch.tensor(norm, device=raw.device).view(-1, 1, 1, 1, 1),
+            to_float(data, raw, True),
+            to_float(data, raw, False),
+        )
+    if flips is not None:
+        x = hflip(x, flips)
+    return x if x.dim() == 5 else x[None]
+
+
+@torch.no_grad()
+def evaluate(group: Group, data: Data, cfgs: list[dict]) -> tuple[list[float], list[float]]:
+    """Each cell's mean test loss and accuracy (a fraction); normalisation may differ per cell."""
+    norm, cfg, dtype = [c["normalize"] for c in cfgs], cfgs[0], DTYPES[cfgs[0]["precision"]]
+    device = data.test_x.device
+    loss = torch.zeros(len(cfgs), device=device, dtype=dtype)
+    correct = torch.zeros(len(cfgs), device=device, dtype=torch.int64)
+    for i in range(0, len(data.test_x), EVAL_BATCH):
+        x = prepare(data, data.test_x[i : i + EVAL_BATCH], norm, None)
+        with autocast(cfg["precision"], device):
+            logits = group.forward(x, False, 0).to(dtype)
+        y = data.test_y[i : i + EVAL_BATCH].expand(len(cfgs), -1)
+        loss += cell_losses(logits, y, cfg["loss"], "sum")
+        correct += (logits.argmax(-1) == y).sum(1)
+    n = len(data.test_x)
+    return [total / n for total in loss.tolist()], [hits / n for hits in correct.tolist()]
+
+
+def train(
+    group: Group,
+    cells: list[Cell],
+    data: Data,
+    device,
+    on_epoch: Callable | None = None,
+    trace: list | None = None,
+) -> list[list[dict]]:
+    """Train the group's cells together; rows per cell, a row per epoch. A cell stops at the first
+    epoch whose train loss is not finite: that epoch's row is kept, every row of the cell says
+    "diverged", and the others go on. `trace` collects each step's losses, a list per step."""
+    cfg, cfgs = cells[0].config, [c.config for c in cells]
+    with tf32(cfg["precision"]):
+        return _epochs(group, cells, cfgs, data, torch.device(device), on_epoch, trace)
+
+
+def _epochs(group, cells, cfgs, data, device, on_epoch, trace) -> list[list[dict]]:
+    cfg, dtype = cfgs[0], DTYPES[cfgs[0]["precision"]]
+    seeds = torch.tensor([[c.seed] for c in cells], device=device)
+    n = min(cfg["train_subset"] or len(data.train_x), len(data.train_x))
+    size = cfg["batch_size"]
+    end = epoch_end(n, size, group.batchnorm)
+    norm = [c["normalize"] for c in cfgs]
+    flip_on = torch.tensor([c["hflip"] for c in cfgs], device=device)[:, None]
+    any_flip = any(c["hflip"] for c in cfgs)
+    rows: list[list[dict]] = [[] for _ in cells]
+    alive, step = [True] * len(cells), 0
+    for epoch in range(1, cfg["epochs"] + 1):
+        start = time.perf_counter()
+        order = epoch_order(seeds, epoch, n, device)  # [G, n]
+        flips = epoch_flips(seeds, epoch, n, device) & flip_on if any_flip else None
+        total = torch.zeros(len(cells), device=device, dtype=dtype)
+        for i in range(0, end, size):
+            idx = order[:, i : i + size]
+            part = None if flips is None else flips[:, i : i + size]
+            x = prepare(data, data.train_x[idx], norm, part)
+            with autocast(cfg["precision"], device):
+                logits = group.forward(x, True, step)
+            loss = cell_losses(logits.to(dtype), data.train_y[idx], cfg["loss"], "mean")
+            loss.sum().backward()  # cells are independent: each gets the gradient of its own loss
+            group.step()
+            total += loss.detach()  # summed on the device: one sync per epoch, not per step
+            step += 1
+            if trace is not None:
+                trace.append(loss.tolist())
+        train_loss = [t / math.ceil(end / size) for t in total.tolist()]
+        test_loss, test_acc = evaluate(group, data, cfgs)
+        seconds = time.perf_counter() - start
+        for j, cell in enumerate(cells):
+            if alive[j]:
+                alive[j] = _record(
+                    rows[j], epoch, train_loss[j], test_loss[j], test_acc[j], seconds
+                )
+                if on_epoch:
+                    on_epoch(cell, epoch, train_loss[j])
+        if not any(alive):
+            break
+    return rows
+
+
+def _record(rows: list[dict], epoch, train_loss, test_loss, test_acc, seconds) -> bool:
+    """Append the epoch's row; False, and every row "diverged", when the train loss is not
+    finite."""
+    ok = math.isfinite(train_loss)
+    rows.append(
+        dict(
+            epoch=epoch,
+            train_loss=train_loss,
+            test_loss=test_loss,
+            test_acc=test_acc,
+            seconds=seconds,
+            status="ok" if ok else "diverged",
+        )
+    )
+    if not ok:
+        for row in rows:
+            row["status"] = "diverged"
+    return ok
