@@ -73,8 +73,8 @@ def auto_group(cells: list[Cell], data: Data, device: torch.device, model="mlp")
     """The default --max-group: on a GPU, what fits in half the free memory (parameters with
     gradient and two optimizer states, activations of a batch and of an eval chunk kept for the
     backward, the epoch's order); on a CPU 8, past which fusing gains little on 2 cores
-    (benchmarks/). A study's own model trains cell by cell, so its group size matters little."""
-    if device.type != "cuda" or not cells or not isinstance(model, str):
+    (benchmarks/)."""
+    if device.type != "cuda" or not cells:
         return 8
     cfg = cells[0].config
     net = models.build(model, cfg, data.shape, data.classes, 0)
@@ -97,6 +97,18 @@ def auto_group(cells: list[Cell], data: Data, device: torch.device, model="mlp")
     return max(1, min(1024, free // 2 // per_cell))
 
 
+_PROBLEMS: dict[tuple, str | None] = {}
+
+
+def own_model_problem(model, cell: Cell, shape: tuple, classes: int) -> str | None:
+    """fused.vmap_problem, asked once per model, config and data shape in this process (the
+    runner asks first, to say why once; a Ray worker asks again for itself)."""
+    key = (model, repr(sorted(cell.config.items())), tuple(shape), classes)
+    if key not in _PROBLEMS:
+        _PROBLEMS[key] = fused.vmap_problem(model, cell, shape, classes)
+    return _PROBLEMS[key]
+
+
 class GroupFailed(Exception):
     """A group failed for a reason of its own (not out of memory): it is recorded, never retried."""
 
@@ -117,14 +129,17 @@ def train(
     source: str = "study",
 ) -> list[list[dict]]:
     """Train a group of cells that share their shapes; rows per cell, in the group's order.
-    A group of one, or a study's own model, takes the plain per-cell path. A failure inside a
+    A group of one, or one fused.can_fuse refuses, takes the plain per-cell path. A failure in a
     study's model callable becomes a StudyError naming `source`, the study file. Any out of
     memory (is_oom) is raised as torch.OutOfMemoryError, which the runner splits on."""
     if testhooks.too_large(len(group)):
         raise torch.OutOfMemoryError(f"test hook: a group of {len(group)} cells")
     try:
         if len(group) > 1 and fused.can_fuse(group, model, device):
-            return fused.train(group, data, device, on_epoch, model)
+            with study_code(model, source, group[0]):
+                own = callable(model)
+                if not (own and own_model_problem(model, group[0], data.shape, data.classes)):
+                    return fused.train(group, data, device, on_epoch, model)
         rows = []
         for cell in group:
             with study_code(model, source, cell):

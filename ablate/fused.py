@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -42,13 +43,38 @@ SHAPE_KEYS = (
 
 def can_fuse(cells: list[Cell], model, device="cpu") -> bool:
     """A group whose cells share every shape key trains fused: an MLP anywhere, the other
-    built-in models on a GPU only. On this 2-core CPU a vmapped CNN group of 8 took 1.3 to 2x
-    as long as its cells one by one (grouped convolutions are slow there), so CPUs keep those
-    on the plain path; on a GPU fusing removes the kernel launches per cell."""
-    fits = model == "mlp" or (
-        isinstance(model, str) and model in models.BUILDERS and torch.device(device).type == "cuda"
-    )
+    built-in models and a study's own model on a GPU only (a study's own model also needs
+    vmap_problem to find none). On this 2-core CPU a vmapped CNN group of 8 took 1.3 to 2x as
+    long as its cells one by one (grouped convolutions are slow there), so CPUs keep those on
+    the plain path; on a GPU fusing removes the kernel launches per cell."""
+    fits = model == "mlp" or torch.device(device).type == "cuda"
     return fits and len({tuple(str(c.config[k]) for k in SHAPE_KEYS) for c in cells}) == 1
+
+
+def vmap_problem(model, cell: Cell, shape: tuple, classes: int) -> str | None:
+    """Why a study's own model cannot train fused, or None. Two of the cell's modules (seeds s and
+    s + 1), vmapped over their own random batches of 3 on the CPU, must run forward and backward
+    in training, forward in evaluation, and give each module's logits as it gives them alone.
+    What vmap refuses: random ops (nn.Dropout draws from torch's global generator; models.Dropout
+    draws per cell), Python control flow on a tensor's value (`if x.sum() > 0`, `.item()`)."""
+    twins = [replace(cell, seed=cell.seed + i) for i in range(2)]
+    dtype = loop.DTYPES[cell.config["precision"]]
+    nets = [models.build(model, c.config, shape, classes, c.seed).to(dtype) for c in twins]
+    alone = copy.deepcopy(nets)
+    x = torch.rand(2, 3, *shape, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    try:
+        fused = Vmapped(nets, "cpu", twins)
+        logits = fused.forward(x, True, 0)
+        logits.sum().backward()
+        with torch.no_grad():
+            fused.forward(x[:1], False, 0)
+    except Exception as e:  # vmap's own errors are RuntimeErrors; a module may raise anything
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+    with torch.random.fork_rng(devices=[]):
+        expected = torch.stack([net.train()(xs) for net, xs in zip(alone, x, strict=True)])
+    if not torch.allclose(logits.detach(), expected.detach(), rtol=1e-4, atol=1e-6):
+        return "its vmapped logits differ from each module's own"
+    return None
 
 
 def group(cells: list[Cell], data: Data, device, model: str = "mlp") -> Stack | Vmapped:
