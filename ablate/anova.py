@@ -1,4 +1,4 @@
-"""Beside the effects: a blocked factorial ANOVA, main effects that change sign, failed runs per level."""
+"""Beside the effects: blocked factorial ANOVA, main effects that change sign, failures by level."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import itertools
 
 import numpy as np
 import pandas as pd
-from scipy import stats as st
+from scipy import stats as scipy_stats
 
-from . import stats
+from . import inference, stats
 
 ANOVA_COLUMNS = ["term", "df", "sum_sq", "mean_sq", "F", "p", "eta_sq", "error_df"]
 SIMPLE_COLUMNS = ["factor", "level", "baseline", "setting", "n_pairs", "diff", "ci_low", "ci_high"]
@@ -16,23 +16,27 @@ SIGN_COLUMNS = ["factor", "level", "baseline", "settings"]
 
 
 def _codes(col: pd.Series, levels: list) -> np.ndarray:
-    """Each row's position in `levels`, -1 when absent (by ==, one value at a time, as in _is)."""
-    where = lambda v: next((i for i, lv in enumerate(levels) if stats.same(v, lv)), -1)  # noqa: E731
-    return col.map(where).to_numpy(dtype=int)
+    """Each row's position in `levels`, -1 when absent (stats.same, one value at a time, as in
+    stats.level_mask)."""
+
+    def position(value) -> int:
+        return next((i for i, listed in enumerate(levels) if stats.same(value, listed)), -1)
+
+    return col.map(position).to_numpy(dtype=int)
 
 
-def _grid(fin: pd.DataFrame, factors: list[str], levels: dict, metric: str) -> np.ndarray:
+def _grid(finals: pd.DataFrame, factors: list[str], levels: dict, metric: str) -> np.ndarray:
     """The metric as [seed, level of factor 1, ...] over the seeds with an ok cell at every
     combination: the sums of squares below are those of a balanced design only."""
-    ok = fin[fin["status"] == "ok"]
+    ok = finals[finals["status"] == "ok"]
     shape = tuple(len(levels[f]) for f in factors)
     combo = np.zeros(len(ok), dtype=int)  # C order, as reshape reads it; -1 for a level not listed
-    for f in factors:
-        code = _codes(ok[f], levels[f])
-        combo = np.where((combo < 0) | (code < 0), -1, combo * len(levels[f]) + code)
-    y = pd.Series(ok[metric].to_numpy(dtype=float), index=[ok["seed"].to_numpy(), combo])
-    y = y[combo >= 0]
-    wide = y.groupby(level=[0, 1]).mean().unstack() if len(y) else pd.DataFrame()
+    for factor in factors:
+        code = _codes(ok[factor], levels[factor])
+        combo = np.where((combo < 0) | (code < 0), -1, combo * len(levels[factor]) + code)
+    values = pd.Series(ok[metric].to_numpy(dtype=float), index=[ok["seed"].to_numpy(), combo])
+    values = values[combo >= 0]
+    wide = values.groupby(level=[0, 1]).mean().unstack() if len(values) else pd.DataFrame()
     wide = wide.reindex(columns=range(int(np.prod(shape)))).dropna()
     return wide.to_numpy().reshape(len(wide), *shape)
 
@@ -49,7 +53,7 @@ def _sum_sq(y: np.ndarray, axes: tuple[int, ...]) -> float:
 
 
 def anova(
-    fin: pd.DataFrame, factors: list[str], levels: dict, metric: str = "test_acc"
+    finals: pd.DataFrame, factors: list[str], levels: dict, metric: str = "test_acc"
 ) -> tuple[pd.DataFrame, int]:
     """Seed block plus the full factorial of the factors with 2+ levels, over the seeds with
     every combination ok; the table and the number of those seeds. Each term is tested
@@ -58,7 +62,7 @@ def anova(
     with the effects' verdicts; one pooled residual would assume every effect is equally noisy
     across seeds (in fashion_mnist_mlp it made dropout p 1.8e-5 against the paired 0.029)."""
     factors = [f for f in factors if len(levels[f]) >= 2]
-    y = _grid(fin, factors, levels, metric)
+    y = _grid(finals, factors, levels, metric)
     if len(y) < 2 or not factors:
         return pd.DataFrame(columns=ANOVA_COLUMNS), len(y)
     terms = [("seed", (0,))] + [
@@ -68,27 +72,28 @@ def anova(
     ]
     rows = []
     for name, axes in terms:
-        df = int(np.prod([y.shape[i] - 1 for i in axes]))
+        dof = int(np.prod([y.shape[i] - 1 for i in axes]))
         if name == "seed":
-            rows.append((name, df, _sum_sq(y, axes), np.nan, np.nan))
+            rows.append((name, dof, _sum_sq(y, axes), np.nan, np.nan))
             continue
         error = _sum_sq(y, (0, *axes))  # the term's interaction with seed
-        error_df = df * (len(y) - 1)
-        rows.append((name, df, _sum_sq(y, axes), error / error_df, error_df))
+        error_df = dof * (len(y) - 1)
+        rows.append((name, dof, _sum_sq(y, axes), error / error_df, error_df))
     total = float(((y - y.mean()) ** 2).sum())
     resid_df = (len(y) - 1) * (y[0].size - 1)  # one observation per seed and cell
-    rows.append(("residual", resid_df, max(total - sum(r[2] for r in rows), 0.0), np.nan, np.nan))
+    explained = sum(row[2] for row in rows)
+    rows.append(("residual", resid_df, max(total - explained, 0.0), np.nan, np.nan))
     out = pd.DataFrame(rows, columns=["term", "df", "sum_sq", "error_ms", "error_df"])
     out["mean_sq"] = out["sum_sq"] / out["df"]
     with np.errstate(divide="ignore", invalid="ignore"):  # no spread across seeds: F is infinite
         out["F"] = out["mean_sq"] / out["error_ms"]
-        out["p"] = st.f.sf(out["F"], out["df"], out["error_df"])
+        out["p"] = scipy_stats.f.sf(out["F"], out["df"], out["error_df"])
         out["eta_sq"] = out["sum_sq"] / total
     return out[ANOVA_COLUMNS], len(y)
 
 
 def sign_changes(
-    fin: pd.DataFrame,
+    finals: pd.DataFrame,
     factors: list[str],
     baselines: dict,
     levels: dict,
@@ -98,39 +103,35 @@ def sign_changes(
     """Each level's simple effect against its factor's baseline at every setting of the other
     factors: paired by seed where both cells are ok, with a t interval that is simultaneous
     over the level's settings (Bonferroni: 95% / m each); none where there is no spread."""
-    ok = fin[fin["status"] == "ok"]
-    seed, y = ok["seed"].to_numpy(), ok[metric].to_numpy(dtype=float)
-    side = lambda mask: pd.Series(y[mask], index=seed[mask])  # noqa: E731
-    at = {(f, i): stats._is(ok, f, v).to_numpy() for f in factors for i, v in enumerate(levels[f])}
+    ok = finals[finals["status"] == "ok"]
+    seeds, values = ok["seed"].to_numpy(), ok[metric].to_numpy(dtype=float)
+    by_seed = lambda mask: pd.Series(values[mask], index=seeds[mask])  # noqa: E731
+    masks = {
+        (factor, i): stats.level_mask(ok, factor, level).to_numpy()
+        for factor in factors
+        for i, level in enumerate(levels[factor])
+    }
     rows = []
-    for f in factors:
-        others = [g for g in factors if g != f]
-        base = stats._is(ok, f, baselines[f]).to_numpy()
-        settings = list(itertools.product(*(range(len(levels[g])) for g in others)))
-        level_ci = 1 - (1 - stats.LEVEL) / len(settings)
-        for level in [v for v in levels[f] if not stats.same(v, baselines[f])]:
-            this = stats._is(ok, f, level).to_numpy()
+    for factor in factors:
+        others = [other for other in factors if other != factor]
+        base = stats.level_mask(ok, factor, baselines[factor]).to_numpy()
+        settings = list(itertools.product(*(range(len(levels[other])) for other in others)))
+        level_ci = 1 - (1 - inference.LEVEL) / len(settings)
+        for level in stats.non_baseline(factor, levels, baselines):
+            this = stats.level_mask(ok, factor, level).to_numpy()
             for setting in settings:
                 pairs = list(zip(others, setting, strict=True))
-                m = np.ones(len(ok), dtype=bool)
-                for g, i in pairs:
-                    m &= at[g, i]
-                d = (side(m & this) - side(m & base)).dropna()  # aligned on seed
-                diff, _, lo, hi = stats.interval(d, level=level_ci)
-                if stats.no_spread(d.to_numpy(), resolution):
-                    lo = hi = np.nan  # seeds that agree to the metric's resolution: no interval
-                label = ", ".join(f"{g}={levels[g][i]}" for g, i in pairs)
+                mask = np.ones(len(ok), dtype=bool)
+                for other, i in pairs:
+                    mask &= masks[other, i]
+                diffs = (by_seed(mask & this) - by_seed(mask & base)).dropna()  # aligned on seed
+                diff, _, low, high = inference.interval(diffs, level=level_ci)
+                if inference.no_spread(diffs.to_numpy(), resolution):
+                    low = high = np.nan  # seeds that agree to the metric's resolution: no interval
+                label = ", ".join(f"{other}={levels[other][i]}" for other, i in pairs)
+                row = dict(factor=factor, level=level, baseline=baselines[factor], setting=label)
                 rows.append(
-                    dict(
-                        factor=f,
-                        level=level,
-                        baseline=baselines[f],
-                        setting=label,
-                        n_pairs=len(d),
-                        diff=diff,
-                        ci_low=lo,
-                        ci_high=hi,
-                    )
+                    {**row, "n_pairs": len(diffs), "diff": diff, "ci_low": low, "ci_high": high}
                 )
     return pd.DataFrame(rows, columns=SIMPLE_COLUMNS)
 
@@ -141,14 +142,14 @@ def changes_sign(simple: pd.DataFrame) -> pd.DataFrame:
     # repr keys: grouped by value, a level True would be reported as 1 (they hash alike)
     key = simple["factor"].astype(str) + "\0" + simple["level"].map(repr)
     rows = []
-    for _, g in simple.groupby(key, sort=False):
-        if (g["ci_low"] > 0).any() and (g["ci_high"] < 0).any():
-            listed = "; ".join(f"{r.diff:+.4f} at {r.setting}" for r in g.itertuples())
+    for _, group in simple.groupby(key, sort=False):
+        if (group["ci_low"] > 0).any() and (group["ci_high"] < 0).any():
+            listed = "; ".join(f"{row.diff:+.4f} at {row.setting}" for row in group.itertuples())
             rows.append(
                 dict(
-                    factor=g["factor"].iloc[0],
-                    level=g["level"].iloc[0],
-                    baseline=g["baseline"].iloc[0],
+                    factor=group["factor"].iloc[0],
+                    level=group["level"].iloc[0],
+                    baseline=group["baseline"].iloc[0],
                     settings=listed,
                 )
             )
@@ -169,7 +170,7 @@ STALL = 0.02  # a run whose final accuracy is within 2 points of chance learned 
 
 
 def failures(
-    fin: pd.DataFrame,
+    finals: pd.DataFrame,
     factors: list[str],
     levels: dict,
     classes: int | None,
@@ -182,39 +183,38 @@ def failures(
     the surviving runs are biased. With `baselines` (one-at-a-time), a factor's rows are the
     cells with every other factor at its baseline, so one factor's failures are not another's."""
     chance = 1 / classes if classes else None
-    diverged = fin["status"] != "ok"
+    diverged = finals["status"] != "ok"
     stalled = (
-        ~diverged & (fin["test_acc"] <= chance + STALL)
+        ~diverged & (finals["test_acc"] <= chance + STALL)
         if chance
-        else pd.Series(False, index=fin.index)
+        else pd.Series(False, index=finals.index)
     )
     rows, tests = [], []
-    for f in factors:
-        mine = pd.Series(True, index=fin.index)
-        for g in [g for g in factors if g != f] if baselines else []:
-            mine &= stats._is(fin, g, baselines[g])
+    for factor in factors:
+        mine = pd.Series(True, index=finals.index)  # the rows that count for this factor
+        for other in [other for other in factors if other != factor] if baselines else []:
+            mine &= stats.level_mask(finals, other, baselines[other])
         table = []
-        for level in levels[f]:
-            at = stats._is(fin, f, level) & mine
-            table.append(
-                [int((at & (diverged | stalled)).sum()), int((at & ~diverged & ~stalled).sum())]
-            )
+        for level in levels[factor]:
+            runs = stats.level_mask(finals, factor, level) & mine
+            failed, fine = runs & (diverged | stalled), runs & ~diverged & ~stalled
+            table.append([int(failed.sum()), int(fine.sum())])
             rows.append(
                 dict(
-                    factor=f,
+                    factor=factor,
                     level=level,
-                    n_runs=int(at.sum()),
-                    n_diverged=int((at & diverged).sum()),
-                    n_stalled=int((at & stalled).sum()),
+                    n_runs=int(runs.sum()),
+                    n_diverged=int((runs & diverged).sum()),
+                    n_stalled=int((runs & stalled).sum()),
                 )
             )
-        tests.append(_fisher(np.array([t for t in table if sum(t)])))
+        tests.append(_fisher(np.array([counts for counts in table if sum(counts)])))
     out = pd.DataFrame(rows, columns=FAILURE_COLUMNS[:5])
     out["p_fisher"] = out["factor"].map(dict(zip(factors, tests, strict=True)))
     out["p_holm"] = out["factor"].map(
-        dict(zip(factors, stats.holm(tests), strict=True)) if factors else {}
+        dict(zip(factors, inference.holm(tests), strict=True)) if factors else {}
     )
-    out["differs"] = out["p_holm"] < stats.ALPHA
+    out["differs"] = out["p_holm"] < inference.ALPHA
     return out
 
 
@@ -223,6 +223,7 @@ def _fisher(table: np.ndarray) -> float:
     if len(table) < 2 or table[:, 0].sum() in (0, table.sum()):
         return 1.0
     if len(table) == 2:
-        return float(st.fisher_exact(table).pvalue)
-    draws = st.MonteCarloMethod(n_resamples=100_000, rng=np.random.default_rng(0))  # reproducible
-    return float(st.fisher_exact(table, method=draws).pvalue)
+        return float(scipy_stats.fisher_exact(table).pvalue)
+    rng = np.random.default_rng(0)  # reproducible
+    draws = scipy_stats.MonteCarloMethod(n_resamples=100_000, rng=rng)
+    return float(scipy_stats.fisher_exact(table, method=draws).pvalue)

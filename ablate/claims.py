@@ -1,4 +1,4 @@
-"""Published numbers against the measured runs: one run by a prediction interval, a mean by its CI."""
+"""Published numbers against the runs: one run by a prediction interval, a mean by its CI."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import json
 
 import numpy as np
 import pandas as pd
-from scipy import stats as st
+from scipy import stats as scipy_stats
 
-from .stats import LEVEL, final, hashable, interval, no_spread
+from .inference import LEVEL, interval, no_spread
+from .stats import final, hashable
 from .study import JSON_DEFAULTS
 
 COLUMNS = [
@@ -39,7 +40,8 @@ def prediction(x) -> tuple[float, float]:
     x = np.asarray(x, dtype=float)
     if len(x) < 2:
         return np.nan, np.nan
-    half = st.t.ppf(0.5 + LEVEL / 2, len(x) - 1) * x.std(ddof=1) * np.sqrt(1 + 1 / len(x))
+    t_quantile = scipy_stats.t.ppf(0.5 + LEVEL / 2, len(x) - 1)
+    half = t_quantile * x.std(ddof=1) * np.sqrt(1 + 1 / len(x))
     return float(x.mean() - half), float(x.mean() + half)
 
 
@@ -62,8 +64,8 @@ def holds(kind: str, value: float, runs, resolution: float = 0.0):
         return None
     if no_spread(runs, resolution):
         return bool(abs(value - runs.mean()) < max(resolution, 1e-12))
-    lo, hi = prediction(runs) if kind == "point" else interval(runs)[2:]
-    return bool(lo <= value <= hi)
+    low, high = prediction(runs) if kind == "point" else interval(runs)[2:]
+    return bool(low <= value <= high)
 
 
 def _note(kind: str, runs, resolution: float) -> str:
@@ -72,18 +74,22 @@ def _note(kind: str, runs, resolution: float) -> str:
     if len(runs) < 2:
         return f"n={len(runs)}: no interval to judge by"
     if no_spread(np.asarray(runs, dtype=float), resolution):
-        return f"no spread: every run gives {np.mean(runs):.4g}; inside when within the metric's resolution"
+        return (
+            f"no spread: every run gives {np.mean(runs):.4g}; inside when within the metric's "
+            "resolution"
+        )
     return ""
 
 
 def select(df: pd.DataFrame, claim: dict, factors: list[str]) -> pd.Series:
     """The metric of the ok runs a claim's `where` selects: final, or at the claim's epoch."""
     rows = final(df) if claim.get("epoch") is None else df[df["epoch"] == claim["epoch"]]
-    configs = rows["config"].map(lambda c: {**JSON_DEFAULTS, **json.loads(c)})  # old rows: defaults
+    # old rows lack the keys added since: they ran at the defaults
+    configs = rows["config"].map(lambda config: {**JSON_DEFAULTS, **json.loads(config)})
     mask = pd.Series(True, index=rows.index)
-    for k, v in claim["where"].items():
-        col = rows[k] if k in factors else configs.map(lambda cfg, k=k: cfg.get(k))
-        mask &= col.map(lambda x, w=hashable(v): hashable(x) == w).astype(bool)
+    for key, wanted in claim["where"].items():
+        column = rows[key] if key in factors else configs.map(lambda cfg, key=key: cfg.get(key))
+        mask &= column.map(lambda v, wanted=hashable(wanted): hashable(v) == wanted).astype(bool)
     return rows[mask & (rows["status"] == "ok")][claim.get("metric", "test_acc")]
 
 
@@ -93,31 +99,31 @@ def claims(
     """Each claim beside the runs its `where` selects: their mean, CI of the mean, prediction
     interval of one run, how many respect a bound, and the verdict its kind calls for."""
     rows = []
-    for c in claim_list:
-        runs = select(df, c, factors)
-        mean, _, lo, hi = interval(runs)
-        pi = prediction(runs)
+    for claim in claim_list:
+        runs = select(df, claim, factors)
+        mean, _, ci_low, ci_high = interval(runs)
+        predicted = prediction(runs)
         if no_spread(runs.to_numpy(dtype=float), resolution):  # no interval, as for effects
-            lo = hi = np.nan
-            pi = (np.nan, np.nan)
-        kind = c.get("kind", "point")
+            ci_low = ci_high = np.nan
+            predicted = (np.nan, np.nan)
+        kind, value = claim.get("kind", "point"), claim["value"]
         bound = kind in ("at_most", "at_least")
         rows.append(
             dict(
-                where=", ".join(f"{k}={hashable(v)}" for k, v in c["where"].items()),
-                claimed=c["value"],
+                where=", ".join(f"{k}={hashable(v)}" for k, v in claim["where"].items()),
+                claimed=value,
                 mean=mean,
-                ci_low=lo,
-                ci_high=hi,
-                pi_low=pi[0],
-                pi_high=pi[1],
+                ci_low=ci_low,
+                ci_high=ci_high,
+                pi_low=predicted[0],
+                pi_high=predicted[1],
                 n_seeds=len(runs),
-                runs_within=within(kind, c["value"], runs) if bound else np.nan,
+                runs_within=within(kind, value, runs) if bound else np.nan,
                 judged_by=JUDGED_BY[kind],
-                inside=holds(kind, c["value"], runs, resolution),
-                source=c.get("source", ""),
-                metric=c.get("metric", "test_acc"),
-                epoch=c.get("epoch"),
+                inside=holds(kind, value, runs, resolution),
+                source=claim.get("source", ""),
+                metric=claim.get("metric", "test_acc"),
+                epoch=claim.get("epoch"),
                 kind=kind,
                 note=_note(kind, runs, resolution),
             )

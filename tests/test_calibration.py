@@ -1,15 +1,16 @@
-"""Every verdict the report prints, by simulation: coverage, page-wide false positives, equivalence, failures."""
+"""Every verdict the report prints, simulated: coverage, false positives, equivalence, failures."""
 
 import itertools
 
 import numpy as np
 import pandas as pd
 
-from ablate import anova, stats
+from ablate import anova, inference, stats
 
 
 def simulate(rng, points, truth, seeds, noise, factors) -> pd.DataFrame:
-    """One row per cell: truth(point) + a shift per seed (pairing removes it) + noise(rng, point)."""
+    """One row per cell: truth(point), plus a shift per seed (pairing removes it), plus
+    noise(rng, point)."""
     shift = rng.normal(0, 0.02, seeds)
     rows = [
         (s, *p, 0.9 + truth(p) + shift[s] + noise(rng, p)) for p in points for s in range(seeds)
@@ -59,11 +60,12 @@ def test_a_complete_null_flags_something_on_the_page_in_at_most_6_percent_of_gri
             out.effects.significant.any() or out.interactions.significant.any() or len(flips)
         )
         two += bool(
-            (stats.holm(out.effects.p_value) < 0.05).any()
-            or (stats.holm(out.interactions.p_value) < 0.05).any()
+            (inference.holm(out.effects.p_value) < 0.05).any()
+            or (inference.holm(out.interactions.p_value) < 0.05).any()
         )
     msg = (
-        f"page-wide false positives (effects, interactions, sign changes) over {reps} null 2x2x2 studies: "
+        "page-wide false positives (effects, interactions, sign changes) over "
+        f"{reps} null 2x2x2 studies: "
         f"one Holm family {one / reps:.3f}, two families (before) {two / reps:.3f}"
     )
     print(msg)
@@ -110,7 +112,8 @@ def test_a_three_factor_half_fraction_covers_its_aliased_estimand():
     # A = 0 and BC = 2 points: each row estimates the main effect minus the other two's interaction,
     # so A's row is -2 points, and the page says so; planted in +-1 codes
     half = [p for p in GRID3 if sum(p) % 2 == 0]
-    bc = lambda p: 0.01 * (2 * p[1] - 1) * (2 * p[2] - 1)  # noqa: E731  the b x c interaction, 0.02 in level units
+    # the b x c interaction, 0.02 in level units
+    bc = lambda p: 0.01 * (2 * p[1] - 1) * (2 * p[2] - 1)  # noqa: E731
     estimand = {"a": -0.02, "b": 0.0, "c": 0.0}  # B's alias is -AC = 0, C's is -AB = 0
     coverage, fwer = run(
         np.random.default_rng(3),
@@ -163,7 +166,10 @@ def test_ten_seeds_with_heteroscedastic_noise_cover_and_keep_nulls_quiet():
         noisy,
         list("abc"),
     )
-    msg = f"grid 2x2x2, 10 seeds, sd 0.005 vs 0.02: coverage {coverage:.3f}, page-wide false positives {fwer:.3f}"
+    msg = (
+        f"grid 2x2x2, 10 seeds, sd 0.005 vs 0.02: coverage {coverage:.3f}, "
+        f"page-wide false positives {fwer:.3f}"
+    )
     print(msg)
     assert 0.93 <= coverage <= 0.97 and fwer <= 0.06, msg
 
@@ -182,7 +188,10 @@ def test_bimodal_noise_keeps_coverage_and_nulls_quiet_at_5_seeds():
         bimodal,
         list("abc"),
     )
-    msg = f"grid 2x2x2, 5 seeds, bimodal noise: coverage {coverage:.3f}, page-wide false positives {fwer:.3f}"
+    msg = (
+        f"grid 2x2x2, 5 seeds, bimodal noise: coverage {coverage:.3f}, "
+        f"page-wide false positives {fwer:.3f}"
+    )
     print(msg)
     assert 0.92 <= coverage <= 0.98 and fwer <= 0.06, msg
 
@@ -191,11 +200,14 @@ def test_equivalence_is_rarely_claimed_at_the_margin_and_often_at_zero():
     rng = np.random.default_rng(8)
     margin, reps = 0.005, 2000
     at_margin = np.mean(
-        [stats.tost(rng.normal(margin, 0.004, 10), margin) < 0.05 for _ in range(reps)]
+        [inference.tost(rng.normal(margin, 0.004, 10), margin) < 0.05 for _ in range(reps)]
     )
-    at_zero = np.mean([stats.tost(rng.normal(0, 0.004, 10), margin) < 0.05 for _ in range(reps)])
+    at_zero = np.mean(
+        [inference.tost(rng.normal(0, 0.004, 10), margin) < 0.05 for _ in range(reps)]
+    )
     msg = (
-        f"10 seeds, sd 0.004, margin 0.005: equivalent when the truth is the margin {at_margin:.3f}, "
+        "10 seeds, sd 0.004, margin 0.005: equivalent when the truth is the margin "
+        f"{at_margin:.3f}, "
         f"when it is 0 {at_zero:.3f}"
     )
     print(msg)

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from scipy import stats as st
 
-from ablate import stats
+from ablate import inference, stats
 
 
 def frame(values: dict, factors=("a", "b")) -> pd.DataFrame:
@@ -35,21 +35,21 @@ def frame(values: dict, factors=("a", "b")) -> pd.DataFrame:
 
 
 def test_interval_is_student_t_and_says_nothing_for_one_seed():
-    mean, std, lo, hi = stats.interval([1.0, 2.0, 3.0])
+    mean, std, lo, hi = inference.interval([1.0, 2.0, 3.0])
     # by hand: t(0.975, 2) = 4.302653; 4.302653 * 1 / sqrt(3) = 2.484138
     assert (mean, std) == (2.0, 1.0)
     assert lo == pytest.approx(2 - 2.484138, abs=1e-6) and hi == pytest.approx(
         2 + 2.484138, abs=1e-6
     )
     assert (lo, hi) == pytest.approx(st.t.interval(0.95, 2, loc=2, scale=st.sem([1, 2, 3])))
-    m, s, lo1, hi1 = stats.interval([0.9])
+    m, s, lo1, hi1 = inference.interval([0.9])
     assert m == 0.9 and np.isnan(s) and np.isnan(lo1) and np.isnan(hi1)
 
 
 def test_holm_by_hand():
     # sorted 0.01, 0.03, 0.04 -> 3*0.01, max(0.03, 2*0.03), max(0.06, 1*0.04)
-    assert stats.holm([0.01, 0.04, 0.03]).tolist() == pytest.approx([0.03, 0.06, 0.06])
-    out = stats.holm([0.5, np.nan, 0.01])
+    assert inference.holm([0.01, 0.04, 0.03]).tolist() == pytest.approx([0.03, 0.06, 0.06])
+    out = inference.holm([0.5, np.nan, 0.01])
     assert out[0] == pytest.approx(0.5) and np.isnan(out[1]) and out[2] == pytest.approx(0.02)
 
 
@@ -95,7 +95,8 @@ def test_grid_effect_is_the_main_effect_paired_by_seed():
 
 
 def test_a_fractional_effect_is_the_difference_of_half_means_per_seed():
-    # the half of a 2^3 grid with an even number of factors moved; y additive in a, b, c plus a seed shift
+    # the half of a 2^3 grid with an even number of factors moved; y additive in a, b, c plus a
+    # seed shift
     half = [(0, 0, 0), (0, 1, 1), (1, 0, 1), (1, 1, 0)]
     values = {
         (a, b, c, s): 0.9 + 0.02 * a - 0.01 * b + 0.005 * c + 0.01 * s
@@ -275,7 +276,8 @@ def test_no_spread_is_not_evidence_and_only_the_exact_sign_flip_decides():
         one_factor({0: (0.5, 0.75), 1: (0.6, 0.85005)}), ["a", "b"], BASE, LEVELS, resolution=1e-4
     ).iloc[0]
     assert half["no_spread"] and half["p_value"] == pytest.approx(0.5)
-    # six seeds all +0.01: the exact sign-flip p is 2 / 2**6 = 0.03125, significant; five: 0.0625, not
+    # six seeds all +0.01: the exact sign-flip p is 2 / 2**6 = 0.03125, significant; five:
+    # 0.0625, not
     six = stats.effects(
         one_factor({s: (0.9, 0.91) for s in range(6)}), ["a", "b"], BASE, LEVELS, resolution=1e-4
     )
@@ -291,11 +293,13 @@ def test_no_spread_is_not_evidence_and_only_the_exact_sign_flip_decides():
 
 
 def test_the_alias_sign_of_a_half_fraction_is_minus_for_odd_k_and_plus_for_even_k():
-    # +-1 codes; the half keeps an even number of factors away from baseline, so x_a x_b ... = (-1)^k
+    # +-1 codes; the half keeps an even number of factors away from baseline, so
+    # x_a x_b ... = (-1)^k
     for k, sign in ((3, "-"), (4, "+")):
         names = "abcd"[:k]
         half = [p for p in itertools.product([0, 1], repeat=k) if sum(p) % 2 == 0]
-        code = lambda p: np.prod([2 * v - 1 for v in p[1:]])  # noqa: E731  b x c (x d): 0.01 in level units
+        # b x c (x d): 0.01 in level units
+        code = lambda p: np.prod([2 * v - 1 for v in p[1:]])  # noqa: E731
         fin = frame(
             {(*p, s): 0.9 + 0.005 * code(p) + 0.01 * s for p in half for s in range(3)},
             factors=tuple(names),
@@ -318,7 +322,7 @@ def test_effects_and_interactions_are_one_holm_family():
     p = [*out.effects["p_value"], *out.interactions["p_value"]]
     assert out.family == 3
     assert [*out.effects["p_holm"], *out.interactions["p_holm"]] == pytest.approx(
-        stats.holm(p).tolist()
+        inference.holm(p).tolist()
     )
 
 
@@ -326,14 +330,15 @@ def test_mde_agrees_with_statsmodels_and_seeds_needed_by_hand():
     from statsmodels.stats.power import TTestPower
 
     for n in (2, 3, 5, 10):  # standardised: the detectable difference in units of the spread
-        assert stats.mde(1.0, n) == pytest.approx(
+        assert inference.mde(1.0, n) == pytest.approx(
             TTestPower().solve_power(nobs=n, alpha=0.05, power=0.8), rel=1e-4
         )
-    assert stats.mde(0.01, 5) == pytest.approx(0.01 * stats.mde(1.0, 5))
-    # s = 0.01, half-width 0.005: n = 18 gives t(0.975, 17) * 0.01 / sqrt(18) = 2.1098 * 0.002357 = 0.004973
-    assert stats.seeds_needed(0.01, 0.005) == 18
+    assert inference.mde(0.01, 5) == pytest.approx(0.01 * inference.mde(1.0, 5))
+    # s = 0.01, half-width 0.005: n = 18 gives t(0.975, 17) * 0.01 / sqrt(18)
+    # = 2.1098 * 0.002357 = 0.004973
+    assert inference.seeds_needed(0.01, 0.005) == 18
     assert st.t.ppf(0.975, 16) * 0.01 / np.sqrt(17) > 0.005
-    assert np.isnan(stats.mde(0.0, 5)) and np.isnan(stats.mde(0.01, 1))
+    assert np.isnan(inference.mde(0.0, 5)) and np.isnan(inference.mde(0.01, 1))
 
 
 def test_equivalence_is_two_one_sided_t_tests_as_statsmodels_computes_them():
@@ -341,7 +346,7 @@ def test_equivalence_is_two_one_sided_t_tests_as_statsmodels_computes_them():
 
     d = np.array([0.001, -0.002, 0.0005, 0.0015, -0.001])
     ref = ttost_paired(d, np.zeros(5), -0.005, 0.005)[0]
-    assert stats.tost(d, 0.005) == pytest.approx(ref)
+    assert inference.tost(d, 0.005) == pytest.approx(ref)
     fin = one_factor({s: (0.9, 0.9 + x) for s, x in enumerate(d)})
     row = stats.effects(fin, ["a", "b"], BASE, LEVELS, margin=0.005).iloc[0]
     assert (
