@@ -1,4 +1,4 @@
-"""Groups as Ray tasks over a cluster; rows come back to the driver, which stays the store's only writer."""
+"""Groups as Ray tasks over a cluster; rows come back to the driver, the store's only writer."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ import torch
 
 from . import data as datasets
 from . import engine
+from .local import Outcome
 from .study import AblateError, Cell, Study
 
 INSTALL = 'pip install "ablate[ray]"'
 RETRIES = 3  # a group whose worker dies runs again up to 3 times, then is recorded as failed
 POLL = 0.5  # seconds between looks at the epoch events while groups train
 
-_DATA: dict[
-    str, datasets.Data
-] = {}  # in a worker process: the dataset on its device, kept across groups
+# in a worker process: the dataset on its device, kept across groups
+_DATA: dict[str, datasets.Data] = {}
 
 
 def _ray():
@@ -49,7 +49,9 @@ def _worker(data_box: list, deterministic: bool) -> tuple[datasets.Data, torch.d
 
 def _train_group(
     group: list[Cell], model, source: str, data_box: list, deterministic: bool, events
-):
+) -> list[list[dict]] | None:
+    """The group's rows, or None where it ran out of memory: returned, not raised, so that the
+    driver splits the group."""
     device = None
     try:
         data, device = _worker(data_box, deterministic)
@@ -59,12 +61,10 @@ def _train_group(
             else None
         )
         return engine.train(group, data, model, device, on_epoch, source)
-    except torch.OutOfMemoryError as e:  # returned, not raised: the driver splits the group
-        return torch.OutOfMemoryError(str(e))
+    except torch.OutOfMemoryError:
+        return None
     finally:
-        if (
-            device is not None and device.type == "cuda"
-        ):  # the process may stay; others share the GPU
+        if device is not None and device.type == "cuda":  # the process stays; others share the GPU
             torch.cuda.empty_cache()
 
 
@@ -79,7 +79,7 @@ class Pool:
     def __init__(
         self,
         study: Study,
-        device: str,
+        device: torch.device | None,
         deterministic: bool,
         data_dir,
         progress,
@@ -88,17 +88,13 @@ class Pool:
     ):
         ray = self.ray = _ray()
         self.study, self.progress, self.deterministic = study, progress, deterministic
-        data = datasets.load(
-            study.dataset, "cpu", data_dir
-        )  # a missing dataset fails before Ray starts
+        data = datasets.load(study.dataset, data_dir=data_dir)  # a missing one fails before Ray
         self.shape, self.classes = data.shape, data.classes
         self._connect(address)
         try:
             self._plan(device, address, groups_per_gpu)
             if module := sys.modules.get(f"ablate_study_{Path(study.source).stem}"):
-                from ray import (
-                    cloudpickle,
-                )  # workers cannot import a study file by name: ship its code
+                from ray import cloudpickle  # workers cannot import a study file by name: ship it
 
                 cloudpickle.register_pickle_by_value(module)
             self.data_box = [ray.put(data)]  # in a list, so tasks get the reference and fetch once
@@ -113,8 +109,8 @@ class Pool:
         self.cells: dict[str, Cell] = {}
 
     def _connect(self, address: str | None) -> None:
-        # "local" starts a fresh instance even when one from `ray start` is running; shutdown() stops
-        # it again, or only disconnects from a cluster given by --address
+        # "local" starts a fresh instance even when one from `ray start` is running; shutdown()
+        # stops it again, or only disconnects from a cluster given by --address
         try:
             self.ray.init(
                 address=address or "local",
@@ -129,18 +125,19 @@ class Pool:
                 f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             ) from None
 
-    def _plan(self, device: str, address: str | None, groups_per_gpu: int) -> None:
+    def _plan(self, device: torch.device | None, address: str | None, groups_per_gpu: int) -> None:
+        """Where groups run: GPUs unless the device is cpu (Ray, not the index, picks the GPU)."""
         res = self.ray.cluster_resources()
-        cpus, gpus = int(res.get("CPU", 0)), int(res.get("GPU", 0))
-        where = f"Ray cluster at {address}" if address else "local Ray instance"
-        if device.startswith("cuda") and not gpus:
-            raise AblateError(f"--device {device}: the {where} has no GPU")
-        use_gpu = gpus > 0 and device != "cpu"
+        self.cpus, self.gpus = int(res.get("CPU", 0)), int(res.get("GPU", 0))
+        self.where = f"Ray cluster at {address}" if address else "local Ray instance"
+        if device is not None and device.type == "cuda" and not self.gpus:
+            raise AblateError(f"--device {device}: the {self.where} has no GPU")
+        use_gpu = self.use_gpu = self.gpus > 0 and (device is None or device.type == "cuda")
         self.per_gpu = groups_per_gpu if use_gpu else 1
         self.options = dict(
             num_cpus=1, num_gpus=1 / groups_per_gpu if use_gpu else 0, max_retries=RETRIES
         )
-        self.slots = max(1, min(cpus, gpus * groups_per_gpu) if use_gpu else cpus)
+        self.slots = max(1, min(self.cpus, self.gpus * groups_per_gpu) if use_gpu else self.cpus)
         # A worker process keeps its data across groups (max_calls=0), but CUDA binds a process to
         # the GPU it first used, while Ray may give a reused worker another GPU of the same node.
         # So workers are reused where no node has two GPUs; elsewhere each group gets a fresh one.
@@ -148,9 +145,13 @@ class Pool:
             (n["Resources"].get("GPU", 0) for n in self.ray.nodes() if n["Alive"]), default=0
         )
         self.reuse = not use_gpu or per_node <= 1
-        per = f"{groups_per_gpu} groups per GPU" if use_gpu else "1 CPU per group"
-        self.device = f"ray, {where}: {cpus} CPUs, {gpus} GPUs, {per}"
-        self.memory = "GPU" if use_gpu else "worker"
+
+    def label(self) -> str:
+        per = f"{self.per_gpu} groups per GPU" if self.use_gpu else "1 CPU per group"
+        return f"ray, {self.where}: {self.cpus} CPUs, {self.gpus} GPUs, {per}"
+
+    def memory(self) -> str:
+        return "GPU" if self.use_gpu else "worker"
 
     def auto_group(self, todo: list[Cell]) -> int:
         """What one worker's device holds (asked of a worker: the driver may have no GPU), shared by
@@ -181,38 +182,36 @@ class Pool:
     def __len__(self) -> int:
         return len(self.pending)
 
-    def next(self) -> tuple[list[Cell], list[list[dict]] | Exception]:
-        """Wait for any group: its rows, an OutOfMemoryError, or GroupFailed once Ray gave up."""
+    def next(self) -> Outcome:
+        """Wait for any group to end: trained, out of memory, or failed once Ray gave up."""
         while True:
             ready, _ = self.ray.wait(list(self.pending), num_returns=1, timeout=POLL)
             self._show_events()
             if ready:
                 return self._outcome(ready[0])
 
-    def drain(self) -> list[tuple[list[Cell], list[list[dict]]]]:
-        """The groups finished but not yet collected (on Ctrl-C), so that none is lost."""
+    def drain(self) -> list[Outcome]:
+        """The groups trained but not yet collected (on Ctrl-C), so that none is lost."""
         ready, _ = self.ray.wait(list(self.pending), num_returns=len(self.pending), timeout=0)
-        return [(g, out) for g, out in map(self._outcome, ready) if isinstance(out, list)]
+        return [out for out in map(self._outcome, ready) if out.rows is not None]
 
-    def _outcome(self, ref) -> tuple[list[Cell], list[list[dict]] | Exception]:
-        ray = self.ray
+    def _outcome(self, ref) -> Outcome:
+        """How a finished task's group ended; a user error raised in the worker is raised here."""
+        ray, rows, error, out_of_memory = self.ray, None, None, False
         try:
-            out = ray.get(ref)
+            rows = ray.get(ref)
+            out_of_memory = rows is None  # _train_group's answer to torch.OutOfMemoryError
         except ray.exceptions.RayTaskError as e:  # the group's own exception, raised in the worker
             if isinstance(e.cause, AblateError):
                 self.pending.pop(ref)
                 raise e.cause from None
-            oom = isinstance(e.cause, torch.OutOfMemoryError)
-            out = (torch.OutOfMemoryError if oom else engine.GroupFailed)(
-                f"{type(e.cause).__name__}: {e.cause}"
-            )
-        except ray.exceptions.OutOfMemoryError as e:  # Ray's memory monitor killed the worker
-            out = torch.OutOfMemoryError(str(e).strip().splitlines()[0])
+            out_of_memory = isinstance(e.cause, torch.OutOfMemoryError)
+            error = None if out_of_memory else f"{type(e.cause).__name__}: {e.cause}"
+        except ray.exceptions.OutOfMemoryError:  # Ray's memory monitor killed the worker
+            out_of_memory = True
         except ray.exceptions.RayError as e:  # its worker died RETRIES + 1 times, or its node did
-            out = engine.GroupFailed(
-                f"{type(e).__name__} after {RETRIES} retries: {str(e).strip().splitlines()[0]}"
-            )
-        return self.pending.pop(ref), out
+            error = f"{type(e).__name__} after {RETRIES} retries: {str(e).strip().splitlines()[0]}"
+        return Outcome(self.pending.pop(ref), rows, error, out_of_memory)
 
     def _show_events(self) -> None:
         n = self.events.qsize()

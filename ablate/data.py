@@ -28,9 +28,7 @@ FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
-DEBIAN = {
-    "fashion_mnist": Path("/usr/share/datasets/fashion-mnist")
-}  # package dataset-fashion-mnist
+DEBIAN = {"fashion_mnist": Path("/usr/share/datasets/fashion-mnist")}  # dataset-fashion-mnist
 
 
 @dataclass
@@ -91,7 +89,7 @@ def _find(folder: str, roots: list[Path]) -> list[Path] | None:
 
 
 def locate(name: str, data_dir: str | Path | None = None) -> list[Path]:
-    """The four files of `name`: data_dir or $ABLATE_DATA_DIR, the cache, Debian's copy, a download."""
+    """The four files of `name`: data_dir or $ABLATE_DATA_DIR, the cache, Debian's, a download."""
     folder, tv_class = SOURCES[name]
     given = data_dir or os.environ.get("ABLATE_DATA_DIR")
     roots = [Path(given)] if given else []
@@ -106,7 +104,8 @@ def locate(name: str, data_dir: str | Path | None = None) -> list[Path]:
     except Exception as e:  # no network, a proxy page, a full disk: all end the same way
         where = ", ".join(str(r) for r in roots)
         raise DataError(
-            f"dataset {name}: files not found in {where} and the download failed ({type(e).__name__}); "
+            f"dataset {name}: files not found in {where} and the download failed "
+            f"({type(e).__name__}); "
             f"put {folder}/raw/{FILES[0]}.gz and the other three files under a folder "
             f"and pass --data-dir or set ABLATE_DATA_DIR"
         ) from None
@@ -208,13 +207,12 @@ def _xor() -> Data:
     return _data("xor", x, y, x.clone(), y.clone(), "generated")
 
 
-DIGITS_TRAIN = (
-    898  # the first half trains, the second tests: scikit-learn's digits example splits so
-)
+# the first half trains, the second tests: scikit-learn's digits example splits so
+DIGITS_TRAIN = 898
 
 
 def _digits() -> Data:
-    """scikit-learn's shipped 8x8 digits (1,797 images, values 0..16, no download), scaled to 0..255."""
+    """scikit-learn's shipped 8x8 digits (1,797 images of 0..16, no download), scaled to 0..255."""
     try:
         from sklearn.datasets import load_digits
     except ImportError:
@@ -239,18 +237,19 @@ def _load_cpu(name: str, data_dir: str | None) -> Data:
     return _idx_set(name, data_dir)
 
 
-def load(name: str, device: str | torch.device = "cpu", data_dir: str | Path | None = None) -> Data:
-    """Load once per process and device: files are read once, tensors copied once per device."""
-    return _load(name, str(torch.device(device)), str(data_dir) if data_dir else None)
+def load(name: str, device: torch.device | str = "cpu", data_dir: str | Path | None = None) -> Data:
+    """Load once per process and device: files are read once, tensors copied once per device
+    (a torch.device, or its name: "cpu", "cuda:0")."""
+    return _load(name, torch.device(device), str(data_dir) if data_dir else None)
 
 
 @functools.lru_cache(maxsize=4)
-def _load(name: str, device: str, data_dir: str | None) -> Data:
+def _load(name: str, device: torch.device, data_dir: str | None) -> Data:
     return to_device(_load_cpu(name, data_dir), device)
 
 
-def to_device(d: Data, device: str | torch.device) -> Data:
-    if torch.device(device).type == "cpu" and d.train_x.device.type == "cpu":
+def to_device(d: Data, device: torch.device) -> Data:
+    if device.type == "cpu" and d.train_x.device.type == "cpu":
         return d
     move = lambda t: t.to(device)  # noqa: E731
     return Data(
@@ -276,5 +275,5 @@ def to_float(data: Data, x: torch.Tensor, normalize: bool) -> torch.Tensor:
 
 
 def hflip(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
-    """Mirror along the width the images whose `flip` entry is True (flip: bool, x's leading dims)."""
+    """Mirror along the width the images whose `flip` is True (flip: bool, x's leading dims)."""
     return torch.where(flip.view(*flip.shape, *([1] * (x.ndim - flip.ndim))), x.flip(-1), x)

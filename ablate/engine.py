@@ -18,9 +18,10 @@ from .data import Data
 from .study import AblateError, Cell, StudyError
 
 
-def parse_device(name: str) -> torch.device | None:
-    """ "auto" (None), "cpu", "cuda" or "cuda:N"; anything else is a user error."""
-    if name == "auto":
+def parse_device(name: str | torch.device | None) -> torch.device | None:
+    """ "auto" or None (None), "cpu", "cuda" or "cuda:N" (a torch.device); anything else is a
+    user error."""
+    if name is None or name == "auto":
         return None
     try:
         device = torch.device(name)
@@ -33,9 +34,9 @@ def parse_device(name: str) -> torch.device | None:
     return device
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """The device named, or for "auto" the GPU where there is one; a GPU this machine lacks is a
-    user error."""
+def pick_device(name: str | torch.device | None = "auto") -> torch.device:
+    """The device named, or for "auto" (None) the GPU where there is one; a GPU this machine lacks
+    is a user error."""
     if (device := parse_device(name)) is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
@@ -107,10 +108,6 @@ def own_model_problem(model, cell: Cell, shape: tuple, classes: int) -> str | No
     if key not in _PROBLEMS:
         _PROBLEMS[key] = fused.vmap_problem(model, cell, shape, classes)
     return _PROBLEMS[key]
-
-
-class GroupFailed(Exception):
-    """A group failed for a reason of its own (not out of memory): it is recorded, never retried."""
 
 
 def is_oom(exc: BaseException) -> bool:

@@ -134,19 +134,24 @@ def cell_losses(logits: torch.Tensor, y: torch.Tensor, name: str, reduction: str
     return per_sample.mean(1) if reduction == "mean" else per_sample.sum(1)
 
 
+def normalization(cfgs: list[dict], device) -> bool | torch.Tensor:
+    """Which cells standardise their inputs: one bool when all cells agree, else a [G, 1, 1, 1, 1]
+    mask, made once per group (not per step: a host-to-device copy each step would stall a GPU)."""
+    norm = [c["normalize"] for c in cfgs]
+    if all(norm) or not any(norm):
+        return norm[0]
+    return torch.tensor(norm, device=device).view(-1, 1, 1, 1, 1)
+
+
 def prepare(
-    data: Data, raw: torch.Tensor, norm: list[bool], flips: torch.Tensor | None
+    data: Data, raw: torch.Tensor, norm: bool | torch.Tensor, flips: torch.Tensor | None
 ) -> torch.Tensor:
     """uint8 [G, B, C, H, W] (or [B, ...] shared by all cells) -> float [G or 1, B, C, H, W]; each
-    cell normalised or not, mirrored where `flips` [G, B] says. Skips the work no cell asks for."""
-    if all(norm) or not any(norm):
-        x = to_float(data, raw, norm[0])
+    cell normalised where `norm` (from normalization) says, mirrored where `flips` [G, B] says."""
+    if isinstance(norm, bool):
+        x = to_float(data, raw, norm)
     else:
-        x = torch.where(
-            torch.tensor(norm, device=raw.device).view(-1, 1, 1, 1, 1),
-            to_float(data, raw, True),
-            to_float(data, raw, False),
-        )
+        x = torch.where(norm, to_float(data, raw, True), to_float(data, raw, False))
     if flips is not None:
         x = hflip(x, flips)
     return x if x.dim() == 5 else x[None]
@@ -155,8 +160,8 @@ def prepare(
 @torch.no_grad()
 def evaluate(group: Group, data: Data, cfgs: list[dict]) -> tuple[list[float], list[float]]:
     """Each cell's mean test loss and accuracy (a fraction); normalisation may differ per cell."""
-    norm, cfg, dtype = [c["normalize"] for c in cfgs], cfgs[0], DTYPES[cfgs[0]["precision"]]
-    device = data.test_x.device
+    cfg, dtype, device = cfgs[0], DTYPES[cfgs[0]["precision"]], data.test_x.device
+    norm = normalization(cfgs, device)
     loss = torch.zeros(len(cfgs), device=device, dtype=dtype)
     correct = torch.zeros(len(cfgs), device=device, dtype=torch.int64)
     for i in range(0, len(data.test_x), EVAL_BATCH):
@@ -192,7 +197,7 @@ def _epochs(group, cells, cfgs, data, device, on_epoch, trace) -> list[list[dict
     n = min(cfg["train_subset"] or len(data.train_x), len(data.train_x))
     size = cfg["batch_size"]
     end = epoch_end(n, size, group.batchnorm)
-    norm = [c["normalize"] for c in cfgs]
+    norm = normalization(cfgs, device)
     flip_on = torch.tensor([c["hflip"] for c in cfgs], device=device)[:, None]
     any_flip = any(c["hflip"] for c in cfgs)
     rows: list[list[dict]] = [[] for _ in cells]

@@ -1,4 +1,4 @@
-"""Expand a study, skip finished cells, form groups, train them, and store each group as it finishes."""
+"""Expand a study, skip finished cells, form groups, train them, store each group as it ends."""
 
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import pyarrow.parquet as pq
 import torch
 
 from . import __version__, engine, fused, models
-from . import data as datasets
+from .local import Local, Outcome, device_name  # noqa: F401 (benchmarks import device_name here)
 from .store import ROW_COLUMNS, Store, StoreError, check_folder, parquet_files, read_manifest
 from .study import AblateError, Cell, Study, StudyError, design_ids, model_name
 from .study import cells as expand
@@ -62,7 +63,7 @@ def stop_on_signals():
 class Progress:
     """What the runner tells its caller; the CLI draws it with Rich. Every method is optional."""
 
-    def start(self, total: int, todo: int, device: str) -> None: ...
+    def start(self, total: int, todo: int, machine: str) -> None: ...
     def cell_start(self, cell: Cell) -> None: ...
     def epoch(self, cell: Cell, epoch: int, train_loss: float) -> None: ...
     def cell_done(self, cell: Cell, rows: list[dict]) -> None: ...
@@ -75,11 +76,39 @@ class Summary:
     skipped: int
     trained: int = 0
     diverged: list[str] = field(default_factory=list)
-    failed: list[str] = field(
-        default_factory=list
-    )  # cell ids whose group failed; a rerun tries them
+    # cell ids whose group failed; a rerun tries them
+    failed: list[str] = field(default_factory=list)
     seconds: float = 0.0
-    path: Path | None = None
+
+
+class Executor(Protocol):
+    """Where groups train: Local (this process) or cluster.Pool (Ray tasks). run() submits the
+    groups and takes back each one's Outcome while the executor has any."""
+
+    shape: tuple[int, ...]  # the dataset's image shape and class count, for check_models
+    classes: int
+
+    def label(self) -> str:
+        """The machine in words, for the manifest and the progress line."""
+        ...
+
+    def memory(self) -> str:
+        """The memory a group runs out of, in words: cpu, cuda:0, GPU, worker."""
+        ...
+
+    def auto_group(self, todo: list[Cell]) -> int: ...
+    def submit(self, group: list[Cell]) -> None: ...
+    def __len__(self) -> int: ...
+
+    def next(self) -> Outcome:
+        """Wait for a group to end (train it, for Local)."""
+        ...
+
+    def drain(self) -> list[Outcome]:
+        """The groups trained but not yet collected (on Ctrl-C), so that none is lost."""
+        ...
+
+    def close(self) -> None: ...
 
 
 def results_dir(study: Study, out: str | Path) -> Path:
@@ -120,7 +149,7 @@ def file_name(group: list[Cell]) -> str:
 
 
 def rows_for(study: Study, cell: Cell, epochs: list[dict]) -> list[dict]:
-    """The tidy schema: study, cell, seed, one column per factor, the epoch's metrics, config JSON."""
+    """The tidy schema: study, cell, seed, a column per factor, the epoch's metrics, config JSON."""
     config = json.dumps(cell.config, sort_keys=True, default=list)
     levels = {k: list(v) if isinstance(v, tuple) else v for k, v in cell.levels.items()}
     return [
@@ -136,15 +165,16 @@ def rows_for(study: Study, cell: Cell, epochs: list[dict]) -> list[dict]:
     ]
 
 
-def manifest(study: Study, old: dict, device: str | None, deterministic: bool = False) -> dict:
-    """The study as run (design, claims, source text) and every run's details; no `device`: no new run."""
+def manifest(study: Study, old: dict, machine: str | None, deterministic: bool = False) -> dict:
+    """The study as run (design, claims, source text) and every run's details, this one on
+    `machine` (the executor's label); without it, no new run."""
     text = Path(study.source).read_text() if Path(study.source).is_file() else ""
     run = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "ablate": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "device": device,
+        "device": machine,
         "host": socket.gethostname(),
         "user": getpass.getuser(),
         "deterministic": deterministic,
@@ -166,7 +196,7 @@ def manifest(study: Study, old: dict, device: str | None, deterministic: bool = 
             "sha256": hashlib.sha256(text.encode()).hexdigest(),
         },
         "claims": [vars(c) for c in study.claims],
-        "runs": old.get("runs", []) + ([run] if device else []),
+        "runs": old.get("runs", []) + ([run] if machine else []),
     }
     return json.loads(
         json.dumps(out, sort_keys=True, default=str)
@@ -178,9 +208,8 @@ def check_owner(study: Study, path: Path, cells: list[Cell]) -> None:
     manifest (its source, claims, even dataset): refuse, unless both describe the same cells."""
     old = read_manifest(path)
     source = old.get("source") or {}
-    theirs = source.get("abspath") or source.get(
-        "path"
-    )  # manifests before 0.1.1: the path as typed
+    # manifests before 0.1.1 hold only the path as typed
+    theirs = source.get("abspath") or source.get("path")
     if not theirs or _where(theirs) == _where(study.source):
         return
     seeds = sorted({c.seed for c in cells})
@@ -200,8 +229,11 @@ def refresh(study: Study, path: Path) -> None:
     """Nothing to train, but the study file changed (a claim, its text): record it, so the report
     shows the claims as they stand now. Skipped while another run holds the folder."""
     old = read_manifest(path)
-    same = lambda m: {**m, "runs": None, "source": (m.get("source") or {}).get("sha256")}  # noqa: E731
-    if same(manifest(study, old, None)) == same(old):  # the path it was run by does not count
+
+    def same(m: dict) -> dict:  # the path it was run by does not count, nor the runs
+        return {**m, "runs": None, "source": (m.get("source") or {}).get("sha256")}
+
+    if same(manifest(study, old, None)) == same(old):
         return
     store = Store(path)
     try:
@@ -242,59 +274,10 @@ def check_models(
             ) from None
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda: {torch.cuda.get_device_name(device)}"
-    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-
-
-class Local:
-    """Trains queued groups one after another in this process, on one device."""
-
-    def __init__(
-        self, study: Study, device: str, deterministic: bool, data_dir, progress: Progress
-    ):
-        self.study, self.progress, self.queue = study, progress, []
-        self.dev = engine.pick_device(device)
-        engine.configure(deterministic)
-        self.data = datasets.load(study.dataset, self.dev, data_dir)
-        self.shape, self.classes = self.data.shape, self.data.classes
-        self.device, self.memory = device_name(self.dev), str(self.dev)
-
-    def auto_group(self, todo: list[Cell]) -> int:
-        return engine.auto_group(todo, self.data, self.dev, self.study.model)
-
-    def submit(self, group: list[Cell]) -> None:
-        self.queue.append(group)
-
-    def __len__(self) -> int:
-        return len(self.queue)
-
-    def next(self) -> tuple[list[Cell], list[list[dict]] | Exception]:
-        """Train the next group: its rows, or the OutOfMemoryError that stopped it."""
-        group = self.queue.pop()  # last in, first out: the halves of a split group go next
-        for cell in group:
-            self.progress.cell_start(cell)
-        try:
-            return group, engine.train(
-                group, self.data, self.study.model, self.dev, self.progress.epoch, self.study.source
-            )
-        except torch.OutOfMemoryError as e:
-            if self.dev.type == "cuda":
-                torch.cuda.empty_cache()
-            return group, e
-
-    def drain(self) -> list:
-        return []  # a group trains inside next(): none is ever finished and uncollected
-
-    def close(self) -> None:
-        pass
-
-
 def run(
     study: Study,
     out: str | Path = "results",
-    device: str = "auto",
+    device: str | torch.device | None = "auto",
     max_group: int | None = None,
     deterministic: bool = False,
     data_dir: str | None = None,
@@ -304,57 +287,42 @@ def run(
     groups_per_gpu: int = 1,
 ) -> Summary:
     """Train every cell of `study` not yet in `out/<name>/`, in this process or (executor "ray") as
-    Ray tasks. Raises Stopped on Ctrl-C; the store is written here only, whatever the executor."""
+    Ray tasks. `device`: "auto", "cpu", "cuda", "cuda:N" or a torch.device. Raises Stopped on
+    Ctrl-C; the store is written here only, whatever the executor."""
     if executor not in ("local", "ray"):
         raise AblateError(f"--executor {executor}: expected local or ray")
     if groups_per_gpu < 1:
         raise AblateError(f"--groups-per-gpu {groups_per_gpu}: expected 1 or more")
-    engine.parse_device(
-        device
-    )  # the name; whether this machine (or the Ray cluster) has it is checked later
+    # the name, once; whether this machine (or the Ray cluster) has it is checked by the executor
+    device = engine.parse_device(device) if isinstance(device, str) else device
     progress = progress or Progress()
     path, started = results_dir(study, out), time.perf_counter()
     cells = expand(study)
     check_owner(study, path, cells)
     if not (todo := [c for c in cells if c.id not in finished(path)]):
         refresh(study, path)
-        return Summary(len(cells), len(cells), path=path)
-    if executor == "ray":
-        from . import cluster
-
-        pool = cluster.Pool(
-            study, device, deterministic, data_dir, progress, address, groups_per_gpu
-        )
-    else:  # either fails before anything is written (a missing dataset, no GPU, no Ray)
-        pool = Local(study, device, deterministic, data_dir, progress)
-    try:
-        check_models(study, todo, pool.shape, pool.classes, own=executor == "local")
-    except BaseException:
-        pool.close()
-        raise
+        return Summary(len(cells), len(cells))
+    pool = _start(
+        study, todo, executor, device, deterministic, data_dir, progress, address, groups_per_gpu
+    )
     store = Store(path, warn=progress.warn)
     with stop_on_signals() as got:  # after ray.init: its C++ handler would dump and exit 1
         try:
-            store.open()
-            done = store.done()
-            todo = [c for c in cells if c.id not in done]
-            store.write_manifest(manifest(study, store.manifest(), pool.device, deterministic))
-            store.fill_columns(list(study.factors))
-            summary = Summary(len(cells), len(cells) - len(todo), path=path)
+            machine = pool.label()
+            todo = _open(store, study, cells, machine, deterministic)
+            summary = Summary(len(cells), len(cells) - len(todo))
             max_group = max_group or pool.auto_group(todo)
-            progress.start(len(cells), len(todo), f"{pool.device}, groups of up to {max_group}")
+            progress.start(len(cells), len(todo), f"{machine}, groups of up to {max_group}")
             for group in reversed(groups(todo, max_group)):
                 pool.submit(group)
             try:
                 while pool:
-                    group, outcome = pool.next()
-                    _finish(study, store, summary, progress, pool, group, outcome)
+                    _finish(study, store, summary, progress, pool, pool.next())
             except KeyboardInterrupt:
-                for group, outcome in pool.drain():
-                    _finish(study, store, summary, progress, pool, group, outcome)
-                stored = len(
-                    finished(path) & {c.id for c in cells}
-                )  # the signal may land mid-_finish
+                for outcome in pool.drain():
+                    _finish(study, store, summary, progress, pool, outcome)
+                # counted from the files: the signal may land mid-_finish
+                stored = len(finished(path) & {c.id for c in cells})
                 raise Stopped(stored, len(cells), got[0] if got else signal.SIGINT) from None
             summary.seconds = time.perf_counter() - started
             return summary
@@ -365,34 +333,64 @@ def run(
                 store.close()
 
 
-def _finish(study, store, summary, progress, pool, group, outcome) -> None:
-    """Store a trained group; split one that ran out of memory; record one that failed."""
-    if (
-        isinstance(outcome, torch.OutOfMemoryError) and len(group) == 1
-    ):  # cells of other shapes may fit
-        outcome = engine.GroupFailed(
-            f"cell {group[0].id} alone does not fit in {pool.memory} memory"
+def _start(
+    study, todo, executor, device, deterministic, data_dir, progress, address, groups_per_gpu
+) -> Executor:
+    """The executor, with each shape's model checked on it; either fails before anything is
+    written (a missing dataset, no GPU, no Ray, a model that does not fit the data)."""
+    if executor == "ray":
+        from . import cluster
+
+        pool = cluster.Pool(
+            study, device, deterministic, data_dir, progress, address, groups_per_gpu
         )
-    if isinstance(outcome, torch.OutOfMemoryError):
+    else:
+        pool = Local(study, device, deterministic, data_dir, progress)
+    try:
+        check_models(study, todo, pool.shape, pool.classes, own=executor == "local")
+    except BaseException:
+        pool.close()
+        raise
+    return pool
+
+
+def _open(
+    store: Store, study: Study, cells: list[Cell], machine: str, deterministic: bool
+) -> list[Cell]:
+    """Lock the folder and record this run in its manifest; the cells still to train, as another
+    run may have stored some since `finished` looked."""
+    store.open()
+    done = store.done()
+    store.write_manifest(manifest(study, store.manifest(), machine, deterministic))
+    store.fill_columns(list(study.factors))
+    return [c for c in cells if c.id not in done]
+
+
+def _finish(study, store, summary, progress, pool: Executor, outcome: Outcome) -> None:
+    """Store a trained group; split one that ran out of memory; record one that failed."""
+    group, error = outcome.group, outcome.error
+    if outcome.out_of_memory and len(group) == 1:  # cells of other shapes may fit
+        error = f"cell {group[0].id} alone does not fit in {pool.memory()} memory"
+    elif outcome.out_of_memory:
         half = len(group) // 2
         progress.warn(
-            f"a group of {len(group)} cells ran out of {pool.memory} memory; "
+            f"a group of {len(group)} cells ran out of {pool.memory()} memory; "
             f"retrying as {half} + {len(group) - half}"
         )
         pool.submit(group[half:])
         pool.submit(group[:half])
         return
-    if isinstance(outcome, engine.GroupFailed):
+    if error is not None:
         summary.failed += [c.id for c in group]
-        progress.warn(f"a group of {len(group)} cells failed and stays untrained: {outcome}")
+        progress.warn(f"a group of {len(group)} cells failed and stays untrained: {error}")
         return
     # one file per group: a group is stored whole or not at all, so a rerun after a
     # crash forms the same groups and repeats the same numbers bitwise
     store.write(
-        [r for c, e in zip(group, outcome, strict=True) for r in rows_for(study, c, e)],
+        [r for c, e in zip(group, outcome.rows, strict=True) for r in rows_for(study, c, e)],
         file_name(group),
     )
-    for cell, epochs in zip(group, outcome, strict=True):
+    for cell, epochs in zip(group, outcome.rows, strict=True):
         summary.trained += 1
         if epochs[-1]["status"] == "diverged":
             summary.diverged.append(cell.id)

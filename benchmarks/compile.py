@@ -46,7 +46,7 @@ def group(name: str, g: int, device, data):
 
 def train(loss_fn, s, opt, cs, data, steps: int, device) -> tuple[list[float], float, float]:
     """Per-step summed losses, seconds of the first WARMUP steps, seconds per step after them."""
-    bs, norm = cs[0].config["batch_size"], [False] * len(cs)
+    bs, norm = cs[0].config["batch_size"], False
     seeds = torch.tensor([[c.seed] for c in cs], device=device)
     order = rng.permutation(rng.key(seeds, rng.ORDER, 1), len(data.train_x), device)
     losses, start, warm = [], time.perf_counter(), 0.0

@@ -1,0 +1,93 @@
+"""Groups trained one after another in this process, and the Outcome every executor returns."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from . import data as datasets
+from . import engine
+from .study import Cell, Study
+
+if TYPE_CHECKING:
+    from .runner import Progress
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a group ended: trained (`rows`, one list of epochs per cell), out of memory (split it
+    and retry the halves), or failed (`error` says why; recorded, never retried)."""
+
+    group: list[Cell]
+    rows: list[list[dict]] | None = None
+    error: str | None = None
+    out_of_memory: bool = False
+
+
+def device_name(device: torch.device) -> str:
+    """The device in words, as a run's manifest records it and its progress line shows it."""
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+class Local:
+    """Trains queued groups one after another in this process, on one device."""
+
+    def __init__(
+        self,
+        study: Study,
+        device: torch.device | None,
+        deterministic: bool,
+        data_dir,
+        progress: Progress,
+    ):
+        self.study, self.progress, self.queue = study, progress, []
+        self.device = engine.pick_device(device)  # None is "auto": the GPU where there is one
+        engine.configure(deterministic)
+        self.data = datasets.load(study.dataset, self.device, data_dir)
+        self.shape, self.classes = self.data.shape, self.data.classes
+
+    def label(self) -> str:
+        return device_name(self.device)
+
+    def memory(self) -> str:
+        return str(self.device)
+
+    def auto_group(self, todo: list[Cell]) -> int:
+        return engine.auto_group(todo, self.data, self.device, self.study.model)
+
+    def submit(self, group: list[Cell]) -> None:
+        self.queue.append(group)
+
+    def __len__(self) -> int:
+        return len(self.queue)
+
+    def next(self) -> Outcome:
+        """Train the next group: its rows, or out of memory."""
+        group = self.queue.pop()  # last in, first out: the halves of a split group go next
+        for cell in group:
+            self.progress.cell_start(cell)
+        try:
+            rows = engine.train(
+                group,
+                self.data,
+                self.study.model,
+                self.device,
+                self.progress.epoch,
+                self.study.source,
+            )
+        except torch.OutOfMemoryError:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            return Outcome(group, out_of_memory=True)
+        return Outcome(group, rows)
+
+    def drain(self) -> list[Outcome]:
+        return []  # a group trains inside next(): none is ever finished and uncollected
+
+    def close(self) -> None:
+        pass
