@@ -15,7 +15,7 @@ import torch
 
 from . import fused, loop, models, testhooks
 from .data import Data
-from .study import AblateError, Cell, StudyError
+from .study import AblateError, Cell, Study, StudyError
 
 
 def parse_device(name: str | torch.device | None) -> torch.device | None:
@@ -178,3 +178,47 @@ def check_model(model, cell: Cell, shape: tuple, classes: int, source: str) -> N
     or whose output is not [batch, classes] is a StudyError, before anything trains."""
     with study_code(model, source, cell):
         models.build(model, cell.config, shape, classes, cell.seed)
+
+
+def check_models(
+    study: Study, todo: list[Cell], shape: tuple, classes: int, own: bool = True
+) -> None:
+    """Build each shape's model once and pass two zero images through it, so a `layers` spec that
+    does not fit the dataset, or a study's own model whose output is not [batch, classes], fails
+    here as one line, before anything is written. `own`: check a study's own model here too;
+    under Ray its code runs on the workers only (a model may end its process on purpose)."""
+    if callable(study.model):
+        for cell in {fused.shape_key(c): c for c in todo}.values() if own else ():
+            check_model(study.model, cell, shape, classes, study.source)
+        return
+    for cell in {fused.shape_key(c): c for c in todo}.values():
+        try:
+            net = models.build(study.model, cell.config, shape, classes, 0)
+            with torch.no_grad():
+                net.eval()(torch.zeros(2, *shape))
+        except (RuntimeError, ValueError) as e:
+            what = (
+                f"layers={cell.config['layers']}"
+                if study.model == "cnn"
+                else f"hidden={cell.config['hidden']}"
+            )
+            raise StudyError(
+                f"{study.source}: model '{study.model}' with {what} does not fit {study.dataset} "
+                f"inputs of shape {shape}: {str(e).splitlines()[0]}"
+            ) from None
+
+
+def unfused(study: Study, todo: list[Cell], device, shape: tuple, classes: int) -> str | None:
+    """The line to say, once per study, when a study's own model will train cell by cell on a
+    device that would fuse it (own_model_problem; its answer is kept for the training)."""
+    if not callable(study.model) or not fused.can_fuse(todo[:1], study.model, device):
+        return None
+    for cell in {fused.shape_key(c): c for c in todo}.values():
+        with study_code(study.model, study.source, cell):
+            problem = own_model_problem(study.model, cell, shape, classes)
+        if problem:
+            return (
+                f"{study.source}: the model callable trains cell by cell, not fused: "
+                f"torch.func.vmap cannot take it ({problem})"
+            )
+    return None

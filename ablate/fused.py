@@ -11,6 +11,7 @@ the epochs; a group here only says how its forward and its optimizer step are co
 from __future__ import annotations
 
 import copy
+import json
 import math
 from collections.abc import Callable
 from dataclasses import replace
@@ -41,6 +42,11 @@ SHAPE_KEYS = (
 )
 
 
+def shape_key(cell: Cell) -> str:
+    """Cells with equal keys share every shape and loop bound, so they can train as one group."""
+    return json.dumps({k: cell.config[k] for k in SHAPE_KEYS}, sort_keys=True, default=list)
+
+
 def can_fuse(cells: list[Cell], model, device="cpu") -> bool:
     """A group whose cells share every shape key trains fused: an MLP anywhere, the other
     built-in models and a study's own model on a GPU only (a study's own model also needs
@@ -48,7 +54,7 @@ def can_fuse(cells: list[Cell], model, device="cpu") -> bool:
     long as its cells one by one (grouped convolutions are slow there), so CPUs keep those on
     the plain path; on a GPU fusing removes the kernel launches per cell."""
     fits = model == "mlp" or torch.device(device).type == "cuda"
-    return fits and len({tuple(str(c.config[k]) for k in SHAPE_KEYS) for c in cells}) == 1
+    return fits and len({shape_key(c) for c in cells}) == 1
 
 
 def vmap_problem(model, cell: Cell, shape: tuple, classes: int) -> str | None:

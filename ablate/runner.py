@@ -19,10 +19,10 @@ from typing import Protocol
 import pyarrow.parquet as pq
 import torch
 
-from . import __version__, engine, fused, models
+from . import __version__, engine, fused
 from .local import Local, Outcome, device_name  # noqa: F401 (benchmarks import device_name here)
 from .store import ROW_COLUMNS, Store, StoreError, check_folder, parquet_files, read_manifest
-from .study import AblateError, Cell, Study, StudyError, design_ids, model_name
+from .study import AblateError, Cell, Study, design_ids, model_name
 from .study import cells as expand
 
 
@@ -85,7 +85,7 @@ class Executor(Protocol):
     """Where groups train: Local (this process) or cluster.Pool (Ray tasks). run() submits the
     groups and takes back each one's Outcome while the executor has any."""
 
-    shape: tuple[int, ...]  # the dataset's image shape and class count, for check_models
+    shape: tuple[int, ...]  # the dataset's image shape and class count, for engine.check_models
     classes: int
 
     def label(self) -> str:
@@ -129,15 +129,10 @@ def finished(path: Path) -> set[str]:
     return ids
 
 
-def group_key(cell: Cell) -> str:
-    """Cells with equal keys share every shape and loop bound, so they can train as one group."""
-    return json.dumps({k: cell.config[k] for k in fused.SHAPE_KEYS}, sort_keys=True, default=list)
-
-
 def groups(todo: list[Cell], max_group: int) -> list[list[Cell]]:
     by_key: dict[str, list[Cell]] = {}
     for c in todo:
-        by_key.setdefault(group_key(c), []).append(c)
+        by_key.setdefault(fused.shape_key(c), []).append(c)
     return [g[i : i + max_group] for g in by_key.values() for i in range(0, len(g), max_group)]
 
 
@@ -246,34 +241,6 @@ def refresh(study: Study, path: Path) -> None:
         store.close()
 
 
-def check_models(
-    study: Study, todo: list[Cell], shape: tuple, classes: int, own: bool = True
-) -> None:
-    """Build each shape's model once and pass two zero images through it, so a `layers` spec that
-    does not fit the dataset, or a study's own model whose output is not [batch, classes], fails
-    here as one line, before anything is written. `own`: check a study's own model here too;
-    under Ray its code runs on the workers only (a model may end its process on purpose)."""
-    if callable(study.model):
-        for cell in {group_key(c): c for c in todo}.values() if own else ():
-            engine.check_model(study.model, cell, shape, classes, study.source)
-        return
-    for cell in {group_key(c): c for c in todo}.values():
-        try:
-            net = models.build(study.model, cell.config, shape, classes, 0)
-            with torch.no_grad():
-                net.eval()(torch.zeros(2, *shape))
-        except (RuntimeError, ValueError) as e:
-            what = (
-                f"layers={cell.config['layers']}"
-                if study.model == "cnn"
-                else f"hidden={cell.config['hidden']}"
-            )
-            raise StudyError(
-                f"{study.source}: model '{study.model}' with {what} does not fit {study.dataset} "
-                f"inputs of shape {shape}: {str(e).splitlines()[0]}"
-            ) from None
-
-
 def run(
     study: Study,
     out: str | Path = "results",
@@ -347,7 +314,11 @@ def _start(
     else:
         pool = Local(study, device, deterministic, data_dir, progress)
     try:
-        check_models(study, todo, pool.shape, pool.classes, own=executor == "local")
+        engine.check_models(study, todo, pool.shape, pool.classes, own=executor == "local")
+        if executor == "local" and (
+            problem := engine.unfused(study, todo, pool.device, pool.shape, pool.classes)
+        ):
+            progress.warn(problem)
     except BaseException:
         pool.close()
         raise

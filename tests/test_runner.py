@@ -1,0 +1,56 @@
+"""The runner: what it says before training, and how a study's own model is grouped."""
+
+import torch
+
+from ablate import fused, runner
+from ablate.study import Study, validate
+
+
+class Branchy(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(64, 10)
+
+    def forward(self, x):
+        logits = self.linear(x.flatten(1))
+        return logits if x.sum() > 0 else -logits  # Python control flow on a tensor's value
+
+
+def branchy(config):
+    return Branchy()
+
+
+class Said(runner.Progress):
+    def __init__(self):
+        self.warnings = []
+
+    def warn(self, message):
+        self.warnings.append(message)
+
+
+def test_a_study_model_vmap_cannot_take_is_said_once_and_its_cells_train_alone(
+    tmp_path, monkeypatch
+):
+    # a GPU would fuse a study's own model; here the CPU is made to, to reach the fallback
+    monkeypatch.setattr(fused, "can_fuse", lambda cells, model, device="cpu": True)
+    study = validate(
+        Study(
+            name="branchy",
+            dataset="digits",
+            model=branchy,
+            base=dict(lr=0.05, epochs=1, batch_size=64, train_subset=256),
+            factors=dict(lr=[0.05, 0.1], weight_decay=[0.0, 1e-3]),
+            seeds=2,
+            source="studies/branchy.py",
+        )
+    )
+    said = Said()
+    summary = runner.run(study, tmp_path, device="cpu", progress=said)
+    assert summary.trained == 8 and not summary.failed
+    assert len(said.warnings) == 1, said.warnings
+    line = said.warnings[0]
+    assert line.startswith(
+        "studies/branchy.py: the model callable trains cell by cell, not fused: "
+        "torch.func.vmap cannot take it (RuntimeError: vmap: "
+    ), line
+    assert "data-dependent control flow" in line and "\n" not in line, line
