@@ -1,4 +1,4 @@
-"""nox sessions: `tests` (the suite), `repro` (reproducibility checks), `study` (the reference study)."""
+"""nox sessions: `tests` (the suite), `repro` (reproducibility), `study` (the reference study)."""
 
 import os
 from pathlib import Path
@@ -26,7 +26,8 @@ def tests(session):
 
 @nox.session
 def repro(session):
-    """Same study twice from scratch with --deterministic: bitwise equal; another --max-group: within 1e-4."""
+    """Same study twice from scratch with --deterministic: bitwise equal; another --max-group:
+    within 1e-4."""
     session.install("-c", "constraints.txt", "-e", ".[test]")
     session.run("pytest", "-q", "-m", "repro", *session.posargs, env=_env())
 

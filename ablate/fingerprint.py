@@ -15,8 +15,9 @@ class NoStableId(ValueError):
 
 
 def name(model, where: str = "model") -> str:
-    """callable:<qualname>@<12 hex digits of sha256 of its syntax tree and literal state>; docstrings,
-    comments and formatting do not count. NoStableId, naming `where`, when there is none."""
+    """callable:<qualname>@<12 hex digits of sha256 of its syntax tree and literal state>;
+    docstrings, comments and formatting do not count. NoStableId, naming `where`, when there is
+    none."""
     qualname, blob = _identity(model, where)
     return f"callable:{qualname}@{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
@@ -116,7 +117,8 @@ def _filled(cell) -> bool:
 
 
 def _literal(v) -> bool:
-    """Numbers, strings, None and tuples, lists and dicts of them: their repr is the same in every run."""
+    """Numbers, strings, None and tuples, lists and dicts of them: their repr is the same in every
+    run."""
     if v is None or type(v) in (bool, int, float, complex, str, bytes):
         return True
     if type(v) in (tuple, list):

@@ -1,4 +1,4 @@
-"""Model builders whose shape follows the config, with init and dropout drawn from the cell's seed."""
+"""Model builders whose shape follows the config; init and dropout drawn from the cell's seed."""
 
 from __future__ import annotations
 
@@ -50,7 +50,8 @@ class Dropout2d(Dropout):
 
 
 def mlp(config: dict, in_shape: tuple, classes: int, seed: int) -> nn.Sequential:
-    """Flatten, then per hidden width: Linear, BatchNorm (optional), activation, Dropout (optional)."""
+    """Flatten, then per hidden width: Linear, BatchNorm (optional), activation, Dropout
+    (optional)."""
     layers, width = [nn.Flatten()], math.prod(in_shape)
     for i, h in enumerate(config["hidden"]):
         layers.append(nn.Linear(width, h))

@@ -1,4 +1,4 @@
-"""The benchmark scripts run end to end and print their side-by-side tables (smoke runs, never timings)."""
+"""The benchmark scripts run end to end and print their side-by-side tables (smoke runs only)."""
 
 import csv
 import subprocess

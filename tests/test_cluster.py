@@ -1,4 +1,4 @@
-"""--executor ray on a local Ray instance: same values as in-process, killed workers, Ctrl-C, failures."""
+"""--executor ray on a local Ray: the same values as in-process, killed workers, Ctrl-C, failures"""
 
 import os
 import signal
@@ -13,7 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ablate import engine, runner, testhooks
+from ablate import runner, testhooks
 from ablate.cli import app
 from ablate.study import cells
 from ablate.studyfile import load, override
@@ -164,7 +164,8 @@ def model(config):  # lr 0.1 kills its worker every time, as a segfaulting exten
         os.kill(os.getpid(), signal.SIGKILL)
     return nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
 
-study = Study(name="dies", dataset="mnist", model=model, base=dict(epochs=1, train_subset=256, lr=0.05),
+study = Study(name="dies", dataset="mnist", model=model,
+              base=dict(epochs=1, train_subset=256, lr=0.05),
               factors=dict(lr=[0.05, 0.1]), seeds=1)
 """
 
@@ -283,7 +284,8 @@ def test_without_the_extra_the_user_gets_one_line(tmp_path, data_dir, monkeypatc
 def test_the_core_never_imports_ray(tmp_path, data_dir):
     code = (
         "import sys; from ablate import cli, report, runner; from ablate.studyfile import load; "
-        "runner.run(load(sys.argv[1]), sys.argv[2]); assert 'ray' not in sys.modules, 'ray was imported'"
+        "runner.run(load(sys.argv[1]), sys.argv[2]); "
+        "assert 'ray' not in sys.modules, 'ray was imported'"
     )
     done = subprocess.run(
         [sys.executable, "-c", code, str(write_study(tmp_path)), str(tmp_path / "res")],

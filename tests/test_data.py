@@ -103,7 +103,8 @@ def test_to_float_scales_and_normalises(data_dir):
 
 
 def _mnist_with_a_bad_label(folder, data_dir, labels_file: str):
-    """The real MNIST files, gzipped as the loader expects, with label 7 of `labels_file` set to 200."""
+    """The real MNIST files, gzipped as the loader expects, with label 7 of `labels_file` set to
+    200."""
     folder.mkdir()
     for f in data.FILES:
         src = data_dir / "MNIST" / "raw" / (f + ".gz")

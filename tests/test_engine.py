@@ -1,4 +1,4 @@
-"""The plain per-cell path: against a plain PyTorch loop, repeatability, divergence, own models, group size."""
+"""The plain path against a plain PyTorch loop; repeatability, divergence, own models, groups."""
 
 import math
 
@@ -63,7 +63,10 @@ def test_a_cell_repeats_exactly_with_dropout_flips_and_normalisation(data_dir):
     cell = one_cell(dropout=0.3, hflip=True, normalize=True, batchnorm=True, epochs=1)
     a = engine.train_cell(cell, d, "mlp", "cpu")
     b = engine.train_cell(cell, d, "mlp", "cpu")
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
     assert strip(a) == strip(b)
     assert a[0]["status"] == "ok" and 0.5 < a[0]["test_acc"] <= 1
 
@@ -126,8 +129,11 @@ def test_the_gpu_group_size_follows_free_memory_and_the_model(data_dir, monkeypa
         engine.auto_group(cnn, data, cuda, "cnn") < small
     )  # 64 maps of 26x26 per sample outweigh the MLP
     assert engine.auto_group(mlp, data, torch.device("cpu"), "mlp") == 8
+
     # a study's own model fuses on a GPU too (vmapped): its estimate follows its own size
-    perceptron = lambda cfg: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))  # noqa: E731
+    def perceptron(cfg):
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+
     assert engine.auto_group(mlp, data, cuda, perceptron) > small
 
 
@@ -169,7 +175,10 @@ def test_cpu_out_of_memory_is_an_out_of_memory_error_on_both_paths(data_dir, mon
     monkeypatch.setattr(fused.Optimizer, "step", _no_memory)
     d = load("mnist", "cpu", data_dir)
     two = cells(validate(Study(name="t", dataset="mnist", base={**BASE, "epochs": 1}, seeds=2)))
-    own = lambda cfg: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))  # noqa: E731
+
+    def own(cfg):
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+
     for group, model in (
         (two, "mlp"),
         (two[:1], "mlp"),

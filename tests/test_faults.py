@@ -1,4 +1,4 @@
-"""kill -9 at seeded moments, full disks, users' own folders: nothing lost, duplicated, moved or half-written."""
+"""kill -9 at seeded moments, full disks, users' folders: nothing lost, repeated or half-written."""
 
 import errno
 import os
@@ -112,7 +112,8 @@ def test_kill_9_anywhere_then_rerun_loses_and_duplicates_nothing(tmp_path, data_
     ],
 )
 def test_a_signal_stops_fast_keeps_finished_cells_and_says_so(tmp_path, data_dir, signals, code):
-    # before: SIGTERM and SIGHUP exited 143/129 without the line; a second Ctrl-C printed a traceback
+    # before: SIGTERM and SIGHUP exited 143/129 without the line; a second Ctrl-C printed a
+    # traceback
     study = write_study(tmp_path, epochs=30, factors=FACTORS)  # long enough to be mid-training
     out = tmp_path / "res"
     proc = subprocess.Popen(
@@ -277,7 +278,8 @@ def {name}(config):
     {body}
     return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, {outputs}))
 
-study = Study(name="own", dataset="mnist", model={name}, base=dict(epochs=1, train_subset=256, batch_size=64),
+study = Study(name="own", dataset="mnist", model={name},
+              base=dict(epochs=1, train_subset=256, batch_size=64),
               factors=dict(lr=[0.01, 0.05]), seeds=1)
 """
 

@@ -1,4 +1,4 @@
-"""The fused engine: a cell trained in a group of 1, 3 or 8 equals itself alone; per-cell hyperparameters."""
+"""Fused groups: a cell in a group of 1, 3 or 8 equals itself alone; per-cell hyperparameters."""
 
 import math
 
@@ -137,7 +137,8 @@ def test_bf16_autocasts_the_forward_and_stays_close_to_fp32(data_dir, variant):
     for a, c, f in zip(alone, eight, fp32, strict=True):
         # bf16 keeps 8 mantissa bits (a relative step of 2**-8 = 0.4%), and the two paths round at
         # different points (nn.BatchNorm1d returns bf16; the fused batchnorm stays fp32 until the
-        # next matmul), so after 100 steps they differ by up to 2.6e-3 (measured); fp32 is ~1e-3 away
+        # next matmul), so after 100 steps they differ by up to 2.6e-3 (measured); fp32 is ~1e-3
+        # away
         assert a[0]["train_loss"] != f[0]["train_loss"]
         assert math.isclose(a[0]["train_loss"], c[0]["train_loss"], rel_tol=1e-2)
         assert math.isclose(c[0]["train_loss"], f[0]["train_loss"], rel_tol=1e-2)
@@ -211,7 +212,8 @@ def test_a_cnn_cell_is_itself_in_a_vmapped_group(data_dir, precision, optimizer,
                 alone[0][key],
                 rows[0][key],
             )
-        # fp32 rounding flips near-tied argmaxes: 6 of 10,000 measured at 30% accuracy after 20 steps
+        # fp32 rounding flips near-tied argmaxes: 6 of 10,000 measured at 30% accuracy after 20
+        # steps
         assert (
             abs(alone[0]["test_acc"] - rows[0]["test_acc"])
             <= (1 if precision == "fp64" else 10) / 10000

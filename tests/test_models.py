@@ -1,4 +1,4 @@
-"""Model builders: MLP layers, init from the seed alone, the He bound, dropout masks, a study's callable."""
+"""Model builders: MLP layers, init from the seed alone, the He bound, dropout masks, own models."""
 
 import pytest
 import torch

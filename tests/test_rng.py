@@ -1,4 +1,4 @@
-"""Counter-based random numbers: murmur3 reference values, int and tensor paths, streams, permutations."""
+"""Counter-based random numbers: murmur3 values, int and tensor paths, streams, permutations."""
 
 import torch
 

@@ -1,4 +1,4 @@
-"""Every shipped study: it loads and dry-runs; each model kind, loss and dataset trains for real on a little data."""
+"""Every shipped study loads and dry-runs; each model kind, loss and dataset trains a little."""
 
 import pickle
 from pathlib import Path
