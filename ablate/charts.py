@@ -111,8 +111,8 @@ def chart_curves(df, factors, metric, out):
 
 
 def chart_effects(eff, metric, out, family):
-    """Forest plot: each level minus its baseline, paired by seed; filled if it survives Holm.
-    A bar is a row's own 95% CI; where it excludes 0 on a row Holm does not flag, a dagger says so."""
+    """Forest plot: each level minus its baseline, paired by seed; filled if it survives Holm. A
+    bar is a row's own 95% CI; where it excludes 0 on a row Holm does not flag, a dagger says so."""
     eff = eff.iloc[::-1].reset_index(drop=True)
     fig, ax = plt.subplots(figsize=(8, _height(len(eff))))
     for i, r in eff.iterrows():
@@ -144,8 +144,8 @@ def chart_effects(eff, metric, out, family):
         else ""
     )
     ax.set(
-        xlabel=f"difference in final {metric}: each row's own 95% CI; filled: significant after Holm over "
-        f"{family} tests\n(effects and interactions){dagger}"
+        xlabel=f"difference in final {metric}: each row's own 95% CI; filled: significant after "
+        f"Holm over {family} tests\n(effects and interactions){dagger}"
     )
     _save(fig, out, "effects")
 
@@ -177,7 +177,8 @@ def chart_interactions(inter, metric, out, family):
         ],
     )
     ax.set(
-        xlabel=f"effect on final {metric} (95% CI; filled: the two differ, Holm over {family} tests)"
+        xlabel=f"effect on final {metric} (95% CI; filled: the two differ, Holm over "
+        f"{family} tests)"
     )
     _save(fig, out, "interactions")
 

@@ -1,4 +1,4 @@
-"""The `ablate` command: run a study, show its results; user mistakes are one line and an exit code."""
+"""The `ablate` command: run a study, show and report its results; a user's mistake is one line."""
 
 from __future__ import annotations
 
@@ -7,17 +7,10 @@ import signal
 import sys
 from pathlib import Path
 
+import rich.progress as bars
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
 from .study import AblateError
@@ -59,14 +52,14 @@ class RichProgress:
 
     def __init__(self, console: Console):
         self.console = console
-        self.bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[now]}"),
+        self.bar = bars.Progress(
+            bars.TextColumn("{task.description}"),
+            bars.BarColumn(),
+            bars.MofNCompleteColumn(),
+            bars.TimeElapsedColumn(),
+            bars.TextColumn("eta"),
+            bars.TimeRemainingColumn(),
+            bars.TextColumn("{task.fields[now]}"),
             console=console,
             transient=False,
         )
@@ -105,106 +98,102 @@ class RichProgress:
         self.bar.stop()
 
 
+# help texts too long to sit on their option's line
+HELP = {
+    "study": "A study file defining `study = Study(...)`.",
+    "seeds": "Use seeds 0..N-1 instead of the study's.",
+    "deterministic": "Bitwise-repeatable kernels (slower on GPU).",
+    "data_dir": "Folder holding MNIST/raw/*.gz and the like.",
+    "set": "Override a base value: key=value, a Python literal or a bare word. Repeatable.",
+    "max_group": "Most cells trained together (default: from free memory).",
+    "dry_run": "Print the cells and their count; train nothing.",
+    # Rich reads [ray] as markup
+    "executor": 'local (this process) | ray (groups as Ray tasks; pip install "ablate\\[ray]")',
+    "address": "With --executor ray: the cluster to join (auto, host:port); default: start a "
+    "local Ray and stop it after.",
+    "groups_per_gpu": "With --executor ray: groups sharing one GPU (each task asks for 1/N of a "
+    "GPU).",
+    "margin": "Test each effect for equivalence: inside +-M (the metric's units) by two one-sided "
+    "t tests, Holm.",
+    "halfwidth": "seeds_needed: seeds for a 95% CI of this half-width (the metric's units; 0.005 "
+    "= half a point of accuracy).",
+}
+
+
 @app.command()
 @user_errors
 def run(
-    study_file: Path = typer.Argument(
-        ..., metavar="STUDY", help="A study file defining `study = Study(...)`."
-    ),
+    study_file: Path = typer.Argument(..., metavar="STUDY", help=HELP["study"]),
     out_dir: Path = typer.Option(Path("results"), "--out", help="Results go to OUT/<study name>/."),
-    set_: list[str] | None = typer.Option(
-        None,
-        "--set",
-        help="Override a base value: key=value, a Python literal or a bare word. Repeatable.",
-    ),
-    seeds: int | None = typer.Option(
-        None, "--seeds", help="Use seeds 0..N-1 instead of the study's."
-    ),
+    set_: list[str] | None = typer.Option(None, "--set", help=HELP["set"]),
+    seeds: int | None = typer.Option(None, "--seeds", help=HELP["seeds"]),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
-    max_group: int | None = typer.Option(
-        None, "--max-group", min=1, help="Most cells trained together (default: from free memory)."
-    ),
-    deterministic: bool = typer.Option(
-        False, "--deterministic", help="Bitwise-repeatable kernels (slower on GPU)."
-    ),
-    dry_run: bool = typer.Option(
-        False, "--dry-run", help="Print the cells and their count; train nothing."
-    ),
+    max_group: int | None = typer.Option(None, "--max-group", min=1, help=HELP["max_group"]),
+    deterministic: bool = typer.Option(False, "--deterministic", help=HELP["deterministic"]),
+    dry_run: bool = typer.Option(False, "--dry-run", help=HELP["dry_run"]),
     data_dir: Path | None = typer.Option(
-        None,
-        "--data-dir",
-        envvar="ABLATE_DATA_DIR",
-        help="Folder holding MNIST/raw/*.gz and the like.",
+        None, "--data-dir", envvar="ABLATE_DATA_DIR", help=HELP["data_dir"]
     ),
-    executor: str = typer.Option(
-        "local",
-        "--executor",
-        help='local (this process) | ray (groups as Ray tasks; pip install "ablate\\[ray]")',
-    ),  # Rich reads [ray] as markup
-    address: str | None = typer.Option(
-        None,
-        "--address",
-        help="With --executor ray: the cluster to join "
-        "(auto, host:port); default: start a local Ray and stop it after.",
-    ),
+    executor: str = typer.Option("local", "--executor", help=HELP["executor"]),
+    address: str | None = typer.Option(None, "--address", help=HELP["address"]),
     groups_per_gpu: int = typer.Option(
-        1,
-        "--groups-per-gpu",
-        min=1,
-        max=1000,
-        help="With --executor ray: groups sharing one GPU (each task asks for 1/N of a GPU).",
+        1, "--groups-per-gpu", min=1, max=1000, help=HELP["groups_per_gpu"]
     ),
 ):
     """Train every cell of STUDY not yet in the results directory (resumable)."""
-    from . import (
-        runner,  # torch loads here, not for --help
-        studyfile,
-    )
+    from . import runner  # torch loads here, not for --help
     from . import study as studies
 
     if executor not in ("local", "ray"):  # checked before the study loads; run() checks it again
         raise AblateError(f"--executor {executor}: expected local or ray")
     if address and executor != "ray":
         raise AblateError(f"--address {address}: only used with --executor ray")
-    st = studyfile.override(studyfile.load(study_file), set_ or [], seeds)
-    for problem in studies.claim_problems(st):  # after --set: say so, the quick look goes on
-        warn(f"{problem}; after --set the report leaves this claim out")
-    if st.design == "fractional" and sum(len(v) == 2 for v in st.factors.values()) == 3:
-        warn(
-            f"{st.source}: a fractional design of three factors aliases each main effect with the other two's "
-            "interaction (A reads A - BC); four or more factors keep main effects clear of two-factor ones"
-        )
-    path = runner.results_dir(st, out_dir)
+    study = _load(study_file, set_ or [], seeds)
+    path = runner.results_dir(study, out_dir)
     if dry_run:
-        return _print_cells(st, studies.cells(st), runner.finished(path), path)
+        return _print_cells(study, studies.cells(study), runner.finished(path), path)
     progress = RichProgress(out)
-    try:
-        summary = runner.run(
-            st,
-            out_dir,
-            device,
-            max_group,
-            deterministic,
-            data_dir,
-            progress,
-            executor,
-            address,
-            groups_per_gpu,
+    # runner.run's arguments after the study and folder, in its order
+    options = (device, max_group, deterministic, data_dir, progress, executor, address)
+    summary = _until_stopped(progress, lambda: runner.run(study, out_dir, *options, groups_per_gpu))
+    _print_summary(summary, path)
+
+
+def _load(study_file: Path, sets: list[str], seeds: int | None):
+    """The study file with --set and --seeds applied; what they leave doubtful is a warning."""
+    from . import study as studies
+    from . import studyfile
+
+    study = studyfile.override(studyfile.load(study_file), sets, seeds)
+    for problem in studies.claim_problems(study):  # after --set: say so, the quick look goes on
+        warn(f"{problem}; after --set the report leaves this claim out")
+    if study.design == "fractional" and sum(len(v) == 2 for v in study.factors.values()) == 3:
+        warn(
+            f"{study.source}: a fractional design of three factors aliases each main effect with "
+            "the other two's interaction (A reads A - BC); four or more factors keep main effects "
+            "clear of two-factor ones"
         )
+    return study
+
+
+def _until_stopped(progress: RichProgress, train):
+    """train() under the progress bar; a signal that stops it exits with the shell's status."""
+    from . import runner
+
+    try:
+        return train()
     except runner.Stopped as e:
-        for sig in (
-            signal.SIGINT,
-            signal.SIGTERM,
-            signal.SIGHUP,
-        ):  # a second one must not cut the line
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a second must not cut the line
             signal.signal(sig, signal.SIG_IGN)
         progress.stop()
         err.print(str(e))
-        raise typer.Exit(
-            128 + e.signum
-        ) from None  # the shell's convention: 130 Ctrl-C, 143 SIGTERM
+        raise typer.Exit(128 + e.signum) from None  # the shell's: 130 Ctrl-C, 143 SIGTERM
     finally:
         progress.stop()
+
+
+def _print_summary(summary, path: Path) -> None:
+    """What the run trained and stored; cells that failed make the exit status 1."""
     if summary.trained == 0 and not summary.failed:
         out.print(f"nothing to train: all {summary.total} cells are in {path}")
         return
@@ -216,45 +205,35 @@ def run(
     )
     if summary.failed:
         err.print(
-            f"[red]error:[/red] {len(summary.failed)} cells failed (warnings above) and were not stored; "
-            f"run the same command to retry them",
+            f"[red]error:[/red] {len(summary.failed)} cells failed (warnings above) and were not "
+            "stored; run the same command to retry them",
             markup=True,
         )
         raise typer.Exit(1)
 
 
-def _print_cells(st, cells, done, path):
+def _print_cells(study, cells, done, path):
     """A table in a terminal; past 200 cells, or piped, one tab-separated line per cell as it
     comes (a Rich table of 10^5 rows took 98 s to lay out and cut the ids to fit 80 columns)."""
-    title = f"{st.name}: {st.design}, {len(cells)} cells ({len(cells) // len(st.seeds)} points x {len(st.seeds)} seeds)"
+    points, n_seeds = len(cells) // len(study.seeds), len(study.seeds)
+    title = f"{study.name}: {study.design}, {len(cells)} cells ({points} points x {n_seeds} seeds)"
+    columns = ["cell", "seed", *study.factors, "done"]
     if out.is_terminal and len(cells) <= 200:
         table = Table(title=title)
-        for col in ["cell", "seed", *st.factors, "done"]:
-            table.add_column(col, no_wrap=col == "cell")
-        for c in cells:
-            table.add_row(
-                c.id,
-                str(c.seed),
-                *(escape(str(c.levels[f])) for f in st.factors),
-                "yes" if c.id in done else "",
-            )
+        for column in columns:
+            table.add_column(column, no_wrap=column == "cell")
+        for cell in cells:
+            levels = (escape(str(cell.levels[f])) for f in study.factors)
+            table.add_row(cell.id, str(cell.seed), *levels, "yes" if cell.id in done else "")
         out.print(table)
     else:
         write = sys.stdout.write
-        write(f"# {title}\n" + "\t".join(["cell", "seed", *st.factors, "done"]) + "\n")
-        for c in cells:
-            write(
-                "\t".join(
-                    [
-                        c.id,
-                        str(c.seed),
-                        *(str(c.levels[f]) for f in st.factors),
-                        "yes" if c.id in done else "",
-                    ]
-                )
-                + "\n"
-            )
-    n_done = sum(c.id in done for c in cells)
+        write(f"# {title}\n" + "\t".join(columns) + "\n")
+        for cell in cells:
+            levels = (str(cell.levels[f]) for f in study.factors)
+            fields = [cell.id, str(cell.seed), *levels, "yes" if cell.id in done else ""]
+            write("\t".join(fields) + "\n")
+    n_done = sum(cell.id in done for cell in cells)
     out.print(f"{len(cells)} cells, {n_done} done, {len(cells) - n_done} to train -> {path}")
 
 
@@ -270,19 +249,18 @@ def show(
     df = store.read(results_dir, warn)
     if metric not in store.METRICS or metric not in df.columns:
         raise AblateError(f"{results_dir}: no metric '{metric}'; try {', '.join(store.METRICS)}")
-    manifest = store.read_manifest(results_dir)
-    factors = manifest.get("factor_order") or list(manifest.get("factors") or [])
-    factors = [f for f in factors if f in df.columns]
+    factors = [f for f in store.read_design(results_dir).factors or {} if f in df.columns]
     last = df.sort_values("epoch").groupby("cell", sort=False).tail(1)
     last = last.sort_values([*factors, "seed"], key=lambda s: s.astype(str), kind="stable")
     table = Table(title=f"{results_dir}: {len(last)} cells, final epoch")
-    for col in [*factors, "seed", "epoch", metric, "status"]:
-        table.add_column(col, justify="right" if col in ("seed", "epoch", metric) else "left")
-    for _, r in last.iterrows():
-        value = f"{r[metric]:.4f}" if r["status"] == "ok" else f"[yellow]{r[metric]:.4f}[/yellow]"
-        table.add_row(
-            *(str(r[f]) for f in factors), str(r["seed"]), str(r["epoch"]), value, r["status"]
-        )
+    for column in [*factors, "seed", "epoch", metric, "status"]:
+        right = column in ("seed", "epoch", metric)
+        table.add_column(column, justify="right" if right else "left")
+    for _, row in last.iterrows():
+        value = f"{row[metric]:.4f}"
+        value = value if row["status"] == "ok" else f"[yellow]{value}[/yellow]"
+        levels = (str(row[f]) for f in factors)
+        table.add_row(*levels, str(row["seed"]), str(row["epoch"]), value, row["status"])
     out.print(table)
 
 
@@ -294,50 +272,47 @@ def report(
     out_dir: Path | None = typer.Option(
         None, "--out", help="Where to write (default RESULTS_DIR/_report)."
     ),
-    margin: float | None = typer.Option(
-        None,
-        "--margin",
-        help="Test each effect for equivalence: inside "
-        "+-M (the metric's units) by two one-sided t tests, Holm.",
-    ),
-    halfwidth: float = typer.Option(
-        0.005,
-        "--halfwidth",
-        help="seeds_needed: seeds for a 95% CI of this "
-        "half-width (the metric's units; 0.005 = half a point of accuracy).",
-    ),
+    margin: float | None = typer.Option(None, "--margin", help=HELP["margin"]),
+    halfwidth: float = typer.Option(0.005, "--halfwidth", help=HELP["halfwidth"]),
 ):
     """Charts, CSVs and index.html: does each factor help, by how much, how sure are we."""
     from . import report as reports
 
     rep = reports.build(results_dir, out_dir, metric, warn, margin, halfwidth)
     out.print(_effects_table(rep, metric, margin))
-    for _, r in rep.interactions.iterrows() if len(rep.interactions) else []:
-        if r.significant:
-            out.print(
-                escape(
-                    f"interaction: {r.factor}={r.level} vs {r.baseline} is {r.at_baseline:+.4f} at "
-                    f"{r.by}={r.by_baseline} but {r.at_level:+.4f} at {r.by}={r.by_level}: difference "
-                    f"{r['diff']:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}], p Holm {r.p_holm:.3g}"
-                )
-            )
-    for r in rep.sign_changes.itertuples() if rep.sign_changes is not None else []:
-        warn(
-            f"{r.factor}={r.level} vs {r.baseline} changes sign across the other factors: {r.settings}"
-        )
-    for r in (
-        rep.failures.drop_duplicates("factor").itertuples()
-        if rep.failures is not None and len(rep.failures)
-        else []
-    ):
-        if r.differs:
-            warn(
-                f"failed runs differ across the levels of {r.factor} (Fisher p {r.p_fisher:.3g}, Holm "
-                f"{r.p_holm:.3g}): its effects compare the runs that did not diverge; see failures.csv"
-            )
-    for _, c in rep.claims.iterrows():
-        out.print(_claim_line(c))
+    _print_warnings(rep)
+    for _, claim in rep.claims.iterrows():
+        out.print(_claim_line(claim))
     out.print(f"report: {rep.path / 'index.html'} ({rep.n_cells} cells, {rep.seconds:.1f}s)")
+
+
+def _print_warnings(rep) -> None:
+    """The significant interactions, then effects that change sign, then failures that differ."""
+    for _, row in rep.interactions.iterrows() if len(rep.interactions) else []:
+        if row.significant:
+            out.print(escape(_interaction_line(row)))
+    for row in rep.sign_changes.itertuples() if rep.sign_changes is not None else []:
+        warn(
+            f"{row.factor}={row.level} vs {row.baseline} changes sign across the other factors: "
+            f"{row.settings}"
+        )
+    failures = rep.failures is not None and len(rep.failures)
+    for row in rep.failures.drop_duplicates("factor").itertuples() if failures else []:
+        if row.differs:
+            warn(
+                f"failed runs differ across the levels of {row.factor} (Fisher p "
+                f"{row.p_fisher:.3g}, Holm {row.p_holm:.3g}): its effects compare the runs that "
+                "did not diverge; see failures.csv"
+            )
+
+
+def _interaction_line(row) -> str:
+    return (
+        f"interaction: {row.factor}={row.level} vs {row.baseline} is {row.at_baseline:+.4f} at "
+        f"{row.by}={row.by_baseline} but {row.at_level:+.4f} at {row.by}={row.by_level}: "
+        f"difference {row['diff']:+.4f} [{row.ci_low:+.4f}, {row.ci_high:+.4f}], "
+        f"p Holm {row.p_holm:.3g}"
+    )
 
 
 def _effects_table(rep, metric: str, margin: float | None) -> Table:
@@ -346,44 +321,21 @@ def _effects_table(rep, metric: str, margin: float | None) -> Table:
         title=f"effects on final {metric}: level - baseline, paired by seed (95% t CI; Holm over "
         f"{rep.family} tests, effects and interactions)"
     )
-    for col in ["effect", "n", "diff [95% CI]", "p Holm", "mde", "seeds", ""]:
-        table.add_column(col, justify="left" if col == "effect" else "right", overflow="fold")
-    for _, r in rep.effects.iterrows():
-        ci = (
-            "no spread"
-            if r.no_spread
-            else "no interval"
-            if r.n_pairs < 2
-            else f"[{r.ci_low:+.4f}, {r.ci_high:+.4f}]"
-        )
-        others = (
-            r.alias[1:].split(":") if r.alias else []
-        )  # past two, say its order: a 5-way reads "+ 5-way"
-        alias = (
-            f" ({r.alias[0]} {r.alias[1:] if len(others) < 3 else f'{len(others)}-way'})"
-            if r.alias
-            else ""
-        )
-        verdict = (
-            "[green]significant[/green]"
-            if r.significant
-            else "equivalent"
-            if r.equivalent
-            else "†"
-            if "95% CI excludes" in r.note
-            else ""
-        )
+    for column in ["effect", "n", "diff [95% CI]", "p Holm", "mde", "seeds", ""]:
+        justify = "left" if column == "effect" else "right"
+        table.add_column(column, justify=justify, overflow="fold")
+    for _, row in rep.effects.iterrows():
         table.add_row(
-            escape(f"{r.factor}: {r.level} vs {r.baseline}{alias}"),
-            str(r.n_pairs),
-            f"{r['diff']:+.4f} {ci}",
-            f"{r.p_holm:.3g}",
-            f"{r.mde:.4f}",
-            f"{r.seeds_needed:.0f}",
-            verdict,
+            escape(f"{row.factor}: {row.level} vs {row.baseline}{_alias(row)}"),
+            str(row.n_pairs),
+            f"{row['diff']:+.4f} {_interval(row)}",
+            f"{row.p_holm:.3g}",
+            f"{row.mde:.4f}",
+            f"{row.seeds_needed:.0f}",
+            _verdict(row),
         )
     notes = [
-        f"mde: smallest difference these seeds detect (80% power, 0.05); seeds: for a 95% CI of "
+        "mde: smallest difference these seeds detect (80% power, 0.05); seeds: for a 95% CI of "
         f"±{rep.halfwidth:g}"
     ]
     if margin:
@@ -394,29 +346,53 @@ def _effects_table(rep, metric: str, margin: float | None) -> Table:
     return table
 
 
-def _claim_line(c) -> str:
-    name = escape(str(c.source or c.where))
-    if c.kind in ("at_most", "at_least"):
-        said = "at most" if c.kind == "at_most" else "at least"
-        mark = "[green]holds[/green]" if c.inside else "[red]does not hold[/red]"
+def _interval(row) -> str:
+    if row.no_spread:
+        return "no spread"
+    return "no interval" if row.n_pairs < 2 else f"[{row.ci_low:+.4f}, {row.ci_high:+.4f}]"
+
+
+def _alias(row) -> str:
+    """A fractional design's alias; past two factors, its order: a 5-way reads "+ 5-way"."""
+    if not row.alias:
+        return ""
+    others = row.alias[1:].split(":")
+    return f" ({row.alias[0]} {row.alias[1:] if len(others) < 3 else f'{len(others)}-way'})"
+
+
+def _verdict(row) -> str:
+    if row.significant:
+        return "[green]significant[/green]"
+    if row.equivalent:
+        return "equivalent"
+    return "†" if "95% CI excludes" in row.note else ""
+
+
+def _claim_line(claim) -> str:
+    name = escape(str(claim.source or claim.where))
+    if claim.kind in ("at_most", "at_least"):
+        said = "at most" if claim.kind == "at_most" else "at least"
+        mark = "[green]holds[/green]" if claim.inside else "[red]does not hold[/red]"
         return (
-            f"claim {name}: {said} {c.claimed:.4f}; {c.runs_within} of {c.n_seeds} runs keep to it "
-            f"(mean {c['mean']:.4f}) {mark}"
+            f"claim {name}: {said} {claim.claimed:.4f}; {claim.runs_within} of {claim.n_seeds} "
+            f"runs keep to it (mean {claim['mean']:.4f}) {mark}"
         )
-    if c.inside is None:
-        return f"claim {name}: {c.claimed:.4f}; n={c.n_seeds}, no interval to compare"
-    if c.note:
-        mark = "[green]inside[/green]" if c.inside else "[red]outside[/red]"
-        return f"claim {name}: {c.claimed:.4f} vs every run {c['mean']:.4f} (n={c.n_seeds}, no spread) {mark}"
-    lo, hi, what = (
-        (c.pi_low, c.pi_high, "95% prediction interval of one run")
-        if c.kind == "point"
-        else (c.ci_low, c.ci_high, "95% CI of the mean")
+    if claim.inside is None:
+        return f"claim {name}: {claim.claimed:.4f}; n={claim.n_seeds}, no interval to compare"
+    mark = "[green]inside[/green]" if claim.inside else "[red]outside[/red]"
+    if claim.note:
+        return (
+            f"claim {name}: {claim.claimed:.4f} vs every run {claim['mean']:.4f} "
+            f"(n={claim.n_seeds}, no spread) {mark}"
+        )
+    low, high, what = (
+        (claim.pi_low, claim.pi_high, "95% prediction interval of one run")
+        if claim.kind == "point"
+        else (claim.ci_low, claim.ci_high, "95% CI of the mean")
     )
-    mark = "[green]inside[/green]" if c.inside else "[red]outside[/red]"
     return (
-        f"claim {name}: {c.claimed:.4f} vs measured mean {c['mean']:.4f}, {what} [{lo:.4f}, {hi:.4f}] "
-        f"(n={c.n_seeds}) {mark}"
+        f"claim {name}: {claim.claimed:.4f} vs measured mean {claim['mean']:.4f}, {what} "
+        f"[{low:.4f}, {high:.4f}] (n={claim.n_seeds}) {mark}"
     )
 
 

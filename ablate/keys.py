@@ -1,4 +1,4 @@
-"""The config keys a study may set (defaults, checks, canonical values) and the errors a user causes."""
+"""The config keys and seeds a study may set: defaults, checks, canonical values; user errors."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class StudyError(AblateError):
 
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "xor", "digits")  # digits: scikit-learn's, offline
-# classes and test images of each dataset: chance accuracy, and the step of test accuracy (one image)
+# classes and test images of each dataset: chance accuracy, and the step of test accuracy (1 image)
 DATASET_SIZES = {
     "mnist": (10, 10_000),
     "fashion_mnist": (10, 10_000),
@@ -144,9 +144,14 @@ KEYS: dict[str, tuple[Any, Callable, str]] = {
 }
 
 
-JSON_DEFAULTS = json.loads(
-    json.dumps({k: default for k, (default, _, _) in KEYS.items()})
-)  # as `config` reads
+# Keys added after the first release enter a cell's id only when set away from their
+# default, so a new key never orphans stored results.
+FIRST_KEYS = frozenset(
+    "hidden activation dropout batchnorm init hflip normalize optimizer lr momentum weight_decay "
+    "batch_size epochs train_subset".split()
+)
+DEFAULTS = {k: default for k, (default, _, _) in KEYS.items()}  # read-only: copy to change
+JSON_DEFAULTS = json.loads(json.dumps(DEFAULTS))  # as `config` reads
 
 
 def normalise(key: str, value: Any, where: str) -> Any:
@@ -162,3 +167,36 @@ def normalise(key: str, value: Any, where: str) -> Any:
     if out is BAD:
         raise StudyError(f"{where}: {key}={value!r} is not allowed; expected {allowed}")
     return out
+
+
+def unknown_setting(base: dict, factors: dict) -> str:
+    """The first `key=value` of a recorded base or factor levels that this ablate does not know
+    or allow (a newer ablate's key or level: normalise would raise), or ""."""
+    settings = [*base.items(), *((k, v) for k, levels in factors.items() for v in levels)]
+    for key, value in settings:
+        if not (isinstance(key, str) and key in KEYS and KEYS[key][1](value) is not BAD):
+            return f"{key}={value!r}"
+    return ""
+
+
+def normalise_seeds(seeds: Any, src: str) -> range | list[int]:
+    """Seeds 0..n-1 as a range (a list only once the count is checked), or the listed seeds."""
+    if _is_int(seeds):
+        if not 1 <= seeds <= SEED_LIMIT:
+            raise StudyError(
+                f"{src}: seeds={seeds} is not allowed; expected an int >= 1 and <= 2**32 "
+                "(seeds 0..n-1 must stay below 2**32)"
+            )
+        return range(seeds)
+    if isinstance(seeds, (list, tuple)) and seeds and all(_is_int(s) for s in seeds):
+        if bad := [s for s in seeds if not 0 <= s < SEED_LIMIT]:
+            raise StudyError(
+                f"{src}: seed {bad[0]} is not allowed; expected 0 <= seed < 2**32 "
+                "(the random streams use its low 32 bits)"
+            )
+        if len(set(seeds)) < len(seeds):
+            raise StudyError(f"{src}: seeds {list(seeds)} lists a seed twice")
+        return list(seeds)
+    raise StudyError(
+        f"{src}: seeds={seeds!r} is not allowed; expected an int >= 1 or a list of ints >= 0"
+    )

@@ -1,4 +1,4 @@
-"""The results directory: one Parquet file per finished cell or group, written atomically, read as one frame.
+"""The results directory: one Parquet file per finished cell or group, written atomically.
 
 Layout of results/<study>/:
   <name>.parquet   rows of finished cells; every file is complete or absent
@@ -23,30 +23,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import testhooks
-from .study import JSON_DEFAULTS, AblateError, design_ids
+from .study import JSON_DEFAULTS, AblateError, Design
 
 MANIFEST = "_manifest.json"
 QUARANTINE = "_quarantine"
 LOCK = ".lock"
-MARKER = (
-    ".ablate-report"  # in a report folder: the files ablate wrote there, the only ones it removes
-)
+MARKER = ".ablate-report"  # in a report folder: the files ablate wrote, the only ones it removes
 
 
 class StoreError(AblateError):
-    code = 1
-
-    def __init__(self, message: str, code: int = 1):
+    def __init__(self, message: str, code: int = 1):  # 2: a usage mistake (another --out)
         super().__init__(message)
         self.code = code
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def atomic_write(path: Path, write: Callable, kind: str = "file") -> None:
@@ -65,13 +53,20 @@ def atomic_write(path: Path, write: Callable, kind: str = "file") -> None:
     testhooks.kill_at(kind, "written")
     os.replace(tmp, path)
     testhooks.kill_at(kind, "renamed")
-    _fsync_dir(path.parent)
+    folder = os.open(path.parent, os.O_RDONLY)  # the rename reaches the disk with the folder
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def parquet_files(path: Path) -> list[Path]:
-    return sorted(
-        p for p in Path(path).glob("*.parquet") if not p.name.startswith((".", "_")) and p.is_file()
-    )
+    files = Path(path).glob("*.parquet")
+    return sorted(p for p in files if not p.name.startswith((".", "_")) and p.is_file())
+
+
+def _temporary(name: str) -> bool:  # .<name>.tmp-<pid>: atomic_write's or write_folder's
+    return name.startswith(".") and ".tmp-" in name
 
 
 def check_folder(path: Path) -> None:
@@ -93,11 +88,7 @@ def check_folder(path: Path) -> None:
         )
     if (path / MANIFEST).is_file():
         return
-    foreign = [
-        p.name
-        for p in path.iterdir()
-        if p.name != LOCK and not (p.name.startswith(".") and ".tmp-" in p.name)
-    ]
+    foreign = [p.name for p in path.iterdir() if p.name != LOCK and not _temporary(p.name)]
     if foreign:
         raise StoreError(
             f"{path}: holds files ablate did not write ({', '.join(sorted(foreign)[:3])}"
@@ -158,9 +149,9 @@ class Store:
         self.warn(f"{file}: {why}; moved to {target}")
 
     def done(self) -> set[str]:
-        """Ids of the cells with rows here. Unreadable or foreign files are moved aside, never merged,
-        and so is a file whose cells another file holds with other values (an identical copy is
-        harmless: reading counts it once). Only the cell column is read unless a cell repeats."""
+        """Ids of the cells with rows here. Unreadable or foreign files are moved aside, never
+        merged, and so is a file holding a cell another holds with other values (an identical copy
+        is harmless: reading counts it once). Only the cell column is read unless a cell repeats."""
         ids, first = set(), {}
         for f in parquet_files(self.path):
             try:
@@ -168,38 +159,31 @@ class Store:
                     self._quarantine(f, problem)
                     continue
                 cells = set(pq.read_table(f, columns=["cell"]).column("cell").to_pylist())
+                rows = lambda file: pq.read_table(file).to_pandas()  # noqa: E731
                 clash = [
-                    c
-                    for c in cells
-                    if c in first
-                    and not _same_rows(
-                        (first[c], pq.read_table(first[c]).to_pandas()),
-                        pq.read_table(f).to_pandas(),
-                        c,
-                    )
+                    c for c in cells if c in first and not _same_rows(rows(first[c]), rows(f), c)
                 ]
             except (pa.ArrowException, OSError) as e:
                 self._quarantine(f, f"unreadable Parquet ({str(e).splitlines()[0][:80]})")
                 continue
             if clash:
-                self._quarantine(
-                    f, f"holds cell {clash[0]} with other values than {first[clash[0]].name}"
-                )
+                other = first[clash[0]].name
+                self._quarantine(f, f"holds cell {clash[0]} with other values than {other}")
                 continue
             first.update({c: f for c in cells if c not in first})
             ids.update(cells)
         return ids
 
     def fill_columns(self, factors: list[str]) -> None:
-        """Give every file a column for each of the study's factors, its level read from each row's
-        config. Readers take one file's schema for the folder (pyarrow, so pandas; DuckDB), so a
-        factor added after some cells were stored would vanish from `pd.read_parquet(folder)` and
-        pool its levels. Each file is rewritten atomically, under the lock."""
+        """Give every file a column for each of the study's factors, its level read from each
+        row's config. Readers take one file's schema for the folder (pyarrow, so pandas; DuckDB),
+        so a factor added after some cells were stored would vanish from `pd.read_parquet(folder)`
+        and pool its levels. Each file is rewritten atomically, under the lock."""
         for f in parquet_files(self.path):
             if not (missing := [x for x in factors if x not in pq.read_schema(f).names]):
                 continue
             table = pq.read_table(f).to_pandas()
-            config = table["config"].map(lambda c: {**JSON_DEFAULTS, **json.loads(c)})
+            config = _configs(table["config"])
             for x in missing:
                 table[x] = config.map(lambda c, x=x: c.get(x))
             head = ["study", "cell", "seed", *factors]
@@ -248,18 +232,15 @@ def read_manifest(path: str | Path) -> dict:
     return manifest
 
 
-ROW_COLUMNS = (
-    "epoch",
-    "train_loss",
-    "test_loss",
-    "test_acc",
-    "seconds",
-    "status",
-)  # per epoch, after the levels
+def read_design(path: str | Path) -> Design:
+    """The study a results folder's manifest records (an empty Design where there is none)."""
+    return Design.from_manifest(read_manifest(path))
+
+
+# per epoch, after the levels
+ROW_COLUMNS = ("epoch", "train_loss", "test_loss", "test_acc", "seconds", "status")
 METRICS = ("train_loss", "test_loss", "test_acc", "seconds")
 REQUIRED = ("study", "cell", "seed", "epoch", "status", "config")
-
-
 NUMERIC = ("seed", "epoch", "train_loss", "test_loss", "test_acc", "seconds")
 
 
@@ -274,10 +255,10 @@ def schema_problem(schema: pa.Schema) -> str:
     return ""
 
 
-def _same_rows(first: tuple, table: pd.DataFrame, cell: str) -> bool:
+def _same_rows(first: pd.DataFrame, table: pd.DataFrame, cell: str) -> bool:
     """Whether `table` holds `cell` with the very rows the first file holding it has."""
     rows = lambda t: t[t["cell"] == cell].sort_values("epoch").reset_index(drop=True)  # noqa: E731
-    a, b = rows(first[1]), rows(table)
+    a, b = rows(first), rows(table)
     return list(a.columns) == list(b.columns) and a.equals(b)
 
 
@@ -290,7 +271,7 @@ def _once(frames: list[tuple[Path, pd.DataFrame]], warn) -> list[pd.DataFrame]:
         cells = table["cell"].unique()
         known = [c for c in cells if c in seen]
         for c in known:
-            if not _same_rows(seen[c], table, c):
+            if not _same_rows(seen[c][1], table, c):
                 raise StoreError(
                     f"{f}: holds cell {c} with other values than {seen[c][0].name}; move one "
                     "of the two out (`ablate run` moves the later to _quarantine)"
@@ -301,7 +282,8 @@ def _once(frames: list[tuple[Path, pd.DataFrame]], warn) -> list[pd.DataFrame]:
             seen.setdefault(c, (f, table))
     if copies and warn:
         warn(
-            f"{copies} cells are stored twice with identical rows (a copied results file?); each counted once"
+            f"{copies} cells are stored twice with identical rows (a copied results file?); "
+            "each counted once"
         )
     return out
 
@@ -324,31 +306,31 @@ def read(path: str | Path, warn: Callable[[str], None] | None = warnings.warn) -
         except (pa.ArrowException, OSError) as e:
             raise StoreError(f"{f}: unreadable Parquet ({str(e).splitlines()[0][:80]})") from None
     df = pd.concat(_once(frames, warn), ignore_index=True)
-    manifest = read_manifest(path)
-    df = _current(df, manifest, path, warn)
-    if "factors" not in manifest:  # an old manifest: every stored level column is a factor
-        return df.sort_values(["cell", "epoch"], kind="stable").reset_index(drop=True)
-    factors = manifest.get("factor_order") or list(manifest["factors"] or {})  # the study's order
-    config = df["config"].map(
-        {c: {**JSON_DEFAULTS, **json.loads(c)} for c in df["config"].unique()}
-    )
-    for f in factors:  # a factor added after some rows were stored: their config holds its level
-        level = config.map(lambda c, f=f: c.get(f))
-        df[f] = (
-            level if f not in df.columns else df[f].where(df[f].notna(), level)
-        ).infer_objects()
-        if pd.api.types.is_float_dtype(df[f]) or pd.api.types.is_object_dtype(df[f]):
-            # concatenated files made None NaN and 300 300.0: the study's own levels back
-            declared = (manifest["factors"] or {}).get(
-                f
-            ) or []  # a list, not .map: map makes None NaN again
-            df[f] = pd.Series([_declared(v, declared) for v in df[f]], index=df.index, dtype=object)
-    levels = [
-        c for c in df.columns if c in JSON_DEFAULTS
-    ]  # config keys: factors now, or once (then in config)
-    rest = [c for c in df.columns if c not in ("study", "cell", "seed", "config", *levels)]
-    df = df[["study", "cell", "seed", *factors, *rest, "config"]]
+    design = read_design(path)
+    df = _current(df, design, path, warn)
+    if design.factors is not None:  # else an old manifest: every stored level column is a factor
+        df = _with_factors(df, design.factors)
     return df.sort_values(["cell", "epoch"], kind="stable").reset_index(drop=True)
+
+
+def _with_factors(df: pd.DataFrame, factors: dict) -> pd.DataFrame:
+    """A column per factor after seed, in the study's order, levels as declared; others: config."""
+    config = _configs(df["config"])
+    for f, declared in factors.items():
+        # a factor added after some rows were stored: their config holds its level
+        level = config.map(lambda c, f=f: c.get(f))
+        stored = df[f].where(df[f].notna(), level) if f in df.columns else level
+        df[f] = stored.infer_objects()
+        if pd.api.types.is_float_dtype(df[f]) or pd.api.types.is_object_dtype(df[f]):
+            # concatenated files made None NaN and 300 300.0: the declared levels (not .map: NaN)
+            df[f] = pd.Series([_declared(v, declared) for v in df[f]], index=df.index, dtype=object)
+    rest = [c for c in df.columns if c not in ("study", "cell", "seed", "config", *JSON_DEFAULTS)]
+    return df[["study", "cell", "seed", *factors, *rest, "config"]]
+
+
+def _configs(column: pd.Series) -> pd.Series:
+    """Each row's config as a dict; a key added after the row was stored reads as its default."""
+    return column.map({c: {**JSON_DEFAULTS, **json.loads(c)} for c in column.unique()})
 
 
 def _declared(value, levels: list):
@@ -363,12 +345,11 @@ def _declared(value, levels: list):
     return value
 
 
-def _current(df: pd.DataFrame, manifest: dict, path: Path, warn) -> pd.DataFrame:
-    """The rows of the cells of the design the manifest records (its dataset, model, base,
-    factors and design; any seed). Rows left by an edited study or a --set run into the same
-    folder would otherwise be pooled with them, as extra seeds of the same point."""
-    ids = design_ids(manifest, df["seed"].unique()) if "base" in manifest else None
-    if ids is None:
+def _current(df: pd.DataFrame, design: Design, path: Path, warn) -> pd.DataFrame:
+    """The rows of the cells of the recorded design (its dataset, model, base, factors, kind; any
+    seed): rows an edited study or a --set run left here would pool as extra seeds of a point."""
+    ids = design.cell_ids(df["seed"].unique())
+    if ids is None:  # the manifest cannot say (design.unlisted): every row is the study's
         return df
     keep = df["cell"].isin(ids)
     stale = df.loc[~keep, "cell"].nunique()
@@ -379,8 +360,8 @@ def _current(df: pd.DataFrame, manifest: dict, path: Path, warn) -> pd.DataFrame
         )
     if stale and warn:
         warn(
-            f"{path}: {stale} stored cells are not in the study's current design (an edited study or a "
-            "--set run wrote here) and are left out; `--out` keeps such runs apart"
+            f"{path}: {stale} stored cells are not in the study's current design (an edited study "
+            "or a --set run wrote here) and are left out; `--out` keeps such runs apart"
         )
     return df[keep.to_numpy()]
 

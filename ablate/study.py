@@ -1,4 +1,4 @@
-"""Study declaration, validation, designs, and their expansion into seeded cells (keys.py: the keys)."""
+"""Study declaration, validation, designs and seeded cells; the Design a results folder records."""
 
 from __future__ import annotations
 
@@ -8,14 +8,16 @@ import json
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import fingerprint
 from .keys import (  # noqa: F401  some re-exported: ablate's modules import them from here
     CLAIM_KINDS,
     DATASET_SIZES,
     DATASETS,
+    DEFAULTS,
     DESIGNS,
+    FIRST_KEYS,
     JSON_DEFAULTS,
     KEYS,
     MAX_CELLS,
@@ -26,7 +28,10 @@ from .keys import (  # noqa: F401  some re-exported: ablate's modules import the
     AblateError,
     StudyError,
     _is_int,
+    _is_num,
     normalise,
+    normalise_seeds,
+    unknown_setting,
 )
 
 
@@ -38,14 +43,12 @@ class Claim:
     value: float
     source: str = ""
     metric: str = "test_acc"
-    epoch: int | None = (
-        None  # compare at this epoch (a shorter tutorial run is a prefix of a longer cell)
-    )
-    kind: str = (
-        "point"  # "point": one run's value, judged by the 95% prediction interval of one run;
-    )
-    # "mean": an average of runs, judged by the 95% CI of the mean; "at_most"/"at_least": a bound
+    # compare at this epoch (a shorter tutorial run is a prefix of a longer cell)
+    epoch: int | None = None
+    # "point": one run's value, judged by the 95% prediction interval of one run; "mean": an
+    # average of runs, judged by the 95% CI of the mean; "at_most"/"at_least": a bound
     # ("cannot pass 75%") that holds when every run keeps to its side
+    kind: str = "point"
 
 
 @dataclass
@@ -79,36 +82,14 @@ def _canonical(obj) -> str:
 
 def model_name(model, where: str = "model") -> str:
     """How a cell id and the manifest name the model: "mlp", "cnn", "linear" as given; a callable
-    as callable:<qualname>@<12 hex digits of the hash of its source's syntax tree>, so an edited
-    body makes new cells (fingerprint.py). A StudyError naming `where` when it has no stable name."""
+    as callable:<qualname>@<12 hex digits of its source's syntax tree's hash>, so an edited body
+    makes new cells (fingerprint.py). A StudyError naming `where` when it has no stable name."""
     if isinstance(model, str):
         return model
     try:
         return fingerprint.name(model, where)
     except fingerprint.NoStableId as e:
         raise StudyError(str(e)) from None
-
-
-# Keys added after the first release enter a cell's id only when set away from their
-# default, so a new key never orphans stored results.
-FIRST_KEYS = frozenset(
-    {
-        "hidden",
-        "activation",
-        "dropout",
-        "batchnorm",
-        "init",
-        "hflip",
-        "normalize",
-        "optimizer",
-        "lr",
-        "momentum",
-        "weight_decay",
-        "batch_size",
-        "epochs",
-        "train_subset",
-    }
-)
 
 
 def cell_id(dataset: str, model, config: dict, seed: int) -> str:
@@ -126,18 +107,17 @@ def cell_id(dataset: str, model, config: dict, seed: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a study's: its results folder's name
+
+
 def validate(study: Study) -> Study:
     """Check every field and return a copy whose base and levels are canonical values."""
     src = study.source
-    if not isinstance(study.name, str) or not re.fullmatch(
-        r"[A-Za-z0-9][A-Za-z0-9_.-]*", study.name
-    ):
+    if not isinstance(study.name, str) or not NAME.fullmatch(study.name):
         raise StudyError(
             f"{src}: name={study.name!r} is not allowed; expected letters, digits, '_', '-', '.'"
         )
-    if study.name.lower().endswith(
-        ".parquet"
-    ):  # its folder would read as a results file of its parent
+    if study.name.lower().endswith(".parquet"):  # its folder would read as its parent's results
         raise StudyError(
             f"{src}: name={study.name!r} is not allowed; a study's name may not end in .parquet"
         )
@@ -160,8 +140,7 @@ def validate(study: Study) -> Study:
                 f"{src}: {what} is a {type(value).__name__}; expected a dict of config keys"
             )
     model_name(study.model, f"{src}: model")  # a callable with no stable id stops here
-    base = {k: default for k, (default, _, _) in KEYS.items()}
-    base.update({k: normalise(k, v, f"{src}: base") for k, v in study.base.items()})
+    base = {**DEFAULTS, **{k: normalise(k, v, f"{src}: base") for k, v in study.base.items()}}
     factors = {}
     for key, levels in study.factors.items():
         if not isinstance(key, str):
@@ -189,7 +168,7 @@ def validate(study: Study) -> Study:
                 "(use 'grid' or 'one_at_a_time')"
             )
         factors[key] = levels
-    seeds = _seeds(study.seeds, src)
+    seeds = normalise_seeds(study.seeds, src)
     if (n := n_points(study.design, factors) * len(seeds)) > MAX_CELLS:  # counted, not built
         raise StudyError(
             f"{src}: {n:,} cells ({n_points(study.design, factors):,} points x "
@@ -211,51 +190,17 @@ def validate(study: Study) -> Study:
             )
         for k, v in claim.where.items():
             normalise(k, v, f"{src}: claim where")
-    out = Study(
-        study.name,
-        study.dataset,
-        study.model,
-        base,
-        factors,
-        study.design,
-        list(seeds),
-        list(study.claims),
-        src,
-    )
-    defaults = {k: default for k, (default, _, _) in KEYS.items()}
-    for levels in points(
-        out
-    ):  # batchnorm cannot normalise one sample: the plain path raised mid-run
-        cfg = {**defaults, **out.base, **levels}
+    out = replace(study, base=base, factors=factors, seeds=list(seeds), claims=list(study.claims))
+    # batchnorm cannot normalise one sample: the plain path raised mid-run
+    for levels in points(out):
+        cfg = {**out.base, **levels}
         if cfg["batchnorm"] and 1 in (cfg["batch_size"], cfg["train_subset"]):
             raise StudyError(
                 f"{src}: batchnorm=True with batch_size={cfg['batch_size']}, train_subset="
-                f"{cfg['train_subset']} is not allowed; batchnorm needs batches of 2 or more samples"
+                f"{cfg['train_subset']} is not allowed; batchnorm needs batches of 2 or more "
+                "samples"
             )
     return out
-
-
-def _seeds(seeds, src) -> range | list[int]:
-    """Seeds 0..n-1 as a range (a list only once the count is checked), or the listed seeds."""
-    if _is_int(seeds):
-        if not 1 <= seeds <= SEED_LIMIT:
-            raise StudyError(
-                f"{src}: seeds={seeds} is not allowed; expected an int >= 1 and <= 2**32 "
-                "(seeds 0..n-1 must stay below 2**32)"
-            )
-        return range(seeds)
-    if isinstance(seeds, (list, tuple)) and seeds and all(_is_int(s) for s in seeds):
-        if bad := [s for s in seeds if not 0 <= s < SEED_LIMIT]:
-            raise StudyError(
-                f"{src}: seed {bad[0]} is not allowed; expected 0 <= seed < 2**32 "
-                "(the random streams use its low 32 bits)"
-            )
-        if len(set(seeds)) < len(seeds):
-            raise StudyError(f"{src}: seeds {list(seeds)} lists a seed twice")
-        return list(seeds)
-    raise StudyError(
-        f"{src}: seeds={seeds!r} is not allowed; expected an int >= 1 or a list of ints >= 0"
-    )
 
 
 def n_points(design: str, factors: dict) -> int:
@@ -301,10 +246,7 @@ def _half_fraction(study: Study) -> list[dict]:
 
 def cells(study: Study) -> list[Cell]:
     """Every design point times every seed, in a stable order (point-major)."""
-    out, name = (
-        [],
-        model_name(study.model, f"{study.source}: model"),
-    )  # a callable's source: read once
+    out, name = [], model_name(study.model, f"{study.source}: model")  # its source: read once
     for levels in points(study):
         config = {**study.base, **levels}
         for seed in study.seeds:
@@ -333,18 +275,14 @@ def claim_problems(study: Study) -> list[str]:
             out.append(
                 f"{where}: kind={c.kind!r} is not allowed; expected one of {', '.join(CLAIM_KINDS)}"
             )
-        elif (
-            not isinstance(c.value, (int, float))
-            or isinstance(c.value, bool)
-            or not math.isfinite(c.value)
-        ):
+        elif not _is_num(c.value):  # a finite int or float; True is not a number here
             out.append(f"{where}: value={c.value!r} is not a number")
         elif c.metric == "test_acc" and not 0 <= c.value <= 1:
             out.append(
                 f"{where}: value={c.value!r} is not a fraction; accuracy is stored as a fraction, "
                 f"e.g. {c.value / 100:g} for {c.value:g}%"
             )
-        elif not (hits := _selected(study, c, configs, where)):
+        elif not (hits := _selected(c, configs, where)):
             levels = "; ".join(
                 f"{k} in {study.factors[k]!r}" if k in study.factors else f"{k}={study.base[k]!r}"
                 for k in c.where
@@ -360,37 +298,103 @@ def claim_problems(study: Study) -> list[str]:
     return out
 
 
-def _selected(study: Study, claim: Claim, configs: list[dict], where: str) -> list[dict]:
+def _selected(claim: Claim, configs: list[dict], where: str) -> list[dict]:
     want = {k: normalise(k, v, where) for k, v in claim.where.items()}
     return [
         cfg for cfg in configs if all(_canonical(cfg[k]) == _canonical(v) for k, v in want.items())
     ]
 
 
-def design_ids(manifest: dict, seeds) -> set[str] | None:
-    """The ids of the cells of the design a results folder's manifest records, for `seeds`;
-    None when the manifest cannot say (written before it recorded the design, or by a newer
-    ablate with keys this one does not know)."""
-    try:
-        where = "manifest"
-        base = {k: default for k, (default, _, _) in KEYS.items()}
-        base.update({k: normalise(k, v, where) for k, v in manifest["base"].items()})
-        factors = {
-            k: [normalise(k, v, where) for v in levels]
-            for k, levels in (manifest["factors"] or {}).items()
-        }
-        study = Study(
-            manifest["study"],
-            manifest["dataset"],
-            manifest["model"],
-            base,
-            factors,
-            manifest["design"],
+# What a manifest must record to list its cells (every one ablate wrote does; a partial one not).
+RECORDED = ("dataset", "model", "design", "base", "factors")
+
+
+@dataclass(frozen=True)
+class Design:
+    """A results folder's study as its manifest records it, read once (store.read_design): what
+    store, `ablate show` and the report take instead of each reading the JSON its own way."""
+
+    study: str = ""
+    dataset: str = ""
+    model: str = ""  # model_name's answer
+    kind: str = ""  # grid, one_at_a_time or fractional as recorded; "" when not
+    base: dict = field(default_factory=dict)  # config key -> baseline as JSON (tuples are lists)
+    factors: dict | None = None  # factor -> levels as JSON, in the study's order; None: unrecorded
+    seeds: tuple = ()
+    claims: tuple = ()  # each a dict of Claim's fields
+    classes: int | None = None  # as recorded (report.dataset_sizes falls back to the dataset's)
+    test_size: int | None = None
+    runs: tuple = ()  # each run's start, device, host and versions, the first first
+    unlisted: str = ""  # why the manifest cannot list its cells (_why_unlisted), or ""
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> Design:
+        """The manifest's JSON as written by runner.manifest; {} (no manifest) reads as empty."""
+        base = manifest.get("base")
+        return cls(
+            study=manifest.get("study") or "",
+            dataset=manifest.get("dataset", ""),
+            model=manifest.get("model", ""),
+            kind=manifest.get("design", ""),
+            base=base if isinstance(base, dict) else {},
+            factors=_recorded_factors(manifest),
+            seeds=_recorded_list(manifest, "seeds"),
+            claims=_recorded_list(manifest, "claims"),
+            classes=manifest.get("classes"),
+            test_size=manifest.get("test_size"),
+            runs=_recorded_list(manifest, "runs"),
+            unlisted=_why_unlisted(manifest),
         )
+
+    def cell_ids(self, seeds) -> set[str] | None:
+        """The ids of the design's cells for `seeds`; None when the manifest cannot say."""
+        if self.unlisted:
+            return None
+        base = {**DEFAULTS, **{k: normalise(k, v, "manifest") for k, v in self.base.items()}}
+        factors = {
+            k: [normalise(k, v, "manifest") for v in levels] for k, levels in self.factors.items()
+        }
+        study = Study(self.study, self.dataset, self.model, base, factors, self.kind)
         return {
-            cell_id(study.dataset, study.model, {**base, **levels}, int(seed))
+            cell_id(self.dataset, self.model, {**base, **levels}, int(seed))
             for levels in points(study)
             for seed in seeds
         }
-    except (KeyError, TypeError, AttributeError, AblateError):
+
+
+def _recorded_list(manifest: dict, key: str) -> tuple:
+    return tuple(value) if isinstance(value := manifest.get(key), list) else ()
+
+
+def _recorded_factors(manifest: dict) -> dict | None:
+    """Factor -> its levels in the study's order (factor_order: the JSON's keys are sorted);
+    None when the manifest records no factors (no manifest, or one from before it did)."""
+    recorded = manifest.get("factors") or {}  # null: a study of no factors
+    if "factors" not in manifest or not isinstance(recorded, dict):
         return None
+    order = manifest.get("factor_order")  # absent before it was recorded: the sorted keys
+    if not isinstance(order, list) or sorted(order, key=str) != sorted(recorded):
+        order = list(recorded)
+    return {f: levels if isinstance(levels := recorded[f], list) else [] for f in order}
+
+
+def _why_unlisted(manifest: dict) -> str:
+    """Why the manifest cannot say which cells its design holds, or "", from what it records: a
+    partial one lacks part of the design; a newer ablate's may name what this one does not know."""
+    if missing := [k for k in RECORDED if k not in manifest]:
+        return f"it records no {missing[0]}"
+    base, factors = manifest["base"], manifest["factors"] or {}
+    shapes = [(manifest["dataset"], str), (manifest["model"], str), (base, dict), (factors, dict)]
+    shapes += [(levels, list) for levels in (factors.values() if isinstance(factors, dict) else ())]
+    if not all(isinstance(value, kind) for value, kind in shapes):
+        return "its dataset, model, base or factors are not of the types ablate writes"
+    if manifest["design"] not in DESIGNS:
+        return f"design {manifest['design']!r} is not one this ablate knows"
+    if setting := unknown_setting(base, factors):
+        return f"{setting} is not a config value this ablate knows"
+    return ""
+
+
+def design_ids(manifest: dict, seeds) -> set[str] | None:
+    """The ids of the cells a manifest's design holds for `seeds`; None when it cannot say."""
+    return Design.from_manifest(manifest).cell_ids(seeds)

@@ -7,6 +7,7 @@ import importlib.util
 import linecache
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,22 +44,12 @@ def override(study: Study, sets: list[str] = (), seeds: int | None = None) -> St
         base[key] = value
         if key in factors:
             factors[key] = [value]
-    out = Study(
-        study.name,
-        study.dataset,
-        study.model,
-        base,
-        factors,
-        study.design,
-        study.seeds if seeds is None else seeds,
-        study.claims,
-        study.source,
-    )
-    return validate(out)
+    seeds = study.seeds if seeds is None else seeds
+    return validate(replace(study, base=base, factors=factors, seeds=seeds))
 
 
 def load(path: str | Path) -> Study:
-    """Execute a study file and return its validated `study`; every failure is one StudyError line."""
+    """Execute a study file and return its validated `study`; every failure one StudyError line."""
     path = Path(path)
     if not path.is_file():
         raise StudyError(f"{path}: no such study file")

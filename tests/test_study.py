@@ -2,12 +2,14 @@
 
 import ast
 import itertools
+import json
 import math
 
 import pytest
 
 from ablate.study import (
     Claim,
+    Design,
     Study,
     StudyError,
     cell_id,
@@ -389,3 +391,54 @@ def test_a_set_value_too_long_or_too_deep_is_one_line_naming_the_key(monkeypatch
         StudyError, match="--set hidden: the value is nested too deeply"
     ):  # 10^4 minus signs
         parse_set("hidden=1")
+
+
+def recorded(st, **changes) -> dict:
+    """A manifest as runner.manifest writes it and store reads it back (JSON: tuples are lists)."""
+    manifest = dict(
+        study=st.name,
+        dataset=st.dataset,
+        model=st.model,
+        design=st.design,
+        base=st.base,
+        factors=st.factors,
+        factor_order=list(st.factors),
+        seeds=st.seeds,
+        claims=[vars(c) for c in st.claims],
+        runs=[],
+    )
+    return json.loads(json.dumps({**manifest, **changes}, sort_keys=True))
+
+
+def test_a_manifest_reads_once_into_a_design_that_lists_its_cells():
+    factors = dict(init=["default", "kaiming_uniform"], activation=["sigmoid", "relu"])
+    st = make(factors=factors, base=dict(hidden=(32,)), claims=[Claim(dict(init="default"), 0.9)])
+    design = Design.from_manifest(recorded(st))
+    assert list(design.factors) == ["init", "activation"]  # the study's order, not sorted keys
+    assert design.kind == "grid" and design.base["hidden"] == [32] and design.unlisted == ""
+    assert design.claims[0]["value"] == 0.9 and design.seeds == (0, 1, 2, 3, 4)
+    assert design.cell_ids(st.seeds) == {c.id for c in cells(st)}
+    assert Design.from_manifest(recorded(st, design="fractional")).cell_ids(st.seeds) == {
+        c.id for c in cells(make(factors=factors, base=dict(hidden=(32,)), design="fractional"))
+    }
+
+
+@pytest.mark.parametrize("manifest", [{}, {"study": "s", "factors": {"lr": [0.1]}}])
+def test_a_partial_manifest_lists_no_cells(manifest):  # {}: a folder with no manifest
+    design = Design.from_manifest(manifest)
+    assert design.unlisted == "it records no dataset" and design.cell_ids([0, 1]) is None
+
+
+@pytest.mark.parametrize(
+    "changes, why",
+    [
+        ({"design": "latin_square"}, "design 'latin_square' is not one this ablate knows"),
+        ({"base": {"warmup": 5}}, "warmup=5 is not a config value this ablate knows"),
+        ({"factors": {"activation": ["swish"]}}, "activation='swish' is not a config value"),
+        ({"factors": {"activation": "relu"}}, "not of the types ablate writes"),
+        ({"base": None}, "not of the types ablate writes"),
+    ],
+)
+def test_a_manifest_naming_what_this_ablate_does_not_know_lists_no_cells(changes, why):
+    design = Design.from_manifest(recorded(make(), **changes))
+    assert why in design.unlisted and design.cell_ids([0, 1]) is None
