@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from . import charts, stats
-from .study import Design
+from .design import Design
 
 if TYPE_CHECKING:
     from .report import Report  # report.py imports this module to write the page

@@ -10,8 +10,9 @@ from pathlib import Path
 import pandas as pd
 
 from . import anova, charts, claims, stats, store
+from .design import Design
 from .page import CAPTIONS, CSS, page  # noqa: F401  report.CSS and report.CAPTIONS, as before
-from .study import DATASET_SIZES, AblateError, Design
+from .study import DATASET_SIZES, AblateError
 
 REPORT = "_report"  # beside the rows, named so Parquet readers skip it (see store.py)
 CHARTS = charts.NAMES

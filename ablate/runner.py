@@ -20,9 +20,10 @@ import pyarrow.parquet as pq
 import torch
 
 from . import __version__, engine, fused
+from .design import design_ids
 from .local import Local, Outcome, device_name  # noqa: F401 (benchmarks import device_name here)
 from .store import ROW_COLUMNS, Store, StoreError, check_folder, parquet_files, read_manifest
-from .study import AblateError, Cell, Study, design_ids, model_name
+from .study import AblateError, Cell, Study, model_name
 from .study import cells as expand
 
 

@@ -23,7 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import testhooks
-from .study import JSON_DEFAULTS, AblateError, Design
+from .design import Design
+from .study import JSON_DEFAULTS, AblateError
 
 MANIFEST = "_manifest.json"
 QUARANTINE = "_quarantine"

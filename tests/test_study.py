@@ -7,9 +7,9 @@ import math
 
 import pytest
 
+from ablate.design import Design
 from ablate.study import (
     Claim,
-    Design,
     Study,
     StudyError,
     cell_id,
@@ -250,8 +250,9 @@ def test_a_callable_models_id_changes_with_its_body_not_its_comments_or_docstrin
 
 
 def test_a_callable_models_name_carries_its_hash_and_rebuilds_the_ids_from_the_manifest(tmp_path):
+    from ablate.design import design_ids
     from ablate.runner import manifest
-    from ablate.study import design_ids, model_name
+    from ablate.study import model_name
 
     st = load(write_study(tmp_path, name="own", body=CALLABLE.format(model="model", doc="")))
     assert (

@@ -1,0 +1,102 @@
+"""The design a results folder records: its manifest read once into a Design value."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .keys import DEFAULTS, DESIGNS, normalise, unknown_setting
+from .study import Study, cell_id, points
+
+# What a manifest must record to list its cells (every one ablate wrote does; a partial one not).
+RECORDED = ("dataset", "model", "design", "base", "factors")
+
+
+@dataclass(frozen=True)
+class Design:
+    """A results folder's study as its manifest records it, read once (store.read_design): what
+    store, `ablate show` and the report take instead of each reading the JSON its own way."""
+
+    study: str = ""
+    dataset: str = ""
+    model: str = ""  # model_name's answer
+    kind: str = ""  # grid, one_at_a_time or fractional as recorded; "" when not
+    base: dict = field(default_factory=dict)  # config key -> baseline as JSON (tuples are lists)
+    factors: dict | None = None  # factor -> levels as JSON, in the study's order; None: unrecorded
+    seeds: tuple = ()
+    claims: tuple = ()  # each a dict of Claim's fields
+    classes: int | None = None  # as recorded (report.dataset_sizes falls back to the dataset's)
+    test_size: int | None = None
+    runs: tuple = ()  # each run's start, device, host and versions, the first first
+    unlisted: str = ""  # why the manifest cannot list its cells (_why_unlisted), or ""
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> Design:
+        """The manifest's JSON as written by runner.manifest; {} (no manifest) reads as empty."""
+        base = manifest.get("base")
+        return cls(
+            study=manifest.get("study") or "",
+            dataset=manifest.get("dataset", ""),
+            model=manifest.get("model", ""),
+            kind=manifest.get("design", ""),
+            base=base if isinstance(base, dict) else {},
+            factors=_recorded_factors(manifest),
+            seeds=_recorded_list(manifest, "seeds"),
+            claims=_recorded_list(manifest, "claims"),
+            classes=manifest.get("classes"),
+            test_size=manifest.get("test_size"),
+            runs=_recorded_list(manifest, "runs"),
+            unlisted=_why_unlisted(manifest),
+        )
+
+    def cell_ids(self, seeds) -> set[str] | None:
+        """The ids of the design's cells for `seeds`; None when the manifest cannot say."""
+        if self.unlisted:
+            return None
+        base = {**DEFAULTS, **{k: normalise(k, v, "manifest") for k, v in self.base.items()}}
+        factors = {
+            k: [normalise(k, v, "manifest") for v in levels] for k, levels in self.factors.items()
+        }
+        study = Study(self.study, self.dataset, self.model, base, factors, self.kind)
+        return {
+            cell_id(self.dataset, self.model, {**base, **levels}, int(seed))
+            for levels in points(study)
+            for seed in seeds
+        }
+
+
+def _recorded_list(manifest: dict, key: str) -> tuple:
+    return tuple(value) if isinstance(value := manifest.get(key), list) else ()
+
+
+def _recorded_factors(manifest: dict) -> dict | None:
+    """Factor -> its levels in the study's order (factor_order: the JSON's keys are sorted);
+    None when the manifest records no factors (no manifest, or one from before it did)."""
+    recorded = manifest.get("factors") or {}  # null: a study of no factors
+    if "factors" not in manifest or not isinstance(recorded, dict):
+        return None
+    order = manifest.get("factor_order")  # absent before it was recorded: the sorted keys
+    if not isinstance(order, list) or sorted(order, key=str) != sorted(recorded):
+        order = list(recorded)
+    return {f: levels if isinstance(levels := recorded[f], list) else [] for f in order}
+
+
+def _why_unlisted(manifest: dict) -> str:
+    """Why the manifest cannot say which cells its design holds, or "", from what it records: a
+    partial one lacks part of the design; a newer ablate's may name what this one does not know."""
+    if missing := [k for k in RECORDED if k not in manifest]:
+        return f"it records no {missing[0]}"
+    base, factors = manifest["base"], manifest["factors"] or {}
+    shapes = [(manifest["dataset"], str), (manifest["model"], str), (base, dict), (factors, dict)]
+    shapes += [(levels, list) for levels in (factors.values() if isinstance(factors, dict) else ())]
+    if not all(isinstance(value, kind) for value, kind in shapes):
+        return "its dataset, model, base or factors are not of the types ablate writes"
+    if manifest["design"] not in DESIGNS:
+        return f"design {manifest['design']!r} is not one this ablate knows"
+    if setting := unknown_setting(base, factors):
+        return f"{setting} is not a config value this ablate knows"
+    return ""
+
+
+def design_ids(manifest: dict, seeds) -> set[str] | None:
+    """The ids of the cells a manifest's design holds for `seeds`; None when it cannot say."""
+    return Design.from_manifest(manifest).cell_ids(seeds)
