@@ -1,21 +1,29 @@
-"""Named datasets, loaded once into uint8 tensors on the device, and batched preprocessing there."""
+"""Datasets by name or callable, loaded once into tensors on the device; batched preprocessing."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
+import inspect
 import os
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 
-from .study import DATASET_SIZES, AblateError
-
-
-class DataError(AblateError):
-    code = 1
-
+from .sources import (
+    TORCHVISION,
+    Data,
+    DataError,
+    DatasetError,
+    cache_dir,
+    from_arrays,
+    image_moments,
+    torchvision_data,
+)
+from .sources import check_flips as check_flips  # re-exported: the runner's one import
+from .study import DATASET_SIZES
 
 # name -> (torchvision folder and class, the four IDX files)
 SOURCES = {
@@ -29,30 +37,6 @@ FILES = (
     "t10k-labels-idx1-ubyte",
 )
 DEBIAN = {"fashion_mnist": Path("/usr/share/datasets/fashion-mnist")}  # dataset-fashion-mnist
-
-
-@dataclass
-class Data:
-    """A dataset on one device: images uint8 [N, C, H, W], labels int64 [N]."""
-
-    name: str
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-    mean: torch.Tensor  # [C], of the training images scaled to 0..1
-    std: torch.Tensor
-    classes: int
-    origin: str  # the folder the files came from
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.train_x.shape[1:])
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(os.environ.get("ABLATE_CACHE", Path(base) / "ablate"))
 
 
 def read_idx(path: Path) -> torch.Tensor:
@@ -129,8 +113,7 @@ def _data(name, train_x, train_y, test_x, test_y, origin: str, labels=None) -> D
     """`labels`: the files the train and test labels came from, for the error message."""
     for y, where in zip((train_y, test_y), labels or (origin, origin), strict=True):
         check_labels(y, name, where)
-    scaled = train_x.float().div_(255)
-    mean, std = scaled.mean(dim=(0, 2, 3)), scaled.std(dim=(0, 2, 3))
+    mean, std = image_moments(train_x)
     classes = DATASET_SIZES[name][0]  # fixed: not the largest label seen + 1
     return Data(name, train_x, train_y.long(), test_x, test_y.long(), mean, std, classes, origin)
 
@@ -234,12 +217,15 @@ def _load_cpu(name: str, data_dir: str | None) -> Data:
         return _digits()
     if name == "cifar10":
         return _cifar10(data_dir)
+    if name.startswith(TORCHVISION):
+        return torchvision_data(name, data_dir)
     return _idx_set(name, data_dir)
 
 
 def load(name: str, device: torch.device | str = "cpu", data_dir: str | Path | None = None) -> Data:
     """Load once per process and device: files are read once, tensors copied once per device
-    (a torch.device, or its name: "cpu", "cuda:0")."""
+    (a torch.device, or its name: "cpu", "cuda:0"). `name`: a built-in dataset or
+    "torchvision:NAME[-VARIANT]" ("torchvision:KMNIST", "torchvision:EMNIST-letters")."""
     return _load(name, torch.device(device), str(data_dir) if data_dir else None)
 
 
@@ -251,22 +237,87 @@ def _load(name: str, device: torch.device, data_dir: str | None) -> Data:
 def to_device(d: Data, device: torch.device) -> Data:
     if device.type == "cpu" and d.train_x.device.type == "cpu":
         return d
-    move = lambda t: t.to(device)  # noqa: E731
-    return Data(
-        d.name,
-        move(d.train_x),
-        move(d.train_y),
-        move(d.test_x),
-        move(d.test_y),
-        move(d.mean),
-        move(d.std),
-        d.classes,
-        d.origin,
-    )
+    tensors = ("train_x", "train_y", "test_x", "test_y", "mean", "std")
+    return dataclasses.replace(d, **{f: getattr(d, f).to(device) for f in tensors})
+
+
+def takes_config(dataset: Callable, source: str) -> bool:
+    """Whether a dataset callable is called with the config: it has a positional parameter
+    (further ones need defaults); none: called without. DatasetError for other signatures."""
+    try:
+        params = list(inspect.signature(dataset).parameters.values())
+    except (TypeError, ValueError):
+        raise DatasetError(
+            f"{source}: dataset {dataset!r} is not a callable ablate can call"
+        ) from None
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    needed = [
+        p.name
+        for p in params
+        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    extra = [n for n in needed if not positional or n != positional[0].name]
+    if extra:
+        raise DatasetError(
+            f"{source}: dataset {_name(dataset)} requires the arguments {', '.join(needed)}; "
+            "expected none, or one: the config"
+        )
+    return bool(positional)
+
+
+def _name(dataset: Callable) -> str:
+    return getattr(dataset, "__qualname__", None) or type(dataset).__qualname__
+
+
+def _frozen(value):
+    """A hashable form of a config value, its type included (True, 1 and 1.0 are one dict key)."""
+    if isinstance(value, Mapping):
+        return tuple(sorted((str(k), _frozen(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return type(value).__name__, tuple(_frozen(v) for v in value)
+    plain = value is None or isinstance(value, (bool, int, float, str))
+    return type(value).__name__, value if plain else repr(value)
+
+
+# (the callable, its frozen config or None) -> CPU Data, and the same key + (device,) -> Data on
+# it; unbounded: a callable that reads the config is called once per distinct config
+_CALLED: dict[tuple, Data] = {}
+
+
+def load_callable(
+    dataset: Callable, config: Mapping | None, device: torch.device | str, source: str
+) -> Data:
+    """A study's dataset callable's data on `device`, checked (from_arrays). A callable taking
+    the config (takes_config) is called with a copy of `config` once per distinct config; one
+    taking none once per process, `config` ignored. Tensors go to each device once. DatasetError,
+    naming `source` (the study file), for a return ablate cannot train on."""
+    config = config if takes_config(dataset, source) else None
+    try:
+        key = (dataset, None if config is None else _frozen(config))
+        hash(key)
+    except TypeError:  # an unhashable callable object: its identity, while it lives
+        key = (id(dataset), None if config is None else _frozen(config))
+    if key not in _CALLED:
+        try:
+            arrays = dataset() if config is None else dataset(dict(config))
+        except SystemExit as e:
+            raise DatasetError(
+                f"{source}: the dataset callable {_name(dataset)} called exit({e.code!r})"
+            ) from None
+        _CALLED[key] = from_arrays(_name(dataset), arrays, source)
+    on = key + (torch.device(device),)
+    if on not in _CALLED:
+        _CALLED[on] = to_device(_CALLED[key], torch.device(device))
+    return _CALLED[on]
 
 
 def to_float(data: Data, x: torch.Tensor, normalize: bool) -> torch.Tensor:
-    """uint8 [..., C, H, W] to float in 0..1, or standardised by the dataset's mean and std."""
+    """uint8 [..., C, H, W] to float in 0..1, or standardised by the dataset's mean and std [C];
+    float32 features [..., *shape] as they are (a copy), or standardised per feature."""
+    if not data.images:
+        if normalize:
+            return (x.float() - data.mean) / data.std
+        return x.to(torch.float32, copy=True)  # a copy: a model's in-place op must not reach data
     x = x.float().div_(255)
     if normalize:
         shape = (-1, 1, 1)
@@ -277,3 +328,12 @@ def to_float(data: Data, x: torch.Tensor, normalize: bool) -> torch.Tensor:
 def hflip(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     """Mirror along the width the images whose `flip` is True (flip: bool, x's leading dims)."""
     return torch.where(flip.view(*flip.shape, *([1] * (x.ndim - flip.ndim))), x.flip(-1), x)
+
+
+def study_data(dataset, own: Mapping, device, data_dir, source: str) -> Data:
+    """A study's dataset on `device` for one setting `own` of the study's own keys: a built-in
+    or "torchvision:NAME" dataset (`own` unused), or a dataset callable, called with `own` when
+    it takes a config (load_callable)."""
+    if callable(dataset):
+        return load_callable(dataset, dict(own), torch.device(device), source)
+    return load(dataset, device, data_dir)

@@ -146,15 +146,18 @@ def normalization(cfgs: list[dict], device) -> bool | torch.Tensor:
 def prepare(
     data: Data, raw: torch.Tensor, norm: bool | torch.Tensor, flips: torch.Tensor | None
 ) -> torch.Tensor:
-    """uint8 [G, B, C, H, W] (or [B, ...] shared by all cells) -> float [G or 1, B, C, H, W]; each
-    cell normalised where `norm` (from normalization) says, mirrored where `flips` [G, B] says."""
+    """uint8 [G, B, C, H, W] or features [G, B, *shape] (or [B, ...] shared by all cells) -> float
+    [G or 1, B, ...]; each cell normalised where `norm` (from normalization) says, mirrored where
+    `flips` [G, B] says."""
+    dims = len(data.shape) + 2  # [G, B, *sample]: 5 for images
     if isinstance(norm, bool):
         x = to_float(data, raw, norm)
-    else:
-        x = torch.where(norm, to_float(data, raw, True), to_float(data, raw, False))
+    else:  # the [G, 1, 1, 1, 1] mask as [G, 1, ...] for any sample shape (the same for images)
+        mask = norm.view(-1, *[1] * (dims - 1))
+        x = torch.where(mask, to_float(data, raw, True), to_float(data, raw, False))
     if flips is not None:
         x = hflip(x, flips)
-    return x if x.dim() == 5 else x[None]
+    return x if x.dim() == dims else x[None]
 
 
 @torch.no_grad()
