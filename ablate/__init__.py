@@ -9,6 +9,6 @@ __version__ = "0.1.0"
 if "OMP_WAIT_POLICY" not in os.environ:
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
-from .study import AblateError, Cell, Claim, Study  # noqa: E402
+from .study import AblateError, Cell, Claim, Key, Study  # noqa: E402
 
-__all__ = ["AblateError", "Cell", "Claim", "Study", "__version__"]
+__all__ = ["AblateError", "Cell", "Claim", "Key", "Study", "__version__"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sys
@@ -12,7 +13,7 @@ import torch
 from . import data as datasets
 from . import engine
 from .local import Outcome
-from .study import AblateError, Cell, Study
+from .study import AblateError, Cell, Study, own_values
 
 INSTALL = 'pip install "ablate[ray]"'
 RETRIES = 3  # a group whose worker dies runs again up to 3 times, then is recorded as failed
@@ -88,7 +89,8 @@ class Pool:
     ):
         ray = self.ray = _ray()
         self.study, self.progress, self.deterministic = study, progress, deterministic
-        data = datasets.load(study.dataset, data_dir=data_dir)  # a missing one fails before Ray
+        self.data_dir, self.boxes = data_dir, {}  # own keys' setting -> [its data in Ray]
+        data = self.data = self._data(study.base)  # a missing dataset fails before Ray starts
         self.shape, self.classes = data.shape, data.classes
         self._connect(address)
         try:
@@ -97,7 +99,7 @@ class Pool:
                 from ray import cloudpickle  # workers cannot import a study file by name: ship it
 
                 cloudpickle.register_pickle_by_value(module)
-            self.data_box = [ray.put(data)]  # in a list, so tasks get the reference and fetch once
+            self.boxes[self._setting(study.base)] = [ray.put(data)]  # a list: fetched once
             from ray.util.queue import Queue
 
             self.events = Queue(actor_options={"num_cpus": 0})
@@ -107,6 +109,20 @@ class Pool:
             raise
         self.pending: dict = {}  # task reference -> group
         self.cells: dict[str, Cell] = {}
+
+    def _setting(self, config: dict) -> str:
+        return json.dumps(own_values(self.study, config), sort_keys=True, default=list)
+
+    def _data(self, config: dict) -> datasets.Data:
+        own = own_values(self.study, config)
+        return datasets.study_data(self.study.dataset, own, "cpu", self.data_dir, self.study.source)
+
+    def data_box(self, config: dict) -> list:
+        """The dataset for cells of this config in Ray's object store, in a list (so tasks get
+        the reference and fetch it once per worker); put there once per own keys' setting."""
+        if (setting := self._setting(config)) not in self.boxes:
+            self.boxes[setting] = [self.ray.put(self._data(config))]
+        return self.boxes[setting]
 
     def _connect(self, address: str | None) -> None:
         # "local" starts a fresh instance even when one from `ray start` is running; shutdown()
@@ -159,7 +175,8 @@ class Pool:
         slots train as 2 groups of 4."""
         task = self.ray.remote(_auto_group).options(**self.options)
         try:
-            fits = self.ray.get(task.remote(todo[:1], self.study.model, self.data_box))
+            box = self.data_box(todo[0].config)
+            fits = self.ray.get(task.remote(todo[:1], self.study.model, box))
         except self.ray.exceptions.RayError as e:
             raise AblateError(
                 f"--executor ray: a worker could not load {self.study.dataset} onto its device: "
@@ -172,7 +189,7 @@ class Pool:
             group,
             self.study.model,
             self.study.source,
-            self.data_box,
+            self.data_box(group[0].config),
             self.deterministic,
             self.events,
         )

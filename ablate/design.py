@@ -4,8 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .keys import DEFAULTS, DESIGNS, normalise, unknown_setting
-from .study import Study, cell_id, points
+from .keys import (
+    DESIGNS,
+    JSON_DEFAULTS,
+    Key,
+    StudyError,
+    normalise,
+    own_keys,
+    table,
+    unknown_setting,
+)
+from .study import Study, cell_id, defaults, points
 
 # What a manifest must record to list its cells (every one ablate wrote does; a partial one not).
 RECORDED = ("dataset", "model", "design", "base", "factors")
@@ -28,6 +37,12 @@ class Design:
     test_size: int | None = None
     runs: tuple = ()  # each run's start, device, host and versions, the first first
     unlisted: str = ""  # why the manifest cannot list its cells (_why_unlisted), or ""
+    keys: dict = field(default_factory=dict)  # the study's own keys: name -> keys.key_spec
+
+    @property
+    def json_defaults(self) -> dict:
+        """Every key's default as a row's config JSON holds it: built-in and the study's own."""
+        return {**JSON_DEFAULTS, **{k: spec["default"] for k, spec in self.keys.items()}}
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> Design:
@@ -46,22 +61,32 @@ class Design:
             test_size=manifest.get("test_size"),
             runs=_recorded_list(manifest, "runs"),
             unlisted=_why_unlisted(manifest),
+            keys=keys if isinstance(keys := manifest.get("keys"), dict) else {},
         )
 
     def cell_ids(self, seeds) -> set[str] | None:
         """The ids of the design's cells for `seeds`; None when the manifest cannot say."""
         if self.unlisted:
             return None
-        base = {**DEFAULTS, **{k: normalise(k, v, "manifest") for k, v in self.base.items()}}
+        own = _own(self.keys)
+        allowed = table(own)
+        known = defaults(Study(self.study, self.dataset, keys=own))
+        base = {**known, **{k: normalise(k, v, "manifest", allowed) for k, v in self.base.items()}}
         factors = {
-            k: [normalise(k, v, "manifest") for v in levels] for k, levels in self.factors.items()
+            k: [normalise(k, v, "manifest", allowed) for v in levels]
+            for k, levels in self.factors.items()
         }
-        study = Study(self.study, self.dataset, self.model, base, factors, self.kind)
+        study = Study(self.study, self.dataset, self.model, base, factors, self.kind, keys=own)
         return {
-            cell_id(self.dataset, self.model, {**base, **levels}, int(seed))
+            cell_id(self.dataset, self.model, {**base, **levels}, int(seed), known)
             for levels in points(study)
             for seed in seeds
         }
+
+
+def _own(specs: dict) -> dict[str, Key]:
+    """The own keys a manifest records (keys.key_spec), as validated Key values."""
+    return own_keys({k: Key(**spec) for k, spec in specs.items()}, "manifest")
 
 
 def _recorded_list(manifest: dict, key: str) -> tuple:
@@ -92,7 +117,17 @@ def _why_unlisted(manifest: dict) -> str:
         return "its dataset, model, base or factors are not of the types ablate writes"
     if manifest["design"] not in DESIGNS:
         return f"design {manifest['design']!r} is not one this ablate knows"
-    if setting := unknown_setting(base, factors):
+    specs = manifest.get("keys", {})
+    fields = set(Key.__dataclass_fields__)
+    if not isinstance(specs, dict) or not all(
+        isinstance(spec, dict) and set(spec) <= fields for spec in specs.values()
+    ):
+        return "its own keys are not recorded as ablate writes them"
+    try:
+        allowed = table(_own(specs))
+    except StudyError as e:  # a spec this ablate refuses: say which
+        return f"its own keys do not read back ({e})"
+    if setting := unknown_setting(base, factors, allowed):
         return f"{setting} is not a config value this ablate knows"
     return ""
 

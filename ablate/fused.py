@@ -22,7 +22,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from . import loop, models, rng
 from .data import Data
-from .study import Cell
+from .study import KEYS, Cell
 
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, as the plain path uses
 BN_MOMENTUM, BN_EPS = 0.1, 1e-5  # nn.BatchNorm1d's defaults
@@ -43,8 +43,10 @@ SHAPE_KEYS = (
 
 
 def shape_key(cell: Cell) -> str:
-    """Cells with equal keys share every shape and loop bound, so they can train as one group."""
-    return json.dumps({k: cell.config[k] for k in SHAPE_KEYS}, sort_keys=True, default=list)
+    """Cells with equal keys share every shape and loop bound, so they can train as one group.
+    A study's own keys count too: ablate cannot see what they change (a width, the data)."""
+    shared = {k: v for k, v in cell.config.items() if k in SHAPE_KEYS or k not in KEYS}
+    return json.dumps(shared, sort_keys=True, default=list)
 
 
 def can_fuse(cells: list[Cell], model, device="cpu") -> bool:

@@ -7,6 +7,7 @@ import json
 import math
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -154,29 +155,148 @@ DEFAULTS = {k: default for k, (default, _, _) in KEYS.items()}  # read-only: cop
 JSON_DEFAULTS = json.loads(json.dumps(DEFAULTS))  # as `config` reads
 
 
-def normalise(key: str, value: Any, where: str) -> Any:
-    """The canonical form of one config value, or a StudyError naming `where` and the key."""
+def normalise(key: str, value: Any, where: str, table: dict = KEYS) -> Any:
+    """The canonical form of one config value, or a StudyError naming `where` and the key.
+    `table`: the study's keys (own_keys added to KEYS)."""
     if not isinstance(key, str):
         raise StudyError(f"{where}: config key {key!r} is not allowed; keys are strings, e.g. 'lr'")
-    if key not in KEYS:
-        close = difflib.get_close_matches(key, KEYS, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(KEYS)}"
+    if key not in table:
+        close = difflib.get_close_matches(key, table, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(table)}"
         raise StudyError(f"{where}: unknown config key '{key}'{hint}")
-    _, check, allowed = KEYS[key]
+    _, check, allowed = table[key]
     out = check(value)
     if out is BAD:
         raise StudyError(f"{where}: {key}={value!r} is not allowed; expected {allowed}")
     return out
 
 
-def unknown_setting(base: dict, factors: dict) -> str:
+def unknown_setting(base: dict, factors: dict, table: dict = KEYS) -> str:
     """The first `key=value` of a recorded base or factor levels that this ablate does not know
     or allow (a newer ablate's key or level: normalise would raise), or ""."""
     settings = [*base.items(), *((k, v) for k, levels in factors.items() for v in levels)]
     for key, value in settings:
-        if not (isinstance(key, str) and key in KEYS and KEYS[key][1](value) is not BAD):
+        if not (isinstance(key, str) and key in table and table[key][1](value) is not BAD):
             return f"{key}={value!r}"
     return ""
+
+
+@dataclass(frozen=True)
+class Key:
+    """A study's own config key: its default, whose type (bool, int, float, str or tuple) every
+    value must have (a float key takes ints too), and optionally the choices or the closed range
+    [lo, hi] it allows, and a line of help for `ablate run --dry-run` and the report."""
+
+    default: Any
+    choices: tuple | None = None
+    lo: float | None = None
+    hi: float | None = None
+    help: str = ""
+
+
+OWN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # a Python identifier: config["width"]
+# a plain default's type -> (the checker, what is allowed); tuples hold plain literals only
+OWN_TYPES = {
+    bool: (_flag, "True or False"),
+    int: (lambda v: v if _is_int(v) else BAD, "an int"),
+    float: (lambda v: float(v) if _is_num(v) else BAD, "a number"),
+    str: (lambda v: v if isinstance(v, str) else BAD, "a string"),
+    tuple: (
+        lambda v: (
+            tuple(v)
+            if isinstance(v, (tuple, list))
+            and all(x is None or type(x) in (bool, int, float, str) for x in v)
+            else BAD
+        ),
+        "a tuple of numbers, strings, booleans or None",
+    ),
+}
+
+
+def own_keys(keys: Any, src: str) -> dict[str, Key]:
+    """A study's own keys as canonical Key values (a plain default becomes Key(default)), each
+    checked: a name that is an identifier and not a built-in key, a default of a known type, and
+    choices and a range its values can meet."""
+    if not isinstance(keys, dict):
+        raise StudyError(
+            f"{src}: keys is a {type(keys).__name__}; expected a dict of name: default"
+        )
+    out = {}
+    for name, spec in keys.items():
+        where = f"{src}: keys: {name!r}"
+        if not isinstance(name, str) or not OWN_NAME.fullmatch(name):
+            raise StudyError(f"{where} is not allowed; a key's name is an identifier, e.g. 'width'")
+        if name in KEYS:
+            raise StudyError(f"{where} is a built-in key; give your own key another name")
+        key = spec if isinstance(spec, Key) else Key(spec)
+        kind = tuple if isinstance(key.default, list) else type(key.default)
+        if kind not in OWN_TYPES or (kind is float and not _is_num(key.default)):
+            raise StudyError(
+                f"{where}: default {key.default!r} is not allowed; expected True/False, an int, "
+                "a finite float, a string or a tuple of those"
+            )
+        check = OWN_TYPES[kind][0]
+        choices = None if key.choices is None else _own_choices(key.choices, check, where)
+        if (key.lo is not None or key.hi is not None) and kind not in (int, float):
+            raise StudyError(f"{where}: lo and hi bound numbers; its default is a {kind.__name__}")
+        for bound in (key.lo, key.hi):
+            if bound is not None and not _is_num(bound):
+                raise StudyError(f"{where}: lo/hi {bound!r} is not allowed; expected a number")
+        out[name] = Key(check(key.default), choices, key.lo, key.hi, str(key.help))
+        if own_entry(out[name])[1](out[name].default) is BAD:
+            raise StudyError(
+                f"{where}: default {key.default!r} is not allowed; expected "
+                f"{own_entry(out[name])[2]}"
+            )
+    return out
+
+
+def _own_choices(choices: Any, check: Callable, where: str) -> tuple:
+    if not isinstance(choices, (tuple, list)) or not choices:
+        raise StudyError(f"{where}: choices={choices!r} is not allowed; expected a non-empty list")
+    out = tuple(check(c) for c in choices)
+    if any(c is BAD for c in out):
+        raise StudyError(f"{where}: choices {list(choices)!r} are not all of its default's type")
+    return out
+
+
+def own_entry(key: Key) -> tuple[Any, Callable, str]:
+    """A Key as KEYS holds a built-in one: (default, checker, what is allowed)."""
+    typed, allowed = OWN_TYPES[type(key.default)]
+    lo = -math.inf if key.lo is None else key.lo
+    hi = math.inf if key.hi is None else key.hi
+    if key.choices is not None:
+        allowed = "one of " + ", ".join(repr(c) for c in key.choices)
+    elif key.lo is not None and key.hi is not None:
+        allowed = f"{allowed} from {key.lo} to {key.hi}"
+    elif key.lo is not None or key.hi is not None:
+        allowed = f"{allowed} >= {key.lo}" if key.lo is not None else f"{allowed} <= {key.hi}"
+
+    def check(value):
+        value = typed(value)
+        if value is BAD or (key.choices is not None and value not in key.choices):
+            return BAD
+        if isinstance(value, (int, float)) and not lo <= value <= hi:  # bools: no bounds
+            return BAD
+        return value
+
+    return key.default, check, allowed
+
+
+def table(keys: dict[str, Key]) -> dict[str, tuple[Any, Callable, str]]:
+    """Every key a study may set: the built-in KEYS and its own."""
+    return {**KEYS, **{name: own_entry(key) for name, key in keys.items()}}
+
+
+def key_spec(key: Key) -> dict:
+    """A Key as the manifest records it (and Key(**spec) reads back)."""
+    return {
+        "default": key.default,
+        "choices": key.choices,
+        "lo": key.lo,
+        "hi": key.hi,
+        "help": key.help,
+    }
 
 
 def normalise_seeds(seeds: Any, src: str) -> range | list[int]:

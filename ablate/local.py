@@ -10,7 +10,7 @@ import torch
 
 from . import data as datasets
 from . import engine
-from .study import Cell, Study
+from .study import Cell, Study, own_values
 
 if TYPE_CHECKING:
     from .runner import Progress
@@ -48,8 +48,17 @@ class Local:
         self.study, self.progress, self.queue = study, progress, []
         self.device = engine.pick_device(device)  # None is "auto": the GPU where there is one
         engine.configure(deterministic)
-        self.data = datasets.load(study.dataset, self.device, data_dir)
+        self.data_dir = data_dir
+        self.data = self.data_for(study.base)
         self.shape, self.classes = self.data.shape, self.data.classes
+
+    def data_for(self, config: dict) -> datasets.Data:
+        """The dataset for cells of this config: one per setting of the study's own keys when a
+        dataset callable takes a config (a group's cells share it: fused.shape_key)."""
+        own = own_values(self.study, config)
+        return datasets.study_data(
+            self.study.dataset, own, self.device, self.data_dir, self.study.source
+        )
 
     def label(self) -> str:
         return device_name(self.device)
@@ -58,7 +67,7 @@ class Local:
         return str(self.device)
 
     def auto_group(self, todo: list[Cell]) -> int:
-        return engine.auto_group(todo, self.data, self.device, self.study.model)
+        return engine.auto_group(todo, self.data_for(todo[0].config), self.device, self.study.model)
 
     def submit(self, group: list[Cell]) -> None:
         self.queue.append(group)
@@ -74,7 +83,7 @@ class Local:
         try:
             rows = engine.train(
                 group,
-                self.data,
+                self.data_for(group[0].config),
                 self.study.model,
                 self.device,
                 self.progress.epoch,

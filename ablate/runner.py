@@ -20,10 +20,11 @@ import pyarrow.parquet as pq
 import torch
 
 from . import __version__, engine, fused
+from .data import Data, check_flips
 from .design import design_ids
 from .local import Local, Outcome, device_name  # noqa: F401 (benchmarks import device_name here)
 from .store import ROW_COLUMNS, Store, StoreError, check_folder, parquet_files, read_manifest
-from .study import AblateError, Cell, Study, model_name
+from .study import DATASET_SIZES, JSON_DEFAULTS, AblateError, Cell, Study, key_spec, model_name
 from .study import cells as expand
 
 
@@ -88,6 +89,7 @@ class Executor(Protocol):
 
     shape: tuple[int, ...]  # the dataset's image shape and class count, for engine.check_models
     classes: int
+    data: Data  # the dataset at the study's baseline (a dataset callable's, at its own defaults)
 
     def label(self) -> str:
         """The machine in words, for the manifest and the progress line."""
@@ -161,7 +163,9 @@ def rows_for(study: Study, cell: Cell, epochs: list[dict]) -> list[dict]:
     ]
 
 
-def manifest(study: Study, old: dict, machine: str | None, deterministic: bool = False) -> dict:
+def manifest(
+    study: Study, old: dict, machine: str | None, deterministic: bool = False, sizes=None
+) -> dict:
     """The study as run (design, claims, source text) and every run's details, this one on
     `machine` (the executor's label); without it, no new run."""
     text = Path(study.source).read_text() if Path(study.source).is_file() else ""
@@ -178,7 +182,7 @@ def manifest(study: Study, old: dict, machine: str | None, deterministic: bool =
     }
     out = {
         "study": study.name,
-        "dataset": study.dataset,
+        "dataset": model_name(study.dataset),
         "model": model_name(study.model),
         "design": study.design,
         "base": study.base,
@@ -192,6 +196,10 @@ def manifest(study: Study, old: dict, machine: str | None, deterministic: bool =
             "sha256": hashlib.sha256(text.encode()).hexdigest(),
         },
         "claims": [vars(c) for c in study.claims],
+        **({"keys": {k: key_spec(key) for k, key in study.keys.items()}} if study.keys else {}),
+        # classes and test images, for chance and the accuracy step, where ablate does not know
+        # the dataset's (DATASET_SIZES): a dataset callable or a torchvision one
+        **(sizes if sizes and study.dataset not in DATASET_SIZES else {}),
         "runs": old.get("runs", []) + ([run] if machine else []),
     }
     return json.loads(
@@ -277,7 +285,7 @@ def run(
     with stop_on_signals() as got:  # after ray.init: its C++ handler would dump and exit 1
         try:
             machine = pool.label()
-            todo = _open(store, study, cells, machine, deterministic)
+            todo = _open(store, study, cells, pool, deterministic)
             summary = Summary(len(cells), len(cells) - len(todo))
             max_group = max_group or pool.auto_group(todo)
             progress.start(len(cells), len(todo), f"{machine}, groups of up to {max_group}")
@@ -315,6 +323,7 @@ def _start(
     else:
         pool = Local(study, device, deterministic, data_dir, progress)
     try:
+        check_flips(pool.data, [c.config for c in todo], study.source)
         engine.check_models(study, todo, pool.shape, pool.classes, own=executor == "local")
         if executor == "local" and (
             problem := engine.unfused(study, todo, pool.device, pool.shape, pool.classes)
@@ -326,15 +335,16 @@ def _start(
     return pool
 
 
-def _open(
-    store: Store, study: Study, cells: list[Cell], machine: str, deterministic: bool
-) -> list[Cell]:
+def _open(store: Store, study: Study, cells: list[Cell], pool: Executor, deterministic) -> list:
     """Lock the folder and record this run in its manifest; the cells still to train, as another
     run may have stored some since `finished` looked."""
     store.open()
     done = store.done()
-    store.write_manifest(manifest(study, store.manifest(), machine, deterministic))
-    store.fill_columns(list(study.factors))
+    sizes = {"classes": pool.data.classes, "test_size": len(pool.data.test_y)}
+    record = manifest(study, store.manifest(), pool.label(), deterministic, sizes)
+    store.write_manifest(record)
+    own = {k: key.default for k, key in study.keys.items()}
+    store.fill_columns(list(study.factors), json.loads(json.dumps({**JSON_DEFAULTS, **own})))
     return [c for c in cells if c.id not in done]
 
 

@@ -175,22 +175,20 @@ class Store:
             ids.update(cells)
         return ids
 
-    def fill_columns(self, factors: list[str]) -> None:
-        """Give every file a column for each of the study's factors, its level read from each
-        row's config. Readers take one file's schema for the folder (pyarrow, so pandas; DuckDB),
-        so a factor added after some cells were stored would vanish from `pd.read_parquet(folder)`
-        and pool its levels. Each file is rewritten atomically, under the lock."""
+    def fill_columns(self, factors: list[str], defaults: dict = JSON_DEFAULTS) -> None:
+        """A column per factor in every file, read from each row's config: readers take one
+        file's schema for the folder (pyarrow, pandas, DuckDB), so a factor added later would
+        vanish and pool its levels. Each file is rewritten atomically, under the lock."""
         for f in parquet_files(self.path):
-            if not (missing := [x for x in factors if x not in pq.read_schema(f).names]):
-                continue
-            table = pq.read_table(f).to_pandas()
-            config = _configs(table["config"])
-            for x in missing:
-                table[x] = config.map(lambda c, x=x: c.get(x))
-            head = ["study", "cell", "seed", *factors]
-            table = table[head + [c for c in table.columns if c not in head]]
-            arrow = pa.Table.from_pandas(table, preserve_index=False)
-            atomic_write(f, lambda out, arrow=arrow: pq.write_table(arrow, out), "rewrite")
+            if missing := [x for x in factors if x not in pq.read_schema(f).names]:
+                table = pq.read_table(f).to_pandas()
+                config = _configs(table["config"], defaults)
+                for x in missing:
+                    table[x] = config.map(lambda c, x=x: c.get(x))
+                head = ["study", "cell", "seed", *factors]
+                table = table[head + [c for c in table.columns if c not in head]]
+                arrow = pa.Table.from_pandas(table, preserve_index=False)
+                atomic_write(f, lambda out, arrow=arrow: pq.write_table(arrow, out), "rewrite")
 
     def write(self, rows: list[dict], name: str) -> Path:
         """One finished cell or group's rows as <name>.parquet, atomically; a full disk or a
@@ -310,13 +308,14 @@ def read(path: str | Path, warn: Callable[[str], None] | None = warnings.warn) -
     design = read_design(path)
     df = _current(df, design, path, warn)
     if design.factors is not None:  # else an old manifest: every stored level column is a factor
-        df = _with_factors(df, design.factors)
+        df = _with_factors(df, design.factors, design.json_defaults)
     return df.sort_values(["cell", "epoch"], kind="stable").reset_index(drop=True)
 
 
-def _with_factors(df: pd.DataFrame, factors: dict) -> pd.DataFrame:
-    """A column per factor after seed, in the study's order, levels as declared; others: config."""
-    config = _configs(df["config"])
+def _with_factors(df: pd.DataFrame, factors: dict, defaults: dict) -> pd.DataFrame:
+    """A column per factor after seed, in the study's order, levels as declared; others: config.
+    `defaults`: each key's, for rows stored before a key was added."""
+    config = _configs(df["config"], defaults)
     for f, declared in factors.items():
         # a factor added after some rows were stored: their config holds its level
         level = config.map(lambda c, f=f: c.get(f))
@@ -325,13 +324,13 @@ def _with_factors(df: pd.DataFrame, factors: dict) -> pd.DataFrame:
         if pd.api.types.is_float_dtype(df[f]) or pd.api.types.is_object_dtype(df[f]):
             # concatenated files made None NaN and 300 300.0: the declared levels (not .map: NaN)
             df[f] = pd.Series([_declared(v, declared) for v in df[f]], index=df.index, dtype=object)
-    rest = [c for c in df.columns if c not in ("study", "cell", "seed", "config", *JSON_DEFAULTS)]
+    rest = [c for c in df.columns if c not in ("study", "cell", "seed", "config", *defaults)]
     return df[["study", "cell", "seed", *factors, *rest, "config"]]
 
 
-def _configs(column: pd.Series) -> pd.Series:
+def _configs(column: pd.Series, defaults: dict = JSON_DEFAULTS) -> pd.Series:
     """Each row's config as a dict; a key added after the row was stored reads as its default."""
-    return column.map({c: {**JSON_DEFAULTS, **json.loads(c)} for c in column.unique()})
+    return column.map({c: {**defaults, **json.loads(c)} for c in column.unique()})
 
 
 def _declared(value, levels: list):

@@ -26,11 +26,15 @@ from .keys import (  # noqa: F401  some re-exported: ablate's modules import the
     MODELS,
     SEED_LIMIT,
     AblateError,
+    Key,
     StudyError,
     _is_int,
     _is_num,
+    key_spec,
     normalise,
     normalise_seeds,
+    own_keys,
+    table,
     unknown_setting,
 )
 
@@ -56,7 +60,7 @@ class Study:
     """Plain data: what to train, which factors to vary, and over which seeds."""
 
     name: str
-    dataset: str
+    dataset: str | Callable  # a built-in name, "torchvision:NAME", or a callable (own data)
     model: str | Callable = "mlp"
     base: dict = field(default_factory=dict)
     factors: dict = field(default_factory=dict)
@@ -64,6 +68,7 @@ class Study:
     seeds: int | list = 3
     claims: list = field(default_factory=list)
     source: str = "<study>"  # the file it came from, for error messages and the manifest
+    keys: dict = field(default_factory=dict)  # the study's own config keys: name -> default or Key
 
 
 @dataclass
@@ -92,17 +97,24 @@ def model_name(model, where: str = "model") -> str:
         raise StudyError(str(e)) from None
 
 
-def cell_id(dataset: str, model, config: dict, seed: int) -> str:
+def cell_id(dataset, model, config: dict, seed: int, defaults: dict = DEFAULTS) -> str:
     """16 hex digits of sha256 over canonical JSON (sorted keys, tuples as lists) of
-    dataset, model name, config and seed: stable across dict order, machines and the
-    other cells of the study. `model` may be model_name's answer already (cells() names it once)."""
+    dataset and model names, config and seed: stable across dict order, machines and the
+    other cells of the study. `model` may be model_name's answer already (cells() names it once).
+    A key added after the first release, or a study's own key, enters only away from its default
+    (`defaults`: the study's), so adding one keeps the stored cells."""
     config = {
         k: v
         for k, v in config.items()
-        if k in FIRST_KEYS or _canonical(v) != _canonical(KEYS[k][0])
+        if k in FIRST_KEYS or k not in defaults or _canonical(v) != _canonical(defaults[k])
     }
     blob = _canonical(
-        {"dataset": dataset, "model": model_name(model), "config": config, "seed": seed}
+        {
+            "dataset": model_name(dataset),
+            "model": model_name(model),
+            "config": config,
+            "seed": seed,
+        }
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -111,7 +123,48 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a study's: its results folde
 
 
 def validate(study: Study) -> Study:
-    """Check every field and return a copy whose base and levels are canonical values."""
+    """Check every field and return a copy whose keys, base and levels are canonical values."""
+    src = study.source
+    _check_names(study)
+    model_name(study.model, f"{src}: model")  # a callable with no stable id stops here
+    model_name(study.dataset, f"{src}: dataset")
+    own = own_keys(study.keys, src)
+    allowed = table(own)
+    given = {k: normalise(k, v, f"{src}: base", allowed) for k, v in study.base.items()}
+    base = {**DEFAULTS, **{k: key.default for k, key in own.items()}, **given}
+    factors = {
+        key: _levels(study, key, levels, base, allowed) for key, levels in study.factors.items()
+    }
+    seeds = normalise_seeds(study.seeds, src)
+    if (n := n_points(study.design, factors) * len(seeds)) > MAX_CELLS:  # counted, not built
+        raise StudyError(
+            f"{src}: {n:,} cells ({n_points(study.design, factors):,} points x "
+            f"{len(seeds):,} seeds) is more than the {MAX_CELLS:,} one study may hold; "
+            "use fewer levels or seeds"
+        )
+    _check_claim_fields(study, allowed)
+    out = replace(
+        study,
+        base=base,
+        factors=factors,
+        seeds=list(seeds),
+        claims=list(study.claims),
+        keys=own,
+    )
+    # batchnorm cannot normalise one sample: the plain path raised mid-run
+    for levels in points(out):
+        cfg = {**out.base, **levels}
+        if cfg["batchnorm"] and 1 in (cfg["batch_size"], cfg["train_subset"]):
+            raise StudyError(
+                f"{src}: batchnorm=True with batch_size={cfg['batch_size']}, train_subset="
+                f"{cfg['train_subset']} is not allowed; batchnorm needs batches of 2 or more "
+                "samples"
+            )
+    return out
+
+
+def _check_names(study: Study) -> None:
+    """The study's name, dataset, model and design, and the types of base and factors."""
     src = study.source
     if not isinstance(study.name, str) or not NAME.fullmatch(study.name):
         raise StudyError(
@@ -121,9 +174,11 @@ def validate(study: Study) -> Study:
         raise StudyError(
             f"{src}: name={study.name!r} is not allowed; a study's name may not end in .parquet"
         )
-    if study.dataset not in DATASETS:
+    torchvision = isinstance(study.dataset, str) and study.dataset.startswith("torchvision:")
+    if not (callable(study.dataset) or study.dataset in DATASETS or torchvision):
         raise StudyError(
-            f"{src}: unknown dataset {study.dataset!r}; expected one of {', '.join(DATASETS)}"
+            f"{src}: unknown dataset {study.dataset!r}; expected one of {', '.join(DATASETS)}, "
+            "'torchvision:NAME' or a callable returning (train_x, train_y, test_x, test_y)"
         )
     if not (callable(study.model) or study.model in MODELS):
         raise StudyError(
@@ -139,42 +194,39 @@ def validate(study: Study) -> Study:
             raise StudyError(
                 f"{src}: {what} is a {type(value).__name__}; expected a dict of config keys"
             )
-    model_name(study.model, f"{src}: model")  # a callable with no stable id stops here
-    base = {**DEFAULTS, **{k: normalise(k, v, f"{src}: base") for k, v in study.base.items()}}
-    factors = {}
-    for key, levels in study.factors.items():
-        if not isinstance(key, str):
-            raise StudyError(
-                f"{src}: factor {key!r} is not allowed; factors are config keys, e.g. 'lr'"
-            )
-        where = f"{src}: factor '{key}'"
-        if not isinstance(levels, (list, tuple)):
-            raise StudyError(
-                f"{where}: levels {levels!r} are a {type(levels).__name__}; expected a list"
-            )
-        if not levels:
-            raise StudyError(f"{where} has no levels; expected a non-empty list")
-        levels = [normalise(key, v, where) for v in levels]
-        if len({_canonical(v) for v in levels}) < len(levels):
-            raise StudyError(f"{where} lists a level twice: {levels!r}")
-        if base[key] not in levels:
-            raise StudyError(
-                f"{where}: its baseline {base[key]!r} (from base, or the default) "
-                f"is not among its levels {levels!r}"
-            )
-        if study.design == "fractional" and len(levels) > 2:
-            raise StudyError(
-                f"{where} has {len(levels)} levels; design='fractional' takes two-level factors "
-                "(use 'grid' or 'one_at_a_time')"
-            )
-        factors[key] = levels
-    seeds = normalise_seeds(study.seeds, src)
-    if (n := n_points(study.design, factors) * len(seeds)) > MAX_CELLS:  # counted, not built
+
+
+def _levels(study: Study, key, levels, base: dict, allowed: dict) -> list:
+    """One factor's levels, canonical, checked against its baseline and the design."""
+    if not isinstance(key, str):
         raise StudyError(
-            f"{src}: {n:,} cells ({n_points(study.design, factors):,} points x "
-            f"{len(seeds):,} seeds) is more than the {MAX_CELLS:,} one study may hold; "
-            "use fewer levels or seeds"
+            f"{study.source}: factor {key!r} is not allowed; factors are config keys, e.g. 'lr'"
         )
+    where = f"{study.source}: factor '{key}'"
+    if not isinstance(levels, (list, tuple)):
+        raise StudyError(
+            f"{where}: levels {levels!r} are a {type(levels).__name__}; expected a list"
+        )
+    if not levels:
+        raise StudyError(f"{where} has no levels; expected a non-empty list")
+    levels = [normalise(key, v, where, allowed) for v in levels]
+    if len({_canonical(v) for v in levels}) < len(levels):
+        raise StudyError(f"{where} lists a level twice: {levels!r}")
+    if base[key] not in levels:
+        raise StudyError(
+            f"{where}: its baseline {base[key]!r} (from base, or the default) "
+            f"is not among its levels {levels!r}"
+        )
+    if study.design == "fractional" and len(levels) > 2:
+        raise StudyError(
+            f"{where} has {len(levels)} levels; design='fractional' takes two-level factors "
+            "(use 'grid' or 'one_at_a_time')"
+        )
+    return levels
+
+
+def _check_claim_fields(study: Study, allowed: dict) -> None:
+    src = study.source
     if not isinstance(study.claims, (list, tuple)):
         raise StudyError(
             f"{src}: claims is a {type(study.claims).__name__}; expected a list of Claim(...)"
@@ -189,18 +241,18 @@ def validate(study: Study) -> Study:
                 "e.g. dict(activation='relu')"
             )
         for k, v in claim.where.items():
-            normalise(k, v, f"{src}: claim where")
-    out = replace(study, base=base, factors=factors, seeds=list(seeds), claims=list(study.claims))
-    # batchnorm cannot normalise one sample: the plain path raised mid-run
-    for levels in points(out):
-        cfg = {**out.base, **levels}
-        if cfg["batchnorm"] and 1 in (cfg["batch_size"], cfg["train_subset"]):
-            raise StudyError(
-                f"{src}: batchnorm=True with batch_size={cfg['batch_size']}, train_subset="
-                f"{cfg['train_subset']} is not allowed; batchnorm needs batches of 2 or more "
-                "samples"
-            )
-    return out
+            normalise(k, v, f"{src}: claim where", allowed)
+
+
+def own_values(study: Study, config: dict) -> dict:
+    """The study's own keys' values in `config`: what a dataset callable that takes a config
+    sees, and what decides which cells share one call of it."""
+    return {k: config[k] for k in study.keys}
+
+
+def defaults(study: Study) -> dict:
+    """Every key's default: the built-in ones and the study's own (validated: Key values)."""
+    return {**DEFAULTS, **{k: key.default for k, key in study.keys.items()}}
 
 
 def n_points(design: str, factors: dict) -> int:
@@ -247,10 +299,11 @@ def _half_fraction(study: Study) -> list[dict]:
 def cells(study: Study) -> list[Cell]:
     """Every design point times every seed, in a stable order (point-major)."""
     out, name = [], model_name(study.model, f"{study.source}: model")  # its source: read once
+    dataset, known = model_name(study.dataset, f"{study.source}: dataset"), defaults(study)
     for levels in points(study):
         config = {**study.base, **levels}
         for seed in study.seeds:
-            out.append(Cell(cell_id(study.dataset, name, config, seed), seed, levels, config))
+            out.append(Cell(cell_id(dataset, name, config, seed, known), seed, levels, config))
     return out
 
 
@@ -282,7 +335,7 @@ def claim_problems(study: Study) -> list[str]:
                 f"{where}: value={c.value!r} is not a fraction; accuracy is stored as a fraction, "
                 f"e.g. {c.value / 100:g} for {c.value:g}%"
             )
-        elif not (hits := _selected(c, configs, where)):
+        elif not (hits := _selected(c, configs, where, table(study.keys))):
             levels = "; ".join(
                 f"{k} in {study.factors[k]!r}" if k in study.factors else f"{k}={study.base[k]!r}"
                 for k in c.where
@@ -298,8 +351,8 @@ def claim_problems(study: Study) -> list[str]:
     return out
 
 
-def _selected(claim: Claim, configs: list[dict], where: str) -> list[dict]:
-    want = {k: normalise(k, v, where) for k, v in claim.where.items()}
+def _selected(claim: Claim, configs: list[dict], where: str, allowed: dict) -> list[dict]:
+    want = {k: normalise(k, v, where, allowed) for k, v in claim.where.items()}
     return [
         cfg for cfg in configs if all(_canonical(cfg[k]) == _canonical(v) for k, v in want.items())
     ]

@@ -173,7 +173,9 @@ def test_out_of_memory_splits_the_group_and_the_study_completes(tmp_path, data_d
 def test_a_cell_that_alone_does_not_fit_is_recorded_and_the_rest_goes_on(
     tmp_path, data_dir, monkeypatch
 ):
-    monkeypatch.setenv(testhooks.OOM_ABOVE, "0")  # every group, even of one cell, runs out of memory
+    monkeypatch.setenv(
+        testhooks.OOM_ABOVE, "0"
+    )  # every group, even of one cell, runs out of memory
     study = write_study(tmp_path, factors="dict(activation=['relu', 'sigmoid'])")
     result = run("run", study, "--out", tmp_path / "res", "--max-group", "2")
     assert result.exit_code == 1, result.output
@@ -417,3 +419,137 @@ def test_a_three_factor_fractional_study_warns_of_its_aliases(tmp_path):
     three = "dict(activation=['relu', 'sigmoid'], dropout=[0.0, 0.25], batchnorm=[False, True])"
     r = run("run", write_study(tmp_path, factors=three, design="fractional"), "--dry-run")
     assert r.exit_code == 0 and "8 cells" in r.stdout and "aliases each main effect" in r.stderr
+
+
+OWN_STUDY = """
+import torch
+from ablate import Key, Study
+
+def net(config):
+    width = config["width"]
+    norm = torch.nn.LayerNorm(width) if config["norm"] == "layer" else torch.nn.Identity()
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, width), norm,
+                               torch.nn.ReLU(), torch.nn.Linear(width, 10))
+
+study = Study(
+    name="own",
+    dataset="digits",
+    model=net,
+    keys=dict(width=Key(16, lo=1, hi=1024, help="hidden units"),
+              norm=Key("none", choices=["none", "layer"])),
+    base=dict(epochs=2, lr=0.1, momentum=0.5, batch_size=32),
+    factors=dict(width=[16, 64], norm=["none", "layer"]),
+    seeds=2,
+)
+"""
+
+
+def test_a_studys_own_keys_run_as_typed_columns_reach_the_report_and_rerun_nothing(tmp_path):
+    study = tmp_path / "own.py"
+    study.write_text(OWN_STUDY)
+    dry = run("run", study, "--out", tmp_path / "res", "--dry-run")
+    assert dry.exit_code == 0 and "cell\tseed\twidth\tnorm\tdone" in dry.stdout, dry.output
+    assert "\t64\tlayer\t" in dry.stdout, dry.stdout
+    first = run("run", study, "--out", tmp_path / "res")
+    assert first.exit_code == 0 and "trained 8 cells" in first.stdout, first.output
+    df = pd.read_parquet(tmp_path / "res" / "own")
+    assert list(df.columns[:5]) == ["study", "cell", "seed", "width", "norm"]
+    assert df["width"].dtype == "int64" and pd.api.types.is_string_dtype(df["norm"])
+    assert sorted(set(df["width"])) == [16, 64] and set(df["norm"]) == {"none", "layer"}
+    assert json.loads(df["config"].iloc[0])["width"] in (16, 64)
+    manifest = json.loads((tmp_path / "res" / "own" / MANIFEST).read_text())
+    assert manifest["keys"]["norm"]["choices"] == ["none", "layer"]
+    assert manifest["keys"]["width"] == dict(
+        default=16, choices=None, lo=1, hi=1024, help=("hidden units")
+    )
+
+    again = run("run", study, "--out", tmp_path / "res")
+    assert again.exit_code == 0 and "nothing to train: all 8 cells" in again.stdout, again.output
+    report = run("report", tmp_path / "res" / "own")
+    assert report.exit_code == 0, report.output
+    effects = pd.read_csv(tmp_path / "res" / "own" / "_report" / "effects.csv")
+    assert set(effects["factor"]) == {"width", "norm"}
+    shown = run("show", tmp_path / "res" / "own")
+    assert shown.exit_code == 0 and "layer" in shown.stdout
+
+    # --set pins an own key; a cell at its default keeps its id (own keys enter ids off-default)
+    pinned = run("run", study, "--out", tmp_path / "set", "--set", "width=16", "--dry-run")
+    assert pinned.exit_code == 0 and "4 cells" in pinned.stdout, pinned.output
+    ids = set(df[df["width"] == 16]["cell"])
+    assert all(cell in pinned.stdout for cell in ids), pinned.stdout
+
+
+BLOBS_STUDY = """
+import numpy as np
+import torch
+from ablate import Study
+
+CALLS = []
+
+def blobs(config):
+    # three Gaussian blobs in 20 dimensions; `noise` of the training labels are redrawn
+    CALLS.append(dict(config))
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 2, (3, 20))
+    def split(n):
+        y = rng.integers(0, 3, n)
+        return (centres[y] + rng.normal(0, 1, (n, 20))).astype(np.float32), y
+    train_x, train_y = split(600)
+    flip = rng.random(600) < config["noise"]
+    train_y = np.where(flip, rng.integers(0, 3, 600), train_y)
+    test_x, test_y = split(300)
+    return train_x, train_y, torch.from_numpy(test_x), torch.from_numpy(test_y)
+
+def net(config):
+    return torch.nn.Sequential(torch.nn.Linear(20, config["width"]), torch.nn.ReLU(),
+                               torch.nn.Linear(config["width"], 3))
+
+study = Study(
+    name="blobs",
+    dataset=blobs,
+    model=net,
+    keys=dict(width=16, noise=0.0),
+    base=dict(epochs=2, lr=0.1, batch_size=50, normalize=True),
+    factors=dict(width=[16, 64], noise=[0.0, 0.3]),
+    seeds=2,
+)
+"""
+
+
+def test_a_dataset_callable_trains_once_per_setting_of_its_keys_and_its_sizes_are_recorded(
+    tmp_path,
+):
+    study = tmp_path / "blobs.py"
+    study.write_text(BLOBS_STUDY)
+    first = run("run", study, "--out", tmp_path / "res")
+    assert first.exit_code == 0 and "trained 8 cells" in first.stdout, first.output
+    df = pd.read_parquet(tmp_path / "res" / "blobs")
+    final = df[df["epoch"] == 2]
+    clean = final[final["noise"] == 0.0]["test_acc"]
+    assert clean.min() > 0.9, final  # separable blobs; chance is 1/3
+    manifest = json.loads((tmp_path / "res" / "blobs" / MANIFEST).read_text())
+    assert manifest["dataset"].startswith("callable:blobs@")
+    assert manifest["classes"] == 3 and manifest["test_size"] == 300
+    again = run("run", study, "--out", tmp_path / "res")
+    assert "nothing to train: all 8 cells" in again.stdout, again.output
+    report = run("report", tmp_path / "res" / "blobs")
+    assert report.exit_code == 0, report.output
+
+    # hflip mirrors images: on float features it is one line and nothing is written
+    flipped = run("run", study, "--out", tmp_path / "flip", "--set", "hflip=True")
+    assert flipped.exit_code == 2 and "hflip=True mirrors images" in flipped.stderr
+    assert flipped.stderr.count("\n") == 1 and not (tmp_path / "flip").exists()
+
+
+def test_a_dataset_callable_is_called_once_per_setting_of_the_studys_own_keys(tmp_path):
+    from ablate import data as datasets
+    from ablate.studyfile import load
+
+    path = tmp_path / "blobs.py"
+    path.write_text(BLOBS_STUDY)
+    study = load(path)
+    module = __import__("sys").modules["ablate_study_blobs"]
+    module.CALLS.clear()
+    for noise in (0.0, 0.3, 0.0):
+        datasets.study_data(study.dataset, dict(width=16, noise=noise), "cpu", None, str(path))
+    assert module.CALLS == [dict(width=16, noise=0.0), dict(width=16, noise=0.3)]

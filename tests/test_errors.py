@@ -25,6 +25,27 @@ def tiny(**over) -> str:
     return TINY.format(**args)
 
 
+OWN = """
+import torch
+from ablate import Key, Study
+
+def net(config):
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, config["width"]),
+                               torch.nn.ReLU(), torch.nn.Linear(config["width"], 10))
+
+study = Study(name="own", dataset="digits", model=net, keys={keys},
+              base={base}, factors={factors}, seeds=1)
+"""
+
+
+def own(
+    keys="dict(width=Key(16, lo=1, hi=1024), norm=Key('none', choices=['none', 'layer']))",
+    base="dict(epochs=1)",
+    factors="dict(width=[16, 32])",
+) -> str:
+    return OWN.format(keys=keys, base=base, factors=factors)
+
+
 def bad_base(key_value: str) -> str:
     return tiny().replace("train_subset=512", f"train_subset=512, {key_value}")
 
@@ -168,6 +189,41 @@ STUDIES = {  # id: (study text, exit code, words the line must hold)
         tiny(seeds="[1, 2**32 + 1]"),
         2,
         ["study.py", "seed 4294967297", "2**32"],
+    ),
+    "an own key misspelt": (
+        own(base="dict(widht=32)"),
+        2,
+        ["study.py: base", "unknown config key 'widht'", "did you mean 'width'"],
+    ),
+    "an own key of the wrong type": (
+        own(base="dict(width='big')"),
+        2,
+        ["study.py: base", "width='big'", "expected an int"],
+    ),
+    "an own key outside its choices": (
+        own(factors="dict(norm=['none', 'batch'])"),
+        2,
+        ["study.py: factor 'norm'", "norm='batch'", "one of 'none', 'layer'"],
+    ),
+    "an own key outside its range": (
+        own(factors="dict(width=[16, 4096])"),
+        2,
+        ["study.py: factor 'width'", "width=4096", "an int from 1 to 1024"],
+    ),
+    "an own key shadowing a built-in key": (
+        own(keys="dict(lr=0.1)"),
+        2,
+        ["study.py: keys: 'lr'", "built-in key"],
+    ),
+    "an own key with a default of no known type": (
+        own(keys="dict(width=16, table={'a': 1})"),
+        2,
+        ["study.py: keys: 'table'", "default {'a': 1}", "tuple of those"],
+    ),
+    "an own key whose default is outside its choices": (
+        own(keys="dict(width=16, norm=Key('batch', choices=['none', 'layer']))"),
+        2,
+        ["study.py: keys: 'norm'", "default 'batch'", "one of 'none', 'layer'"],
     ),
 }
 
