@@ -294,3 +294,26 @@ def test_the_core_never_imports_ray(tmp_path, data_dir):
         text=True,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_a_study_with_own_keys_and_a_dataset_callable_runs_on_ray_as_in_process(tmp_path):
+    # the study file's callables travel to the workers by value; each own-keys setting's data
+    # is put in the object store once
+    from test_cli import BLOBS_STUDY
+
+    study = tmp_path / "blobs.py"
+    study.write_text(BLOBS_STUDY)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each Ray worker, which gets 1 CPU
+    try:
+        local = cli("run", study, "--out", tmp_path / "local", "--deterministic")
+    finally:
+        torch.set_num_threads(threads)
+    assert local.exit_code == 0, local.output
+    through_ray = cli(
+        "run", study, "--out", tmp_path / "ray", "--deterministic", "--executor", "ray"
+    )
+    assert through_ray.exit_code == 0, through_ray.output
+    a, b = values(tmp_path / "local" / "blobs"), values(tmp_path / "ray" / "blobs")
+    assert len(a) == 16 and a["cell"].nunique() == 8
+    pd.testing.assert_frame_equal(a, b)
