@@ -1,4 +1,4 @@
-"""ablate: declare an ablation study in one file; train every seeded cell; report effects with CIs."""
+"""ablate: declare an ablation study in one file; train every seeded cell; report effects."""
 
 import os
 

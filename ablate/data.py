@@ -20,6 +20,7 @@ from .sources import (
     cache_dir,
     from_arrays,
     image_moments,
+    not_found,
     torchvision_data,
 )
 from .sources import check_flips as check_flips  # re-exported: the runner's one import
@@ -86,13 +87,8 @@ def locate(name: str, data_dir: str | Path | None = None) -> list[Path]:
         getattr(tvd, tv_class)(str(cache_dir()), train=True, download=True)
         getattr(tvd, tv_class)(str(cache_dir()), train=False, download=True)
     except Exception as e:  # no network, a proxy page, a full disk: all end the same way
-        where = ", ".join(str(r) for r in roots)
-        raise DataError(
-            f"dataset {name}: files not found in {where} and the download failed "
-            f"({type(e).__name__}); "
-            f"put {folder}/raw/{FILES[0]}.gz and the other three files under a folder "
-            f"and pass --data-dir or set ABLATE_DATA_DIR"
-        ) from None
+        put = f"put {folder}/raw/{FILES[0]}.gz and the other three files under a folder"
+        raise not_found(f"dataset {name}: files not found", roots, e, put) from None
     return _find(folder, [cache_dir()])
 
 

@@ -47,6 +47,15 @@ class Data:
         return tuple(self.train_x.shape[1:])
 
 
+def not_found(what: str, roots: list, error: Exception, put: str) -> DataError:
+    """The one line for a dataset found in none of `roots` and not downloadable either."""
+    where = ", ".join(str(r) for r in roots)
+    return DataError(
+        f"{what} in {where} and the download failed ({type(error).__name__}); {put} "
+        "and pass --data-dir or set ABLATE_DATA_DIR"
+    )
+
+
 def cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(os.environ.get("ABLATE_CACHE", Path(base) / "ablate"))
@@ -338,11 +347,7 @@ def torchvision_data(name: str, data_dir: str | None) -> Data:
         try:
             splits = [_split(cls, root, variant, train, True) for train in (True, False)]
         except Exception as e:  # no network, a proxy page, a full disk: all end the same way
-            where = ", ".join(str(r) for r in roots)
-            raise DataError(
-                f"dataset {name}: not found in {where} and the download failed "
-                f"({type(e).__name__}); put torchvision's {cls.__name__} files "
-                f"({_layout(cls)}) under a folder and pass --data-dir or set ABLATE_DATA_DIR"
-            ) from None
+            put = f"put torchvision's {cls.__name__} files ({_layout(cls)}) under a folder"
+            raise not_found(f"dataset {name}: not found", roots, e, put) from None
     arrays = [a for ds in splits for a in _images_and_labels(ds, name, root)]
     return from_arrays(name, arrays, str(root))

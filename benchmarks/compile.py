@@ -8,11 +8,13 @@ compiled losses drift from the eager ones (fusion reorders floating-point sums).
 On CUDA the default mode is "reduce-overhead", which replays the step as CUDA graphs.
 
     python benchmarks/compile.py [--workload reference|fashion] [--group 16] [--steps 600] [--mode ...]
+        [--csv PATH]  (appends one row: the figures printed last)
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import platform
 import sys
 import time
@@ -86,6 +88,7 @@ def main() -> int:
         default=None,
         help="torch.compile mode (default: reduce-overhead on CUDA, else default)",
     )
+    ap.add_argument("--csv", default=None, help="append the figures as one row to this CSV")
     args = ap.parse_args()
     if args.steps <= WARMUP:
         ap.error(f"--steps must be more than the {WARMUP} warm-up steps")
@@ -116,6 +119,31 @@ def main() -> int:
         f"best of {args.rounds}: eager {eager * 1e3:.3f} ms/step, compiled {comp * 1e3:.3f} ms/step; compiled is "
         f"{eager / comp:.2f}x eager's speed; largest relative loss difference over {args.steps} steps: {drift:.1e}"
     )
+    if args.csv:
+        row = dict(
+            date=time.strftime("%Y-%m-%d"),
+            device=device_name(device),
+            torch=torch.__version__,
+            workload=args.workload,
+            group=args.group,
+            steps=args.steps,
+            mode=mode,
+            eager_ms_per_step=round(eager * 1e3, 4),
+            compiled_ms_per_step=round(comp * 1e3, 4),
+            compiled_speed_vs_eager=round(eager / comp, 3),
+            # the first WARMUP steps of the first compiled round: compilation and graph capture
+            compiled_first_steps_s=round(runs["compiled"][0][1], 2),
+            eager_first_steps_s=round(runs["eager"][0][1], 2),
+            max_rel_loss_diff=f"{drift:.2e}",
+        )
+        new = not Path(args.csv).exists()
+        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.csv, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow(row)
+        print(f"appended to {args.csv}")
     return 0
 
 

@@ -5,7 +5,11 @@
 Every measurement is the fastest of --repeat full epochs (or --quick's subsets) after a warm-up,
 on the same device; the GEMM peak and copy bandwidth are measured after the runs.
 
-    python benchmarks/throughput.py [--workload reference|fashion|both] [--device auto] [--quick]
+    python benchmarks/throughput.py [--workload reference|fashion|cnn|both|all] [--device auto]
+        [--quick] [--until-flat PCT] [--budget SECONDS] [--csv PATH]
+
+--until-flat keeps doubling the group (past --max-group's default) until a doubling gains less
+than PCT percent of cell-samples/s; --budget stops starting new groups when the time runs out.
 """
 
 from __future__ import annotations
@@ -270,23 +274,45 @@ def intensity(model, cfg) -> float:
 
 
 def measure(args, device, names, limit, top, cache) -> list[tuple]:
-    """(workload, mode, group, cell-samples, seconds) for the tutorial loop, then groups of 1, 2, 4, ..."""
+    """(workload, mode, group, cell-samples, seconds) for the tutorial loop, then groups of 1, 2,
+    4, ... up to `top`; with --until-flat, until a doubling gains less than that percentage; with
+    --budget, each workload gets an equal share of it and starts no group its share cannot hold."""
     best = lambda fn, *a: min((fn(*a) for _ in range(args.repeat)), key=lambda t: t[1])  # noqa: E731
-    measured = []
-    for name in names:
+    measured, start = [], time.perf_counter()
+    for i, name in enumerate(names):
         dataset, model, cfg = WORKLOADS[name]
+        deadline = start + args.budget * (i + 1) / len(names) if args.budget else math.inf
         n, s = best(tutorial_epoch, dataset, model, cfg, device, limit, cache)
         measured.append((name, "tutorial", 1, n, s))
-        g = 1
+        g, rate, took, why = 1, 0.0, 0.0, f"reached --max-group {top}"
         while g <= top:
+            # a doubled group takes up to twice as long: start it only if the share still holds it
+            if g > 1 and time.perf_counter() + 2 * took > deadline:
+                why = f"--budget: no time left for a group of {g}"
+                break
+            began = time.perf_counter()
             try:
                 samples, secs = best(
                     ablate_epoch, dataset, model, cfg, device, limit, g, args.precision
                 )
             except torch.OutOfMemoryError:
+                why = f"a group of {g} ran out of memory"
                 break
+            took = time.perf_counter() - began
             measured.append((name, "ablate" if g == 1 else "fused", g, samples, secs))
-            g *= 2
+            print(f"{name} G={g}: {samples / secs:,.0f} cell-samples/s ({took:.1f} s)", flush=True)
+            # judged among fused groups: G=2 against the plain path could stop a vmapped model early
+            if (
+                args.until_flat is not None
+                and g > 2
+                and samples / secs < rate * (1 + args.until_flat / 100)
+            ):
+                why = f"flat: G={g} gained less than {args.until_flat}% over G={g // 2}"
+                break
+            rate, g = samples / secs, g * 2
+        print(f"{name}: groups stopped: {why}", flush=True)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the next workload starts with the card's memory free
     return measured
 
 
@@ -324,7 +350,25 @@ def main():
     )
     ap.add_argument("--device", default="auto")
     ap.add_argument(
-        "--max-group", type=int, default=None, help="largest group (default 16 on CPU, 512 on GPU)"
+        "--max-group",
+        type=int,
+        default=None,
+        help="largest group (default 16 on CPU, 512 on GPU; 65536 with --until-flat)",
+    )
+    ap.add_argument(
+        "--until-flat",
+        type=float,
+        default=None,
+        metavar="PCT",
+        help="keep doubling the group until a doubling gains less than PCT%% of cell-samples/s "
+        "(or memory runs out)",
+    )
+    ap.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="start no new group past this many seconds (an equal share per workload)",
     )
     ap.add_argument(
         "--quick",
@@ -346,7 +390,9 @@ def main():
     device = engine.pick_device(args.device)
     engine.configure(deterministic=False)
     limit = 6400 if args.quick else 0
-    top = args.max_group or (4 if args.quick else 512 if device.type == "cuda" else 16)
+    default = 4 if args.quick else 512 if device.type == "cuda" else 16
+    # --until-flat: the flattening (or memory) ends the doubling, not a fixed largest group
+    top = args.max_group or (65536 if args.until_flat is not None and not args.quick else default)
     names = {"both": ["reference", "fashion"], "all": list(WORKLOADS)}.get(
         args.workload, [args.workload]
     )
