@@ -13,6 +13,7 @@ from . import anova, charts, claims, stats, store
 from .design import Design
 from .page import CAPTIONS, CSS, page  # noqa: F401  report.CSS and report.CAPTIONS, as before
 from .study import DATASET_SIZES, AblateError
+from .study import METRICS as KEY_METRICS
 
 REPORT = "_report"  # beside the rows, named so Parquet readers skip it (see store.py)
 CHARTS = charts.NAMES
@@ -65,7 +66,8 @@ def dataset_sizes(design: Design) -> tuple[int | None, int | None]:
     return design.classes or known[0], design.test_size or known[1]
 
 
-METRICS = tuple(m for m in store.METRICS if m != "seconds")  # what an effect may be measured in
+# what an effect may be measured in: keys.METRICS (a claim's), in the store's column order
+METRICS = tuple(m for m in store.METRICS if m in KEY_METRICS)
 OURS = (
     *(f"{chart}.{kind}" for chart in CHARTS for kind in ("png", "svg")),
     *(f"{table}.csv" for table in ("claims", "interactions", "failures", "anova", "summary")),

@@ -238,7 +238,7 @@ def read_design(path: str | Path) -> Design:
 
 # per epoch, after the levels
 ROW_COLUMNS = ("epoch", "train_loss", "test_loss", "test_acc", "seconds", "status")
-METRICS = ("train_loss", "test_loss", "test_acc", "seconds")
+METRICS = tuple(c for c in ROW_COLUMNS if c not in ("epoch", "status"))  # the per-epoch numbers
 REQUIRED = ("study", "cell", "seed", "epoch", "status", "config")
 NUMERIC = ("seed", "epoch", "train_loss", "test_loss", "test_acc", "seconds")
 
