@@ -60,7 +60,10 @@ def train(loss_fn, s, opt, cs, data, steps: int, device) -> tuple[list[float], f
             :, :bs
         ]  # full batches only: one graph shape
         x = loop.prepare(data, data.train_x[idx], norm, None)
-        loss = loss_fn(s, x, data.train_y[idx], torch.tensor(i, device=device))
+        # filled on the device: torch.tensor(i, device=...) copies from the host and, on a GPU,
+        # waits for every queued kernel each step
+        step = torch.full((), i, dtype=torch.int64, device=device)
+        loss = loss_fn(s, x, data.train_y[idx], step)
         loss.sum().backward()
         opt.step()
         losses.append(loss.detach().sum())
