@@ -45,13 +45,13 @@ def _height(n: int) -> float:
     return max(2.5, 0.45 * n + 1.2)
 
 
-def chart_final(fin, summary, factors, metric, out):
+def chart_final(finals, summary, factors, metric, out):
     """Every seed as a dot; the mean and its 95% CI as a bar, per design point."""
     summary = summary.assign(
         label=[f"{label(r, factors)}  (n={r.n_seeds})" for _, r in summary.iterrows()]
     )
     lab = dict(zip(stats.points(summary, factors), summary.label, strict=True))
-    ok = fin[fin.status == "ok"].assign(label=lambda d: [lab[p] for p in stats.points(d, factors)])
+    ok = finals[finals.status == "ok"].assign(label=lambda d: [lab[p] for p in stats.points(d, factors)])
     fig, ax = plt.subplots(figsize=(8, _height(len(summary))))
     state = (
         np.random.get_state()

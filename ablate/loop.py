@@ -161,10 +161,13 @@ def prepare(
 
 
 @torch.no_grad()
-def evaluate(group: Group, data: Data, cfgs: list[dict]) -> tuple[list[float], list[float]]:
-    """Each cell's mean test loss and accuracy (a fraction); normalisation may differ per cell."""
+def evaluate(
+    group: Group, data: Data, cfgs: list[dict], norm: bool | torch.Tensor | None = None
+) -> tuple[list[float], list[float]]:
+    """Each cell's mean test loss and accuracy (a fraction); normalisation may differ per cell
+    (`norm`: normalization's answer, made once per group by the caller)."""
     cfg, dtype, device = cfgs[0], DTYPES[cfgs[0]["precision"]], data.test_x.device
-    norm = normalization(cfgs, device)
+    norm = normalization(cfgs, device) if norm is None else norm
     loss = torch.zeros(len(cfgs), device=device, dtype=dtype)
     correct = torch.zeros(len(cfgs), device=device, dtype=torch.int64)
     for i in range(0, len(data.test_x), EVAL_BATCH):
@@ -224,7 +227,7 @@ def _epochs(group, cells, cfgs, data, device, on_epoch, trace) -> list[list[dict
             if trace is not None:
                 trace.append(loss.tolist())
         train_loss = [t / math.ceil(end / size) for t in total.tolist()]
-        test_loss, test_acc = evaluate(group, data, cfgs)
+        test_loss, test_acc = evaluate(group, data, cfgs, norm)
         seconds = time.perf_counter() - start
         for j, cell in enumerate(cells):
             if alive[j]:

@@ -107,8 +107,8 @@ def cnn(config: dict, in_shape: tuple, classes: int, seed: int) -> nn.Sequential
         elif kind == "act":
             layers.append(ACTIVATIONS[config["activation"]]())
         elif kind == "batchnorm":
-            s = shape()
-            layers.append(nn.BatchNorm2d(s[1]) if len(s) == 4 else nn.BatchNorm1d(s[1]))
+            size = shape()
+            layers.append(nn.BatchNorm2d(size[1]) if len(size) == 4 else nn.BatchNorm1d(size[1]))
         elif kind in ("dropout", "dropout2d"):
             layers.append(
                 (Dropout2d if kind == "dropout2d" else Dropout)(float(args[0]), seed, drops)
