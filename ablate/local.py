@@ -10,6 +10,7 @@ import torch
 
 from . import data as datasets
 from . import engine
+from .cores import CoreShare
 from .study import Cell, Study, own_values
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ class Local:
         self.device = engine.pick_device(device)  # None is "auto": the GPU where there is one
         engine.configure(deterministic)
         self.data_dir = data_dir
+        self.cores = CoreShare() if self.device.type == "cpu" else None
         self.data = self.data_for(study.base)
         self.shape, self.classes = self.data.shape, self.data.classes
 
@@ -80,13 +82,17 @@ class Local:
         group = self.queue.pop()  # last in, first out: the halves of a split group go next
         for cell in group:
             self.progress.cell_start(cell)
+        on_epoch = self.progress.epoch
+        if self.cores:  # threads for the cores other processes leave free, looked at each epoch
+            self.cores.adjust()
+            on_epoch = lambda *epoch: (self.cores.adjust(), self.progress.epoch(*epoch))  # noqa: E731
         try:
             rows = engine.train(
                 group,
                 self.data_for(group[0].config),
                 self.study.model,
                 self.device,
-                self.progress.epoch,
+                on_epoch,
                 self.study.source,
             )
         except torch.OutOfMemoryError:

@@ -1,17 +1,19 @@
 """A busy CPU, side by side in one run: `ablate run` with every core free and with one core taken.
 
-OpenMP threads that spin-wait for a core another process holds made a run 4-6x slower on this
-2-core machine (issue 18). ablate sets OMP_WAIT_POLICY=PASSIVE before torch loads, unless the
-user set it. This times the same small study four ways, each a fresh process, best of --rounds:
+OpenMP threads wait at the end of every op for the slowest of them, and with another process on
+one of the cores that thread runs only in the scheduler's gaps: on this 2-core machine a run
+took 2-6x its time alone (issue 18). ablate now sizes torch's threads to the cores other
+processes leave free (ablate/cores.py). This times the same small study three ways, each a
+fresh process, best of --rounds, unloaded and loaded (one other process spinning on a core):
 
-  before  torch imported before ablate, so OpenMP keeps its default policy (spin, then sleep)
-  after   the `ablate` command as users run it
-  x unloaded, and loaded: one other process spinning on one core for the whole run
+  fixed    the threads left as torch sets them (OMP_NUM_THREADS given: ablate keeps its hands off)
+  passive  the same, with OMP_WAIT_POLICY=PASSIVE: threads sleep instead of spinning
+  adaptive the `ablate` command as users run it
 
-and prints the ratios: the collapse (before, loaded / unloaded), the target (after, loaded /
-unloaded, at most 2.0) and the unloaded cost of the passive policy (after / before).
+and prints each one's loaded / unloaded ratio (target: at most 2.0) and its unloaded time
+against fixed threads' (the cost on a quiet machine).
 
-    python benchmarks/busy_cpu.py [--rounds 3] [--epochs 1] [--subset 6000] [--seeds 1]
+    python benchmarks/busy_cpu.py [--rounds 3] [--epochs 1] [--subset 30000] [--seeds 1]
 """
 
 from __future__ import annotations
@@ -27,22 +29,27 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY = "studies/mnist_mlp.py"  # 8 design points: one fused group of 8 cells per seed
-BEFORE = "import sys, torch; from ablate.cli import main; sys.argv[0] = 'ablate'; main()"
-AFTER = "import sys; from ablate.cli import main; sys.argv[0] = 'ablate'; main()"
+RUN = "import sys; from ablate.cli import main; sys.argv[0] = 'ablate'; main()"
 SPIN = "while True: pass"
+CORES = str(os.cpu_count() or 1)
+POLICIES = {
+    "fixed": {"OMP_NUM_THREADS": CORES},
+    "passive": {"OMP_NUM_THREADS": CORES, "OMP_WAIT_POLICY": "PASSIVE"},
+    "adaptive": {},
+}
 
 
-def run_once(code: str, args: list[str], loaded: bool) -> float:
+def run_once(policy: dict, args: list[str], loaded: bool) -> float:
     """Wall seconds of one fresh `ablate run` into a new folder, with a spinning process or not."""
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
     spinner = subprocess.Popen([sys.executable, "-c", SPIN]) if loaded else None
     try:
         with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()
             subprocess.run(
-                [sys.executable, "-c", code, "run", STUDY, "--out", out, *args],
+                [sys.executable, "-c", RUN, "run", STUDY, "--out", out, *args],
                 cwd=REPO,
-                env=env,
+                env={**env, **policy},
                 check=True,
                 stdout=subprocess.DEVNULL,
             )
@@ -57,7 +64,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3, help="fastest of this many runs per mode")
     ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--subset", type=int, default=6000, help="training images per cell")
+    ap.add_argument("--subset", type=int, default=30000, help="training images per cell")
     ap.add_argument("--seeds", type=int, default=1)
     args = ap.parse_args()
     study_args = [
@@ -69,22 +76,20 @@ def main() -> int:
         f"{time.strftime('%Y-%m-%d')}; {STUDY}, {args.seeds} seed(s), {args.epochs} epoch(s), "
         f"{args.subset} images a cell; best of {args.rounds}"
     )
-    policies = (("before", BEFORE), ("after", AFTER))
-    modes = [(name, code, loaded) for name, code in policies for loaded in (False, True)]
     best = {}
     for _ in range(args.rounds):  # modes interleaved, so a drift in the machine hits them alike
-        for name, code, loaded in modes:
-            seconds = run_once(code, study_args, loaded)
-            key = (name, loaded)
-            best[key] = min(best.get(key, float("inf")), seconds)
-    print(f"{'policy':8} {'unloaded s':>11} {'loaded s':>9} {'loaded/unloaded':>16}")
-    for name in ("before", "after"):
-        free, busy = best[(name, False)], best[(name, True)]
-        print(f"{name:8} {free:11.2f} {busy:9.2f} {busy / free:15.2f}x")
-    cost = best[("after", False)] / best[("before", False)]
-    print(f"passive policy unloaded: {cost:.2f}x the default's time (after / before, no load)")
-    target = best[("after", True)] / best[("after", False)]
-    print(f"target: loaded / unloaded <= 2.0x; measured {target:.2f}x")
+        for name, policy in POLICIES.items():
+            for loaded in (False, True):
+                seconds = run_once(policy, study_args, loaded)
+                best[name, loaded] = min(best.get((name, loaded), float("inf")), seconds)
+    head = f"{'threads':9} {'unloaded s':>11} {'loaded s':>9} {'loaded/unloaded':>16}"
+    print(f"{head} {'unloaded cost':>14}")
+    for name in POLICIES:
+        free, busy = best[name, False], best[name, True]
+        cost = free / best["fixed", False]
+        print(f"{name:9} {free:11.2f} {busy:9.2f} {busy / free:15.2f}x {cost:13.2f}x")
+    target = best["adaptive", True] / best["adaptive", False]
+    print(f"target: loaded / unloaded <= 2.0x; adaptive measured {target:.2f}x")
     return 0
 
 
