@@ -41,6 +41,35 @@ def data_dir(tmp_path_factory) -> Path:
     return d
 
 
+# What the published files hold: their first labels, and the normalisation constants every
+# MNIST tutorial quotes (Fashion-MNIST's mean 0.2860)
+PUBLISHED = dict(first_labels=[5, 0, 4, 1, 9, 2, 1, 3, 1, 4], mean=0.1307, std=0.3081)
+
+
+@pytest.fixture(scope="session")
+def mnist_facts(data_dir) -> dict:
+    """What the MNIST files under data_dir hold, for tests of the loader: the published values for
+    the real files, else the stand-ins' own, decoded here with NumPy alone (the reference)."""
+    if not (data_dir / STAND_INS).exists():
+        return dict(PUBLISHED, fashion_mean=0.2860, tolerance=1e-4)
+    facts = {}
+    for folder, key in (("MNIST", "mean"), ("FashionMNIST", "fashion_mean")):
+        raw = data_dir / folder / "raw"
+        images = _read(raw / "train-images-idx3-ubyte.gz", 16).astype(np.float64) / 255
+        facts[key] = images.mean()
+        if folder == "MNIST":
+            facts["std"] = images.std(ddof=1)
+            facts["first_labels"] = _read(raw / "train-labels-idx1-ubyte.gz", 8)[:10].tolist()
+    return dict(facts, tolerance=1e-4)
+
+
+def _read(path: Path, header: int) -> np.ndarray:
+    return np.frombuffer(gzip.decompress(path.read_bytes())[header:], dtype=np.uint8)
+
+
+STAND_INS = "STAND-INS"  # a file that marks a folder of stand_ins
+
+
 IDX_FILES = {  # torchvision's names: 60,000 training and 10,000 test images of 28x28
     "train-images-idx3-ubyte": 60_000,
     "train-labels-idx1-ubyte": 60_000,
@@ -68,15 +97,16 @@ def stand_ins(root: Path) -> Path:
             n = IDX_FILES[f"{split}-images-idx3-ubyte"]
             pick = rng.integers(0, len(big[half]), n)
             images = np.zeros((n, 28, 28))
-            for i, (row, col) in enumerate(rng.integers(0, 5, (n, 2))):  # shifted 0-4 pixels
+            for i, (row, col) in enumerate(rng.integers(1, 4, (n, 2))):  # shifted 1-3 pixels
                 images[i, row : row + 24, col : col + 24] = big[half][pick[i]]
-            images = images * rng.uniform(0.6, 1.0, (n, 1, 1)) + rng.uniform(0, 0.1, (n, 28, 28))
+            images = images * rng.uniform(0.7, 1.0, (n, 1, 1)) + rng.uniform(0, 0.05, (n, 28, 28))
             images = np.clip(images * 255, 0, 255).astype(np.uint8)
             if mirror:
                 images = images[:, :, ::-1]
             labels = digits.target[half][pick].astype(np.uint8)
             _idx(raw / f"{split}-images-idx3-ubyte.gz", images)
             _idx(raw / f"{split}-labels-idx1-ubyte.gz", labels)
+    (root / STAND_INS).write_text("made by tests/conftest.py:stand_ins\n")
     return root
 
 
