@@ -72,3 +72,8 @@ class CoreShare:
         self.last, self.reading = now, reading
         if threads != torch.get_num_threads():
             torch.set_num_threads(threads)
+
+    def restore(self) -> None:
+        """Give torch back the threads it had, for whatever the process does next (a notebook)."""
+        if self.active and torch.get_num_threads() != self.cores:
+            torch.set_num_threads(self.cores)

@@ -105,4 +105,5 @@ class Local:
         return []  # a group trains inside next(): none is ever finished and uncollected
 
     def close(self) -> None:
-        pass
+        if self.cores:
+            self.cores.restore()

@@ -49,3 +49,6 @@ def test_threads_follow_the_load_and_come_back_when_it_goes(monkeypatch):
     assert state["threads"] == 1
     share.adjust()  # 150 busy of 200, all ablate's: both cores free again
     assert state["threads"] == 2
+    state["threads"] = 1
+    share.restore()  # the run is over: torch gets back the threads it had
+    assert state["threads"] == 2
