@@ -51,7 +51,8 @@ def chart_final(finals, summary, factors, metric, out):
         label=[f"{label(r, factors)}  (n={r.n_seeds})" for _, r in summary.iterrows()]
     )
     lab = dict(zip(stats.points(summary, factors), summary.label, strict=True))
-    ok = finals[finals.status == "ok"].assign(label=lambda d: [lab[p] for p in stats.points(d, factors)])
+    ok = finals[finals.status == "ok"]
+    ok = ok.assign(label=[lab[point] for point in stats.points(ok, factors)])
     fig, ax = plt.subplots(figsize=(8, _height(len(summary))))
     state = (
         np.random.get_state()

@@ -85,7 +85,7 @@ class Local:
         on_epoch = self.progress.epoch
         if self.cores:  # threads for the cores other processes leave free, looked at each epoch
             self.cores.adjust()
-            on_epoch = lambda *epoch: (self.cores.adjust(), self.progress.epoch(*epoch))  # noqa: E731
+            on_epoch = self._epoch
         try:
             rows = engine.train(
                 group,
@@ -100,6 +100,10 @@ class Local:
                 torch.cuda.empty_cache()
             return Outcome(group, out_of_memory=True)
         return Outcome(group, rows)
+
+    def _epoch(self, cell: Cell, epoch: int, train_loss: float) -> None:
+        self.cores.adjust()
+        self.progress.epoch(cell, epoch, train_loss)
 
     def drain(self) -> list[Outcome]:
         return []  # a group trains inside next(): none is ever finished and uncollected
