@@ -243,11 +243,9 @@ def own_keys(keys: Any, src: str) -> dict[str, Key]:
             if bound is not None and not _is_num(bound):
                 raise StudyError(f"{where}: lo/hi {bound!r} is not allowed; expected a number")
         out[name] = Key(check(key.default), choices, key.lo, key.hi, str(key.help))
-        if own_entry(out[name])[1](out[name].default) is BAD:
-            raise StudyError(
-                f"{where}: default {key.default!r} is not allowed; expected "
-                f"{own_entry(out[name])[2]}"
-            )
+        _, own_check, allowed = own_entry(out[name])
+        if own_check(out[name].default) is BAD:
+            raise StudyError(f"{where}: default {key.default!r} is not allowed; expected {allowed}")
     return out
 
 

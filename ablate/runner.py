@@ -21,10 +21,10 @@ import torch
 
 from . import __version__, engine, fused
 from .data import Data, check_flips
-from .design import design_ids
+from .design import Design, design_ids
 from .local import Local, Outcome, device_name  # noqa: F401 (benchmarks import device_name here)
 from .store import ROW_COLUMNS, Store, StoreError, check_folder, parquet_files, read_manifest
-from .study import DATASET_SIZES, JSON_DEFAULTS, AblateError, Cell, Study, key_spec, model_name
+from .study import DATASET_SIZES, AblateError, Cell, Study, key_spec, model_name
 from .study import cells as expand
 
 
@@ -343,8 +343,7 @@ def _open(store: Store, study: Study, cells: list[Cell], pool: Executor, determi
     sizes = {"classes": pool.data.classes, "test_size": len(pool.data.test_y)}
     record = manifest(study, store.manifest(), pool.label(), deterministic, sizes)
     store.write_manifest(record)
-    own = {k: key.default for k, key in study.keys.items()}
-    store.fill_columns(list(study.factors), json.loads(json.dumps({**JSON_DEFAULTS, **own})))
+    store.fill_columns(list(study.factors), Design.from_manifest(record).json_defaults)
     return [c for c in cells if c.id not in done]
 
 

@@ -97,8 +97,10 @@ def stand_ins(root: Path) -> Path:
             n = IDX_FILES[f"{split}-images-idx3-ubyte"]
             pick = rng.integers(0, len(big[half]), n)
             images = np.zeros((n, 28, 28))
-            for i, (row, col) in enumerate(rng.integers(1, 4, (n, 2))):  # shifted 1-3 pixels
-                images[i, row : row + 24, col : col + 24] = big[half][pick[i]]
+            offsets = rng.integers(1, 4, (n, 2))  # shifted 1-3 pixels
+            for row, col in np.unique(offsets, axis=0):
+                at = (offsets == (row, col)).all(1)
+                images[at, row : row + 24, col : col + 24] = big[half][pick[at]]
             images = images * rng.uniform(0.7, 1.0, (n, 1, 1)) + rng.uniform(0, 0.05, (n, 28, 28))
             images = np.clip(images * 255, 0, 255).astype(np.uint8)
             if mirror:
