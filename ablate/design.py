@@ -38,6 +38,7 @@ class Design:
     runs: tuple = ()  # each run's start, device, host and versions, the first first
     unlisted: str = ""  # why the manifest cannot list its cells (_why_unlisted), or ""
     keys: dict = field(default_factory=dict)  # the study's own keys: name -> keys.key_spec
+    rule: dict = field(default_factory=dict)  # `run --until-halfwidth`'s: halfwidth, rounds, ...
 
     @property
     def json_defaults(self) -> dict:
@@ -62,6 +63,7 @@ class Design:
             runs=_recorded_list(manifest, "runs"),
             unlisted=_why_unlisted(manifest),
             keys=keys if isinstance(keys := manifest.get("keys"), dict) else {},
+            rule=rule if isinstance(rule := manifest.get("until_halfwidth"), dict) else {},
         )
 
     def cell_ids(self, seeds) -> set[str] | None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +19,7 @@ from .study import DATASET_SIZES, AblateError
 from .study import METRICS as KEY_METRICS
 
 REPORT = "_report"  # beside the rows, named so Parquet readers skip it (see store.py)
+MARKER = ".ablate-report"  # in a report folder: the files ablate wrote, the only ones it removes
 CHARTS = charts.NAMES
 
 
@@ -38,6 +42,7 @@ class Report:
     family: int = 0  # tests in the one Holm family of effects and interactions
     margin: float | None = None
     halfwidth: float = stats.HALFWIDTH
+    rule: dict | None = None  # `run --until-halfwidth`'s record, when it chose the seeds
 
 
 def setting(design: Design, df: pd.DataFrame) -> tuple:
@@ -104,7 +109,7 @@ def build(
 
     out = Path(out) if out else results / REPORT
     # a default _report from before the marker: ablate's by its place; only its own names go
-    store.write_folder(out, fill, OURS if out == results / REPORT else ())
+    write_folder(out, fill, OURS if out == results / REPORT else ())
     rep.path = out
     rep.seconds = time.perf_counter() - start
     return rep
@@ -166,6 +171,7 @@ def _analyse(df, final, design, factors, levels, base, metric, chosen, margin, h
         family=analysis.family,
         margin=margin,
         halfwidth=halfwidth,
+        rule=design.rule or None,
     )
 
 
@@ -187,3 +193,37 @@ def _write_tables_and_charts(folder, rep: Report, df, final, factors, metric, ru
         rep.failures.to_csv(folder / "failures.csv", index=False)
     rep.summary.to_csv(folder / "summary.csv", index=False)
     rep.effects.to_csv(folder / "effects.csv", index=False)
+
+
+def write_folder(out: Path, fill: Callable[[Path], None], ours: tuple[str, ...] = ()) -> None:
+    """Fill a report folder: fill(tmp) writes every file into a hidden folder beside `out`, then
+    each moves into place and files the last report wrote and this one did not are removed.
+    A full disk or a read-only folder stops it before `out` changes. `out` must be new, empty,
+    or ablate's (its MARKER lists what it wrote; `ours`: the names ablate may replace in a
+    report folder written before the marker existed)."""
+    marker = out / MARKER
+    if out.exists() and not out.is_dir():
+        raise store.StoreError(f"{out}: exists and is not a folder; choose another --out", code=2)
+    if out.is_dir() and not marker.is_file() and not ours and any(out.iterdir()):
+        raise store.StoreError(
+            f"{out}: not empty and not a report folder ablate wrote (no {MARKER}); choose a "
+            "new or empty --out",
+            code=2,
+        )
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        fill(tmp)
+        old = set(json.loads(marker.read_text())["files"]) if marker.is_file() else set(ours)
+        new = sorted(p.name for p in tmp.iterdir())
+        out.mkdir(exist_ok=True)
+        for name in new:
+            os.replace(tmp / name, out / name)
+        for name in old - set(new):  # an earlier --metric's charts and tables
+            (out / name).unlink(missing_ok=True)
+        store.atomic_write(marker, lambda f: f.write(json.dumps({"files": new}).encode()))
+    except OSError as e:
+        raise store.StoreError(f"{out}: cannot write the report here ({e.strerror or e})") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -133,10 +133,18 @@ def finished(path: Path) -> set[str]:
 
 
 def groups(todo: list[Cell], max_group: int) -> list[list[Cell]]:
+    """The cells of each shape in as few groups of at most max_group as can be, their sizes as
+    even as can be: 10 cells at 8 train as 5 + 5, not 8 + 2 (the cells of a small group each
+    pay more of its per-step overhead)."""
     by_key: dict[str, list[Cell]] = {}
     for c in todo:
         by_key.setdefault(fused.shape_key(c), []).append(c)
-    return [g[i : i + max_group] for g in by_key.values() for i in range(0, len(g), max_group)]
+    chunks = []
+    for cells in by_key.values():
+        parts = -(-len(cells) // max_group)
+        bounds = [len(cells) * k // parts for k in range(parts + 1)]
+        chunks += [cells[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    return chunks
 
 
 def file_name(group: list[Cell]) -> str:
@@ -164,10 +172,17 @@ def rows_for(study: Study, cell: Cell, epochs: list[dict]) -> list[dict]:
 
 
 def manifest(
-    study: Study, old: dict, machine: str | None, deterministic: bool = False, sizes=None
+    study: Study,
+    old: dict,
+    machine: str | None,
+    deterministic: bool = False,
+    sizes=None,
+    rule: dict | None = None,
 ) -> dict:
     """The study as run (design, claims, source text) and every run's details, this one on
-    `machine` (the executor's label); without it, no new run."""
+    `machine` (the executor's label); without it, no new run. `rule`: --until-halfwidth's
+    record (seeds.until_halfwidth), else the one already there."""
+    rule = rule or old.get("until_halfwidth")
     text = Path(study.source).read_text() if Path(study.source).is_file() else ""
     run = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -201,6 +216,7 @@ def manifest(
         # the dataset's (DATASET_SIZES): a dataset callable or a torchvision one
         **(sizes if sizes and study.dataset not in DATASET_SIZES else {}),
         "runs": old.get("runs", []) + ([run] if machine else []),
+        **({"until_halfwidth": rule} if rule else {}),
     }
     return json.loads(
         json.dumps(out, sort_keys=True, default=str)
@@ -229,7 +245,7 @@ def _where(source: str) -> Path:
     return Path(source).expanduser().resolve()
 
 
-def refresh(study: Study, path: Path) -> None:
+def refresh(study: Study, path: Path, rule: dict | None = None) -> None:
     """Nothing to train, but the study file changed (a claim, its text): record it, so the report
     shows the claims as they stand now. Skipped while another run holds the folder."""
     old = read_manifest(path)
@@ -237,7 +253,7 @@ def refresh(study: Study, path: Path) -> None:
     def same(m: dict) -> dict:  # the path it was run by does not count, nor the runs
         return {**m, "runs": None, "source": (m.get("source") or {}).get("sha256")}
 
-    if same(manifest(study, old, None)) == same(old):
+    if same(manifest(study, old, None, rule=rule)) == same(old):
         return
     store = Store(path)
     try:
@@ -245,7 +261,7 @@ def refresh(study: Study, path: Path) -> None:
     except StoreError:
         return
     try:
-        store.write_manifest(manifest(study, store.manifest(), None))
+        store.write_manifest(manifest(study, store.manifest(), None, rule=rule))
     finally:
         store.close()
 
@@ -261,10 +277,12 @@ def run(
     executor: str = "local",
     address: str | None = None,
     groups_per_gpu: int = 1,
+    rule: dict | None = None,
 ) -> Summary:
     """Train every cell of `study` not yet in `out/<name>/`, in this process or (executor "ray") as
     Ray tasks. `device`: "auto", "cpu", "cuda", "cuda:N" or a torch.device. Raises Stopped on
-    Ctrl-C; the store is written here only, whatever the executor."""
+    Ctrl-C; the store is written here only, whatever the executor. `rule`: what the manifest
+    records of --until-halfwidth (seeds.until_halfwidth)."""
     if executor not in ("local", "ray"):
         raise AblateError(f"--executor {executor}: expected local or ray")
     if groups_per_gpu < 1:
@@ -276,7 +294,7 @@ def run(
     cells = expand(study)
     check_owner(study, path, cells)
     if not (todo := [c for c in cells if c.id not in finished(path)]):
-        refresh(study, path)
+        refresh(study, path, rule)
         return Summary(len(cells), len(cells))
     pool = _start(
         study, todo, executor, device, deterministic, data_dir, progress, address, groups_per_gpu
@@ -285,7 +303,7 @@ def run(
     with stop_on_signals() as got:  # after ray.init: its C++ handler would dump and exit 1
         try:
             machine = pool.label()
-            todo = _open(store, study, cells, pool, deterministic)
+            todo = _open(store, study, cells, pool, deterministic, rule)
             summary = Summary(len(cells), len(cells) - len(todo))
             max_group = max_group or pool.auto_group(todo)
             progress.start(len(cells), len(todo), f"{machine}, groups of up to {max_group}")
@@ -335,13 +353,15 @@ def _start(
     return pool
 
 
-def _open(store: Store, study: Study, cells: list[Cell], pool: Executor, deterministic) -> list:
+def _open(
+    store: Store, study: Study, cells: list[Cell], pool: Executor, deterministic, rule
+) -> list:
     """Lock the folder and record this run in its manifest; the cells still to train, as another
     run may have stored some since `finished` looked."""
     store.open()
     done = store.done()
     sizes = {"classes": pool.data.classes, "test_size": len(pool.data.test_y)}
-    record = manifest(study, store.manifest(), pool.label(), deterministic, sizes)
+    record = manifest(study, store.manifest(), pool.label(), deterministic, sizes, rule)
     store.write_manifest(record)
     store.fill_columns(list(study.factors), Design.from_manifest(record).json_defaults)
     return [c for c in cells if c.id not in done]
@@ -370,6 +390,7 @@ def _finish(study, store, summary, progress, pool: Executor, outcome: Outcome) -
     store.write(
         [r for c, e in zip(group, outcome.rows, strict=True) for r in rows_for(study, c, e)],
         file_name(group),
+        study.factors,
     )
     for cell, epochs in zip(group, outcome.rows, strict=True):
         summary.trained += 1

@@ -29,7 +29,6 @@ from .study import JSON_DEFAULTS, AblateError
 MANIFEST = "_manifest.json"
 QUARANTINE = "_quarantine"
 LOCK = ".lock"
-MARKER = ".ablate-report"  # in a report folder: the files ablate wrote, the only ones it removes
 
 
 class StoreError(AblateError):
@@ -66,7 +65,7 @@ def parquet_files(path: Path) -> list[Path]:
     return sorted(p for p in files if not p.name.startswith((".", "_")) and p.is_file())
 
 
-def _temporary(name: str) -> bool:  # .<name>.tmp-<pid>: atomic_write's or write_folder's
+def _temporary(name: str) -> bool:  # .<name>.tmp-<pid>: atomic_write's or report.write_folder's
     return name.startswith(".") and ".tmp-" in name
 
 
@@ -190,10 +189,15 @@ class Store:
                 arrow = pa.Table.from_pandas(table, preserve_index=False)
                 atomic_write(f, lambda out, arrow=arrow: pq.write_table(arrow, out), "rewrite")
 
-    def write(self, rows: list[dict], name: str) -> Path:
+    def write(self, rows: list[dict], name: str, factors: dict | None = None) -> Path:
         """One finished cell or group's rows as <name>.parquet, atomically; a full disk or a
-        read-only folder is one line, the cells stored before it kept."""
+        read-only folder is one line, the cells stored before it kept. A tuple factor's column
+        takes its type from the factor's levels: a group of () alone would write list<null>,
+        which readers of the folder cannot cast another file's list<int64> to."""
         table = pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False)
+        for column, kind in list_types(factors or {}).items():
+            at = table.schema.get_field_index(column)
+            table = table.set_column(at, column, table[column].cast(kind)) if at >= 0 else table
         path = self.path / f"{name}.parquet"
         try:
             atomic_write(path, lambda f: pq.write_table(table, f), "parquet")
@@ -213,6 +217,15 @@ class Store:
             atomic_write(self.path / MANIFEST, lambda f: f.write(text), "manifest")
         except OSError as e:
             raise StoreError(f"{self.path}: cannot write {MANIFEST} ({e.strerror or e})") from None
+
+
+def list_types(factors: dict) -> dict[str, pa.DataType]:
+    """Each tuple-valued factor's Arrow list type, from the items of its levels."""
+    items = {
+        f: [x for v in levels if isinstance(v, (tuple, list)) for x in v]
+        for f, levels in factors.items()
+    }
+    return {f: pa.list_(pa.array(values).type) for f, values in items.items() if values}
 
 
 def read_manifest(path: str | Path) -> dict:
@@ -364,37 +377,3 @@ def _current(df: pd.DataFrame, design: Design, path: Path, warn) -> pd.DataFrame
             "or a --set run wrote here) and are left out; `--out` keeps such runs apart"
         )
     return df[keep.to_numpy()]
-
-
-def write_folder(out: Path, fill: Callable[[Path], None], ours: tuple[str, ...] = ()) -> None:
-    """Fill a report folder: fill(tmp) writes every file into a hidden folder beside `out`, then
-    each moves into place and files the last report wrote and this one did not are removed.
-    A full disk or a read-only folder stops it before `out` changes. `out` must be new, empty,
-    or ablate's (its MARKER lists what it wrote; `ours`: the names ablate may replace in a
-    report folder written before the marker existed)."""
-    marker = out / MARKER
-    if out.exists() and not out.is_dir():
-        raise StoreError(f"{out}: exists and is not a folder; choose another --out", code=2)
-    if out.is_dir() and not marker.is_file() and not ours and any(out.iterdir()):
-        raise StoreError(
-            f"{out}: not empty and not a report folder ablate wrote (no {MARKER}); choose a "
-            "new or empty --out",
-            code=2,
-        )
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    try:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        fill(tmp)
-        old = set(json.loads(marker.read_text())["files"]) if marker.is_file() else set(ours)
-        new = sorted(p.name for p in tmp.iterdir())
-        out.mkdir(exist_ok=True)
-        for name in new:
-            os.replace(tmp / name, out / name)
-        for name in old - set(new):  # an earlier --metric's charts and tables
-            (out / name).unlink(missing_ok=True)
-        atomic_write(marker, lambda f: f.write(json.dumps({"files": new}).encode()))
-    except OSError as e:
-        raise StoreError(f"{out}: cannot write the report here ({e.strerror or e})") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

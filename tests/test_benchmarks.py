@@ -85,3 +85,37 @@ def test_busy_cpu_benchmark_times_each_thread_policy_loaded_and_unloaded(data_di
     lines = proc.stdout.splitlines()
     assert [line.split()[0] for line in lines[2:5]] == ["fixed", "passive", "adaptive"], lines
     assert "target: loaded / unloaded <= 2.0x; adaptive measured" in proc.stdout
+
+
+def test_reference_study_benchmark_times_the_tutorial_loop_and_ablate_run_side_by_side(
+    data_dir, tmp_path
+):
+    # a smoke run: 40 cells of 256 images, one epoch; it checks the table, not the times
+    out = tmp_path / "ref.csv"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/reference_study.py",
+            "--epochs",
+            "1",
+            "--subset",
+            "256",
+            "--csv",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={
+            "ABLATE_DATA_DIR": str(data_dir),
+            "ABLATE_CACHE": str(tmp_path / "cache"),
+            "PATH": "/usr/bin:/bin",
+        },
+    )
+    assert proc.returncode == 0, proc.stderr
+    for label in ("tutorial loop", "ablate run", "speedup", "target", "fp32 roofline"):
+        assert label in proc.stdout, proc.stdout
+    assert "trained 40 cells" in proc.stdout
+    (row,) = list(csv.DictReader(out.open()))
+    assert row["epochs"] == "1" and row["subset"] == "256"
+    assert float(row["ablate_s"]) > 0 and float(row["tutorial_s"]) > 0

@@ -128,7 +128,7 @@ def test_the_gpu_group_size_follows_free_memory_and_the_model(data_dir, monkeypa
     assert (
         engine.auto_group(cnn, data, cuda, "cnn") < small
     )  # 64 maps of 26x26 per sample outweigh the MLP
-    assert engine.auto_group(mlp, data, torch.device("cpu"), "mlp") == 8
+    assert engine.auto_group(mlp, data, torch.device("cpu"), "mlp") == 16
 
     # a study's own model fuses on a GPU too (vmapped): its estimate follows its own size
     def perceptron(cfg):

@@ -49,3 +49,18 @@ def test_uniform24_is_uniform_enough_for_masks():
     assert abs(keep - 0.8) < 0.003
     hist = torch.histc(u.float(), bins=10, min=0, max=1)
     assert (hist - 20_000).abs().max().item() < 600  # ~4 sd of a bin count
+
+
+def test_uniform24_in_int32_is_bitwise_the_int64_hash_shifted():
+    # keys on both sides of 2**31, where int32 holds the bits as negative numbers
+    keys = torch.tensor([[0], [1], [2**31 - 1], [2**31], [2**32 - 1], [rng.key(7, rng.DROPOUT)]])
+    fast = rng.uniform24(keys, 5000, "cpu")
+    assert fast.dtype == torch.int32
+    assert torch.equal(fast.long(), rng.bits(keys, 5000, "cpu") >> 8)
+    assert torch.equal(
+        rng.uniform24(rng.key(3), 7, "cpu").long(), rng.bits(rng.key(3), 7, "cpu") >> 8
+    )
+    # fmix32 on the int32 bits is fmix on their unsigned value, at the signed extremes too
+    xs = torch.tensor([0, 1, 2**31 - 1, 2**31, 2**32 - 1, 0x9E3779B9], dtype=torch.int64)
+    as_int32 = torch.where(xs >= 2**31, xs - 2**32, xs).to(torch.int32)
+    assert (rng.fmix32(as_int32).long() % 2**32).tolist() == [rng.fmix(int(x)) for x in xs]

@@ -40,3 +40,24 @@ def test_a_study_model_vmap_cannot_take_is_said_once_and_its_cells_train_alone(
         "torch.func.vmap cannot take it (RuntimeError: vmap: "
     ), line
     assert "data-dependent control flow" in line and "\n" not in line, line
+
+
+def test_a_shapes_cells_split_into_the_fewest_groups_of_even_size():
+    study = validate(
+        Study(
+            name="split",
+            dataset="digits",
+            base=dict(epochs=1),
+            factors=dict(lr=[0.01, 0.02], activation=["relu", "tanh"]),
+            seeds=5,
+        )
+    )
+    cells = runner.expand(study)  # two shapes (the activations), 10 cells each
+    sizes = [len(g) for g in runner.groups(cells, 8)]
+    assert sizes == [5, 5, 5, 5]
+    assert [len(g) for g in runner.groups(cells, 4)] == [3, 3, 4, 3, 3, 4]
+    assert [len(g) for g in runner.groups(cells, 10)] == [10, 10]
+    # every cell once, and a group holds one shape only
+    grouped = runner.groups(cells, 3)
+    assert sorted(c.id for g in grouped for c in g) == sorted(c.id for c in cells)
+    assert all(len({fused.shape_key(c) for c in g}) == 1 for g in grouped)

@@ -7,6 +7,7 @@ import sys
 import textwrap
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from ablate.store import MANIFEST, QUARANTINE, Store, StoreError, atomic_write, parquet_files, read
@@ -238,3 +239,18 @@ def test_malformed_results_files_are_named_in_one_line_or_moved_aside(tmp_path):
     assert s.done() == {"abc"}  # run no longer counts either as stored
     moved = sorted(p.name for p in (tmp_path / "s" / QUARANTINE).iterdir())
     assert moved == ["nostatus.parquet", "words.parquet"]
+
+
+def test_a_group_of_empty_tuples_stores_its_column_typed_so_the_folder_reads_whole(tmp_path):
+    # a group of hidden=() alone wrote list<null>; pandas then failed on the folder when that
+    # file sorted first: "Unsupported cast from int64 to null"
+    store = Store(tmp_path / "xor").open()
+    factors = {"hidden": [(), (4,)]}
+    row = dict(study="xor", seed=0, epoch=1, test_acc=0.5, status="ok", config="{}")
+    store.write([{**row, "cell": "a", "hidden": []}], "a-first", factors)
+    store.write([{**row, "cell": "b", "hidden": [4]}], "b-second", factors)
+    store.close()
+    hidden = pq.read_schema(tmp_path / "xor" / "a-first.parquet").field("hidden").type
+    assert str(hidden.value_type) == "int64"
+    df = pd.read_parquet(tmp_path / "xor")
+    assert df.sort_values("cell")["hidden"].map(list).tolist() == [[], [4]]
