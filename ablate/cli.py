@@ -69,6 +69,9 @@ class RichProgress:
         self.console.print(
             f"training {todo} of {total} cells on {device} ({total - todo} already done)"
         )
+        if self.task is not None:  # --until-halfwidth's next round: the same bar, a new total
+            self.bar.update(self.task, total=total, completed=total - todo)
+            return
         self.bar.start()
         self.task = self.bar.add_task("cells", total=total, completed=total - todo, now="")
 
@@ -117,6 +120,10 @@ HELP = {
     "t tests, Holm.",
     "halfwidth": "seeds_needed: seeds for a 95% CI of this half-width (the metric's units; 0.005 "
     "= half a point of accuracy).",
+    "until": "After the study's seeds, add seeds to every design point in rounds until each main "
+    "effect's 95% CI half-width is at most H (final test_acc; 0.001 = 0.1 point).",
+    "max_seeds": "With --until-halfwidth: stop at this many seeds per design point.",
+    "plan": "The half-width to plan for (the metric's units; 0.001 = 0.1 point of accuracy).",
 }
 
 
@@ -139,6 +146,8 @@ def run(
     groups_per_gpu: int = typer.Option(
         1, "--groups-per-gpu", min=1, max=1000, help=HELP["groups_per_gpu"]
     ),
+    until_halfwidth: float | None = typer.Option(None, "--until-halfwidth", help=HELP["until"]),
+    max_seeds: int | None = typer.Option(None, "--max-seeds", min=2, help=HELP["max_seeds"]),
 ):
     """Train every cell of STUDY not yet in the results directory (resumable)."""
     from . import runner  # torch loads here, not for --help
@@ -148,6 +157,8 @@ def run(
         raise AblateError(f"--executor {executor}: expected local or ray")
     if address and executor != "ray":
         raise AblateError(f"--address {address}: only used with --executor ray")
+    if max_seeds is not None and until_halfwidth is None:
+        raise AblateError(f"--max-seeds {max_seeds}: only used with --until-halfwidth")
     study = _load(study_file, set_ or [], seeds)
     path = runner.results_dir(study, out_dir)
     if dry_run:
@@ -155,8 +166,25 @@ def run(
     progress = RichProgress(out)
     # runner.run's arguments after the study and folder, in its order
     options = (device, max_group, deterministic, data_dir, progress, executor, address)
-    summary = _until_stopped(progress, lambda: runner.run(study, out_dir, *options, groups_per_gpu))
-    _print_summary(summary, path)
+
+    def train(chosen, rule=None):
+        return runner.run(chosen, out_dir, *options, groups_per_gpu, rule)
+
+    if until_halfwidth is None:
+        return _print_summary(_until_stopped(progress, lambda: train(study)), path)
+    from . import seeds as rounds
+
+    cap = max_seeds or rounds.MAX_SEEDS
+    done = _until_stopped(
+        progress, lambda: rounds.until_halfwidth(study, out_dir, until_halfwidth, cap, train)
+    )
+    steps = " -> ".join(map(str, done.rounds))
+    said = "every main effect within" if not done.capped else "capped; the widest is"
+    out.print(
+        f"seeds per design point: {steps} (--until-halfwidth {until_halfwidth:g}, at most {cap}); "
+        f"{said} ±{done.widest:.4g}"
+    )
+    _print_summary(done.summary, path)
 
 
 def _load(study_file: Path, sets: list[str], seeds: int | None):
@@ -276,124 +304,31 @@ def report(
     halfwidth: float = typer.Option(0.005, "--halfwidth", help=HELP["halfwidth"]),
 ):
     """Charts, CSVs and index.html: does each factor help, by how much, how sure are we."""
+    from . import console
     from . import report as reports
 
     rep = reports.build(results_dir, out_dir, metric, warn, margin, halfwidth)
-    out.print(_effects_table(rep, metric, margin))
-    _print_warnings(rep)
+    out.print(console.effects_table(rep, metric, margin))
+    console.print_warnings(rep, out, warn)
     for _, claim in rep.claims.iterrows():
-        out.print(_claim_line(claim))
+        out.print(console.claim_line(claim))
     out.print(f"report: {rep.path / 'index.html'} ({rep.n_cells} cells, {rep.seconds:.1f}s)")
 
 
-def _print_warnings(rep) -> None:
-    """The significant interactions, then effects that change sign, then failures that differ."""
-    for _, row in rep.interactions.iterrows() if len(rep.interactions) else []:
-        if row.significant:
-            out.print(escape(_interaction_line(row)))
-    for row in rep.sign_changes.itertuples() if rep.sign_changes is not None else []:
-        warn(
-            f"{row.factor}={row.level} vs {row.baseline} changes sign across the other factors: "
-            f"{row.settings}"
-        )
-    failures = rep.failures is not None and len(rep.failures)
-    for row in rep.failures.drop_duplicates("factor").itertuples() if failures else []:
-        if row.differs:
-            warn(
-                f"failed runs differ across the levels of {row.factor} (Fisher p "
-                f"{row.p_fisher:.3g}, Holm {row.p_holm:.3g}): its effects compare the runs that "
-                "did not diverge; see failures.csv"
-            )
+@app.command()
+@user_errors
+def plan(
+    results_dir: Path = typer.Argument(..., metavar="RESULTS_DIR"),
+    halfwidth: float = typer.Option(0.005, "--halfwidth", help=HELP["plan"]),
+    metric: str = typer.Option("test_acc", "--metric", help="test_acc, test_loss or train_loss"),
+):
+    """From a pilot's spread: the seeds each main effect needs, and what the study would cost."""
+    from . import console, seeds
 
-
-def _interaction_line(row) -> str:
-    return (
-        f"interaction: {row.factor}={row.level} vs {row.baseline} is {row.at_baseline:+.4f} at "
-        f"{row.by}={row.by_baseline} but {row.at_level:+.4f} at {row.by}={row.by_level}: "
-        f"difference {row['diff']:+.4f} [{row.ci_low:+.4f}, {row.ci_high:+.4f}], "
-        f"p Holm {row.p_holm:.3g}"
-    )
-
-
-def _effects_table(rep, metric: str, margin: float | None) -> Table:
-    """One row per effect: estimate and CI, Holm p, what these seeds can detect, the verdict."""
-    table = Table(
-        title=f"effects on final {metric}: level - baseline, paired by seed (95% t CI; Holm over "
-        f"{rep.family} tests, effects and interactions)"
-    )
-    for column in ["effect", "n", "diff [95% CI]", "p Holm", "mde", "seeds", ""]:
-        justify = "left" if column == "effect" else "right"
-        table.add_column(column, justify=justify, overflow="fold")
-    for _, row in rep.effects.iterrows():
-        table.add_row(
-            escape(f"{row.factor}: {row.level} vs {row.baseline}{_alias(row)}"),
-            str(row.n_pairs),
-            f"{row['diff']:+.4f} {_interval(row)}",
-            f"{row.p_holm:.3g}",
-            f"{row.mde:.4f}",
-            f"{row.seeds_needed:.0f}",
-            _verdict(row),
-        )
-    notes = [
-        "mde: smallest difference these seeds detect (80% power, 0.05); seeds: for a 95% CI of "
-        f"±{rep.halfwidth:g}"
-    ]
-    if margin:
-        notes.append(f"equivalent: inside ±{margin:g} (two one-sided t tests, Holm)")
-    if rep.effects["note"].str.contains("95% CI excludes").any():
-        notes.append("†: the row's own CI excludes 0, but not after Holm")
-    table.caption = "; ".join(notes)
-    return table
-
-
-def _interval(row) -> str:
-    if row.no_spread:
-        return "no spread"
-    return "no interval" if row.n_pairs < 2 else f"[{row.ci_low:+.4f}, {row.ci_high:+.4f}]"
-
-
-def _alias(row) -> str:
-    """A fractional design's alias; past two factors, its order: a 5-way reads "+ 5-way"."""
-    if not row.alias:
-        return ""
-    others = row.alias[1:].split(":")
-    return f" ({row.alias[0]} {row.alias[1:] if len(others) < 3 else f'{len(others)}-way'})"
-
-
-def _verdict(row) -> str:
-    if row.significant:
-        return "[green]significant[/green]"
-    if row.equivalent:
-        return "equivalent"
-    return "†" if "95% CI excludes" in row.note else ""
-
-
-def _claim_line(claim) -> str:
-    name = escape(str(claim.source or claim.where))
-    if claim.kind in ("at_most", "at_least"):
-        said = "at most" if claim.kind == "at_most" else "at least"
-        mark = "[green]holds[/green]" if claim.inside else "[red]does not hold[/red]"
-        return (
-            f"claim {name}: {said} {claim.claimed:.4f}; {claim.runs_within} of {claim.n_seeds} "
-            f"runs keep to it (mean {claim['mean']:.4f}) {mark}"
-        )
-    if claim.inside is None:
-        return f"claim {name}: {claim.claimed:.4f}; n={claim.n_seeds}, no interval to compare"
-    mark = "[green]inside[/green]" if claim.inside else "[red]outside[/red]"
-    if claim.note:
-        return (
-            f"claim {name}: {claim.claimed:.4f} vs every run {claim['mean']:.4f} "
-            f"(n={claim.n_seeds}, no spread) {mark}"
-        )
-    low, high, what = (
-        (claim.pi_low, claim.pi_high, "95% prediction interval of one run")
-        if claim.kind == "point"
-        else (claim.ci_low, claim.ci_high, "95% CI of the mean")
-    )
-    return (
-        f"claim {name}: {claim.claimed:.4f} vs measured mean {claim['mean']:.4f}, {what} "
-        f"[{low:.4f}, {high:.4f}] (n={claim.n_seeds}) {mark}"
-    )
+    effects, cost = seeds.plan(results_dir, halfwidth, metric, warn)
+    out.print(console.plan_table(effects, halfwidth, metric))
+    for line in console.plan_lines(cost, halfwidth):
+        out.print(line)
 
 
 def main():

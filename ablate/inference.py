@@ -111,6 +111,23 @@ def seeds_needed(std: float, halfwidth: float) -> float:
     return float(n[enough[0]]) if len(enough) else np.inf
 
 
+def next_round(half_widths, needed, seeds: int, target: float, cap: int) -> int:
+    """The seed count every design point trains to next under `run --until-halfwidth`: `seeds`
+    (stop) once each effect's 95% CI half-width is at most `target` or `cap` seeds are reached;
+    else what the widest effect needs at its observed spread (`needed`: seeds_needed), half as
+    many again at least, `cap` at most. A NaN half-width (fewer than 2 seeds) is wide; the
+    caller gives a row without spread a half-width of 0. Rounds of half as many again, not of
+    one seed, give a spread that happens to be low fewer looks at which to stop the rule;
+    tests/test_calibration.py measures the rule as it is."""
+    half_widths, needed = np.asarray(half_widths, float), np.asarray(needed, float)
+    wide = ~(half_widths <= target)
+    if seeds >= cap or not wide.any():
+        return seeds
+    wanted = needed[wide & ~np.isnan(needed)]
+    least = seeds + max(1, seeds // 2)
+    return int(min(cap, max(least, wanted.max() if len(wanted) else least)))
+
+
 _HALF_WIDTHS = np.zeros(100_000)  # t(0.975, n-1) / sqrt(n) for n = 2..100,001, filled on first use
 
 

@@ -4,6 +4,7 @@ import itertools
 
 import numpy as np
 import pandas as pd
+from scipy import stats as scipy_stats
 
 from ablate import anova, inference, stats
 
@@ -243,3 +244,86 @@ def test_equivalence_over_a_table_at_the_margin_is_claimed_in_at_most_5_percent_
         f"equivalence claimed for some row at the margin in {rate:.3f} of {reps} studies"
     )
     print(f"page-wide false equivalence at the margin: {rate:.3f}")
+
+
+def until_halfwidth(rng, effects, noise, start, halfwidth, cap) -> np.ndarray:
+    """Per-seed differences of each main effect [effects, seeds] under `run --until-halfwidth`:
+    `start` seeds, then rounds for every effect alike, sized by inference.next_round from each
+    effect's interval and seeds_needed, as seeds.until_halfwidth does with the report's rows."""
+    planted = np.asarray(effects)[:, None]
+    diffs = planted + noise(rng, (len(effects), start))
+    while True:
+        rows = [inference.interval(row) for row in diffs]
+        widths = [(high - low) / 2 for mean, std, low, high in rows]
+        needed = [inference.seeds_needed(std, halfwidth) for mean, std, low, high in rows]
+        n = inference.next_round(widths, needed, diffs.shape[1], halfwidth, cap)
+        if n == diffs.shape[1]:
+            return diffs
+        diffs = np.concatenate([diffs, planted + noise(rng, (len(effects), n - diffs.shape[1]))], 1)
+
+
+NOISES = {
+    "normal": lambda rng, shape: rng.normal(0, 1, shape),
+    "t3": lambda rng, shape: rng.standard_t(3, shape) / np.sqrt(3),  # heavy tails, sd 1
+}
+
+
+def rule_rates(rng, effects, start, reps=2000) -> dict:
+    """Coverage of the planted effects and how often the last (null) effect is flagged, per
+    noise, under the rule with half-width 0.7 sd (about 11 seeds), at most 30 seeds."""
+    rates = {}
+    for name, noise in NOISES.items():
+        covered = flagged = used = 0
+        for _ in range(reps):
+            diffs = until_halfwidth(rng, effects, noise, start, 0.7, 30)
+            for row, effect in zip(diffs, effects, strict=True):
+                mean, std, low, high = inference.interval(row)
+                covered += low <= effect <= high
+            flagged += scipy_stats.ttest_1samp(diffs[-1], 0.0).pvalue < 0.05  # estimate's t
+            used += diffs.shape[1]
+        rates[name] = (covered / reps / len(effects), flagged / reps, used / reps)
+    return rates
+
+
+def said(rates: dict) -> str:
+    return "; ".join(
+        f"{name}: coverage {cov:.3f}, null flagged {flag:.3f}, {seeds:.1f} seeds"
+        for name, (cov, flag, seeds) in rates.items()
+    )
+
+
+def test_until_halfwidth_keeps_coverage_and_the_null_rate_in_a_study_of_several_effects():
+    # stopping on the intervals' width, never their verdicts: three main effects (0.5 and 1 sd
+    # planted, one null) share the rule, from the usual 5 seeds and from 3
+    rng = np.random.default_rng(16)
+    for start in (5, 3):
+        rates = rule_rates(rng, [0.5, 1.0, 0.0], start)
+        assert all(cov >= 0.93 and flag <= 0.06 for cov, flag, _ in rates.values()), said(rates)
+        print(f"{start} seeds first: {said(rates)}")
+
+
+def test_until_halfwidth_with_one_effect_deciding_alone_undercovers_as_the_readme_says():
+    # the rule's known weakness: when one effect's own spread both stops the rounds and makes
+    # its interval, the stops come when that spread is low. Measured so a fix shows up, and
+    # quoted by the README and the report: 0.90-0.93 coverage, a null flagged 6-10%
+    rng = np.random.default_rng(18)
+    for start in (5, 3):
+        rates = rule_rates(rng, [0.0], start)
+        cov, flag, _ = rates["normal"]
+        assert 0.87 <= cov <= 0.94 and 0.06 <= flag <= 0.12, said(rates)
+        print(f"one effect, {start} seeds first: {said(rates)}")
+
+
+def test_adding_seeds_until_p_is_below_5_percent_flags_a_null_far_more_often():
+    # the tempting rule that --until-halfwidth is not: from 3 seeds, one more until p < 0.05
+    # or 10 seeds; the README quotes this rate
+    rng = np.random.default_rng(17)
+    reps, flagged = 4000, 0
+    for _ in range(reps):
+        diffs = rng.normal(0, 1, 3)
+        while scipy_stats.ttest_1samp(diffs, 0.0).pvalue >= 0.05 and len(diffs) < 10:
+            diffs = np.append(diffs, rng.normal(0, 1))
+        flagged += scipy_stats.ttest_1samp(diffs, 0.0).pvalue < 0.05
+    rate = flagged / reps
+    assert 0.12 <= rate <= 0.20, f"optional stopping on p flagged a null in {rate:.3f} of studies"
+    print(f"optional stopping on p: a null flagged in {rate:.3f} of {reps} studies, not 0.05")

@@ -1,0 +1,167 @@
+"""Seeds where they matter: `run --until-halfwidth` adds seeds in rounds, `plan` prices them.
+
+The rule stops on each main effect's 95% CI *width*, never on its verdict: how wide an interval
+is says nothing about which side of zero it lies, so the intervals keep their coverage
+(tests/test_calibration.py simulates it). Adding seeds until p < 0.05 does not: from 3 seeds up
+to 10, one at a time, it flags a null effect about 16% of the time, not 5%.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats as scipy_stats
+
+from . import inference, report, stats, store
+from .study import AblateError, Study
+
+RULE = "until_halfwidth"  # the manifest's record of the rule and its rounds
+MAX_SEEDS = 30  # --max-seeds' default: past 30 seeds an interval narrows by under 2% a seed
+UPPER = 0.95  # plan's upper bound: the spread's one-sided 95% upper confidence limit
+
+
+def seed_list(study: Study, total: int) -> list[int]:
+    """The study's seeds, then the next unused integers, `total` in all."""
+    seeds = list(study.seeds)
+    nxt = max(seeds, default=-1) + 1
+    return seeds + list(range(nxt, nxt + max(0, total - len(seeds))))
+
+
+def analysed(path: Path, halfwidth: float, metric: str = "test_acc", warn=None) -> pd.DataFrame:
+    """The main effects of a results folder, as its report computes them (seeds_needed at
+    `halfwidth`), with each row's CI half-width; no files are written."""
+    df, design = stats.tidy(store.read(path, warn)), store.read_design(path)
+    factors, levels, base = report.setting(design, df)
+    final = stats.final(df)
+    if not factors:
+        raise AblateError(f"{path}: a study of no factors has no effects to narrow")
+    classes, test_size = report.dataset_sizes(design)
+    resolution = 1 / test_size if metric == "test_acc" and test_size else 0.0
+    analysis = stats.analyse(
+        final, factors, base, levels, metric, design.kind or "grid", resolution, None, halfwidth
+    )
+    effects = analysis.effects.copy()
+    width = (effects["ci_high"] - effects["ci_low"]) / 2
+    effects["halfwidth"] = np.where(effects["no_spread"], 0.0, width)
+    return effects
+
+
+@dataclass
+class Rounds:
+    """What `run --until-halfwidth` did: every round's seed total, the first the study's own."""
+
+    summary: object  # runner.Summary over every round
+    rounds: list[int]
+    widest: float  # the widest main effect's half-width after the last round
+    capped: bool  # stopped by --max-seeds with some effect still wider
+
+
+def until_halfwidth(
+    study: Study,
+    out,
+    halfwidth: float,
+    max_seeds: int,
+    train: Callable,
+    metric: str = "test_acc",
+    warn=None,
+) -> Rounds:
+    """Train the study's seeds, then rounds of more seeds for every design point alike (pairing
+    needs them everywhere) until every main effect's 95% CI half-width is at most `halfwidth`
+    or `max_seeds` seeds are stored. Each round is recorded in the manifest before it trains, so
+    a rerun of the same command first finishes the round a kill cut short. `train(study, rule)`
+    runs one round (runner.run with the rule to record) and returns its runner.Summary."""
+    from . import runner  # torch loads here: `plan` and the report do without it
+
+    if not halfwidth > 0:
+        raise AblateError(f"--until-halfwidth {halfwidth}: expected a positive half-width")
+    if max_seeds < len(study.seeds):
+        raise AblateError(
+            f"--max-seeds {max_seeds}: the study already has {len(study.seeds)} seeds"
+        )
+    path = runner.results_dir(study, out)
+    recorded = store.read_manifest(path).get(RULE) or {}
+    rounds = [r for r in recorded.get("rounds", []) if isinstance(r, int)] or [len(study.seeds)]
+    rounds[-1] = max(rounds[-1], len(study.seeds))
+    total = None
+    while True:
+        rule = dict(halfwidth=halfwidth, max_seeds=max_seeds, metric=metric, rounds=rounds)
+        summary = train(replace(study, seeds=seed_list(study, rounds[-1])), rule)
+        total = _add(total, summary)
+        if summary.failed:  # a round with holes cannot be analysed; a rerun retries the cells
+            return Rounds(total, rounds, np.nan, False)
+        effects = analysed(path, halfwidth, metric, warn)
+        seeds = inference.next_round(
+            effects["halfwidth"].to_numpy(float),
+            effects["seeds_needed"].to_numpy(float),
+            rounds[-1],
+            halfwidth,
+            max_seeds,
+        )
+        widest = float(np.nanmax(effects["halfwidth"].fillna(np.inf)))
+        if seeds == rounds[-1]:
+            return Rounds(total, rounds, widest, widest > halfwidth)
+        rounds = [*rounds, seeds]
+
+
+def _add(before, summary):
+    """One runner.Summary for the rounds so far: cells stored before the first round, cells
+    trained in any, the last round's total and failures."""
+    if before is None:
+        return summary
+    return replace(
+        summary,
+        skipped=before.skipped,
+        trained=before.trained + summary.trained,
+        diverged=before.diverged + summary.diverged,
+        seconds=before.seconds + summary.seconds,
+    )
+
+
+def cell_seconds(df: pd.DataFrame) -> pd.Series:
+    """Each cell's training time: its epochs' wall time over the cells it trained with. Cells
+    trained as one group share every epoch's `seconds` exactly, so equal sequences mark them."""
+    per_cell = df.sort_values("epoch").groupby("cell")["seconds"].agg(tuple)
+    sharing = per_cell.map(per_cell.value_counts())
+    return per_cell.map(sum) / sharing
+
+
+def plan(path: Path, halfwidth: float, metric: str = "test_acc", warn=None) -> tuple:
+    """(effects, cost) for a pilot's results folder: per main effect the seeds for a 95% CI of
+    half-width `halfwidth` at the observed spread and at its upper confidence limit, and what
+    the study would cost at the larger of those counts (cells, hours)."""
+    if not halfwidth > 0:
+        raise AblateError(f"--halfwidth {halfwidth}: expected a positive half-width")
+    effects = analysed(path, halfwidth, metric, warn)
+    n = effects["n_pairs"].to_numpy(float)
+    t = scipy_stats.t.ppf(0.975, np.maximum(n - 1, 1))
+    std = np.where(n >= 2, effects["halfwidth"] * np.sqrt(n) / t, np.nan)
+    chi = scipy_stats.chi2.ppf(1 - UPPER, np.maximum(n - 1, 1))
+    upper = std * np.sqrt(np.maximum(n - 1, 1) / chi)
+    effects = effects.assign(
+        std=std,
+        std_upper=upper,
+        seeds_upper=[inference.seeds_needed(s, halfwidth) for s in upper],
+    )
+    df = stats.tidy(store.read(path, warn))
+    final = stats.final(df)
+    points = final.groupby(stats.factor_columns(df), dropna=False).ngroups
+    seeds_now = final["seed"].nunique()
+    needed = np.nanmax(effects["seeds_needed"]) if effects["seeds_needed"].notna().any() else 0
+    upper_needed = np.nanmax(effects["seeds_upper"]) if effects["seeds_upper"].notna().any() else 0
+    per_cell = float(cell_seconds(df).mean())
+    cost = {}
+    for name, seeds in (("observed", needed), ("upper", upper_needed)):
+        seeds = int(max(seeds, seeds_now)) if np.isfinite(seeds) else None
+        cells = points * seeds if seeds else None
+        extra = cells - final["cell"].nunique() if cells else None
+        cost[name] = dict(
+            seeds=seeds,
+            cells=cells,
+            to_train=extra,
+            hours=extra * per_cell / 3600 if extra is not None else None,
+        )
+    return effects, dict(points=points, seeds=seeds_now, cell_seconds=per_cell, **cost)

@@ -1,0 +1,194 @@
+"""Seeds where they matter: `run --until-halfwidth` rounds, their resume after a kill, `plan`."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+from scipy import stats as scipy_stats
+from test_faults import env
+from typer.testing import CliRunner
+
+from ablate import inference, seeds
+from ablate.cli import app
+from ablate.store import read_manifest
+from conftest import write_study
+
+cli = CliRunner()
+
+
+def stored_seeds(folder) -> dict:
+    """Each design point's seeds, as the Parquet files hold them."""
+    df = pd.read_parquet(folder)
+    return {
+        point: sorted(rows["seed"].unique())
+        for point, rows in df.groupby(["activation", "dropout"])
+    }
+
+
+def test_the_rule_asks_for_the_widest_effects_seeds_one_more_at_least_and_stops_at_the_cap():
+    # two effects at 3 seeds: 0.02 wide needs 7 seeds, 0.004 is narrow enough for 0.005
+    assert inference.next_round([0.02, 0.004], [7, 2], 3, 0.005, 30) == 7
+    assert inference.next_round([0.004, 0.003], [2, 2], 3, 0.005, 30) == 3  # done
+    assert inference.next_round([0.02, 0.004], [7, 2], 3, 0.005, 5) == 5  # the cap
+    assert inference.next_round([0.02], [7], 5, 0.005, 5) == 5  # at the cap: stop
+    assert inference.next_round([0.006], [3], 3, 0.005, 30) == 4  # half as many again, at least
+    assert inference.next_round([0.006], [11], 10, 0.005, 30) == 15
+    assert inference.next_round([np.nan], [np.nan], 1, 0.005, 30) == 2  # one seed: no interval
+    assert inference.next_round([0.02], [np.inf], 3, 0.005, 12) == 12
+    assert seeds.seed_list(type("S", (), {"seeds": [3, 5]})(), 4) == [3, 5, 6, 7]
+
+
+def test_until_halfwidth_adds_seeds_to_every_point_alike_and_records_its_rounds(
+    tmp_path, data_dir, monkeypatch
+):
+    monkeypatch.setenv("ABLATE_DATA_DIR", str(data_dir))
+    study = write_study(tmp_path, seeds=2)
+    args = ["run", str(study), "--out", str(tmp_path / "res"), "--until-halfwidth", "0.02"]
+    result = cli.invoke(app, [*args, "--max-seeds", "6"])
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "res" / "tiny"
+    rule = read_manifest(folder)["until_halfwidth"]
+    rounds = rule["rounds"]
+    assert rounds[0] == 2 and rounds == sorted(set(rounds)) and rounds[-1] <= 6
+    assert (rule["halfwidth"], rule["max_seeds"]) == (0.02, 6)
+    assert read_manifest(folder)["seeds"] == list(range(rounds[-1]))
+    # pairing needs every point at every seed: 4 points, the same seeds 0..n-1
+    points = stored_seeds(folder)
+    assert len(points) == 4
+    assert all(s == list(range(rounds[-1])) for s in points.values()), points
+    widest = seeds.analysed(folder, 0.02)["halfwidth"].max()
+    assert widest <= 0.02 or rounds[-1] == 6, (widest, rounds)
+    assert f"seeds per design point: {' -> '.join(map(str, rounds))}" in result.output
+    # the same command again: the rule is met, nothing trains, the record stands
+    again = cli.invoke(app, [*args, "--max-seeds", "6"])
+    assert again.exit_code == 0, again.output
+    assert "nothing to train" in again.output
+    assert read_manifest(folder)["until_halfwidth"]["rounds"] == rounds
+    # the report says who chose the seeds, beside the effects
+    report = cli.invoke(app, ["report", str(folder)])
+    assert report.exit_code == 0, report.output
+    assert (
+        "Seeds chosen by --until-halfwidth 0.02" in (folder / "_report" / "index.html").read_text()
+    )
+
+
+def test_until_halfwidth_stops_at_max_seeds_and_says_so(tmp_path, data_dir, monkeypatch):
+    monkeypatch.setenv("ABLATE_DATA_DIR", str(data_dir))
+    study = write_study(tmp_path, seeds=2)
+    out = tmp_path / "res"
+    args = ["run", str(study), "--out", str(out), "--until-halfwidth", "1e-9", "--max-seeds", "3"]
+    result = cli.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert read_manifest(out / "tiny")["until_halfwidth"]["rounds"] == [2, 3]
+    assert "capped" in result.output
+    assert all(s == [0, 1, 2] for s in stored_seeds(out / "tiny").values())
+
+
+def test_until_halfwidth_mistakes_are_one_line(tmp_path, data_dir, monkeypatch):
+    monkeypatch.setenv("ABLATE_DATA_DIR", str(data_dir))
+    study = write_study(tmp_path, seeds=3)
+    out = ["--out", str(tmp_path / "res")]
+    for extra, said in (
+        (["--max-seeds", "5"], "--max-seeds 5: only used with --until-halfwidth"),
+        (["--until-halfwidth", "0"], "--until-halfwidth 0.0: expected a positive half-width"),
+        (["--until-halfwidth", "0.01", "--max-seeds", "2"], "the study already has 3 seeds"),
+    ):
+        result = cli.invoke(app, ["run", str(study), *out, *extra])
+        assert result.exit_code != 0 and said in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "res" / "tiny").exists()
+
+
+def test_a_round_killed_mid_way_is_finished_by_the_same_command(tmp_path, data_dir):
+    study = write_study(tmp_path, seeds=2)
+
+    def command(out):
+        return [
+            sys.executable,
+            "-m",
+            "ablate",
+            "run",
+            str(study),
+            "--out",
+            str(out),
+            "--deterministic",
+            "--max-group",
+            "2",
+            "--until-halfwidth",
+            "1e-9",
+            "--max-seeds",
+            "4",
+        ]
+
+    # rounds [2, 4]: 4 groups of 2 cells each, then 4 more; the 6th write is mid-round 2
+    killed = subprocess.run(
+        command(tmp_path / "a"),
+        env=env(data_dir, ABLATE_TEST_KILL="parquet:6:renamed"),
+        capture_output=True,
+        text=True,
+    )
+    assert killed.returncode == -9, killed.stderr
+    assert read_manifest(tmp_path / "a" / "tiny")["until_halfwidth"]["rounds"] == [2, 4]
+    assert len(pd.read_parquet(tmp_path / "a" / "tiny")["cell"].unique()) == 12
+    for out in ("a", "b"):  # resumed, and uninterrupted
+        done = subprocess.run(command(tmp_path / out), env=env(data_dir), capture_output=True)
+        assert done.returncode == 0, done.stderr
+    resumed, whole = (
+        pd.read_parquet(tmp_path / out / "tiny").sort_values(["cell", "epoch"])
+        for out in ("a", "b")
+    )
+    assert len(resumed) == len(whole) == 16  # 4 points x 4 seeds, 1 epoch
+    assert resumed["cell"].tolist() == whole["cell"].tolist()
+    assert resumed["test_acc"].tolist() == whole["test_acc"].tolist()  # bitwise
+    assert read_manifest(tmp_path / "a" / "tiny")["until_halfwidth"]["rounds"] == [2, 4]
+
+
+def test_cell_seconds_divide_a_groups_epochs_among_its_cells():
+    rows = pd.DataFrame(
+        dict(
+            cell=["a", "a", "b", "b", "c"],
+            epoch=[1, 2, 1, 2, 1],
+            seconds=[1.0, 2.0, 1.0, 2.0, 3.0],  # a and b trained together: 3 s for two cells
+        )
+    )
+    assert seeds.cell_seconds(rows).to_dict() == {"a": 1.5, "b": 1.5, "c": 3.0}
+
+
+def test_plan_gives_each_effects_seeds_from_its_spread_as_scipy_counts_them(
+    tmp_path, data_dir, monkeypatch
+):
+    monkeypatch.setenv("ABLATE_DATA_DIR", str(data_dir))
+    study = write_study(tmp_path, seeds=4)
+    assert cli.invoke(app, ["run", str(study), "--out", str(tmp_path / "res")]).exit_code == 0
+    folder = tmp_path / "res" / "tiny"
+    effects, cost = seeds.plan(folder, 0.01)
+    # by hand: activation sigmoid vs relu, each seed's mean over dropout, differenced
+    final = pd.read_parquet(folder).query("epoch == 1")
+    means = final.groupby(["activation", "seed"])["test_acc"].mean().unstack(0)
+    diffs = (means["sigmoid"] - means["relu"]).to_numpy()
+    sd, n = diffs.std(ddof=1), len(diffs)
+    upper = sd * np.sqrt((n - 1) / scipy_stats.chi2.ppf(0.05, n - 1))
+
+    def needed(spread):
+        return next(
+            k
+            for k in range(2, 10**6)
+            if scipy_stats.t.ppf(0.975, k - 1) * spread / np.sqrt(k) <= 0.01
+        )
+
+    row = effects.query("factor == 'activation'").iloc[0]
+    assert abs(row["std"] - sd) < 1e-12 and abs(row["std_upper"] - upper) < 1e-12
+    assert (row["seeds_needed"], row["seeds_upper"]) == (needed(sd), needed(upper))
+    most = int(effects["seeds_upper"].max())
+    assert cost["points"] == 4 and cost["seeds"] == 4
+    assert cost["upper"]["seeds"] == max(most, 4)
+    assert cost["upper"]["cells"] == 4 * max(most, 4)
+    assert cost["upper"]["to_train"] == 4 * max(most, 4) - 16
+    # the command prints the table and the cost lines
+    result = cli.invoke(app, ["plan", str(folder), "--halfwidth", "0.01"])
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.output.split())  # Rich wraps at the test terminal's 80 columns
+    assert "activation:" in flat and "dropout:" in flat
+    assert f"{cost['upper']['seeds']} seeds for every effect within ±0.01" in flat
+    assert "4 design points x 4 seeds stored" in flat
