@@ -89,7 +89,10 @@ def group(cells: list[Cell], data: Data, device, model: str = "mlp") -> Stack | 
     """The cells' models built one by one from their seeds (as alone), then stacked."""
     dtype = loop.DTYPES[cells[0].config["precision"]]
     nets = [
-        models.build(model, c.config, data.shape, data.classes, c.seed).to(dtype) for c in cells
+        models.build(
+            model, c.config, data.shape, data.classes, c.seed_for("init"), c.seed_for("dropout")
+        ).to(dtype)
+        for c in cells
     ]
     return Stack(nets, device, cells) if model == "mlp" else Vmapped(nets, device, cells)
 
@@ -162,7 +165,7 @@ class Stack:
         thresholds = [rng.threshold(c.config["dropout"]) for c in cells]
         self.thresholds = torch.tensor(thresholds, device=device).view(g, 1, 1)
         self.scale = (1.0 / (1.0 - p)).view(g, 1, 1)
-        seeds = torch.tensor([[c.seed] for c in cells], device=device)
+        seeds = torch.tensor([[c.seed_for("dropout")] for c in cells], device=device)
         self.layer_keys = [rng.key(seeds, rng.DROPOUT, i) for i in range(len(self.cfg["hidden"]))]
         self.optimizer = Optimizer([*self.w, *self.b, *self.gamma, *self.beta], cells, device)
 

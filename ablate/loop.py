@@ -60,9 +60,16 @@ class Plain:
     draw from the cell's TORCH stream."""
 
     def __init__(self, cell: Cell, data: Data, model, device):
-        torch.manual_seed(rng.key(cell.seed, rng.TORCH))
+        torch.manual_seed(rng.key(cell.seed_for("dropout"), rng.TORCH))
         self.dtype = DTYPES[cell.config["precision"]]
-        self.net = models.build(model, cell.config, data.shape, data.classes, cell.seed)
+        self.net = models.build(
+            model,
+            cell.config,
+            data.shape,
+            data.classes,
+            cell.seed_for("init"),
+            cell.seed_for("dropout"),
+        )
         self.net = self.net.to(device, self.dtype)
         self.batchnorm = models.has_batchnorm(self.net)
         self.optimizer = optimizer(self.net, cell.config)
@@ -199,7 +206,9 @@ def train(
 
 def _epochs(group, cells, cfgs, data, device, on_epoch, trace) -> list[list[dict]]:
     cfg, dtype = cfgs[0], DTYPES[cfgs[0]["precision"]]
-    seeds = torch.tensor([[c.seed] for c in cells], device=device)
+    # one host-to-device copy: the order's seeds and the flips', [G, 1] each
+    seeds = torch.tensor([[c.seed_for("order"), c.seed_for("flip")] for c in cells], device=device)
+    order_seeds, flip_seeds = seeds[:, :1], seeds[:, 1:]
     n = min(cfg["train_subset"] or len(data.train_x), len(data.train_x))
     size = cfg["batch_size"]
     end = epoch_end(n, size, group.batchnorm)
@@ -210,8 +219,8 @@ def _epochs(group, cells, cfgs, data, device, on_epoch, trace) -> list[list[dict
     alive, step = [True] * len(cells), 0
     for epoch in range(1, cfg["epochs"] + 1):
         start = time.perf_counter()
-        order = epoch_order(seeds, epoch, n, device)  # [G, n]
-        flips = epoch_flips(seeds, epoch, n, device) & flip_on if any_flip else None
+        order = epoch_order(order_seeds, epoch, n, device)  # [G, n]
+        flips = epoch_flips(flip_seeds, epoch, n, device) & flip_on if any_flip else None
         total = torch.zeros(len(cells), device=device, dtype=dtype)
         for i in range(0, end, size):
             idx = order[:, i : i + size]

@@ -167,10 +167,14 @@ def has_batchnorm(net: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
 
 
-def build(model, config: dict, in_shape: tuple, classes: int, seed: int) -> nn.Module:
-    """The cell's model on the CPU, its init drawn from the cell's seed alone (the global RNG
-    is forked, so nothing outside changes); the caller moves it to the device. A study's own
-    model is checked on a zero batch (check_output), inside the fork."""
+def build(
+    model, config: dict, in_shape: tuple, classes: int, seed: int, dropout_seed: int | None = None
+) -> nn.Module:
+    """The cell's model on the CPU, its init drawn from `seed` alone (the global RNG is forked,
+    so nothing outside changes), its dropout masks keyed by `dropout_seed` (default `seed`:
+    Cell.seed_for tells them apart); the caller moves it to the device. A study's own model is
+    checked on a zero batch (check_output), inside the fork."""
+    dropout_seed = seed if dropout_seed is None else dropout_seed
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(rng.key(seed, rng.INIT))
         if callable(model):
@@ -180,7 +184,7 @@ def build(model, config: dict, in_shape: tuple, classes: int, seed: int) -> nn.M
                     f"the model callable returned {type(net).__name__}, expected an nn.Module"
                 )
         else:
-            net = BUILDERS[model](config, in_shape, classes, seed)
+            net = BUILDERS[model](config, in_shape, classes, dropout_seed)
         init_(net, config["init"])
         if callable(model):
             check_output(net, repr(getattr(model, "__qualname__", repr(model))), in_shape, classes)

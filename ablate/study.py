@@ -71,6 +71,11 @@ class Study:
     keys: dict = field(default_factory=dict)  # the study's own config keys: name -> default or Key
 
 
+# a cell's random streams (rng numbers them); "dropout" also seeds torch's generator for a
+# study's own modules
+STREAMS = ("init", "order", "dropout", "flip")
+
+
 @dataclass
 class Cell:
     """One level per factor and one seed: the unit that trains and gets a row per epoch."""
@@ -79,6 +84,11 @@ class Cell:
     seed: int
     levels: dict
     config: dict
+    fixed: dict = field(default_factory=dict)  # stream -> the seed it is held at, else `seed`
+
+    def seed_for(self, stream: str) -> int:
+        """The seed this stream draws from: the cell's own, unless the cell holds it fixed."""
+        return self.fixed.get(stream, self.seed)
 
 
 def _canonical(obj) -> str:
@@ -97,12 +107,15 @@ def model_name(model, where: str = "model") -> str:
         raise StudyError(str(e)) from None
 
 
-def cell_id(dataset, model, config: dict, seed: int, defaults: dict = DEFAULTS) -> str:
+def cell_id(
+    dataset, model, config: dict, seed: int, defaults: dict = DEFAULTS, fixed: dict | None = None
+) -> str:
     """16 hex digits of sha256 over canonical JSON (sorted keys, tuples as lists) of
     dataset and model names, config and seed: stable across dict order, machines and the
     other cells of the study. `model` may be model_name's answer already (cells() names it once).
     A key added after the first release, or a study's own key, enters only away from its default
-    (`defaults`: the study's), so adding one keeps the stored cells."""
+    (`defaults`: the study's), so adding one keeps the stored cells; streams held `fixed` enter
+    only where some are."""
     config = {
         k: v
         for k, v in config.items()
@@ -114,6 +127,7 @@ def cell_id(dataset, model, config: dict, seed: int, defaults: dict = DEFAULTS) 
             "model": model_name(model),
             "config": config,
             "seed": seed,
+            **({"fixed": fixed} if fixed else {}),
         }
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -1,13 +1,14 @@
-"""The training loop makes a fixed number of host syncs per epoch, however many steps it takes."""
+"""The training loop: a fixed number of host syncs per epoch, and each random stream drawn apart."""
 
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 import torch
 
 from ablate import fused, loop
 from ablate.data import load
-from ablate.study import Study, cells, validate
+from ablate.study import STREAMS, Cell, Study, cell_id, cells, validate
 
 # each of these waits for the device to finish (a GPU sync) or copies a tensor to the host
 SYNCS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "cpu", "numpy")
@@ -95,3 +96,36 @@ def test_the_counter_sees_each_kind_of_sync(monkeypatch):
     assert +Counter(calls) == dict.fromkeys(
         ["__bool__", "__float__", "__int__", "tolist", "item", "cpu", "numpy", "torch.tensor"], 1
     )
+
+
+def test_a_cell_holding_streams_fixed_draws_anew_only_from_the_stream_it_varies(data_dir):
+    # two cells of seeds 1 and 2 with every stream but one held at seed 0: their init, sample
+    # order, flips and dropout masks are bitwise equal except the varied stream's
+    data = load("mnist", "cpu", data_dir)
+    base = dict(hidden=(16,), dropout=0.5, hflip=True, epochs=1, train_subset=64, batch_size=32)
+    (cell,) = cells(validate(Study(name="s", dataset="mnist", base=base, seeds=1)))
+    for varied in STREAMS:
+        held = {stream: 0 for stream in STREAMS if stream != varied}
+        pair = [replace(cell, seed=seed, fixed=held) for seed in (1, 2)]
+        group = fused.group(pair, data, "cpu")
+
+        def same(draw, stream, pair=pair):
+            a, b = (draw(torch.tensor([[c.seed_for(stream)]])) for c in pair)
+            return torch.equal(a, b)
+
+        drawn = {
+            "init": all(torch.equal(w[0], w[1]) for w in group.w),
+            "order": same(lambda s: loop.epoch_order(s, 1, 64, "cpu"), "order"),
+            "flip": same(lambda s: loop.epoch_flips(s, 1, 64, "cpu"), "flip"),
+            "dropout": all(torch.equal(k[0], k[1]) for k in group.layer_keys),
+        }
+        assert drawn == {stream: stream != varied for stream in STREAMS}, (varied, drawn)
+
+
+def test_only_a_cell_holding_streams_fixed_has_them_in_its_id():
+    config = validate(Study(name="s", dataset="digits")).base
+    plain = cell_id("digits", "mlp", config, 3)
+    assert cell_id("digits", "mlp", config, 3, fixed={}) == plain
+    assert cell_id("digits", "mlp", config, 3, fixed={"order": 0}) != plain
+    assert Cell(plain, 3, {}, config).seed_for("order") == 3
+    assert Cell(plain, 3, {}, config, fixed={"order": 0}).seed_for("order") == 0
