@@ -308,11 +308,57 @@ def report(
     from . import report as reports
 
     rep = reports.build(results_dir, out_dir, metric, warn, margin, halfwidth)
+    if rep.noise is not None:
+        from .noise import adds_up
+
+        out.print(console.noise_table(rep.noise, metric))
+        out.print(f"{adds_up(rep.noise)}\nreport: {rep.path / 'index.html'}")
+        return
     out.print(console.effects_table(rep, metric, margin))
     console.print_warnings(rep, out, warn)
     for _, claim in rep.claims.iterrows():
         out.print(console.claim_line(claim))
     out.print(f"report: {rep.path / 'index.html'} ({rep.n_cells} cells, {rep.seconds:.1f}s)")
+
+
+@app.command()
+@user_errors
+def noise(
+    study_file: Path = typer.Argument(..., metavar="STUDY", help=HELP["study"]),
+    seeds: int = typer.Option(8, "--seeds", min=2, help="Seeds per stream (1..N)."),
+    set_: list[str] | None = typer.Option(None, "--set", help=HELP["set"]),
+    out_dir: Path = typer.Option(Path("results"), "--out", help="To OUT/<study name>-noise/."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
+    max_group: int | None = typer.Option(None, "--max-group", min=1, help=HELP["max_group"]),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", envvar="ABLATE_DATA_DIR", help=HELP["data_dir"]
+    ),
+):
+    """Where the seed-to-seed noise comes from: the study's base point (or the one --set pins)
+    with N seeds varying one random stream at a time, the others held at seed 0, and N varying
+    them all (resumable); `ablate report` on the folder writes noise.csv."""
+    from dataclasses import replace
+
+    from . import runner, studyfile
+    from . import study as studies
+
+    study = studyfile.override(studyfile.load(study_file), set_ or [])  # its claims do not apply
+    study = studies.validate(
+        replace(
+            study,
+            name=f"{study.name}-noise",
+            factors={},
+            design="noise",
+            seeds=list(range(1, seeds + 1)),
+            claims=[],
+        )
+    )
+    progress = RichProgress(out)
+    options = (device, max_group, False, data_dir, progress)
+    summary = _until_stopped(progress, lambda: runner.run(study, out_dir, *options))
+    path = runner.results_dir(study, out_dir)
+    _print_summary(summary, path)
+    out.print(f"next: ablate report {path}")
 
 
 @app.command()

@@ -176,3 +176,19 @@ def _count(value) -> str:
 
 def _duration(hours: float) -> str:
     return f"{hours * 60:.0f} min" if hours < 2 else f"{hours:.1f} h"
+
+
+def noise_table(table, metric: str) -> Table:
+    """Each stream's variance of the final metric, its 95% interval and share of all streams'."""
+    out = Table(title=f"where the seed-to-seed noise in final {metric} comes from")
+    for column in ["stream", "n", "sd", "variance [95% CI]", "share of all"]:
+        out.add_column(column, justify="left" if column == "stream" else "right")
+    for row in table.itertuples():
+        out.add_row(
+            escape(str(row.stream)),
+            str(row.n),
+            _number(row.sd),
+            f"{row.variance:.3g} [{row.ci_low:.3g}, {row.ci_high:.3g}]",
+            "" if row.share != row.share else f"{row.share:.0%}",
+        )
+    return out

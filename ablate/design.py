@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .keys import (
     DESIGNS,
@@ -14,7 +14,7 @@ from .keys import (
     table,
     unknown_setting,
 )
-from .study import Study, cell_id, defaults, points
+from .study import Study, cell_id, cells, defaults, points
 
 # What a manifest must record to list its cells (every one ablate wrote does; a partial one not).
 RECORDED = ("dataset", "model", "design", "base", "factors")
@@ -79,6 +79,8 @@ class Design:
             for k, levels in self.factors.items()
         }
         study = Study(self.study, self.dataset, self.model, base, factors, self.kind, keys=own)
+        if self.kind == "noise":
+            return {c.id for c in cells(replace(study, seeds=[int(s) for s in seeds]))}
         return {
             cell_id(self.dataset, self.model, {**base, **levels}, int(seed), known)
             for levels in points(study)

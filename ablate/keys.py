@@ -35,7 +35,8 @@ LOSSES = (
     "cross_entropy",
     "softmax_then_cross_entropy",
 )  # the latter: a tutorial's bug, kept to measure it
-DESIGNS = ("grid", "one_at_a_time", "fractional")  # fractional: the half of a two-level grid
+# fractional: the half of a two-level grid; noise: `ablate noise`'s seeds stream by stream
+DESIGNS = ("grid", "one_at_a_time", "fractional", "noise")
 METRICS = ("test_acc", "test_loss", "train_loss")  # per epoch, as store.ROW_COLUMNS stores them
 CLAIM_KINDS = ("point", "mean", "at_most", "at_least")
 ACTIVATIONS = ("sigmoid", "relu", "tanh", "gelu")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import anova, charts, claims, stats, store
+from . import anova, charts, claims, noise, stats, store
 from .design import Design
 from .page import CAPTIONS, CSS, page  # noqa: F401  report.CSS and report.CAPTIONS, as before
 from .study import DATASET_SIZES, AblateError
@@ -43,6 +43,7 @@ class Report:
     margin: float | None = None
     halfwidth: float = stats.HALFWIDTH
     rule: dict | None = None  # `run --until-halfwidth`'s record, when it chose the seeds
+    noise: pd.DataFrame | None = None  # a noise design's noise.csv (noise.decompose)
 
 
 def setting(design: Design, df: pd.DataFrame) -> tuple:
@@ -95,6 +96,8 @@ def build(
     results = Path(results)
     df, design = stats.tidy(store.read(results, warn)), store.read_design(results)
     _check_request(df, results, metric, margin, halfwidth)
+    if design.kind == "noise":
+        return _noise_report(df, design, results, out, metric, start)
     factors, levels, base = setting(design, df)
     df = in_design_order(df, factors, levels)
     final = in_design_order(stats.final(df), factors, levels)
@@ -113,6 +116,28 @@ def build(
     rep.path = out
     rep.seconds = time.perf_counter() - start
     return rep
+
+
+def _noise_report(df, design: Design, results: Path, out, metric: str, start: float) -> Report:
+    """noise.csv, the noise chart and index.html for an `ablate noise` results folder."""
+    final = stats.final(df)
+    if "stream" not in final:
+        raise AblateError(f"{results}: a noise design's rows without their stream column")
+    table = noise.decompose(final, metric)
+
+    def fill(folder: Path) -> None:
+        charts.theme()
+        noise.chart(table, metric, folder)
+        table.to_csv(folder / "noise.csv", index=False)
+        (folder / "index.html").write_text(noise.page(table, design, metric, results, folder))
+
+    out = Path(out) if out else results / REPORT
+    write_folder(out, fill)
+    n_cells, seeds = final["cell"].nunique(), sorted(df["seed"].unique())
+    empty = pd.DataFrame()
+    return Report(
+        out, empty, empty, empty, empty, n_cells, seeds, time.perf_counter() - start, noise=table
+    )
 
 
 def _check_request(df, results: Path, metric: str, margin, halfwidth) -> None:

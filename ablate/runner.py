@@ -166,6 +166,7 @@ def rows_for(study: Study, cell: Cell, epochs: list[dict]) -> list[dict]:
             **levels,
             **{k: r[k] for k in ROW_COLUMNS},
             "config": config,
+            **({"stream": cell.stream} if cell.stream else {}),  # after epoch: not a factor
         }
         for r in epochs
     ]

@@ -71,9 +71,7 @@ class Study:
     keys: dict = field(default_factory=dict)  # the study's own config keys: name -> default or Key
 
 
-# a cell's random streams (rng numbers them); "dropout" also seeds torch's generator for a
-# study's own modules
-STREAMS = ("init", "order", "dropout", "flip")
+STREAMS = ("init", "order", "dropout", "flip")  # a cell's draws; dropout's seeds torch's too
 
 
 @dataclass
@@ -85,6 +83,7 @@ class Cell:
     levels: dict
     config: dict
     fixed: dict = field(default_factory=dict)  # stream -> the seed it is held at, else `seed`
+    stream: str = ""  # a noise cell's: the stream its seed varies ("all": every stream)
 
     def seed_for(self, stream: str) -> int:
         """The seed this stream draws from: the cell's own, unless the cell holds it fixed."""
@@ -203,6 +202,8 @@ def _check_names(study: Study) -> None:
         raise StudyError(
             f"{src}: unknown design {study.design!r}; expected one of {', '.join(DESIGNS)}"
         )
+    if study.design == "noise" and study.factors:  # `ablate noise` sets the design
+        raise StudyError(f"{src}: design 'noise' takes no factors (got {', '.join(study.factors)})")
     for what, value in (("base", study.base), ("factors", study.factors)):
         if not isinstance(value, dict):
             raise StudyError(
@@ -316,8 +317,34 @@ def cells(study: Study) -> list[Cell]:
     dataset, known = model_name(study.dataset, f"{study.source}: dataset"), defaults(study)
     for levels in points(study):
         config = {**study.base, **levels}
+        if study.design == "noise":
+            out += _noise_cells(study, dataset, name, config, known)
+            continue
         for seed in study.seeds:
             out.append(Cell(cell_id(dataset, name, config, seed, known), seed, levels, config))
+    return out
+
+
+NOISE_HELD = 0  # the seed a noise cell holds its other streams at
+
+
+def noise_streams(config: dict, model) -> list[str]:
+    """The streams a recipe draws from: init and order always, dropout where it drops (a study's
+    own model may: nn.Dropout draws from the dropout stream), flip where it mirrors."""
+    drops = callable(model) or config["dropout"] > 0 or "dropout" in str(config.get("layers"))
+    return ["init", "order", *(["dropout"] * drops), *(["flip"] * bool(config["hflip"]))]
+
+
+def _noise_cells(study: Study, dataset: str, name: str, config: dict, known: dict) -> list[Cell]:
+    """Per stream, a cell per seed varying that stream alone (the others at NOISE_HELD), then a
+    cell per seed varying them all: "all", the ordinary cells of those seeds."""
+    out, used = [], noise_streams(config, study.model)
+    for stream in [*used, "all"]:
+        held = {} if stream == "all" else {s: NOISE_HELD for s in used if s != stream}
+        out += [
+            Cell(cell_id(dataset, name, config, seed, known, held), seed, {}, config, held, stream)
+            for seed in study.seeds
+        ]
     return out
 
 
