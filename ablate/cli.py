@@ -180,10 +180,11 @@ def run(
     )
     steps = " -> ".join(map(str, done.rounds))
     said = "every main effect within" if not done.capped else "capped; the widest is"
-    out.print(
-        f"seeds per design point: {steps} (--until-halfwidth {until_halfwidth:g}, at most {cap}); "
-        f"{said} ±{done.widest:.4g}"
-    )
+    if not done.summary.failed:  # a round with holes stops the rule: the summary says why
+        out.print(
+            f"seeds per design point: {steps} (--until-halfwidth {until_halfwidth:g}, at most "
+            f"{cap}); {said} ±{done.widest:.4g}"
+        )
     _print_summary(done.summary, path)
 
 

@@ -1,4 +1,4 @@
-"""Where the seed-to-seed noise comes from: each stream's variance, its interval and share (no torch).
+"""Where the seed-to-seed noise comes from: each stream's variance, interval and share (no torch).
 
 `ablate noise STUDY` trains the study's base point with N seeds varying one random stream at a
 time (init, order, dropout, flip), the others held at seed 0, plus N varying them all. The
@@ -65,10 +65,17 @@ def adds_up(table: pd.DataFrame) -> str:
     said = f"the single streams' variances sum to {total / row.variance:.0%} of all streams' "
     if row.ci_low <= total <= row.ci_high:
         return said + "(inside its 95% interval: consistent with streams that simply add)"
-    return said + (
-        "(outside its 95% interval: the shares do not add up; the streams interact, each "
-        "changing what the others' draws do)"
-    )
+    said += "(outside its 95% interval: the shares do not add up"
+    if (
+        len(single) > 1
+        and (single.ci_low <= row.variance).all()
+        and (row.variance <= single.ci_high).all()
+    ):
+        return said + (
+            "; each stream alone gives about the whole spread, as if training amplified any one "
+            "perturbation into all of the seed-to-seed noise, so no stream dominates)"
+        )
+    return said + "; the streams interact, each changing what the others' draws do)"
 
 
 def chart(table: pd.DataFrame, metric: str, out: Path) -> None:

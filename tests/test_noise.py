@@ -113,3 +113,27 @@ def test_a_noise_design_takes_no_factors(tmp_path):
     result = cli.invoke(app, ["run", str(study), "--out", str(tmp_path / "res")])
     assert result.exit_code == 2, result.output
     assert "design 'noise' takes no factors (got activation, dropout)" in result.output
+
+
+def test_adds_up_tells_adding_streams_from_each_giving_the_whole_spread_and_from_interacting():
+    def table(variances):  # n = 8 seeds per stream, intervals from noise.interval
+        rows = [
+            dict(
+                stream=s,
+                variance=v,
+                ci_low=noise.interval(v, 8)[0],
+                ci_high=noise.interval(v, 8)[1],
+            )
+            for s, v in variances.items()
+        ]
+        return pd.DataFrame(rows)
+
+    # 1 + 2 + 1 = 4: inside the interval of 4
+    assert "simply add" in noise.adds_up(table(dict(init=1.0, order=2.0, dropout=1.0, all=4.0)))
+    # each alone about the whole (8 seeds: an interval of 0.44x to 4.1x the variance), and
+    # their sum 12.4 past all's interval (up to 10.4)
+    said = noise.adds_up(table(dict(init=4.4, order=4.0, dropout=4.0, all=2.5)))
+    assert "496%" in said and "no stream dominates" in said, said
+    # the sum past all's interval, one stream's interval far above it: they interact
+    said = noise.adds_up(table(dict(init=40.0, order=0.5, all=4.0)))
+    assert "interact" in said and "dominates" not in said, said
