@@ -31,9 +31,10 @@ def seed_list(study: Study, total: int) -> list[int]:
     return seeds + list(range(nxt, nxt + max(0, total - len(seeds))))
 
 
-def analysed(path: Path, halfwidth: float, metric: str = "test_acc", warn=None) -> pd.DataFrame:
-    """The main effects of a results folder, as its report computes them (seeds_needed at
-    `halfwidth`), with each row's CI half-width; no files are written."""
+def analysed(path: Path, halfwidth: float, metric: str = "test_acc", warn=None) -> tuple:
+    """(effects, rows): the main effects of a results folder as its report computes them
+    (seeds_needed at `halfwidth`), each with its CI half-width, and the tidy rows they come
+    from; no files are written."""
     df, design = stats.tidy(store.read(path, warn)), store.read_design(path)
     factors, levels, base = report.setting(design, df)
     final = stats.final(df)
@@ -47,7 +48,7 @@ def analysed(path: Path, halfwidth: float, metric: str = "test_acc", warn=None) 
     effects = analysis.effects.copy()
     width = (effects["ci_high"] - effects["ci_low"]) / 2
     effects["halfwidth"] = np.where(effects["no_spread"], 0.0, width)
-    return effects
+    return effects, df
 
 
 @dataclass
@@ -93,7 +94,7 @@ def until_halfwidth(
         total = _add(total, summary)
         if summary.failed:  # a round with holes cannot be analysed; a rerun retries the cells
             return Rounds(total, rounds, np.nan, False)
-        effects = analysed(path, halfwidth, metric, warn)
+        effects, _ = analysed(path, halfwidth, metric, warn)
         seeds = inference.next_round(
             effects["halfwidth"].to_numpy(float),
             effects["seeds_needed"].to_numpy(float),
@@ -135,7 +136,7 @@ def plan(path: Path, halfwidth: float, metric: str = "test_acc", warn=None) -> t
     the study would cost at the larger of those counts (cells, hours)."""
     if not halfwidth > 0:
         raise AblateError(f"--halfwidth {halfwidth}: expected a positive half-width")
-    effects = analysed(path, halfwidth, metric, warn)
+    effects, df = analysed(path, halfwidth, metric, warn)
     n = effects["n_pairs"].to_numpy(float)
     t = scipy_stats.t.ppf(0.975, np.maximum(n - 1, 1))
     std = np.where(n >= 2, effects["halfwidth"] * np.sqrt(n) / t, np.nan)
@@ -146,7 +147,6 @@ def plan(path: Path, halfwidth: float, metric: str = "test_acc", warn=None) -> t
         std_upper=upper,
         seeds_upper=[inference.seeds_needed(s, halfwidth) for s in upper],
     )
-    df = stats.tidy(store.read(path, warn))
     final = stats.final(df)
     points = final.groupby(stats.factor_columns(df), dropna=False).ngroups
     seeds_now = final["seed"].nunique()

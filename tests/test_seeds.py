@@ -1,11 +1,11 @@
 """Seeds where they matter: `run --until-halfwidth` rounds, their resume after a kill, `plan`."""
 
 import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
+from test_faults import command as faults_command
 from test_faults import env
 from typer.testing import CliRunner
 
@@ -57,7 +57,7 @@ def test_until_halfwidth_adds_seeds_to_every_point_alike_and_records_its_rounds(
     points = stored_seeds(folder)
     assert len(points) == 4
     assert all(s == list(range(rounds[-1])) for s in points.values()), points
-    widest = seeds.analysed(folder, 0.02)["halfwidth"].max()
+    widest = seeds.analysed(folder, 0.02)[0]["halfwidth"].max()
     assert widest <= 0.02 or rounds[-1] == 6, (widest, rounds)
     assert f"seeds per design point: {' -> '.join(map(str, rounds))}" in result.output
     # the same command again: the rule is met, nothing trains, the record stands
@@ -103,23 +103,8 @@ def test_until_halfwidth_mistakes_are_one_line(tmp_path, data_dir, monkeypatch):
 def test_a_round_killed_mid_way_is_finished_by_the_same_command(tmp_path, data_dir):
     study = write_study(tmp_path, seeds=2)
 
-    def command(out):
-        return [
-            sys.executable,
-            "-m",
-            "ablate",
-            "run",
-            str(study),
-            "--out",
-            str(out),
-            "--deterministic",
-            "--max-group",
-            "2",
-            "--until-halfwidth",
-            "1e-9",
-            "--max-seeds",
-            "4",
-        ]
+    def command(out):  # test_faults' run, with a rule of rounds [2, 4]
+        return [*faults_command(study, out), "--until-halfwidth", "1e-9", "--max-seeds", "4"]
 
     # rounds [2, 4]: 4 groups of 2 cells each, then 4 more; the 6th write is mid-round 2
     killed = subprocess.run(
