@@ -7,12 +7,12 @@ import signal
 import sys
 from pathlib import Path
 
-import rich.progress as bars
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .progress import RichProgress
 from .study import AblateError
 
 app = typer.Typer(
@@ -41,64 +41,6 @@ def user_errors(fn):
 
 def warn(message: str) -> None:
     err.print(f"[yellow]warning:[/yellow] {escape(message)}")
-
-
-def _describe(levels: dict) -> str:
-    return escape(", ".join(f"{k}={v}" for k, v in levels.items()) or "base")  # Rich would eat [..]
-
-
-class RichProgress:
-    """Cells done of total with ETA, and the current cell's epoch and loss."""
-
-    def __init__(self, console: Console):
-        self.console = console
-        self.bar = bars.Progress(
-            bars.TextColumn("{task.description}"),
-            bars.BarColumn(),
-            bars.MofNCompleteColumn(),
-            bars.TimeElapsedColumn(),
-            bars.TextColumn("eta"),
-            bars.TimeRemainingColumn(),
-            bars.TextColumn("{task.fields[now]}"),
-            console=console,
-            transient=False,
-        )
-        self.task, self.epochs = None, 0
-
-    def start(self, total, todo, device):
-        self.console.print(
-            f"training {todo} of {total} cells on {device} ({total - todo} already done)"
-        )
-        if self.task is not None:  # --until-halfwidth's next round: the same bar, a new total
-            self.bar.update(self.task, total=total, completed=total - todo)
-            return
-        self.bar.start()
-        self.task = self.bar.add_task("cells", total=total, completed=total - todo, now="")
-
-    def cell_start(self, cell):
-        self.epochs = cell.config["epochs"]
-        self.bar.update(self.task, now=f"{cell.id[:8]} seed {cell.seed} {_describe(cell.levels)}")
-
-    def epoch(self, cell, epoch, loss):
-        self.bar.update(
-            self.task,
-            now=f"{cell.id[:8]} seed {cell.seed} {_describe(cell.levels)}: "
-            f"epoch {epoch}/{self.epochs} loss {loss:.4f}",
-        )
-
-    def cell_done(self, cell, rows):
-        self.bar.advance(self.task)
-        if rows[-1]["status"] == "diverged":
-            self.console.print(
-                f"[yellow]diverged:[/yellow] cell {cell.id} ({_describe(cell.levels)}, "
-                f"seed {cell.seed}) at epoch {rows[-1]['epoch']}; the study goes on"
-            )
-
-    def warn(self, message):
-        self.console.print(f"[yellow]warning:[/yellow] {escape(message)}")
-
-    def stop(self):
-        self.bar.stop()
 
 
 # help texts too long to sit on their option's line
@@ -376,6 +318,37 @@ def plan(
     out.print(console.plan_table(effects, halfwidth, metric))
     for line in console.plan_lines(cost, halfwidth):
         out.print(line)
+
+
+@app.command()
+@user_errors
+def compare(
+    results_a: Path = typer.Argument(..., metavar="A", help="A results folder (the reference)."),
+    results_b: Path = typer.Argument(..., metavar="B", help="The same study's results, run apart."),
+    out_dir: Path | None = typer.Option(
+        None, "--out", help="Where compare.csv goes (default B/_compare)."
+    ),
+    metric: str = typer.Option("test_acc", "--metric", help="test_acc, test_loss or train_loss"),
+    margin: float | None = typer.Option(None, "--margin", help=HELP["margin"]),
+):
+    """Two runs of one study, point by point: B's mean minus A's with a Welch 95% CI, Holm over
+    the points; exit 1 when some point differs, 2 when they are not the same study."""
+    from . import compare as comparing
+    from . import console, store
+
+    comparison = comparing.run(results_a, results_b, metric, margin, warn)
+    folder = out_dir or results_b / "_compare"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        csv = comparison.table.to_csv(index=False).encode()
+        store.atomic_write(folder / "compare.csv", lambda f: f.write(csv))
+    except OSError as e:
+        raise store.StoreError(f"{folder}: cannot write compare.csv ({e.strerror or e})") from None
+    out.print(console.compare_table(comparison))
+    out.print(escape(comparison.sentence()), soft_wrap=True)  # one line, for grep and logs
+    out.print(f"compare: {folder / 'compare.csv'}", soft_wrap=True)
+    if (comparison.table["verdict"] == "differ").any():
+        raise typer.Exit(1)
 
 
 def main():

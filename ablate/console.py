@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.markup import escape
 from rich.table import Table
 
+from . import tables
 from .page import chosen_by
 
 
@@ -190,5 +191,33 @@ def noise_table(table, metric: str) -> Table:
             _number(row.sd),
             f"{row.variance:.3g} [{row.ci_low:.3g}, {row.ci_high:.3g}]",
             "" if row.share != row.share else f"{row.share:.0%}",
+        )
+    return out
+
+
+def compare_table(comparison) -> Table:
+    """Per design point: A's and B's mean, B - A with its Welch CI, Holm p, the verdict."""
+    metric, factors = comparison.metric, comparison.factors
+    name_a, name_b = comparison.names
+    out = Table(
+        title=f"final {metric}{tables.unit(metric)}: B - A per design point (95% Welch CI, "
+        "Holm over the points)",
+        caption=f"A: {escape(name_a)}; B: {escape(name_b)}",
+    )
+    for factor in factors:
+        out.add_column(escape(factor), overflow="fold")
+    for column in ["n", "A", "B", "B - A [95% CI]", "p Holm", ""]:
+        out.add_column(column, justify="right")
+    for row in comparison.table.itertuples():
+        interval = tables.interval(row.ci_low, row.ci_high, metric) or row.test
+        verdict = f"[red]{row.verdict}[/red]" if row.verdict == "differ" else row.verdict
+        out.add_row(
+            *(escape(str(getattr(row, f))) for f in factors),
+            f"{row.n_a}/{row.n_b}",
+            tables.number(row.mean_a, metric),
+            tables.number(row.mean_b, metric),
+            f"{tables.number(row.diff, metric, True)} {interval}".strip(),
+            tables.p_value(row.p_holm),
+            verdict,
         )
     return out

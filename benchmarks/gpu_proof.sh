@@ -12,7 +12,7 @@
 #   compile     benchmarks/compile.py, eager vs torch.compile (reduce-overhead)
 #                                                          -> $OUT/compile-gpu.csv
 #   study       ablate run studies/mnist_mlp.py, the whole process timed (its results folder kept)
-#   compare     benchmarks/compare_results.py results/mnist_mlp against it -> $OUT/compare.csv
+#   compare     ablate compare results/mnist_mlp against it (Welch per point) -> $OUT/compare.csv
 # $OUT/summary.txt: each step's exit status and seconds, nvidia-smi, torch and the card, and the
 # headline figures. The lent GPU machine returns at most 8 files from $OUT, so a step's log sits
 # in $OUT while it runs and then moves into $OUT/logs.tar.gz (rebuilt after every step) with the
@@ -154,8 +154,8 @@ step compile "$(limit compile 100)" "$PY" benchmarks/compile.py --device "$DEVIC
 export -f run_study
 export PY STUDY SCRATCH DEVICE NAME LOGS
 step study "$(limit study 180)" bash -c run_study
-step compare "$(limit compare 20)" "$PY" benchmarks/compare_results.py "results/$NAME" \
-    "$SCRATCH/study/$NAME" --csv "$OUT/compare.csv"
+step compare "$(limit compare 20)" "$PY" -m ablate compare "results/$NAME" \
+    "$SCRATCH/study/$NAME" --out "$OUT"
 
 # the headline figures, gathered from the logs
 {
@@ -165,7 +165,7 @@ step compare "$(limit compare 20)" "$PY" benchmarks/compare_results.py "results/
     sed -n '/^workload  /,/^$/p' "$LOGS/throughput.log"
     grep -h '^best of' "$LOGS/compile.log"
     grep -hE '^wall:|Maximum resident' "$LOGS/study.log"
-    grep -h 'design points' "$LOGS/compare.log"
+    grep -h 'points agree' "$LOGS/compare.log"
 } >>"$SUMMARY" 2>/dev/null || true
 echo "total: $((SECONDS - START)) s; failed: $FAILED" >>"$SUMMARY"
 cat "$SUMMARY"

@@ -5,7 +5,7 @@
     reference cell and scaled to the study's cells x epochs;
 (b) `ablate run studies/mnist_mlp.py` in a fresh process, the whole process timed: start-up, data,
     every cell's training and evaluation, the store;
-(c) its accuracies against the committed results (benchmarks/compare_results.py), when the run
+(c) its accuracies against the committed results (`ablate compare`, Welch per point), when the run
     was not shortened.
 Prints both times, their ratio, ablate's time against the target (12 minutes on this 2-core CPU)
 and the fp32 roofline: the study's FLOPs at the GEMM peak measured here. Time nothing else on
@@ -67,15 +67,15 @@ def ablate_seconds(out: Path, epochs: int, subset: int | None) -> tuple[float, s
 
 
 def compare(out: Path) -> str:
-    """compare_results' summary line for the fresh run against the committed one."""
+    """`ablate compare`'s one-line summary for the fresh run against the committed one."""
     done = subprocess.run(
-        [sys.executable, "benchmarks/compare_results.py", "results/mnist_mlp", str(out)],
+        [sys.executable, "-m", "ablate", "compare", "results/mnist_mlp", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
     )
-    lines = [line for line in done.stdout.splitlines() if "design points" in line]
-    return lines[-1].strip() if lines else f"compare_results exit {done.returncode}"
+    lines = [line for line in done.stdout.splitlines() if "points agree" in line]
+    return lines[-1].strip() if lines else f"ablate compare exit {done.returncode}"
 
 
 def main():

@@ -1,0 +1,227 @@
+"""Two results folders of one study, point by point: Welch intervals and verdicts (no torch).
+
+The two folders' seeds ran apart (another machine, torch, precision), so nothing pairs them:
+each design point's means are compared by Welch's t (unequal variances), and one Holm family
+over the points decides `differ`, so two identical setups see any point differ 5% of the time
+at most, not 5% per point (40 points at 0.05 each would flag 2 on average).
+tests/test_compare.py simulates the rates: at most 0.05 with equal seed counts and spreads
+within 2x of each other, 0.06-0.09 where one side's spread is 3-10x the other's (pinned).
+A cell both folders hold (same config and seed, so the same cell id) is also compared value
+to value: bitwise equal on one machine with --deterministic, within rounding on another.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats as scipy_stats
+
+from . import stats, store, tables
+from .inference import ALPHA, LEVEL, holm, no_spread
+from .report import dataset_sizes, in_design_order, setting
+from .study import AblateError
+
+COLUMNS = (
+    "n_a mean_a std_a diverged_a n_b mean_b std_b diverged_b diff ci_low ci_high df p_value "
+    "p_holm test p_equivalence shared_cells identical_cells max_cell_diff verdict"
+).split()  # after the factor columns, one per level
+VERDICTS = ("differ", "agree", "equivalent", "too few seeds", "only in A", "only in B")
+
+
+@dataclass
+class Comparison:
+    table: pd.DataFrame  # compare.csv: the factors, then COLUMNS
+    factors: list[str]
+    metric: str
+    margin: float | None
+    names: tuple[str, str]  # the two folders as given
+
+    def sentence(self) -> str:
+        """One line: how many points agree, and which differ, by how much."""
+        return summary_line(self.table, self.factors, self.metric, self.margin)
+
+
+def welch(a, b, resolution: float = 0.0, margin: float | None = None) -> dict:
+    """B's mean minus A's with its 95% Welch interval, Welch's t test and, with a margin, the
+    two one-sided Welch tests of equivalence. Where the seed counts differ, the df is Hsu's,
+    min(n_a, n_b) - 1: Satterthwaite's let 3 noisy seeds against 5 flag 0.12 of identical
+    8-point comparisons (simulated), Hsu's 0.004. Where neither sample varies by more than the
+    metric resolves, there is no noise to estimate: the exact permutation test decides."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    row = dict(diff=np.nan, ci_low=np.nan, ci_high=np.nan, df=np.nan, p_value=np.nan)
+    row.update(test="n<2", p_equivalence=np.nan)
+    if len(a) == 0 or len(b) == 0:
+        return row
+    row["diff"] = float(b.mean() - a.mean())
+    if len(a) < 2 or len(b) < 2:
+        return row
+    if no_spread(a, resolution) and no_spread(b, resolution):
+        exact = scipy_stats.permutation_test(
+            (b, a), lambda x, y: np.mean(x) - np.mean(y), permutation_type="independent",
+            n_resamples=np.inf if len(a) + len(b) <= 16 else 9999, random_state=0,
+        )  # fmt: skip
+        row.update(p_value=float(exact.pvalue) if row["diff"] else 1.0)
+        row.update(test="permutation (no spread)")
+        return row
+    share_a, share_b = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se = float(np.sqrt(share_a + share_b))
+    df = (share_a + share_b) ** 2 / (share_a**2 / (len(a) - 1) + share_b**2 / (len(b) - 1))
+    if len(a) != len(b):  # Hsu's: Satterthwaite's df overstates when the fewer seeds vary more
+        df = min(len(a), len(b)) - 1
+    half = scipy_stats.t.ppf(0.5 + LEVEL / 2, df) * se
+    t = row["diff"] / se
+    row.update(ci_low=row["diff"] - half, ci_high=row["diff"] + half, df=float(df))
+    test = "welch" if len(a) == len(b) else "welch, hsu df"
+    row.update(p_value=float(2 * scipy_stats.t.sf(abs(t), df)), test=test)
+    if margin:  # the larger one-sided p: both ends of the 90% interval inside +-margin
+        above = scipy_stats.t.sf((row["diff"] + margin) / se, df)
+        below = scipy_stats.t.cdf((row["diff"] - margin) / se, df)
+        row["p_equivalence"] = float(max(above, below))
+    return row
+
+
+def compare(
+    final_a: pd.DataFrame,
+    final_b: pd.DataFrame,
+    factors: list[str],
+    metric: str = "test_acc",
+    resolution: float = 0.0,
+    margin: float | None = None,
+) -> pd.DataFrame:
+    """One row per design point, A's first in A's order, then those only B holds: both means,
+    B minus A with its Welch interval, Holm over the tested points, cells compared value to
+    value, and the verdict."""
+    keys_a, keys_b = stats.points(final_a, factors), stats.points(final_b, factors)
+    by_cell = final_b.set_index("cell")[metric]
+    rows = []
+    for point in dict.fromkeys([*keys_a, *keys_b]):
+        at_a = final_a[[k == point for k in keys_a]]
+        at_b = final_b[[k == point for k in keys_b]]
+        ok_a, ok_b = _ok(at_a, metric), _ok(at_b, metric)
+        row = dict(zip(factors, point, strict=True))
+        for side, ok, at in (("a", ok_a, at_a), ("b", ok_b, at_b)):
+            row[f"n_{side}"], row[f"mean_{side}"] = len(ok), ok.mean() if len(ok) else np.nan
+            row[f"std_{side}"] = ok.std(ddof=1) if len(ok) > 1 else np.nan
+            row[f"diverged_{side}"] = int((at["status"] != "ok").sum())
+        row.update(welch(ok_a, ok_b, resolution, margin))
+        shared = at_a[at_a["cell"].isin(by_cell.index)]
+        gaps = (by_cell.loc[shared["cell"]].to_numpy() - shared[metric].to_numpy()).astype(float)
+        row["shared_cells"], row["identical_cells"] = len(shared), int((gaps == 0).sum())
+        row["max_cell_diff"] = float(np.nanmax(np.abs(gaps))) if len(gaps) else np.nan
+        row["only"] = "A" if not len(at_b) else "B" if not len(at_a) else ""
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table["p_holm"] = holm(table["p_value"])
+    decided = zip(table["only"], table["p_holm"], holm(table["p_equivalence"]), strict=True)
+    table["verdict"] = [_verdict(*row) for row in decided]
+    return table[[*factors, *COLUMNS]]
+
+
+def _ok(at: pd.DataFrame, metric: str) -> pd.Series:
+    return at.loc[at["status"] == "ok", metric].astype(float)
+
+
+def _verdict(only: str, p_holm: float, p_equivalence: float) -> str:
+    if only:
+        return f"only in {only}"
+    if np.isnan(p_holm):
+        return "too few seeds"
+    if p_holm < ALPHA:
+        return "differ"
+    return "equivalent" if p_equivalence < ALPHA else "agree"
+
+
+def summary_line(table: pd.DataFrame, factors: list[str], metric: str, margin=None) -> str:
+    """'38 of 40 points agree ...; 2 differ: relu (+0.31 [0.12, 0.50])'; in points for
+    accuracy."""
+    unit = " points" if tables.is_fraction(metric) else ""
+    counts = table["verdict"].value_counts()
+    tested = int(counts.get("differ", 0) + counts.get("agree", 0) + counts.get("equivalent", 0))
+    same = int(counts.get("agree", 0) + counts.get("equivalent", 0))
+    parts = [f"{same} of {tested} points agree (no difference at 0.05 after Holm over the points)"]
+    if margin and counts.get("equivalent", 0):
+        parts[0] += f", {counts['equivalent']} of them equivalent within +-{margin:g}"
+    differ = table[table["verdict"] == "differ"]
+    if len(differ):
+        which = "; ".join(
+            f"{_point(row, factors)} ({tables.number(row.diff, metric, True)} "
+            f"{tables.interval(row.ci_low, row.ci_high, metric) or 'no spread'}{unit})"
+            for row in differ.itertuples()
+        )
+        parts.append(f"{len(differ)} differ: {which}")
+    for verdict in VERDICTS[3:]:
+        if n := int(counts.get(verdict, 0)):
+            parts.append(f"{n} {verdict}")
+    if cells := int(table["shared_cells"].sum()):
+        identical = int(table["identical_cells"].sum())
+        worst = tables.number(float(table["max_cell_diff"].max()), metric)
+        parts.append(f"{identical} of {cells} shared cells identical (largest gap {worst}{unit})")
+    return "; ".join(parts)
+
+
+def _point(row, factors: list[str]) -> str:
+    return ", ".join(f"{f}={getattr(row, f)}" for f in factors) or "base"
+
+
+def load(path: Path, metric: str, warn: Callable[[str], None] | None):
+    """A folder's final rows and its design; a noise folder or missing metric is a mistake."""
+    try:
+        final = stats.final(stats.tidy(store.read(path, warn)))
+        design = store.read_design(path)
+    except store.StoreError as e:  # exit 2, as every mistake here: 1 says a point differs
+        raise AblateError(str(e)) from None
+    if design.kind == "noise":
+        raise AblateError(f"{path}: a noise design; `ablate report` on it compares its streams")
+    if metric not in final.columns or metric == "seconds":
+        raise AblateError(f"{path}: no metric '{metric}'; try test_acc, test_loss or train_loss")
+    return final, design
+
+
+def same_study(path_a: Path, path_b: Path, design_a, design_b, factors_a, factors_b) -> None:
+    """Different studies or designs compare nothing: one line (exit 2) naming what differs."""
+    checks = [
+        ("study", design_a.study, design_b.study),
+        ("dataset", design_a.dataset, design_b.dataset),
+        ("model", design_a.model, design_b.model),
+        ("design", design_a.kind, design_b.kind),
+        ("factors", ", ".join(factors_a), ", ".join(factors_b)),
+    ]
+    for key in sorted(set(design_a.base) | set(design_b.base)):  # a key one ablate lacks: default
+        values = [d.base.get(key, d.json_defaults.get(key)) for d in (design_a, design_b)]
+        checks.append((f"base {key}", *(json.dumps(v) for v in values)))
+    for what, value_a, value_b in checks:
+        if value_a != value_b:
+            raise AblateError(
+                f"{path_a} and {path_b}: not the same study ({what} {value_a or '-'} in A, "
+                f"{value_b or '-'} in B); compare two runs of one study"
+            )
+
+
+def run(
+    path_a: str | Path,
+    path_b: str | Path,
+    metric: str = "test_acc",
+    margin: float | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> Comparison:
+    """Read, check and compare two results folders of one study."""
+    if margin is not None and not margin > 0:
+        raise AblateError(f"--margin {margin}: expected a positive difference in {metric}'s units")
+    path_a, path_b = Path(path_a), Path(path_b)
+    final_a, design_a = load(path_a, metric, warn)
+    final_b, design_b = load(path_b, metric, warn)
+    factors_a, factors_b = stats.factor_columns(final_a), stats.factor_columns(final_b)
+    same_study(path_a, path_b, design_a, design_b, factors_a, factors_b)
+    levels = setting(design_a, final_a)[1]
+    final_a = in_design_order(final_a, factors_a, levels)
+    test_size = dataset_sizes(design_a)[1]
+    resolution = 1 / test_size if metric == "test_acc" and test_size else 0.0
+    table = compare(final_a, final_b, factors_a, metric, resolution, margin)
+    if not table["verdict"].isin(VERDICTS[:4]).any():
+        raise AblateError(f"{path_a} and {path_b}: no design point in both; nothing to compare")
+    return Comparison(table, factors_a, metric, margin, (str(path_a), str(path_b)))
