@@ -4,4 +4,14 @@ __version__ = "0.1.0"
 
 from .study import AblateError, Cell, Claim, Key, Study  # noqa: E402
 
-__all__ = ["AblateError", "Cell", "Claim", "Key", "Study", "__version__"]
+__all__ = ["AblateError", "Cell", "Claim", "Key", "Results", "Study", "__version__", "load", "run"]
+
+
+def __getattr__(name: str):
+    """ablate.run, ablate.load and ablate.Results on first use: a study file's `from ablate
+    import Study` does not load pandas' and seaborn's report stack."""
+    if name in ("run", "load", "Results"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'ablate' has no attribute {name!r}")

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
-from . import inference, stats
+from . import inference, stats, tables
 
 ANOVA_COLUMNS = ["term", "df", "sum_sq", "mean_sq", "F", "p", "eta_sq", "error_df"]
 SIMPLE_COLUMNS = ["factor", "level", "baseline", "setting", "n_pairs", "diff", "ci_low", "ci_high"]
@@ -136,7 +136,7 @@ def sign_changes(
     return pd.DataFrame(rows, columns=SIMPLE_COLUMNS)
 
 
-def changes_sign(simple: pd.DataFrame) -> pd.DataFrame:
+def changes_sign(simple: pd.DataFrame, metric: str = "test_acc") -> pd.DataFrame:
     """The (factor, level) pairs with one setting's interval wholly above 0 and another's wholly
     below: their main effect averages simple effects of opposite sign and describes neither."""
     # repr keys: grouped by value, a level True would be reported as 1 (they hash alike)
@@ -144,7 +144,10 @@ def changes_sign(simple: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, group in simple.groupby(key, sort=False):
         if (group["ci_low"] > 0).any() and (group["ci_high"] < 0).any():
-            listed = "; ".join(f"{row.diff:+.4f} at {row.setting}" for row in group.itertuples())
+            listed = "; ".join(
+                f"{tables.number(row.diff, metric, True)} at {row.setting}"
+                for row in group.itertuples()
+            )
             rows.append(
                 dict(
                     factor=group["factor"].iloc[0],

@@ -1,19 +1,19 @@
-"""The report's charts: seaborn and matplotlib figures, each saved as PNG and SVG (no torch)."""
+"""The report's charts: seaborn figures outside pyplot, each saved as PNG, SVG and PDF (no torch)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-from . import stats  # noqa: E402
+from . import stats
 
 NAMES = ("final", "curves", "effects", "interactions", "claims")
 
@@ -23,9 +23,21 @@ def _say(ax, text: str, x, y) -> None:
     ax.annotate(text, (x, y), xytext=(6, 6), textcoords="offset points", fontsize=8)
 
 
-def theme() -> None:
-    sns.set_theme(style="whitegrid", context="notebook")
-    plt.rcParams["text.parse_math"] = False  # a claim's "US$5 vs $10" is text, not TeX to parse
+@contextmanager
+def style() -> Iterator[None]:
+    """Seaborn's whitegrid theme while the charts draw, the caller's rcParams after: a notebook's
+    own plots keep their style."""
+    with matplotlib.rc_context():
+        sns.set_theme(style="whitegrid", context="notebook")
+        matplotlib.rcParams["text.parse_math"] = False  # a claim's "US$5 vs $10" is text, not TeX
+        yield
+
+
+def figure(rows: int = 1, figsize=(8, 4), **options):
+    """A figure outside pyplot: drawn and saved without a backend, never shown by a notebook's
+    inline backend, no pyplot state to close."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(rows, 1, **options)
 
 
 def label(row, factors) -> str:
@@ -33,12 +45,11 @@ def label(row, factors) -> str:
 
 
 def _save(fig, out: Path, name: str) -> None:
+    """PNG for the page, SVG and PDF for a paper; same input, same files: no dates, fixed ids."""
     fig.savefig(out / f"{name}.png", dpi=150, bbox_inches="tight")
-    with plt.rc_context(
-        {"svg.hashsalt": "ablate"}
-    ):  # same input, same file: no date, fixed element ids
+    with matplotlib.rc_context({"svg.hashsalt": "ablate"}):
         fig.savefig(out / f"{name}.svg", bbox_inches="tight", metadata={"Date": None})
-    plt.close(fig)
+    fig.savefig(out / f"{name}.pdf", bbox_inches="tight", metadata={"CreationDate": None})
 
 
 def _height(n: int) -> float:
@@ -53,7 +64,7 @@ def chart_final(finals, summary, factors, metric, out):
     lab = dict(zip(stats.points(summary, factors), summary.label, strict=True))
     ok = finals[finals.status == "ok"]
     ok = ok.assign(label=[lab[point] for point in stats.points(ok, factors)])
-    fig, ax = plt.subplots(figsize=(8, _height(len(summary))))
+    fig, ax = figure(figsize=(8, _height(len(summary))))
     state = (
         np.random.get_state()
     )  # seaborn jitters from numpy's global RNG: same results, same chart
@@ -92,7 +103,7 @@ def chart_curves(df, factors, metric, out):
     """Mean learning curve per design point with a 95% CI band."""
     cur = stats.curves(df, factors, metric)
     lines = list(dict.fromkeys(cur["point"]))
-    fig, ax = plt.subplots(figsize=(9, 4.5 + 0.22 * math.ceil(len(lines) / 2)))
+    fig, ax = figure(figsize=(9, 4.5 + 0.22 * math.ceil(len(lines) / 2)))
     palette = sns.color_palette("tab10", n_colors=max(1, len(lines)))
     for color, key in zip(palette, lines, strict=False):
         g = cur[[p == key for p in cur["point"]]]
@@ -115,7 +126,7 @@ def chart_effects(eff, metric, out, family):
     """Forest plot: each level minus its baseline, paired by seed; filled if it survives Holm. A
     bar is a row's own 95% CI; where it excludes 0 on a row Holm does not flag, a dagger says so."""
     eff = eff.iloc[::-1].reset_index(drop=True)
-    fig, ax = plt.subplots(figsize=(8, _height(len(eff))))
+    fig, ax = figure(figsize=(8, _height(len(eff))))
     for i, r in eff.iterrows():
         if pd.notna(r.ci_low):
             ax.plot([r.ci_low, r.ci_high], [i, i], color="black")
@@ -155,7 +166,7 @@ def chart_interactions(inter, metric, out, family):
     """Each level's effect at the other factor's baseline (grey square) and at its level (black
     circle), 95% CIs; filled where the two differ after Holm (the interaction)."""
     inter = inter.iloc[::-1].reset_index(drop=True)
-    fig, ax = plt.subplots(figsize=(8, _height(len(inter)) + 0.3))
+    fig, ax = figure(figsize=(8, _height(len(inter)) + 0.3))
     for i, r in inter.iterrows():
         for dy, col, marker in ((0.15, "at_baseline", "s"), (-0.15, "at_level", "o")):
             color = "0.55" if col == "at_baseline" else "black"
@@ -188,7 +199,7 @@ def chart_claims(cl, runs, out):
     """One small panel per claim, each on its own scale: the runs (dots), the interval the claim
     is judged by (prediction interval of one run, or CI of the mean), and the claimed value
     (green: inside / holds; red: outside / does not hold)."""
-    fig, axes = plt.subplots(len(cl), 1, figsize=(8, 0.95 * len(cl) + 0.8), squeeze=False)
+    fig, axes = figure(len(cl), figsize=(8, 0.95 * len(cl) + 0.8), squeeze=False)
     for ax, (_, r), x in zip(axes[:, 0], cl.iterrows(), runs, strict=True):
         ax.plot(x, np.zeros(len(x)), "o", color="0.6", markersize=4, alpha=0.8)
         lo, hi = (r.pi_low, r.pi_high) if r.kind == "point" else (r.ci_low, r.ci_high)

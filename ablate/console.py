@@ -30,19 +30,26 @@ def print_warnings(rep, out, warn) -> None:
 
 
 def _interaction_line(row) -> str:
+    def signed(value):
+        return tables.number(value, row.metric, True)
+
     return (
-        f"interaction: {row.factor}={row.level} vs {row.baseline} is {row.at_baseline:+.4f} at "
-        f"{row.by}={row.by_baseline} but {row.at_level:+.4f} at {row.by}={row.by_level}: "
-        f"difference {row['diff']:+.4f} [{row.ci_low:+.4f}, {row.ci_high:+.4f}], "
-        f"p Holm {row.p_holm:.3g}"
+        f"interaction: {row.factor}={row.level} vs {row.baseline} is {signed(row.at_baseline)} at "
+        f"{row.by}={row.by_baseline} but {signed(row.at_level)} at {row.by}={row.by_level}: "
+        f"difference {signed(row['diff'])} {tables.interval(row.ci_low, row.ci_high, row.metric)}"
+        f"{_points(row.metric)}, p Holm {tables.p_value(row.p_holm)}"
     )
+
+
+def _points(metric: str) -> str:
+    return " points" if tables.is_fraction(metric) else ""
 
 
 def effects_table(rep, metric: str, margin: float | None) -> Table:
     """One row per effect: estimate and CI, Holm p, what these seeds can detect, the verdict."""
     table = Table(
-        title=f"effects on final {metric}: level - baseline, paired by seed (95% t CI; Holm over "
-        f"{rep.family} tests, effects and interactions)"
+        title=f"effects on final {metric}{_points(metric) and ' in points'}: level - baseline, "
+        f"paired by seed (95% t CI; Holm over {rep.family} tests, effects and interactions)"
     )
     for column in ["effect", "n", "diff [95% CI]", "p Holm", "mde", "seeds", ""]:
         justify = "left" if column == "effect" else "right"
@@ -51,18 +58,21 @@ def effects_table(rep, metric: str, margin: float | None) -> Table:
         table.add_row(
             escape(f"{row.factor}: {row.level} vs {row.baseline}{_alias(row)}"),
             str(row.n_pairs),
-            f"{row['diff']:+.4f} {_interval(row)}",
-            f"{row.p_holm:.3g}",
-            f"{row.mde:.4f}",
+            f"{tables.number(row['diff'], metric, True)} {_interval(row, metric)}",
+            tables.p_value(row.p_holm),
+            tables.number(row.mde, metric),
             f"{row.seeds_needed:.0f}",
             _verdict(row),
         )
     notes = [
         "mde: smallest difference these seeds detect (80% power, 0.05); seeds: for a 95% CI of "
-        f"±{rep.halfwidth:g}"
+        f"±{tables.number(rep.halfwidth, metric)}{_points(metric)}"
     ]
     if margin:
-        notes.append(f"equivalent: inside ±{margin:g} (two one-sided t tests, Holm)")
+        notes.append(
+            f"equivalent: inside ±{tables.number(margin, metric)}{_points(metric)} (two one-sided "
+            "t tests, Holm)"
+        )
     if rep.rule:
         notes.append(chosen_by(rep.rule).strip().rstrip("."))
     if rep.effects["note"].str.contains("95% CI excludes").any():
@@ -71,10 +81,10 @@ def effects_table(rep, metric: str, margin: float | None) -> Table:
     return table
 
 
-def _interval(row) -> str:
+def _interval(row, metric: str) -> str:
     if row.no_spread:
         return "no spread"
-    return "no interval" if row.n_pairs < 2 else f"[{row.ci_low:+.4f}, {row.ci_high:+.4f}]"
+    return tables.interval(row.ci_low, row.ci_high, metric) or "no interval"
 
 
 def _alias(row) -> str:
@@ -95,19 +105,23 @@ def _verdict(row) -> str:
 
 def claim_line(claim) -> str:
     name = escape(str(claim.source or claim.where))
+
+    def value(number):
+        return tables.number(number, claim.metric)
+
     if claim.kind in ("at_most", "at_least"):
         said = "at most" if claim.kind == "at_most" else "at least"
         mark = "[green]holds[/green]" if claim.inside else "[red]does not hold[/red]"
         return (
-            f"claim {name}: {said} {claim.claimed:.4f}; {claim.runs_within} of {claim.n_seeds} "
-            f"runs keep to it (mean {claim['mean']:.4f}) {mark}"
+            f"claim {name}: {said} {value(claim.claimed)}; {claim.runs_within} of {claim.n_seeds} "
+            f"runs keep to it (mean {value(claim['mean'])}) {mark}"
         )
     if claim.inside is None:
-        return f"claim {name}: {claim.claimed:.4f}; n={claim.n_seeds}, no interval to compare"
+        return f"claim {name}: {value(claim.claimed)}; n={claim.n_seeds}, no interval to compare"
     mark = "[green]inside[/green]" if claim.inside else "[red]outside[/red]"
     if claim.note:
         return (
-            f"claim {name}: {claim.claimed:.4f} vs every run {claim['mean']:.4f} "
+            f"claim {name}: {value(claim.claimed)} vs every run {value(claim['mean'])} "
             f"(n={claim.n_seeds}, no spread) {mark}"
         )
     low, high, what = (
@@ -116,8 +130,8 @@ def claim_line(claim) -> str:
         else (claim.ci_low, claim.ci_high, "95% CI of the mean")
     )
     return (
-        f"claim {name}: {claim.claimed:.4f} vs measured mean {claim['mean']:.4f}, {what} "
-        f"[{low:.4f}, {high:.4f}] (n={claim.n_seeds}) {mark}"
+        f"claim {name}: {value(claim.claimed)} vs measured mean {value(claim['mean'])}, {what} "
+        f"{tables.interval(low, high, claim.metric, False)} (n={claim.n_seeds}) {mark}"
     )
 
 

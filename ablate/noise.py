@@ -13,7 +13,6 @@ from __future__ import annotations
 from html import escape
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
@@ -80,7 +79,7 @@ def adds_up(table: pd.DataFrame) -> str:
 
 def chart(table: pd.DataFrame, metric: str, out: Path) -> None:
     """Each stream's variance with its 95% interval, its share of all streams' as a label."""
-    fig, ax = plt.subplots(figsize=(8, charts._height(len(table))))
+    fig, ax = charts.figure(figsize=(8, charts._height(len(table))))
     rows = table.iloc[::-1].reset_index(drop=True)
     for i, row in rows.iterrows():
         if pd.notna(row.ci_low):

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import html
+import sys
+import time
+
 import rich.progress as bars
 from rich.console import Console
 from rich.markup import escape
 
 
+def levels_text(levels: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in levels.items()) or "base"
+
+
 def describe(levels: dict) -> str:
-    return escape(", ".join(f"{k}={v}" for k, v in levels.items()) or "base")  # Rich would eat [..]
+    return escape(levels_text(levels))  # Rich would eat [..]
 
 
 class RichProgress:
@@ -63,3 +71,77 @@ class RichProgress:
 
     def stop(self):
         self.bar.stop()
+
+
+def in_notebook() -> bool:
+    """A Jupyter kernel runs this: IPython's shell there is the ZMQ one."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
+
+
+class NotebookProgress:
+    """Cells done of total in a Jupyter cell: one display updated in place, at most twice a
+    second, so the cell's output holds one bar and not a line per epoch (no ipywidgets)."""
+
+    def __init__(self, every: float = 0.5):
+        self.every, self.last, self.handle = every, 0.0, None
+        self.total = self.done = 0
+        self.machine, self.now, self.notes, self.started = "", "", [], time.perf_counter()
+
+    def start(self, total, todo, machine):
+        from IPython.display import display
+
+        self.total, self.done, self.machine = total, total - todo, machine
+        self.started = time.perf_counter()
+        if self.handle is None:  # --until-halfwidth's next round: the same display
+            self.handle = display(self._data(), raw=True, display_id=True)
+        self._draw(force=True)
+
+    def cell_start(self, cell):
+        self.now = f"{cell.id[:8]} seed {cell.seed} {levels_text(cell.levels)}"
+        self._draw()
+
+    def epoch(self, cell, epoch, loss):
+        self.now = f"{cell.id[:8]} seed {cell.seed} {levels_text(cell.levels)}: epoch {epoch}, "
+        self.now += f"loss {loss:.4f}"
+        self._draw()
+
+    def cell_done(self, cell, rows):
+        self.done += 1
+        if rows[-1]["status"] == "diverged":
+            self.notes.append(
+                f"diverged: cell {cell.id} ({levels_text(cell.levels)}, seed {cell.seed}) at epoch "
+                f"{rows[-1]['epoch']}; the study goes on"
+            )
+        self._draw(force=bool(self.notes))
+
+    def warn(self, message):
+        self.notes.append(f"warning: {message}")
+        self._draw(force=True)
+
+    def stop(self):
+        self.now = ""
+        self._draw(force=True)
+
+    def _draw(self, force: bool = False) -> None:
+        clock = time.perf_counter()
+        if self.handle is None or (not force and clock - self.last < self.every):
+            return
+        self.last = clock
+        self.handle.update(self._data(), raw=True)
+
+    def _data(self) -> dict:
+        """The same line as HTML (a <progress> bar) and as text, for whatever renders it."""
+        elapsed = time.perf_counter() - self.started
+        line = f"{self.done}/{self.total} cells on {self.machine}, {elapsed:.0f} s"
+        text = "\n".join([line, *([self.now] if self.now else []), *self.notes])
+        notes = "".join(
+            f"<br><span style='color:#a15c00'>{html.escape(n)}</span>" for n in self.notes
+        )
+        bar = f"<progress value={self.done} max={max(self.total, 1)}></progress>"
+        now = f"<br><code>{html.escape(self.now)}</code>" if self.now else ""
+        return {
+            "text/plain": text,
+            "text/html": f"<div>{bar} {html.escape(line)}{now}{notes}</div>",
+        }

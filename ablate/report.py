@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import anova, charts, claims, noise, stats, store
+from . import anova, charts, claims, noise, stats, store, tables
 from .design import Design
 from .page import CAPTIONS, CSS, page  # noqa: F401  report.CSS and report.CAPTIONS, as before
 from .study import DATASET_SIZES, AblateError
@@ -75,9 +75,9 @@ def dataset_sizes(design: Design) -> tuple[int | None, int | None]:
 # what an effect may be measured in: keys.METRICS (a claim's), in the store's column order
 METRICS = tuple(m for m in store.METRICS if m in KEY_METRICS)
 OURS = (
-    *(f"{chart}.{kind}" for chart in CHARTS for kind in ("png", "svg")),
+    *(f"{chart}.{kind}" for chart in CHARTS for kind in ("png", "svg", "pdf")),
     *(f"{table}.csv" for table in ("claims", "interactions", "failures", "anova", "summary")),
-    "effects.csv",
+    *(f"{table}.{kind}" for table in ("effects", "summary") for kind in ("csv", "md", "tex")),
     "index.html",
 )
 
@@ -90,24 +90,24 @@ def build(
     margin: float | None = None,
     halfwidth: float = stats.HALFWIDTH,
 ) -> Report:
-    """Write charts, summary.csv, effects.csv, interactions.csv (grids of two or more factors),
-    anova.csv (grids), failures.csv, claims.csv and index.html for a results directory."""
+    """Write charts (PNG, SVG, PDF), summary.csv, effects.csv, interactions.csv (grids of two or
+    more factors), anova.csv (grids), failures.csv, claims.csv, summary.md/.tex, effects.md/.tex
+    and index.html for a results directory."""
     start = time.perf_counter()
     results = Path(results)
     df, design = stats.tidy(store.read(results, warn)), store.read_design(results)
-    _check_request(df, results, metric, margin, halfwidth)
+    check_request(df, results, metric, margin, halfwidth)
     if design.kind == "noise":
         return _noise_report(df, design, results, out, metric, start)
-    factors, levels, base = setting(design, df)
-    df = in_design_order(df, factors, levels)
-    final = in_design_order(stats.final(df), factors, levels)
+    rep, df, final = analyse(df, design, metric, margin, halfwidth)
+    factors = stats.factor_columns(df)
     chosen = [c for c in design.claims if c.get("metric", "test_acc") == metric]
-    rep = _analyse(df, final, design, factors, levels, base, metric, chosen, margin, halfwidth)
     runs = [claims.select(df, c, factors).to_numpy() for c in chosen]
 
     def fill(folder: Path) -> None:
         rep.path = folder  # the page inlines the charts from where they are drawn
         _write_tables_and_charts(folder, rep, df, final, factors, metric, runs)
+        tables.write(folder, rep, design.study or final["study"].iloc[0], metric, factors)
         (folder / "index.html").write_text(page(rep, design, final, factors, metric, results))
 
     out = Path(out) if out else results / REPORT
@@ -118,6 +118,23 @@ def build(
     return rep
 
 
+def analyse(
+    df: pd.DataFrame,
+    design: Design,
+    metric: str = "test_acc",
+    margin: float | None = None,
+    halfwidth: float = stats.HALFWIDTH,
+) -> tuple[Report, pd.DataFrame, pd.DataFrame]:
+    """Every table of the report for a design's tidy rows, no files: the Report (path and
+    seconds unset), and the rows and final rows in design order."""
+    factors, levels, base = setting(design, df)
+    df = in_design_order(df, factors, levels)
+    final = in_design_order(stats.final(df), factors, levels)
+    chosen = [c for c in design.claims if c.get("metric", "test_acc") == metric]
+    rep = _analyse(df, final, design, factors, levels, base, metric, chosen, margin, halfwidth)
+    return rep, df, final
+
+
 def _noise_report(df, design: Design, results: Path, out, metric: str, start: float) -> Report:
     """noise.csv, the noise chart and index.html for an `ablate noise` results folder."""
     final = stats.final(df)
@@ -126,8 +143,8 @@ def _noise_report(df, design: Design, results: Path, out, metric: str, start: fl
     table = noise.decompose(final, metric)
 
     def fill(folder: Path) -> None:
-        charts.theme()
-        noise.chart(table, metric, folder)
+        with charts.style():
+            noise.chart(table, metric, folder)
         table.to_csv(folder / "noise.csv", index=False)
         (folder / "index.html").write_text(noise.page(table, design, metric, results, folder))
 
@@ -140,7 +157,7 @@ def _noise_report(df, design: Design, results: Path, out, metric: str, start: fl
     )
 
 
-def _check_request(df, results: Path, metric: str, margin, halfwidth) -> None:
+def check_request(df, results: Path, metric: str, margin, halfwidth) -> None:
     """The options must make sense for these rows, and some run must not have diverged."""
     if metric == "seconds":  # cells trained together share one wall time: zero-width intervals
         raise AblateError(
@@ -191,7 +208,7 @@ def _analyse(df, final, design, factors, levels, base, metric, chosen, margin, h
         else pd.DataFrame(),
         anova=table,
         anova_seeds=anova_seeds,
-        sign_changes=anova.changes_sign(simple) if grid else pd.DataFrame(),
+        sign_changes=anova.changes_sign(simple, metric) if grid else pd.DataFrame(),
         design=analysis.design,
         family=analysis.family,
         margin=margin,
@@ -201,16 +218,18 @@ def _analyse(df, final, design, factors, levels, base, metric, chosen, margin, h
 
 
 def _write_tables_and_charts(folder, rep: Report, df, final, factors, metric, runs) -> None:
-    charts.theme()
-    charts.chart_final(final, rep.summary, factors, metric, folder)
-    charts.chart_curves(df, factors, metric, folder)
-    if len(rep.effects):
-        charts.chart_effects(rep.effects, metric, folder, rep.family)
+    with charts.style():
+        charts.chart_final(final, rep.summary, factors, metric, folder)
+        charts.chart_curves(df, factors, metric, folder)
+        if len(rep.effects):
+            charts.chart_effects(rep.effects, metric, folder, rep.family)
+        if len(rep.interactions):
+            charts.chart_interactions(rep.interactions, metric, folder, rep.family)
+        if len(rep.claims):
+            charts.chart_claims(rep.claims, runs, folder)
     if len(rep.interactions):
-        charts.chart_interactions(rep.interactions, metric, folder, rep.family)
         rep.interactions.to_csv(folder / "interactions.csv", index=False)
     if len(rep.claims):
-        charts.chart_claims(rep.claims, runs, folder)
         rep.claims.drop(columns=["metric"]).to_csv(folder / "claims.csv", index=False)
     if len(rep.anova):
         rep.anova.to_csv(folder / "anova.csv", index=False)

@@ -116,7 +116,7 @@ def test_a_simple_effect_of_each_sign_is_flagged_and_an_additive_one_is_not():
     assert simple["diff"].tolist() == pytest.approx([0.03, -0.01, -0.01, -0.05], abs=3e-4)
     flagged = anova.changes_sign(simple)  # bn hurts at either hidden: no sign change
     assert flagged[["factor", "level"]].values.tolist() == [["hidden", (64, 32)]]
-    assert flagged["settings"][0] == "+0.0300 at bn=False; -0.0100 at bn=True"
+    assert flagged["settings"][0] == "+3.00 at bn=False; -1.00 at bn=True"  # points
     additive = {
         (a, b, s): 0.9 + 0.02 * a - 0.01 * b + rng.normal(0, 0.001)
         for a, b, s in itertools.product([0, 1], [0, 1], range(5))

@@ -309,7 +309,7 @@ def test_an_edited_claim_reaches_the_report_without_training(tmp_path, data_dir)
         manifest["claims"][0]["kind"] == "at_least" and len(manifest["runs"]) == 1
     )  # no run was added
     said = " ".join(run("report", out / "tiny").stdout.split())  # Rich wraps at 80 columns here
-    assert "claim tiny: at least 0.9900; 0 of 2 runs keep to it" in said and "does not hold" in said
+    assert "claim tiny: at least 99.00; 0 of 2 runs keep to it" in said and "does not hold" in said
 
 
 def test_a_dropped_factor_and_a_switched_design_leave_one_column_per_factor(tmp_path, data_dir):

@@ -241,7 +241,7 @@ def test_the_reference_study_shows_anova_shares_sign_changes_and_prediction_inte
         "Share of the variance" in page and "init=kaiming_uniform vs default changes sign" in page
     )
     assert (
-        "+0.0324 at activation=sigmoid, batchnorm=False" in page
+        "+3.24 at activation=sigmoid, batchnorm=False" in page
     )  # He init: +3.24 points there, -0.83 ...
     claims = pd.read_csv(
         tmp_path / "claims.csv"
@@ -272,7 +272,7 @@ def test_margin_adds_an_equivalence_test_and_a_bad_margin_is_one_line(results, t
     assert r.exit_code == 0, r.output
     effects = pd.read_csv(tmp_path / "effects.csv")
     assert {"mde", "seeds_needed", "p_equivalence", "equivalent"} <= set(effects.columns)
-    assert "equivalent: inside ±0.5" in " ".join(r.stdout.split())
+    assert "equivalent: inside ±50.00 points" in " ".join(r.stdout.split())
     bad = cli.invoke(app, ["report", str(results), "--out", str(tmp_path / "x"), "--margin", "-1"])
     assert bad.exit_code == 2 and bad.stderr.count("\n") == 1 and "--margin -1" in bad.stderr
     assert not (tmp_path / "x").exists()

@@ -1,0 +1,193 @@
+"""The Python API for notebooks and scripts: ablate.run, ablate.load and the Results they give.
+
+`load` and everything on Results read the results folder alone (no torch); `run` trains, as
+`ablate run` does, then loads. A user's mistake raises AblateError with the CLI's one line
+and no frames from inside ablate.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import tempfile
+from html import escape
+from pathlib import Path
+
+import pandas as pd
+
+from . import charts, report, stats, store, tables
+from .inference import HALFWIDTH
+from .progress import NotebookProgress, RichProgress, in_notebook
+from .study import AblateError, Study
+
+
+def _user_errors(fn):
+    """An AblateError leaves with its one line and the caller's frame only."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except AblateError as e:
+            raise e.with_traceback(None) from None
+
+    return wrapper
+
+
+@_user_errors
+def run(
+    study: str | Path | Study,
+    out: str | Path = "results",
+    device: str = "auto",
+    seeds: int | None = None,
+    sets: list[str] | tuple[str, ...] = (),
+    max_group: int | None = None,
+    deterministic: bool = False,
+    data_dir: str | Path | None = None,
+    progress: bool = True,
+) -> Results:
+    """Train every cell of `study` (a study file or a Study) not yet in out/<name>/, then load
+    the folder. `sets`: `--set` items ("epochs=1"); `seeds`: seeds 0..N-1. A kernel interrupt
+    (Ctrl-C) keeps the cells that finished and raises KeyboardInterrupt saying how many."""
+    from . import runner, studyfile  # torch loads here, not for ablate.load
+
+    if isinstance(study, Study):
+        study = studyfile.override(study, list(sets), seeds)
+    else:
+        study = studyfile.override(studyfile.load(study), list(sets), seeds)
+    bar = (NotebookProgress() if in_notebook() else RichProgress(_console())) if progress else None
+    path = runner.results_dir(study, out)
+    data_dir = str(data_dir) if data_dir is not None else None
+    try:
+        summary = runner.run(study, out, device, max_group, deterministic, data_dir, bar)
+    except runner.Stopped as e:
+        raise KeyboardInterrupt(
+            f"stopped: {e.done} of {e.total} cells stored in {path}; ablate.run again trains the "
+            "rest"
+        ) from None
+    finally:
+        if bar is not None:
+            bar.stop()
+    if summary.failed:
+        raise AblateError(
+            f"{len(summary.failed)} cells failed (warnings above) and were not stored; "
+            "ablate.run again retries them"
+        )
+    return Results(path)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True, emoji=False)
+
+
+@_user_errors
+def load(path: str | Path) -> Results:
+    """A results folder's rows and analyses; no torch."""
+    return Results(path)
+
+
+class Results:
+    """A results folder in Python: `frame` (its tidy rows, filtered to the design), `final()`,
+    the report's tables as DataFrames (`effects()`, `interactions()`, `claims()`, `anova()`,
+    `summary()`), `report()`; a notebook shows the study, its cells and the effects."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.frame: pd.DataFrame = store.read(self.path, warn=None)
+        self.design = store.read_design(self.path)
+        self._analysed: dict[tuple, report.Report] = {}
+
+    def final(self) -> pd.DataFrame:
+        """The last stored epoch of every cell, in design order."""
+        if self.design.kind == "noise":
+            return stats.final(stats.tidy(self.frame))
+        return report.analyse(stats.tidy(self.frame), self.design)[2]
+
+    @_user_errors
+    def analysis(
+        self, metric: str = "test_acc", margin: float | None = None, halfwidth: float = HALFWIDTH
+    ) -> report.Report:
+        """Every table of the report for `metric` (cached), as `ablate report` computes them."""
+        key = (metric, margin, halfwidth)
+        if key not in self._analysed:
+            if self.design.kind == "noise":
+                raise AblateError(f"{self.path}: a noise design; .report() writes its noise.csv")
+            tidy = stats.tidy(self.frame)
+            report.check_request(tidy, self.path, metric, margin, halfwidth)
+            self._analysed[key] = report.analyse(tidy, self.design, metric, margin, halfwidth)[0]
+        return self._analysed[key]
+
+    def effects(self, metric: str = "test_acc", margin=None, halfwidth=HALFWIDTH) -> pd.DataFrame:
+        """effects.csv's table: each level against its baseline, paired by seed, Holm."""
+        return self.analysis(metric, margin, halfwidth).effects.copy()
+
+    def interactions(self, metric: str = "test_acc") -> pd.DataFrame:
+        return self.analysis(metric).interactions.copy()
+
+    def claims(self, metric: str = "test_acc") -> pd.DataFrame:
+        return self.analysis(metric).claims.copy()
+
+    def anova(self, metric: str = "test_acc") -> pd.DataFrame:
+        return self.analysis(metric).anova.copy()
+
+    def summary(self, metric: str = "test_acc") -> pd.DataFrame:
+        """summary.csv's table: each design point's mean and 95% interval."""
+        return self.analysis(metric).summary.copy()
+
+    @_user_errors
+    def report(
+        self,
+        out: str | Path | None = None,
+        metric: str = "test_acc",
+        margin: float | None = None,
+        halfwidth: float = HALFWIDTH,
+    ) -> Path:
+        """Write the report (`ablate report`'s files) and return the path of its index.html."""
+        return report.build(self.path, out, metric, None, margin, halfwidth).path / "index.html"
+
+    def __repr__(self) -> str:
+        return f"<ablate.Results {self._headline()}>"
+
+    def _headline(self) -> str:
+        design, final = self.design, stats.final(stats.tidy(self.frame))
+        name = design.study or str(final["study"].iloc[0])
+        points = len(set(stats.points(final, stats.factor_columns(final))))
+        return (
+            f"{name}: {design.dataset}, model {design.model}, design {design.kind or 'grid'}: "
+            f"{points} points x {final['seed'].nunique()} seeds ({len(final)} cells) in {self.path}"
+        )
+
+    def _repr_html_(self) -> str:
+        """The study, its cells and the effects table with its chart; an analysis that cannot
+        be made says why in one line instead of raising inside the notebook's display."""
+        head = f"<p><b>ablate</b> {escape(self._headline())}</p>"
+        try:
+            rep = self.analysis()
+        except AblateError as e:
+            return f"{head}<p style='color:#a15c00'>{escape(str(e))}</p>"
+        if not len(rep.effects):
+            shown = tables.readable(rep.summary, "test_acc", "summary")
+            return head + shown.to_html(index=False, border=0)
+        shown = tables.readable(rep.effects[_EFFECT_COLUMNS], "test_acc", "effects")
+        return "\n".join(
+            [
+                head,
+                f"<p>Effects on final test_acc in points: level minus baseline, paired by seed; "
+                f"95% t interval; Holm over {rep.family} tests.</p>",
+                _effects_png(rep),
+                shown.to_html(index=False, border=0),
+            ]
+        )
+
+
+_EFFECT_COLUMNS = "factor level baseline n_pairs diff ci_low ci_high p_holm significant".split()
+
+
+def _effects_png(rep: report.Report) -> str:
+    """The effects chart as an inline PNG, drawn in a scratch folder."""
+    with tempfile.TemporaryDirectory() as scratch, charts.style():
+        charts.chart_effects(rep.effects, "test_acc", Path(scratch), rep.family)
+        data = base64.b64encode((Path(scratch) / "effects.png").read_bytes()).decode()
+    return f'<img alt="effects chart" src="data:image/png;base64,{data}" style="max-width:100%">'
