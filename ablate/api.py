@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import sys
 import tempfile
 from html import escape
 from pathlib import Path
@@ -76,6 +77,11 @@ def run(
     return Results(path)
 
 
+def _warn(message: str) -> None:
+    """The CLI's warning line; in Jupyter, the cell's stderr."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def _console():
     from rich.console import Console
 
@@ -95,7 +101,7 @@ class Results:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.frame: pd.DataFrame = store.read(self.path, warn=None)
+        self.frame: pd.DataFrame = store.read(self.path, _warn)
         self.design = store.read_design(self.path)
         self._analysed: dict[tuple, report.Report] = {}
 
@@ -145,7 +151,7 @@ class Results:
         halfwidth: float = HALFWIDTH,
     ) -> Path:
         """Write the report (`ablate report`'s files) and return the path of its index.html."""
-        return report.build(self.path, out, metric, None, margin, halfwidth).path / "index.html"
+        return report.build(self.path, out, metric, _warn, margin, halfwidth).path / "index.html"
 
     def __repr__(self) -> str:
         return f"<ablate.Results {self._headline()}>"

@@ -142,3 +142,14 @@ def test_the_quickstart_notebook_runs_in_a_real_kernel(tmp_path):
     assert "runs/quickstart/_report/index.html" in printed
     assert "| activation: relu vs sigmoid | 3 |" in printed
     assert (tmp_path / "runs" / "quickstart" / "_report" / "effects.tex").is_file()
+
+
+def test_what_the_store_warns_about_reaches_the_notebook_as_a_warning_line(reference, capsys):
+    copy = reference.parent / "copied"
+    shutil.copytree(reference, copy)
+    first = parquet_files(copy)[0]
+    shutil.copy(first, copy / f"z{first.name}")  # the same rows twice, as a copied file
+    res = ablate.load(copy)
+    err = capsys.readouterr().err
+    assert err.startswith("warning: ") and "stored twice with identical rows" in err, err
+    assert res.frame["cell"].nunique() == 40
