@@ -19,7 +19,7 @@ import pandas as pd
 from . import charts, report, stats, store, tables
 from .inference import HALFWIDTH
 from .progress import NotebookProgress, RichProgress, in_notebook
-from .study import AblateError, Study
+from .study import AblateError, Study, claim_problems
 
 
 def _user_errors(fn):
@@ -41,7 +41,7 @@ def run(
     out: str | Path = "results",
     device: str = "auto",
     seeds: int | None = None,
-    sets: list[str] | tuple[str, ...] = (),
+    sets: str | list[str] | tuple[str, ...] = (),
     max_group: int | None = None,
     deterministic: bool = False,
     data_dir: str | Path | None = None,
@@ -52,10 +52,12 @@ def run(
     (Ctrl-C) keeps the cells that finished and raises KeyboardInterrupt saying how many."""
     from . import runner, studyfile  # torch loads here, not for ablate.load
 
-    if isinstance(study, Study):
-        study = studyfile.override(study, list(sets), seeds)
-    else:
-        study = studyfile.override(studyfile.load(study), list(sets), seeds)
+    sets = [sets] if isinstance(sets, str) else list(sets)  # one "epochs=1" is one item
+    study = studyfile.override(
+        study if isinstance(study, Study) else studyfile.load(study), sets, seeds
+    )
+    for problem in claim_problems(study):  # as `ablate run` warns after --set
+        _warn(f"{problem}; after the sets the report leaves this claim out")
     bar = (NotebookProgress() if in_notebook() else RichProgress(_console())) if progress else None
     path = runner.results_dir(study, out)
     data_dir = str(data_dir) if data_dir is not None else None
@@ -107,9 +109,11 @@ class Results:
 
     def final(self) -> pd.DataFrame:
         """The last stored epoch of every cell, in design order."""
+        final = stats.final(stats.tidy(self.frame))
         if self.design.kind == "noise":
-            return stats.final(stats.tidy(self.frame))
-        return report.analyse(stats.tidy(self.frame), self.design)[2]
+            return final
+        factors, levels, _ = report.setting(self.design, final)
+        return report.in_design_order(final, factors, levels).reset_index(drop=True)
 
     @_user_errors
     def analysis(

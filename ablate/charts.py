@@ -1,4 +1,4 @@
-"""The report's charts: seaborn figures outside pyplot, each saved as PNG, SVG and PDF (no torch)."""
+"""The report's charts: seaborn figures outside pyplot, saved as PNG, SVG and PDF (no torch)."""
 
 from __future__ import annotations
 

@@ -332,7 +332,8 @@ def compare(
     margin: float | None = typer.Option(None, "--margin", help=HELP["margin"]),
 ):
     """Two runs of one study, point by point: B's mean minus A's with a Welch 95% CI, Holm over
-    the points; exit 1 when some point differs, 2 when they are not the same study."""
+    the points; exit 1 when some point differs or diverged on one side only, 2 when they are
+    not the same study."""
     from . import compare as comparing
     from . import console, store
 
@@ -343,11 +344,11 @@ def compare(
         csv = comparison.table.to_csv(index=False).encode()
         store.atomic_write(folder / "compare.csv", lambda f: f.write(csv))
     except OSError as e:
-        raise store.StoreError(f"{folder}: cannot write compare.csv ({e.strerror or e})") from None
+        raise AblateError(f"{folder}: cannot write compare.csv ({e.strerror or e})") from None
     out.print(console.compare_table(comparison))
     out.print(escape(comparison.sentence()), soft_wrap=True)  # one line, for grep and logs
     out.print(f"compare: {folder / 'compare.csv'}", soft_wrap=True)
-    if (comparison.table["verdict"] == "differ").any():
+    if comparison.table["verdict"].isin(comparing.FAILED).any():
         raise typer.Exit(1)
 
 

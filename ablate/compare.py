@@ -2,10 +2,11 @@
 
 The two folders' seeds ran apart (another machine, torch, precision), so nothing pairs them:
 each design point's means are compared by Welch's t (unequal variances), and one Holm family
-over the points decides `differ`, so two identical setups see any point differ 5% of the time
-at most, not 5% per point (40 points at 0.05 each would flag 2 on average).
-tests/test_compare.py simulates the rates: at most 0.05 with equal seed counts and spreads
-within 2x of each other, 0.06-0.09 where one side's spread is 3-10x the other's (pinned).
+over the points decides `differ` (40 points at 0.05 each would flag 2 of two identical setups
+on average). tests/test_compare.py simulates how often some point of two identical setups
+differs: at most 0.05 with equal seed counts and spreads within 2x of each other, or unequal
+counts (Hsu's df); about 0.09 with 3 seeds a side and one spread 10x the other (pinned).
+A point whose cells diverged on one side only is `diverged in A` or `diverged in B`.
 A cell both folders hold (same config and seed, so the same cell id) is also compared value
 to value: bitwise equal on one machine with --deterministic, within rounding on another.
 """
@@ -23,14 +24,16 @@ from scipy import stats as scipy_stats
 
 from . import stats, store, tables
 from .inference import ALPHA, LEVEL, holm, no_spread
-from .report import dataset_sizes, in_design_order, setting
+from .report import METRICS, dataset_sizes, in_design_order, setting
 from .study import AblateError
 
 COLUMNS = (
     "n_a mean_a std_a diverged_a n_b mean_b std_b diverged_b diff ci_low ci_high df p_value "
     "p_holm test p_equivalence shared_cells identical_cells max_cell_diff verdict"
 ).split()  # after the factor columns, one per level
-VERDICTS = ("differ", "agree", "equivalent", "too few seeds", "only in A", "only in B")
+VERDICTS = ("differ", "agree", "equivalent", "diverged in A", "diverged in B", "too few seeds")
+VERDICTS += ("only in A", "only in B")
+FAILED = ("differ", "diverged in A", "diverged in B")  # what makes `ablate compare` exit 1
 
 
 @dataclass
@@ -65,7 +68,8 @@ def welch(a, b, resolution: float = 0.0, margin: float | None = None) -> dict:
             (b, a), lambda x, y: np.mean(x) - np.mean(y), permutation_type="independent",
             n_resamples=np.inf if len(a) + len(b) <= 16 else 9999, random_state=0,
         )  # fmt: skip
-        row.update(p_value=float(exact.pvalue) if row["diff"] else 1.0)
+        shifted = abs(row["diff"]) >= max(resolution * (1 - 1e-9), 1e-12)
+        row.update(p_value=float(exact.pvalue) if shifted else 1.0)
         row.update(test="permutation (no spread)")
         return row
     share_a, share_b = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
@@ -114,21 +118,32 @@ def compare(
         row["shared_cells"], row["identical_cells"] = len(shared), int((gaps == 0).sum())
         row["max_cell_diff"] = float(np.nanmax(np.abs(gaps))) if len(gaps) else np.nan
         row["only"] = "A" if not len(at_b) else "B" if not len(at_a) else ""
+        row["lost"] = _lost(row)
         rows.append(row)
     table = pd.DataFrame(rows)
     table["p_holm"] = holm(table["p_value"])
-    decided = zip(table["only"], table["p_holm"], holm(table["p_equivalence"]), strict=True)
+    p_equivalence = holm(table["p_equivalence"])
+    decided = zip(table["only"], table["lost"], table["p_holm"], p_equivalence, strict=True)
     table["verdict"] = [_verdict(*row) for row in decided]
     return table[[*factors, *COLUMNS]]
+
+
+def _lost(row: dict) -> str:
+    """The side whose cells diverged where the other's did not (all of them, or some)."""
+    if row["diverged_a"] and not row["diverged_b"]:
+        return "A"
+    return "B" if row["diverged_b"] and not row["diverged_a"] else ""
 
 
 def _ok(at: pd.DataFrame, metric: str) -> pd.Series:
     return at.loc[at["status"] == "ok", metric].astype(float)
 
 
-def _verdict(only: str, p_holm: float, p_equivalence: float) -> str:
+def _verdict(only: str, lost: str, p_holm: float, p_equivalence: float) -> str:
     if only:
         return f"only in {only}"
+    if lost:  # a run that diverged on one machine only is a difference, whatever the means
+        return f"diverged in {lost}"
     if np.isnan(p_holm):
         return "too few seeds"
     if p_holm < ALPHA:
@@ -145,18 +160,25 @@ def summary_line(table: pd.DataFrame, factors: list[str], metric: str, margin=No
     same = int(counts.get("agree", 0) + counts.get("equivalent", 0))
     parts = [f"{same} of {tested} points agree (no difference at 0.05 after Holm over the points)"]
     if margin and counts.get("equivalent", 0):
-        parts[0] += f", {counts['equivalent']} of them equivalent within +-{margin:g}"
-    differ = table[table["verdict"] == "differ"]
-    if len(differ):
+        within = f"{tables.number(margin, metric)}{unit}"
+        parts[0] += f", {counts['equivalent']} of them equivalent within +-{within}"
+    rows = table.to_dict("records")  # not itertuples: a factor may be named `class` or `_x`
+    differ = [row for row in rows if row["verdict"] == "differ"]
+    if differ:
         which = "; ".join(
-            f"{_point(row, factors)} ({tables.number(row.diff, metric, True)} "
-            f"{tables.interval(row.ci_low, row.ci_high, metric) or 'no spread'}{unit})"
-            for row in differ.itertuples()
+            f"{_point(row, factors)} ({tables.number(row['diff'], metric, True)}{unit} "
+            f"{tables.interval(row['ci_low'], row['ci_high'], metric) or 'no spread'})"
+            for row in differ
         )
         parts.append(f"{len(differ)} differ: {which}")
     for verdict in VERDICTS[3:]:
-        if n := int(counts.get(verdict, 0)):
-            parts.append(f"{n} {verdict}")
+        if at := [row for row in rows if row["verdict"] == verdict]:
+            where = (
+                f": {'; '.join(_point(row, factors) for row in at)}"
+                if "diverged" in verdict
+                else ""
+            )
+            parts.append(f"{len(at)} {verdict}{where}")
     if cells := int(table["shared_cells"].sum()):
         identical = int(table["identical_cells"].sum())
         worst = tables.number(float(table["max_cell_diff"].max()), metric)
@@ -164,8 +186,8 @@ def summary_line(table: pd.DataFrame, factors: list[str], metric: str, margin=No
     return "; ".join(parts)
 
 
-def _point(row, factors: list[str]) -> str:
-    return ", ".join(f"{f}={getattr(row, f)}" for f in factors) or "base"
+def _point(row: dict, factors: list[str]) -> str:
+    return ", ".join(f"{f}={row[f]}" for f in factors) or "base"
 
 
 def load(path: Path, metric: str, warn: Callable[[str], None] | None):
@@ -177,8 +199,8 @@ def load(path: Path, metric: str, warn: Callable[[str], None] | None):
         raise AblateError(str(e)) from None
     if design.kind == "noise":
         raise AblateError(f"{path}: a noise design; `ablate report` on it compares its streams")
-    if metric not in final.columns or metric == "seconds":
-        raise AblateError(f"{path}: no metric '{metric}'; try test_acc, test_loss or train_loss")
+    if metric not in METRICS or metric not in final.columns:
+        raise AblateError(f"{path}: no metric '{metric}'; try {', '.join(METRICS)}")
     return final, design
 
 
@@ -217,11 +239,16 @@ def run(
     final_b, design_b = load(path_b, metric, warn)
     factors_a, factors_b = stats.factor_columns(final_a), stats.factor_columns(final_b)
     same_study(path_a, path_b, design_a, design_b, factors_a, factors_b)
+    if clash := sorted(set(factors_a) & {*COLUMNS, "only", "lost"}):
+        raise AblateError(f"{path_a}: factor {clash[0]} shares its name with a compare.csv column")
     levels = setting(design_a, final_a)[1]
     final_a = in_design_order(final_a, factors_a, levels)
     test_size = dataset_sizes(design_a)[1]
     resolution = 1 / test_size if metric == "test_acc" and test_size else 0.0
     table = compare(final_a, final_b, factors_a, metric, resolution, margin)
-    if not table["verdict"].isin(VERDICTS[:4]).any():
-        raise AblateError(f"{path_a} and {path_b}: no design point in both; nothing to compare")
+    if not table["verdict"].isin(VERDICTS[:5]).any():
+        raise AblateError(
+            f"{path_a} and {path_b}: no design point both hold with 2 or more seeds; nothing to "
+            "compare"
+        )
     return Comparison(table, factors_a, metric, margin, (str(path_a), str(path_b)))

@@ -222,16 +222,22 @@ def compare_table(comparison) -> Table:
         out.add_column(escape(factor), overflow="fold")
     for column in ["n", "A", "B", "B - A [95% CI]", "p Holm", ""]:
         out.add_column(column, justify="right")
-    for row in comparison.table.itertuples():
-        interval = tables.interval(row.ci_low, row.ci_high, metric) or row.test
-        verdict = f"[red]{row.verdict}[/red]" if row.verdict == "differ" else row.verdict
+    for row in comparison.table.to_dict("records"):  # a factor may be named `class`
+        tested = not row["verdict"].startswith("only")
+        interval = tables.interval(row["ci_low"], row["ci_high"], metric) or row["test"] * tested
+        verdict = row["verdict"]
+        verdict = (
+            f"[red]{verdict}[/red]"
+            if verdict in ("differ", "diverged in A", "diverged in B")
+            else verdict
+        )
         out.add_row(
-            *(escape(str(getattr(row, f))) for f in factors),
-            f"{row.n_a}/{row.n_b}",
-            tables.number(row.mean_a, metric),
-            tables.number(row.mean_b, metric),
-            f"{tables.number(row.diff, metric, True)} {interval}".strip(),
-            tables.p_value(row.p_holm),
+            *(escape(str(row[f])) for f in factors),
+            f"{row['n_a']}/{row['n_b']}",
+            tables.number(row["mean_a"], metric),
+            tables.number(row["mean_b"], metric),
+            f"{tables.number(row['diff'], metric, True)} {interval}".strip(),
+            tables.p_value(row["p_holm"]),
             verdict,
         )
     return out

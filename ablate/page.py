@@ -57,7 +57,7 @@ def page(
         *_fraction_note(rep),
         *_diverged_note(final, factors),
         *_failures_section(rep),
-        *_metric_sections(rep, metric),
+        *_metric_sections(rep, metric, factors),
         *_effects_section(rep, factors, metric),
         *_anova_section(rep),
         *_interactions_section(rep, metric),
@@ -116,7 +116,7 @@ def _diverged_note(final: pd.DataFrame, factors: list[str]) -> list[str]:
     ]
 
 
-def _metric_sections(rep: Report, metric: str) -> list[str]:
+def _metric_sections(rep: Report, metric: str, factors: list[str]) -> list[str]:
     """The final metric per point, and the learning curves."""
     n_ok = sorted(rep.summary["n_seeds"].unique())
     seeds = f"n={n_ok[0]} for every point" if len(n_ok) == 1 else f"n from {n_ok[0]} to {n_ok[-1]}"
@@ -125,7 +125,7 @@ def _metric_sections(rep: Report, metric: str) -> list[str]:
         _img(rep.path, "final"),
         f"<figcaption>Final-epoch {escape(metric)}; each dot one seed, black the mean with its "
         f"95% t interval; n = seeds behind each mean ({seeds}).</figcaption></figure>",
-        _table(tables.readable(rep.summary, metric, "summary", "n/a (n<2)")),
+        _table(tables.readable(rep.summary, metric, "summary", "n/a (n<2)", factors)),
         "<h2>Learning curves</h2><figure>",
         _img(rep.path, "curves"),
         f"<figcaption>Mean {escape(metric)} per epoch with a 95% t band; n seeds per line in the "

@@ -109,12 +109,13 @@ class NotebookProgress:
 
     def cell_done(self, cell, rows):
         self.done += 1
-        if rows[-1]["status"] == "diverged":
+        diverged = rows[-1]["status"] == "diverged"
+        if diverged:
             self.notes.append(
                 f"diverged: cell {cell.id} ({levels_text(cell.levels)}, seed {cell.seed}) at epoch "
                 f"{rows[-1]['epoch']}; the study goes on"
             )
-        self._draw(force=bool(self.notes))
+        self._draw(force=diverged)  # a new note shows at once; the count can wait
 
     def warn(self, message):
         self.notes.append(f"warning: {message}")

@@ -61,12 +61,17 @@ def unit(metric: str) -> str:
     return " (%)" if is_fraction(metric) else ""
 
 
-def readable(df: pd.DataFrame, metric: str, table: str = "", na: str = "") -> pd.DataFrame:
+def readable(
+    df: pd.DataFrame, metric: str, table: str = "", na: str = "", factors=()
+) -> pd.DataFrame:
     """A report table as the page shows it: its metric columns (VALUES[table]) as `number`, p
-    values as `p_value`, other floats to four significant figures; `na` where one is missing."""
+    values as `p_value`, other floats to four significant figures; `na` where one is missing.
+    Factor columns keep their levels as declared (a factor may be named `p`)."""
     plain, signed = (names.split() for names in VALUES.get(table, ("", "")))
     shown = df.copy()
     for column in shown.columns:
+        if column in factors:
+            continue
         if column in plain or column in signed:
             cells = [number(v, metric, column in signed) for v in df[column]]
         elif column in P_COLUMNS:

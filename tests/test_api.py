@@ -79,11 +79,13 @@ def test_run_trains_a_study_declared_in_python_and_a_second_run_trains_nothing(t
     exec(TINY.format(name="inline", epochs=1, seeds=2, design="grid",
                      factors="dict(activation=['relu', 'sigmoid'])"), namespace)  # fmt: skip
     study = namespace["study"]
-    res = ablate.run(study, out=tmp_path, sets=["epochs=2"], progress=False, data_dir=data_dir)
-    assert res.path == tmp_path / "inline" and res.frame["cell"].nunique() == 4
-    assert set(res.frame["epoch"]) == {1, 2}
+    res = ablate.run(study, out=tmp_path, sets="epochs=2", seeds=3, progress=False,
+                     data_dir=data_dir)  # fmt: skip
+    assert res.path == tmp_path / "inline" and res.frame["cell"].nunique() == 2 * 3
+    assert set(res.frame["epoch"]) == {1, 2} and set(res.frame["seed"]) == {0, 1, 2}
+    assert res.final()["activation"].tolist() == ["relu"] * 3 + ["sigmoid"] * 3
     started = time.perf_counter()
-    again = ablate.run(study, out=tmp_path, sets=["epochs=2"], progress=False, data_dir=data_dir)
+    again = ablate.run(study, out=tmp_path, sets=["epochs=2"], seeds=3, progress=False)
     assert again.frame.equals(res.frame) and time.perf_counter() - started < 30
 
 

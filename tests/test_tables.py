@@ -38,6 +38,12 @@ def test_readable_formats_each_column_by_what_it_holds():
     )  # fmt: skip
 
 
+def test_factor_columns_keep_their_levels_even_when_named_like_a_p_value():
+    summary = pd.DataFrame(dict(p=[0.0, 1.2345e-4], n_seeds=[2, 2], mean=[0.5, 0.6]))
+    shown = tables.readable(summary, "test_acc", "summary", factors=["p"])
+    assert shown["p"].tolist() == [0.0, 1.2345e-4] and shown["mean"].tolist() == ["50.00", "60.00"]
+
+
 SUMMARY = pd.DataFrame(
     dict(lr=[0.1, 0.01], n_seeds=[5, 1], n_diverged=[0, 0], mean=[0.9749, 0.5],
          std=[0.0006, np.nan], ci_low=[0.9742, np.nan], ci_high=[0.9757, np.nan])
