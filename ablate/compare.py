@@ -5,7 +5,7 @@ each design point's means are compared by Welch's t (unequal variances), and one
 over the points decides `differ` (40 points at 0.05 each would flag 2 of two identical setups
 on average). tests/test_compare.py simulates how often some point of two identical setups
 differs: at most 0.05 with equal seed counts and spreads within 2x of each other, or unequal
-counts (Hsu's df); about 0.09 with 3 seeds a side and one spread 10x the other (pinned).
+counts (Hsu's df); about 0.1 with 3 seeds a side and one spread 10x the other (pinned).
 A point whose cells diverged on one side only is `diverged in A` or `diverged in B`.
 A cell both folders hold (same config and seed, so the same cell id) is also compared value
 to value: bitwise equal on one machine with --deterministic, within rounding on another.
