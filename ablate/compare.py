@@ -64,13 +64,13 @@ def welch(a, b, resolution: float = 0.0, margin: float | None = None) -> dict:
     if len(a) < 2 or len(b) < 2:
         return row
     if no_spread(a, resolution) and no_spread(b, resolution):
-        exact = scipy_stats.permutation_test(
-            (b, a), lambda x, y: np.mean(x) - np.mean(y), permutation_type="independent",
-            n_resamples=np.inf if len(a) + len(b) <= 16 else 9999, random_state=0,
-        )  # fmt: skip
-        shifted = abs(row["diff"]) >= max(resolution * (1 - 1e-9), 1e-12)
-        row.update(p_value=float(exact.pvalue) if shifted else 1.0)
-        row.update(test="permutation (no spread)")
+        row["test"], row["p_value"] = "permutation (no spread)", 1.0
+        if abs(row["diff"]) >= max(resolution * (1 - 1e-9), 1e-12):  # else no shift at all
+            exact = scipy_stats.permutation_test(
+                (b, a), lambda x, y: np.mean(x) - np.mean(y), permutation_type="independent",
+                n_resamples=np.inf if len(a) + len(b) <= 16 else 9999, random_state=0,
+            )  # fmt: skip
+            row["p_value"] = float(exact.pvalue)
         return row
     share_a, share_b = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
     se = float(np.sqrt(share_a + share_b))
