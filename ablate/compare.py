@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,10 +43,13 @@ class Comparison:
     metric: str
     margin: float | None
     names: tuple[str, str]  # the two folders as given
+    how: list = field(default_factory=list)  # (HOW key, value in A, value in B) that differ
 
     def sentence(self) -> str:
-        """One line: how many points agree, and which differ, by how much."""
-        return summary_line(self.table, self.factors, self.metric, self.margin)
+        """One line: how the runs differ, how many points agree, which differ, by how much."""
+        line = summary_line(self.table, self.factors, self.metric, self.margin)
+        runs = ", ".join(f"{key} {a} in A, {b} in B" for key, a, b in self.how)
+        return f"runs differ in {runs}: {line}" if runs else line
 
 
 def welch(a, b, resolution: float = 0.0, margin: float | None = None) -> dict:
@@ -204,8 +207,13 @@ def load(path: Path, metric: str, warn: Callable[[str], None] | None):
     return final, design
 
 
-def same_study(path_a: Path, path_b: Path, design_a, design_b, factors_a, factors_b) -> None:
-    """Different studies or designs compare nothing: one line (exit 2) naming what differs."""
+# base keys that change how a cell is computed, not what it is: runs may differ in them
+HOW = ("precision",)
+
+
+def same_study(path_a: Path, path_b: Path, design_a, design_b, factors_a, factors_b) -> list:
+    """Different studies or designs compare nothing: one line (exit 2) naming what differs.
+    Returns the HOW keys the two runs differ in, as (key, value in A, value in B)."""
     checks = [
         ("study", design_a.study, design_b.study),
         ("dataset", design_a.dataset, design_b.dataset),
@@ -213,15 +221,17 @@ def same_study(path_a: Path, path_b: Path, design_a, design_b, factors_a, factor
         ("design", design_a.kind, design_b.kind),
         ("factors", ", ".join(factors_a), ", ".join(factors_b)),
     ]
+    how = []
     for key in sorted(set(design_a.base) | set(design_b.base)):  # a key one ablate lacks: default
         values = [d.base.get(key, d.json_defaults.get(key)) for d in (design_a, design_b)]
-        checks.append((f"base {key}", *(json.dumps(v) for v in values)))
+        (how if key in HOW else checks).append((f"base {key}", *(json.dumps(v) for v in values)))
     for what, value_a, value_b in checks:
         if value_a != value_b:
             raise AblateError(
                 f"{path_a} and {path_b}: not the same study ({what} {value_a or '-'} in A, "
                 f"{value_b or '-'} in B); compare two runs of one study"
             )
+    return [(what[5:], a, b) for what, a, b in how if a != b]
 
 
 def run(
@@ -238,7 +248,7 @@ def run(
     final_a, design_a = load(path_a, metric, warn)
     final_b, design_b = load(path_b, metric, warn)
     factors_a, factors_b = stats.factor_columns(final_a), stats.factor_columns(final_b)
-    same_study(path_a, path_b, design_a, design_b, factors_a, factors_b)
+    how = same_study(path_a, path_b, design_a, design_b, factors_a, factors_b)
     if clash := sorted(set(factors_a) & {*COLUMNS, "only", "lost"}):
         raise AblateError(f"{path_a}: factor {clash[0]} shares its name with a compare.csv column")
     levels = setting(design_a, final_a)[1]
@@ -251,4 +261,4 @@ def run(
             f"{path_a} and {path_b}: no design point both hold with 2 or more seeds; nothing to "
             "compare"
         )
-    return Comparison(table, factors_a, metric, margin, (str(path_a), str(path_b)))
+    return Comparison(table, factors_a, metric, margin, (str(path_a), str(path_b)), how)

@@ -264,6 +264,18 @@ def test_another_studys_folder_is_one_line_and_exit_2(two_runs, tmp_path):
     assert not (other / "_compare").exists()
 
 
+def test_runs_in_another_precision_are_compared_and_the_line_says_so(two_runs, tmp_path):
+    run_tiny(tmp_path, "bf16", "--set", "precision=bf16")  # fp32 vs bf16: the case
+    result = cli.invoke(
+        app, ["compare", str(two_runs / "a" / "tiny"), str(tmp_path / "bf16" / "tiny")]
+    )
+    assert result.exit_code in (0, 1), result.output
+    text = " ".join(result.output.split())
+    assert 'runs differ in precision "fp32" in A, "bf16" in B: ' in text, text
+    table = pd.read_csv(tmp_path / "bf16" / "tiny" / "_compare" / "compare.csv")
+    assert (table["shared_cells"] == 0).all() and (table["n_b"] == 4).all()
+
+
 def test_mistakes_are_one_line_each(two_runs, tmp_path):
     a = str(two_runs / "a" / "tiny")
     for args, said in [
