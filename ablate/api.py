@@ -105,11 +105,12 @@ class Results:
         self.path = Path(path)
         self.frame: pd.DataFrame = store.read(self.path, _warn)
         self.design = store.read_design(self.path)
+        self._tidy = stats.tidy(self.frame)  # list levels as tuples, once: every table groups them
         self._analysed: dict[tuple, report.Report] = {}
 
     def final(self) -> pd.DataFrame:
         """The last stored epoch of every cell, in design order."""
-        final = stats.final(stats.tidy(self.frame))
+        final = stats.final(self._tidy)
         if self.design.kind == "noise":
             return final
         factors, levels, _ = report.setting(self.design, final)
@@ -124,9 +125,9 @@ class Results:
         if key not in self._analysed:
             if self.design.kind == "noise":
                 raise AblateError(f"{self.path}: a noise design; .report() writes its noise.csv")
-            tidy = stats.tidy(self.frame)
-            report.check_request(tidy, self.path, metric, margin, halfwidth)
-            self._analysed[key] = report.analyse(tidy, self.design, metric, margin, halfwidth)[0]
+            report.check_request(self._tidy, self.path, metric, margin, halfwidth)
+            analysed = report.analyse(self._tidy, self.design, metric, margin, halfwidth)
+            self._analysed[key] = analysed[0]
         return self._analysed[key]
 
     def effects(self, metric: str = "test_acc", margin=None, halfwidth=HALFWIDTH) -> pd.DataFrame:
@@ -161,7 +162,7 @@ class Results:
         return f"<ablate.Results {self._headline()}>"
 
     def _headline(self) -> str:
-        design, final = self.design, stats.final(stats.tidy(self.frame))
+        design, final = self.design, stats.final(self._tidy)
         name = design.study or str(final["study"].iloc[0])
         points = len(set(stats.points(final, stats.factor_columns(final))))
         return (

@@ -6,6 +6,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import tables
+from .compare import FAILED
 from .page import chosen_by
 
 
@@ -225,12 +226,7 @@ def compare_table(comparison) -> Table:
     for row in comparison.table.to_dict("records"):  # a factor may be named `class`
         tested = not row["verdict"].startswith("only")
         interval = tables.interval(row["ci_low"], row["ci_high"], metric) or row["test"] * tested
-        verdict = row["verdict"]
-        verdict = (
-            f"[red]{verdict}[/red]"
-            if verdict in ("differ", "diverged in A", "diverged in B")
-            else verdict
-        )
+        verdict = f"[red]{row['verdict']}[/red]" if row["verdict"] in FAILED else row["verdict"]
         out.add_row(
             *(escape(str(row[f])) for f in factors),
             f"{row['n_a']}/{row['n_b']}",

@@ -101,8 +101,7 @@ def build(
         return _noise_report(df, design, results, out, metric, start)
     rep, df, final = analyse(df, design, metric, margin, halfwidth)
     factors = stats.factor_columns(df)
-    chosen = [c for c in design.claims if c.get("metric", "test_acc") == metric]
-    runs = [claims.select(df, c, factors).to_numpy() for c in chosen]
+    runs = [claims.select(df, c, factors).to_numpy() for c in _chosen(design, metric)]
 
     def fill(folder: Path) -> None:
         rep.path = folder  # the page inlines the charts from where they are drawn
@@ -130,9 +129,14 @@ def analyse(
     factors, levels, base = setting(design, df)
     df = in_design_order(df, factors, levels)
     final = in_design_order(stats.final(df), factors, levels)
-    chosen = [c for c in design.claims if c.get("metric", "test_acc") == metric]
+    chosen = _chosen(design, metric)
     rep = _analyse(df, final, design, factors, levels, base, metric, chosen, margin, halfwidth)
     return rep, df, final
+
+
+def _chosen(design: Design, metric: str) -> list[dict]:
+    """The recorded claims about `metric`."""
+    return [c for c in design.claims if c.get("metric", "test_acc") == metric]
 
 
 def _noise_report(df, design: Design, results: Path, out, metric: str, start: float) -> Report:
