@@ -29,6 +29,9 @@ DTYPES = {
     "fp64": torch.float64,
 }
 EVAL_BATCH = 2000  # test-set chunk: bounds activation memory, large enough to keep a GPU busy
+# on a CPU a smaller chunk keeps a group's activations in cache: 10 reference cells evaluated
+# in 1.01-1.08 s at 500 against 1.19-1.26 s at 2000 (2 cores, 2026-12-05)
+EVAL_BATCH_CPU = 500
 
 
 class Group(Protocol):
@@ -41,7 +44,8 @@ class Group(Protocol):
         ...
 
     def step(self) -> None:
-        """Apply the gradients the backward left on the parameters, then clear them."""
+        """Apply the gradients the backward left on the parameters, then clear them (a group
+        may step some parameters inside the backward: fused.SGDLinear)."""
         ...
 
 
@@ -150,6 +154,12 @@ def normalization(cfgs: list[dict], device) -> bool | torch.Tensor:
     return torch.tensor(norm, device=device).view(-1, 1, 1, 1, 1)
 
 
+def take(source: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """source[idx] for an index [G, B]: index_select on the flat index, 10x faster than advanced
+    indexing on a CPU (8 against 80 us for 10 reference batches)."""
+    return source.index_select(0, idx.reshape(-1)).view(*idx.shape, *source.shape[1:])
+
+
 def prepare(
     data: Data, raw: torch.Tensor, norm: bool | torch.Tensor, flips: torch.Tensor | None
 ) -> torch.Tensor:
@@ -177,11 +187,12 @@ def evaluate(
     norm = normalization(cfgs, device) if norm is None else norm
     loss = torch.zeros(len(cfgs), device=device, dtype=dtype)
     correct = torch.zeros(len(cfgs), device=device, dtype=torch.int64)
-    for i in range(0, len(data.test_x), EVAL_BATCH):
-        x = prepare(data, data.test_x[i : i + EVAL_BATCH], norm, None)
+    chunk = EVAL_BATCH_CPU if device.type == "cpu" else EVAL_BATCH
+    for i in range(0, len(data.test_x), chunk):
+        x = prepare(data, data.test_x[i : i + chunk], norm, None)
         with autocast(cfg["precision"], device):
             logits = group.forward(x, False, 0).to(dtype)
-        y = data.test_y[i : i + EVAL_BATCH].expand(len(cfgs), -1)
+        y = data.test_y[i : i + chunk].expand(len(cfgs), -1)
         loss += cell_losses(logits, y, cfg["loss"], "sum")
         correct += (logits.argmax(-1) == y).sum(1)
     n = len(data.test_x)
@@ -225,10 +236,10 @@ def _epochs(group, cells, cfgs, data, device, on_epoch, trace) -> list[list[dict
         for i in range(0, end, size):
             idx = order[:, i : i + size]
             part = None if flips is None else flips[:, i : i + size]
-            x = prepare(data, data.train_x[idx], norm, part)
+            x = prepare(data, take(data.train_x, idx), norm, part)
             with autocast(cfg["precision"], device):
                 logits = group.forward(x, True, step)
-            loss = cell_losses(logits.to(dtype), data.train_y[idx], cfg["loss"], "mean")
+            loss = cell_losses(logits.to(dtype), take(data.train_y, idx), cfg["loss"], "mean")
             loss.sum().backward()  # cells are independent: each gets the gradient of its own loss
             group.step()
             total += loss.detach()  # summed on the device: one sync per epoch, not per step

@@ -72,6 +72,27 @@ def test_a_cell_is_itself_in_groups_of_1_3_and_8(data_dir, precision, variant):
         assert abs(a[0]["test_acc"] - b[0]["test_acc"]) <= 1 / 10000
 
 
+@pytest.mark.parametrize(
+    "momenta", [[0.0], [0.9], [0.0, 0.9]], ids=["no momentum", "one momentum", "mixed"]
+)
+def test_sgd_steps_taken_in_the_backward_equal_torch_optim_sgd_for_any_momentum(data_dir, momenta):
+    """The weights' SGD step runs in the backward (fused.SGDLinear): a bmm with no momentum, a
+    GEMM into the momentum buffer with one, a scaled buffer when the cells' momenta differ."""
+    data = load("mnist", "cpu", data_dir)
+    base = {**BASE, "precision": "fp64", "train_subset": 2000, "epochs": 2, "momentum": momenta[0]}
+    factors = dict(weight_decay=[0.0, 1e-3], lr=[0.05, 0.1])
+    if len(momenta) > 1:
+        factors["momentum"] = momenta
+    cs = cells(validate(Study(name="t", dataset="mnist", base=base, factors=factors, seeds=1)))
+    stack = fused.group(cs, data, "cpu")
+    assert stack.optimizer.folded == len(stack.w)
+    alone, together = in_groups(cs, data, 1), fused.train(cs, data, "cpu")
+    for cell, a, b in zip(cs, alone, together, strict=True):
+        for key in ("train_loss", "test_loss"):
+            got, want = [r[key] for r in b], [r[key] for r in a]
+            assert got == pytest.approx(want, rel=1e-10), (cell.config["momentum"], key, got, want)
+
+
 def test_a_group_repeats_bitwise_in_deterministic_mode(data_dir):
     data = load("mnist", "cpu", data_dir)
     engine.configure(deterministic=True)

@@ -47,7 +47,7 @@ def counted(monkeypatch) -> dict:
     return calls
 
 
-def syncs(monkeypatch, variant, epochs, steps, eval_batch=loop.EVAL_BATCH) -> Counter:
+def syncs(monkeypatch, variant, epochs, steps, eval_batch=loop.EVAL_BATCH_CPU) -> Counter:
     """The calls made while loop.train runs a fused group of 3 digits cells (batch 32) for
     `epochs` epochs of `steps` steps, the group built beforehand."""
     model, extra, more, _ = VARIANTS[variant]
@@ -59,7 +59,7 @@ def syncs(monkeypatch, variant, epochs, steps, eval_batch=loop.EVAL_BATCH) -> Co
     )
     cs, data = cells(st)[:3], load("digits")
     group = fused.group(cs, data, "cpu", model)
-    monkeypatch.setattr(loop, "EVAL_BATCH", eval_batch)
+    monkeypatch.setattr(loop, "EVAL_BATCH_CPU", eval_batch)
     with monkeypatch.context() as patch:
         calls = counted(patch)
         rows = loop.train(group, cs, data, "cpu")
@@ -82,7 +82,7 @@ def test_an_epoch_of_a_fused_group_syncs_a_fixed_number_of_times_whatever_its_st
 
 
 def test_the_evaluation_syncs_once_per_epoch_whatever_its_chunks(monkeypatch):
-    # digits' 899 test images in 1 chunk against 9 chunks of 100
+    # digits' 899 test images in 2 chunks of 500 against 9 chunks of 100
     whole = syncs(monkeypatch, "sgd", epochs=1, steps=5)
     assert syncs(monkeypatch, "sgd", epochs=1, steps=5, eval_batch=100) == whole
 
