@@ -129,7 +129,7 @@ class Optimizer:
         backward: the product goes straight into the momentum buffer (a GEMM with beta =
         momentum), or with no momentum into the weights (alpha = -lr), so a [G, in, out]
         gradient is never written and read back. On 2 CPU cores that took a reference MLP step
-        for 10 cells from 12.2-12.6 to 11.3 ms, the weights' memory traffic being the bound.
+        for 10 cells from 13.1 to 12.0 ms (benchmarks/sgd_step.py), memory traffic the bound.
         The same sums as torch.optim.SGD's, m = momentum * m + (gradient + wd * p), in another
         order."""
         p, (m1, _) = self.params[k], self.state[k]

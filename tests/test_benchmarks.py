@@ -72,6 +72,28 @@ def test_compile_benchmark_compares_eager_and_compiled_side_by_side(data_dir, tm
     assert "x eager's speed" in proc.stdout and "largest relative loss difference" in proc.stdout
 
 
+def test_sgd_step_benchmark_times_the_step_in_and_after_the_backward_on_the_same_maths(
+    data_dir, tmp_path
+):
+    # a smoke run of 2 batchnorm cells in fp64: both ways print their times and train alike
+    out = tmp_path / "sgd.csv"
+    args = ["--workload", "fashion", "--group", "2", "--steps", "25", "--rounds", "1"]
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/sgd_step.py", *args, "--set", "batchnorm=True"]
+        + ["--set", "precision=fp64", "--csv", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={"ABLATE_DATA_DIR": str(data_dir), "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "round 1 in backward" in proc.stdout and "round 1 after" in proc.stdout
+    (row,) = list(csv.DictReader(out.open()))
+    assert row["sets"] == "batchnorm=True precision=fp64" and float(row["speed_ratio"]) > 0
+    # the same sums in another order: fp64 rounding (4e-16 measured), not another algorithm
+    assert float(row["max_rel_loss_diff"]) < 1e-10, row
+
+
 def test_busy_cpu_benchmark_times_each_thread_policy_loaded_and_unloaded(data_dir):
     # a smoke run: six fresh `ablate run`s of 8 tiny cells; it checks the table, not the times
     proc = subprocess.run(
