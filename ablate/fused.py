@@ -5,7 +5,8 @@ vmap (Vmapped). Each cell keeps its own init (built by models.build, then stacke
 dropout masks (the same counter-based draws as alone), its own batchnorm statistics and its own
 lr, momentum and weight decay ([G] tensors). Cells never mix: every op is batched over G, and
 the loop's loss is a sum of per-cell means, so each cell's gradient is its own. With SGD an MLP's
-weights take their step inside the backward (SGDLinear), never storing their gradient. loop.train
+weights take their step inside the backward (SGDLinear), never storing their gradient (eager,
+fp32 and fp64; bf16 and torch.compile store it and step after the backward). loop.train
 runs the epochs; a group here only says how its forward and its optimizer step are computed.
 """
 
@@ -126,9 +127,10 @@ class Optimizer:
     @torch.no_grad()
     def step_with_product(self, k: int, a: torch.Tensor, b: torch.Tensor) -> None:
         """SGD's step for params[k], whose gradient is the batched product a @ b, taken in the
-        backward: the product goes straight into the momentum buffer (a GEMM with beta =
-        momentum), or with no momentum into the weights (alpha = -lr), so a [G, in, out]
-        gradient is never written and read back. On 2 CPU cores that took a reference MLP step
+        backward: the product goes straight into the momentum buffer (a GEMM with beta = the
+        momentum when the cells share one; else the buffer is scaled first), or with no
+        momentum into the weights (b scaled by each cell's -lr), so a [G, in, out] gradient is
+        never written and read back. On 2 CPU cores that took a reference MLP step
         for 10 cells from 13.1 to 12.0 ms (benchmarks/sgd_step.py), memory traffic the bound.
         The same sums as torch.optim.SGD's, m = momentum * m + (gradient + wd * p), in another
         order."""

@@ -1,8 +1,9 @@
 """Does torch.compile pay for the fused step? Eager against compiled, side by side in one run.
 
 The same group (the reference MLP or the Fashion-MNIST MLP, G cells) trains --steps steps
-from the same init twice: once eager as fused.train runs it, once with the forward and loss
-compiled (AOTAutograd compiles the backward too; the optimizer step stays eager). Prints
+from the same init twice: once eager as fused.train runs it (SGD stepping the weights inside
+the backward, fused.SGDLinear), once with the forward and loss compiled (AOTAutograd compiles
+the backward too; the weights' gradients are stored and the optimizer step stays eager). Prints
 the compile time, the steady-state step time of each, their ratio, and how far the
 compiled losses drift from the eager ones (fusion reorders floating-point sums).
 On CUDA the default mode is "reduce-overhead", which replays the step as CUDA graphs.

@@ -73,20 +73,31 @@ def test_a_cell_is_itself_in_groups_of_1_3_and_8(data_dir, precision, variant):
 
 
 @pytest.mark.parametrize(
-    "momenta", [[0.0], [0.9], [0.0, 0.9]], ids=["no momentum", "one momentum", "mixed"]
+    "momenta, decays",
+    [([0.0], [0.0]), ([0.0], [0.0, 1e-3]), ([0.9], [0.0, 1e-3]), ([0.0, 0.9], [0.0, 1e-3])],
+    ids=["plain", "no momentum", "one momentum", "mixed momenta"],
 )
-def test_sgd_steps_taken_in_the_backward_equal_torch_optim_sgd_for_any_momentum(data_dir, momenta):
-    """The weights' SGD step runs in the backward (fused.SGDLinear): a bmm with no momentum, a
-    GEMM into the momentum buffer with one, a scaled buffer when the cells' momenta differ."""
+def test_sgd_steps_taken_in_the_backward_equal_torch_optim_sgd_for_any_momentum(
+    data_dir, monkeypatch, momenta, decays
+):
+    """The weights' SGD step runs in the backward (fused.SGDLinear): a GEMM into the weights
+    with no momentum, into the momentum buffer with one, a scaled buffer when the cells'
+    momenta differ; each cell equals itself trained alone by torch.optim.SGD."""
     data = load("mnist", "cpu", data_dir)
-    base = {**BASE, "precision": "fp64", "train_subset": 2000, "epochs": 2, "momentum": momenta[0]}
-    factors = dict(weight_decay=[0.0, 1e-3], lr=[0.05, 0.1])
-    if len(momenta) > 1:
-        factors["momentum"] = momenta
+    base = {**BASE, "precision": "fp64", "train_subset": 2000, "epochs": 2}
+    base |= {"momentum": momenta[0], "weight_decay": decays[0]}
+    factors = dict(lr=[0.05, 0.1])
+    for key, levels in (("momentum", momenta), ("weight_decay", decays)):
+        if len(levels) > 1:
+            factors[key] = levels
     cs = cells(validate(Study(name="t", dataset="mnist", base=base, factors=factors, seeds=1)))
-    stack = fused.group(cs, data, "cpu")
-    assert stack.optimizer.folded == len(stack.w)
+    calls = []
+    taken = fused.Optimizer.step_with_product
+    monkeypatch.setattr(
+        fused.Optimizer, "step_with_product", lambda *args: calls.append(1) or taken(*args)
+    )
     alone, together = in_groups(cs, data, 1), fused.train(cs, data, "cpu")
+    assert len(calls) == 2 * 40 * 3  # epochs x steps (2,000 / 50) x layers: all in the backward
     for cell, a, b in zip(cs, alone, together, strict=True):
         for key in ("train_loss", "test_loss"):
             got, want = [r[key] for r in b], [r[key] for r in a]
