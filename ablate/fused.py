@@ -110,7 +110,7 @@ class Optimizer:
     """SGD (momentum, weight decay) and Adam with per-cell hyperparameters on [G, ...] parameters,
     as torch.optim computes them for each cell alone."""
 
-    def __init__(self, params: list[torch.Tensor], cells: list[Cell], device, folded: int = 0):
+    def __init__(self, params: list[torch.Tensor], cells: list[Cell], device, fold=False):
         def column(key):
             values = [c.config[key] for c in cells]
             return torch.tensor(values, device=device, dtype=params[0].dtype)
@@ -122,7 +122,7 @@ class Optimizer:
         self.any_momentum = momenta != {0}
         self.any_wd = any(c.config["weight_decay"] != 0 for c in cells)
         self.shared_momentum = momenta.pop() if len(momenta) == 1 else None
-        self.folded = folded  # the first `folded` params may take their step in the backward
+        self.fold = fold  # SGD steps the weights in the backward (SGDLinear)
 
     @torch.no_grad()
     def step_with_product(self, k: int, a: torch.Tensor, b: torch.Tensor) -> None:
@@ -220,7 +220,7 @@ class Stack:
         # SGD steps the weights in the backward (SGDLinear); bf16's weights see autocast's casts
         fold = self.cfg["optimizer"] == "sgd" and self.cfg["precision"] != "bf16"
         params = [*self.w, *self.b, *self.gamma, *self.beta]
-        self.optimizer = Optimizer(params, cells, device, len(self.w) if fold else 0)
+        self.optimizer = Optimizer(params, cells, device, fold)
 
     def step(self) -> None:
         self.optimizer.step()
@@ -228,7 +228,7 @@ class Stack:
     def linear(self, i: int, h: torch.Tensor) -> torch.Tensor:
         """Layer i's h @ w + b; while training with SGD, the backward also steps w (not under
         torch.compile, which gets the plain product and leaves the step to Optimizer.step)."""
-        if self.optimizer.folded and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        if self.optimizer.fold and torch.is_grad_enabled() and not torch.compiler.is_compiling():
             return SGDLinear.apply(h, self.w[i], self.b[i][:, None], self.optimizer, i)
         return torch.baddbmm(self.b[i][:, None], h, self.w[i])
 

@@ -15,7 +15,6 @@ On CUDA the default mode is "reduce-overhead", which replays the step as CUDA gr
 from __future__ import annotations
 
 import argparse
-import csv
 import platform
 import sys
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from throughput import WORKLOADS, sync  # noqa: E402
+from throughput import WORKLOADS, append_row, sync  # noqa: E402
 
 from ablate import data as datasets  # noqa: E402
 from ablate import engine, fused, loop, models, rng  # noqa: E402
@@ -140,13 +139,7 @@ def main() -> int:
             eager_first_steps_s=round(runs["eager"][0][1], 2),
             max_rel_loss_diff=f"{drift:.2e}",
         )
-        new = not Path(args.csv).exists()
-        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.csv, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                w.writeheader()
-            w.writerow(row)
+        append_row(args.csv, row)
         print(f"appended to {args.csv}")
     return 0
 

@@ -20,7 +20,6 @@ the machine meanwhile: OpenMP threads collapse on a taken core.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import platform
 import subprocess
@@ -32,7 +31,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from throughput import WORKLOADS, flops_per_sample, measured_peak, tutorial_epoch  # noqa: E402
+from throughput import (  # noqa: E402
+    WORKLOADS,
+    append_row,
+    flops_per_sample,
+    measured_peak,
+    tutorial_epoch,
+)
 
 from ablate import data as datasets  # noqa: E402
 
@@ -129,13 +134,7 @@ def main():
             roofline_s=round(roofline, 1),
             agreement=agreement,
         )
-        path = Path(args.csv)
-        new = not path.exists()
-        with path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        append_row(args.csv, row)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ losses drift apart (the same sums, rounded in another order).
 from __future__ import annotations
 
 import argparse
-import csv
 import platform
 import statistics
 import sys
@@ -28,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from compile import WARMUP, step_loss, train  # noqa: E402
-from throughput import WORKLOADS  # noqa: E402
+from throughput import WORKLOADS, append_row  # noqa: E402
 
 from ablate import data as datasets  # noqa: E402
 from ablate import engine, fused, loop, models  # noqa: E402
@@ -47,8 +46,8 @@ def group(name: str, g: int, sets: dict, device, data, folded: bool):
     nets = [models.build(model, c.config, data.shape, data.classes, c.seed).to(dtype) for c in cs]
     stack = fused.Stack(nets, device, cs)
     if not folded:
-        stack.optimizer.folded = 0
-    elif not stack.optimizer.folded:
+        stack.optimizer.fold = False
+    elif not stack.optimizer.fold:
         raise SystemExit("this cell's weights step after the backward anyway (Adam or bf16)")
     steps = [0]  # the weight steps taken in the backward
     taken = stack.optimizer.step_with_product
@@ -124,13 +123,7 @@ def main() -> int:
             in_backward_speedup=round(speedup, 3),
             max_rel_loss_diff=f"{drift:.2e}",
         )
-        new = not Path(args.csv).exists()
-        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.csv, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        append_row(args.csv, row)
         print(f"appended to {args.csv}")
     return 0
 

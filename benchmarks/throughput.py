@@ -78,6 +78,18 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def append_row(path: str | Path, row: dict) -> None:
+    """Append one row of figures to a CSV, writing its header first when the file is new."""
+    path = Path(path)
+    new = not path.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
 def flops_per_sample(model, cfg) -> float:
     """Training FLOPs per sample: 2 per multiply-add forward, 4 backward (input and weight grads);
     for a CNN, counted by torch's FlopCounterMode over one training step of the tutorial's model."""
