@@ -1,6 +1,13 @@
 """ablate: declare an ablation study in one file; train every seeded cell; report effects."""
 
+import os
+
 __version__ = "0.1.0"
+
+# cuBLAS reads this once, at the process's first GEMM on a GPU, so a deterministic run set up
+# later (engine.configure) would be too late for a notebook or a test that already multiplied;
+# a user's own value stays. ":4096:8" is cuBLAS's deterministic workspace.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 from .study import AblateError, Cell, Claim, Key, Study  # noqa: E402
 

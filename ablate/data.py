@@ -314,7 +314,7 @@ def to_float(data: Data, x: torch.Tensor, normalize: bool) -> torch.Tensor:
         if normalize:
             return (x.float() - data.mean) / data.std
         return x.to(torch.float32, copy=True)  # a copy: a model's in-place op must not reach data
-    x = x.float().div_(255)
+    x = torch.div(x, 255)  # float32, bitwise x.float() / 255, in one operation
     if normalize:
         shape = (-1, 1, 1)
         x = (x - data.mean.view(shape)) / data.std.view(shape)

@@ -7,7 +7,6 @@ study_code, which turns its failures into one line naming the study file.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from contextlib import contextmanager
 
@@ -47,7 +46,6 @@ def pick_device(name: str | torch.device | None = "auto") -> torch.device:
 
 def configure(deterministic: bool) -> None:
     """fp32 everywhere (no TF32), and with `deterministic` the algorithms that repeat bitwise."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's deterministic mode
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cudnn.benchmark = not deterministic
@@ -71,13 +69,22 @@ def train_cell(
 
 
 def auto_group(cells: list[Cell], data: Data, device: torch.device, model="mlp") -> int:
-    """The default --max-group: on a GPU, what fits in half the free memory (parameters with
-    gradient and two optimizer states, activations of a batch and of an eval chunk kept for the
-    backward, the epoch's order); on a CPU 16: the reference MLP's groups (ReLU, batchnorm) ran
-    20k cell-samples/s at 5 cells, 26k at 10 and 27k at 16 on 2 cores (2026-12-05)."""
+    """The default --max-group: on a GPU, as many cells as cell_bytes says fit in half the free
+    memory; on a CPU 16: the reference MLP's groups (ReLU, batchnorm) ran 20k cell-samples/s at
+    5 cells, 26k at 10 and 27k at 16 on 2 cores (2026-12-05)."""
     if device.type != "cuda" or not cells:
         return 16
-    cfg = cells[0].config
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1, min(1024, free // 2 // cell_bytes(cells[0], data, model)))
+
+
+def cell_bytes(cell: Cell, data: Data, model="mlp") -> int:
+    """What one more cell adds to a fused group's peak memory on a GPU: its parameters and their
+    optimizer state (an MLP's SGD weights keep no gradient: fused.SGDLinear), a training batch's
+    activations kept for the backward and their gradients, two activations of an evaluation
+    chunk (no backward there; the chunk's input is shared by the cells), the epoch's order and
+    its hash."""
+    cfg = cell.config
     net = models.build(model, cfg, data.shape, data.classes, 0)
     params = sum(p.numel() for p in net.parameters())
     sizes = []
@@ -90,12 +97,13 @@ def auto_group(cells: list[Cell], data: Data, device: torch.device, model="mlp")
         net.eval()(torch.zeros(1, *data.shape))
     for h in hooks:
         h.remove()
-    acts = (cfg["batch_size"] + loop.EVAL_BATCH) * (
-        sum(sizes) * 2 + math.prod(data.shape)
-    )  # output and its grad
-    per_cell = 4 * params * 4 + acts * 4 + len(data.train_x) * 8 * 2
-    free, _ = torch.cuda.mem_get_info(device)
-    return max(1, min(1024, free // 2 // per_cell))
+    adam = cfg["optimizer"] == "adam"
+    copies = 1 + (cfg["momentum"] != 0 or adam) + adam + (adam or model != "mlp")
+    width = 8 if cfg["precision"] == "fp64" else 4
+    train = cfg["batch_size"] * (2 * sum(sizes) + math.prod(data.shape))
+    evaluate = loop.EVAL_BATCH * 2 * max(sizes)
+    order = len(data.train_x) * 8 * 3  # int64: the hashed counters, argsort's values and indices
+    return (params * copies + train + evaluate) * width + order
 
 
 _PROBLEMS: dict[tuple, str | None] = {}

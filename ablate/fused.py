@@ -13,12 +13,14 @@ runs the epochs; a group here only says how its forward and its optimizer step a
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 from collections.abc import Callable
 from dataclasses import replace
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
@@ -44,11 +46,30 @@ SHAPE_KEYS = (
 )
 
 
-def shape_key(cell: Cell) -> str:
+# keys a fused MLP group on a GPU may mix: each cell selects its own (Stack.activate and
+# Stack.normalize compute every variant), which costs little there against launching a group's
+# step once per variant
+SELECTED_KEYS = ("activation", "batchnorm")
+
+
+def shape_key(cell: Cell, device=None, model="mlp") -> str:
     """Cells with equal keys share every shape and loop bound, so they can train as one group.
-    A study's own keys count too: ablate cannot see what they change (a width, the data)."""
-    shared = {k: v for k, v in cell.config.items() if k in SHAPE_KEYS or k not in KEYS}
+    A study's own keys count too: ablate cannot see what they change (a width, the data). On a
+    GPU (`device`) an MLP's SELECTED_KEYS do not count (wide_groups)."""
+    wide = wide_groups(model, device)
+    shared = {
+        k: v
+        for k, v in cell.config.items()
+        if (k in SHAPE_KEYS or k not in KEYS) and not (wide and k in SELECTED_KEYS)
+    }
     return json.dumps(shared, sort_keys=True, default=list)
+
+
+def wide_groups(model, device) -> bool:
+    """Whether cells that differ in activation or batchnorm train as one group: a built-in MLP
+    on a GPU. On 2 CPU cores computing every variant for every cell costs more than it saves
+    (README, "Groups")."""
+    return model == "mlp" and device is not None and torch.device(device).type == "cuda"
 
 
 def can_fuse(cells: list[Cell], model, device="cpu") -> bool:
@@ -58,7 +79,7 @@ def can_fuse(cells: list[Cell], model, device="cpu") -> bool:
     long as its cells one by one (grouped convolutions are slow there), so CPUs keep those on
     the plain path; on a GPU fusing removes the kernel launches per cell."""
     fits = model == "mlp" or torch.device(device).type == "cuda"
-    return fits and len({shape_key(c) for c in cells}) == 1
+    return fits and len({shape_key(c, device, model) for c in cells}) == 1
 
 
 def vmap_problem(model, cell: Cell, shape: tuple, classes: int) -> str | None:
@@ -102,13 +123,26 @@ def group(cells: list[Cell], data: Data, device, model: str = "mlp") -> Stack | 
 def train(
     cells: list[Cell], data: Data, device, on_epoch: Callable | None = None, model: str = "mlp"
 ) -> list[list[dict]]:
-    """Train the cells as one fused group; rows per cell, as loop.train returns them."""
+    """Train the cells as one fused group; rows per cell, as loop.train returns them. A group
+    mixing batchnorm whose epochs end in a batch of one trains as two (loop.epoch_end: cells
+    with batchnorm skip that sample, the others train on it)."""
+    normed = [c.config["batchnorm"] for c in cells]
+    n = min(cells[0].config["train_subset"] or len(data.train_x), len(data.train_x))
+    size = cells[0].config["batch_size"]
+    if len(set(normed)) > 1 and loop.epoch_end(n, size, True) != n:
+        rows = {}
+        for flag in (False, True):
+            part = [c for c, b in zip(cells, normed, strict=True) if b == flag]
+            trained = train(part, data, device, on_epoch, model)
+            rows.update(zip((c.id for c in part), trained, strict=True))
+        return [rows[c.id] for c in cells]
     return loop.train(group(cells, data, device, model), cells, data, device, on_epoch)
 
 
 class Optimizer:
-    """SGD (momentum, weight decay) and Adam with per-cell hyperparameters on [G, ...] parameters,
-    as torch.optim computes them for each cell alone."""
+    """SGD (momentum, weight decay) and Adam with per-cell hyperparameters on [G, ...] parameters
+    (or [G * W] ones, a cell's W values side by side), as torch.optim computes them for each cell
+    alone."""
 
     def __init__(self, params: list[torch.Tensor], cells: list[Cell], device, fold=False):
         def column(key):
@@ -116,13 +150,21 @@ class Optimizer:
             return torch.tensor(values, device=device, dtype=params[0].dtype)
 
         self.params, self.kind, self.step_n = params, cells[0].config["optimizer"], 0
-        self.lr, self.momentum, self.wd = column("lr"), column("momentum"), column("weight_decay")
-        self.state = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
+        lr, momentum, wd = column("lr"), column("momentum"), column("weight_decay")
+        # each hyperparameter shaped to each parameter once: a view per step is an operation
+        self.hyper = [tuple(_per_cell(v, p) for v in (lr, momentum, wd)) for p in params]
+        self.lr = lr
         momenta = {c.config["momentum"] for c in cells}  # from the configs: no device sync
         self.any_momentum = momenta != {0}
+        adam = self.kind == "adam"  # SGD keeps one buffer where it has momentum, none without
+
+        def buffer(p, needed):
+            return torch.zeros_like(p) if needed else None
+
+        self.state = [(buffer(p, adam or self.any_momentum), buffer(p, adam)) for p in params]
         self.any_wd = any(c.config["weight_decay"] != 0 for c in cells)
         self.shared_momentum = momenta.pop() if len(momenta) == 1 else None
-        self.fold = fold  # SGD steps the weights in the backward (SGDLinear)
+        self.fold = fold  # SGD steps the weights and biases in the backward (SGDLinear)
 
     @torch.no_grad()
     def step_with_product(self, k: int, a: torch.Tensor, b: torch.Tensor) -> None:
@@ -134,50 +176,67 @@ class Optimizer:
         for 10 cells from 13.1 to 12.0 ms (benchmarks/sgd_step.py), memory traffic the bound.
         The same sums as torch.optim.SGD's, m = momentum * m + (gradient + wd * p), in another
         order."""
-        p, (m1, _) = self.params[k], self.state[k]
-        shape = (-1, 1, 1)
+        p, (m1, _), (lr, momentum, wd) = self.params[k], self.state[k], self.hyper[k]
         if not self.any_momentum:  # p - lr * (ab + wd * p) = p * (1 - lr * wd) - lr * ab
             if self.any_wd:
-                p.mul_(1 - self.lr.view(shape) * self.wd.view(shape))
-            p.baddbmm_(a, b * -self.lr.view(shape))
+                p.mul_(1 - lr * wd)
+            p.baddbmm_(a, b * -lr)
             return
         if self.shared_momentum is not None:
             m1.baddbmm_(a, b, beta=self.shared_momentum)
         else:
-            m1.mul_(self.momentum.view(shape)).baddbmm_(a, b)
+            m1.mul_(momentum).baddbmm_(a, b)
         if self.any_wd:
-            m1.addcmul_(self.wd.view(shape), p)
-        p.addcmul_(self.lr.view(shape), m1, value=-1)
+            m1.addcmul_(wd, p)
+        p.addcmul_(lr, m1, value=-1)
+
+    @torch.no_grad()
+    def step_one(self, k: int, g: torch.Tensor) -> None:
+        """SGD's step for params[k] given its gradient g (a bias's, in the backward); g may be
+        overwritten."""
+        p, (m1, _), (lr, momentum, wd) = self.params[k], self.state[k], self.hyper[k]
+        if self.any_wd:
+            g = g.addcmul_(wd, p)
+        if self.any_momentum:  # m = g + momentum * m in one pass
+            g = torch.addcmul(g, m1, momentum, out=m1)
+        p.addcmul_(lr, g, value=-1)
 
     @torch.no_grad()
     def step(self) -> None:
         self.step_n += 1
-        for p, (m1, m2) in zip(self.params, self.state, strict=True):
+        for k, (p, (m1, m2)) in enumerate(zip(self.params, self.state, strict=True)):
             if p.grad is None:  # stepped in the backward (SGDLinear)
                 continue
-            shape = (-1,) + (1,) * (p.dim() - 1)
-            g = p.grad.addcmul_(self.wd.view(shape), p) if self.any_wd else p.grad
             if self.kind == "sgd":
-                if self.any_momentum:  # m = g + momentum * m in one pass
-                    g = torch.addcmul(g, m1, self.momentum.view(shape), out=m1)
-                p.addcmul_(self.lr.view(shape), g, value=-1)
+                self.step_one(k, p.grad)
             else:
+                lr, _, wd = self.hyper[k]
+                g = p.grad.addcmul_(wd, p) if self.any_wd else p.grad
                 b1, b2 = ADAM_BETAS
                 m1.lerp_(g, 1 - b1)
                 m2.mul_(b2).addcmul_(g, g, value=1 - b2)
                 denom = (m2.sqrt() / math.sqrt(1 - b2**self.step_n)).add_(ADAM_EPS)
-                p.sub_((self.lr / (1 - b1**self.step_n)).view(shape) * m1 / denom)
+                p.sub_(lr / (1 - b1**self.step_n) * m1 / denom)
             p.grad = None
 
 
+def _per_cell(column: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """A [G] column shaped to broadcast over p: [G, 1, ...] for a [G, ...] parameter, each value
+    repeated W times for a flat [G * W] one."""
+    if p.shape[0] == len(column):
+        return column.view(-1, *[1] * (p.dim() - 1))
+    return column.repeat_interleave(p.numel() // len(column))
+
+
 class SGDLinear(torch.autograd.Function):
-    """baddbmm(b, h, w) whose backward takes w's SGD step itself (Optimizer.step_with_product)
-    after h's gradient is computed from the old w; w's own gradient is never stored."""
+    """baddbmm(b, h, w) whose backward takes w's and b's SGD steps itself (Optimizer's
+    step_with_product and step_one) after h's gradient is computed from the old w; neither
+    gradient is stored."""
 
     @staticmethod
-    def forward(ctx, h, w, b, optimizer: Optimizer, k: int):
+    def forward(ctx, h, w, b, optimizer: Optimizer, k: int, kb: int):
         ctx.save_for_backward(h, w)
-        ctx.optimizer, ctx.k = optimizer, k
+        ctx.optimizer, ctx.k, ctx.kb = optimizer, k, kb
         return torch.baddbmm(b, h, w)
 
     @staticmethod
@@ -185,86 +244,181 @@ class SGDLinear(torch.autograd.Function):
         h, w = ctx.saved_tensors
         dh = torch.bmm(grad, w.transpose(1, 2)) if ctx.needs_input_grad[0] else None
         ctx.optimizer.step_with_product(ctx.k, h.transpose(1, 2), grad)
-        return dh, None, grad.sum(1, keepdim=True), None, None
+        ctx.optimizer.step_one(ctx.kb, grad.sum(1, keepdim=True))
+        return dh, None, None, None, None, None
 
 
 class Stack:
-    """An MLP group's parameters as [G, ...] leaf tensors, plus batchnorm running stats; the
-    forward is baddbmm over the group, with each cell's dropout masks from its own keys."""
+    """An MLP group's parameters as [G, ...] leaf tensors (batchnorm's as [G * W], the layout
+    F.batch_norm takes), plus batchnorm running stats; the forward is baddbmm over the group,
+    with each cell's dropout masks from its own keys, drawn for all layers in one hash.
+
+    Cells may differ in activation and in batchnorm (a GPU groups them: fused.shape_key): each
+    activation is computed and each cell selects its own, and a cell without batchnorm carries
+    an unused one (gamma 1, beta 0) whose output it does not select."""
 
     def __init__(self, nets: list[nn.Sequential], device, cells: list[Cell]):
         linears = [[m for m in net if isinstance(m, nn.Linear)] for net in nets]
-        norms = [[m for m in net if isinstance(m, nn.BatchNorm1d)] for net in nets]
+        normed = [any(isinstance(m, nn.BatchNorm1d) for m in net) for net in nets]
 
         def stacked(tensors, grad=True):
             joined = torch.stack([t.detach() for t in tensors]).to(device)
             return joined.requires_grad_() if grad else joined
 
-        layers, normed = range(len(linears[0])), range(len(norms[0]))
+        layers, g = range(len(linears[0])), len(cells)
         self.w = [stacked([net[i].weight.T for net in linears]) for i in layers]  # [G, in, out]
-        self.b = [stacked([net[i].bias for net in linears]) for i in layers]
-        self.gamma = [stacked([net[i].weight for net in norms]) for i in normed]
-        self.beta = [stacked([net[i].bias for net in norms]) for i in normed]
-        self.mean = [stacked([net[i].running_mean for net in norms], False) for i in normed]
-        self.var = [stacked([net[i].running_var for net in norms], False) for i in normed]
-        self.batchnorm = bool(norms[0])
-        self.cfg, self.dtype, g = cells[0].config, self.w[0].dtype, len(cells)
-        self.activation = models.ACTIVATIONS[self.cfg["activation"]]()
-        p = torch.tensor([c.config["dropout"] for c in cells], device=device, dtype=self.dtype)
-        self.dropout = bool((p > 0).any())
-        thresholds = [rng.threshold(c.config["dropout"]) for c in cells]
-        self.thresholds = torch.tensor(thresholds, device=device).view(g, 1, 1)
-        self.scale = (1.0 / (1.0 - p)).view(g, 1, 1)
+        self.b = [stacked([net[i].bias[None] for net in linears]) for i in layers]  # [G, 1, out]
+        self.dtype, self.cfg = self.w[0].dtype, cells[0].config
+        widths = [w.shape[2] for w in self.w[:-1]]
+        self.batchnorm = any(normed)
+        self.gamma, self.beta, self.mean, self.var = [], [], [], []
+        if self.batchnorm:
+            norms = [_norms(net, widths, self.dtype) for net in nets]
+            for i in range(len(widths)):
+                flat = [[t.detach().flatten() for t in n[i]] for n in norms]
+                for j, into in enumerate((self.gamma, self.beta, self.mean, self.var)):
+                    into.append(torch.cat([f[j] for f in flat]).to(device))
+            self.gamma = [t.requires_grad_() for t in self.gamma]
+            self.beta = [t.requires_grad_() for t in self.beta]
+        # which cells select batchnorm's output: None when all or none have it
+        self.normed = None
+        if self.batchnorm and not all(normed):
+            self.normed = torch.tensor(normed, device=device).view(g, 1, 1)
+        self.activations = _selections([c.config["activation"] for c in cells], device)
+        ps = [c.config["dropout"] for c in cells]
+        self.dropout = any(p > 0 for p in ps)
+        self.cutoffs = rng.cutoffs(ps, device)  # [G, 1]
+        self.scale = torch.tensor([1 / (1 - p) for p in ps], device=device, dtype=self.dtype)
+        self.scale = self.scale.view(g, 1)
         seeds = torch.tensor([[c.seed_for("dropout")] for c in cells], device=device)
-        self.layer_keys = [rng.key(seeds, rng.DROPOUT, i) for i in range(len(self.cfg["hidden"]))]
+        self.layer_keys = rng.key(seeds, rng.DROPOUT, torch.arange(len(widths), device=device))
+        self.widths, self.keys, self.device = widths, None, torch.device(device)
         # SGD steps the weights in the backward (SGDLinear); bf16's weights see autocast's casts
         fold = self.cfg["optimizer"] == "sgd" and self.cfg["precision"] != "bf16"
         params = [*self.w, *self.b, *self.gamma, *self.beta]
         self.optimizer = Optimizer(params, cells, device, fold)
+        self.graphable = fold  # SGD keeps no host-side state a replayed step would freeze
+        self.counters: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def step(self) -> None:
         self.optimizer.step()
 
-    def linear(self, i: int, h: torch.Tensor) -> torch.Tensor:
-        """Layer i's h @ w + b; while training with SGD, the backward also steps w (not under
-        torch.compile, which gets the plain product and leaves the step to Optimizer.step)."""
-        if self.optimizer.fold and torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            return SGDLinear.apply(h, self.w[i], self.b[i][:, None], self.optimizer, i)
-        return torch.baddbmm(self.b[i][:, None], h, self.w[i])
+    def begin_epoch(self, first_step: int, steps: int) -> None:
+        """Hash the epoch's dropout keys, [steps, G, layers], in one go: training forward t of
+        the epoch draws with keys[t], as rng.key(layer key, first_step + t) would. Filled in
+        place, so a captured CUDA graph reads each epoch's."""
+        if not self.dropout:
+            return
+        at = torch.arange(first_step, first_step + steps, device=self.device).view(-1, 1, 1)
+        keys = rng.int32(rng.key(self.layer_keys[None], at))
+        if self.keys is None or self.keys.shape != keys.shape:
+            self.keys = keys
+        else:
+            self.keys.copy_(keys)
 
-    def forward(self, x: torch.Tensor, train: bool, step: int) -> torch.Tensor:
-        """x [G or 1, B, C, H, W] -> logits [G, B, classes]."""
-        h = x.flatten(2).expand(len(self.w[0]), -1, -1).to(self.dtype)
+    def linear(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        """Layer i's h @ w + b; while training with SGD, the backward also steps w and b (not
+        under torch.compile, which gets the plain product and leaves the step to
+        Optimizer.step)."""
+        if self.optimizer.fold and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            n = len(self.w)
+            return SGDLinear.apply(h, self.w[i], self.b[i], self.optimizer, i, n + i)
+        return torch.baddbmm(self.b[i], h, self.w[i])
+
+    def forward(self, x: torch.Tensor, train: bool, step: torch.Tensor) -> torch.Tensor:
+        """x [G or 1, B, C, H, W] -> logits [G, B, classes]; `step` ([1], on the device) is the
+        training forward's index in the epoch begin_epoch hashed."""
+        g, b = len(self.w[0]), x.shape[1]
+        h = x.view(x.shape[0], b, -1)
+        if h.shape[0] != g:
+            h = h.expand(g, -1, -1)
+        h = h.to(self.dtype)
+        masks = self.masks(step, b) if train and self.dropout else None
         for i in range(len(self.w) - 1):
             h = self.linear(i, h)
             if self.gamma:  # in the weights' dtype: under bf16 autocast the statistics stay fp32
                 h = self.normalize(i, h.to(self.gamma[i].dtype), train)
-            h = self.activation(h)
-            if train and self.dropout:
-                g, b, w = h.shape
-                draws = rng.uniform24(rng.key(self.layer_keys[i], step), b * w, h.device)
-                keep = (draws.view(g, b, w) >= self.thresholds).to(h.dtype).mul_(self.scale)
-                h = h * keep  # one product to differentiate, not two: the same bits
+            h = self.activate(h)
+            if masks is not None:
+                h = h * masks[i].view(g, b, -1)
         return self.linear(len(self.w) - 1, h)
 
+    def masks(self, step: torch.Tensor, b: int) -> tuple[torch.Tensor, ...]:
+        """Every layer's dropout keep-and-scale mask for a batch of b, [G, b * width] each, from
+        one hash over all layers' counters: bitwise rng.uniform24(key, b * width) >= threshold
+        per layer, as models.Dropout draws alone."""
+        if b not in self.counters:  # held here: a captured graph reads them where they are
+            self.counters[b] = _counters(b, tuple(self.widths), self.device)
+        counters, layer_of = self.counters[b]
+        k = self.keys.index_select(0, step)  # [1, G, layers]
+        if len(self.widths) > 1:
+            k = k.index_select(2, layer_of)
+        keep = rng.above(k, counters, self.cutoffs) * self.scale
+        return keep.view(len(self.w[0]), -1).split([b * w for w in self.widths], 1)
+
+    def activate(self, h: torch.Tensor) -> torch.Tensor:
+        """Each cell's activation: one call where the group shares it, else each computed and
+        selected per cell."""
+        (first, _), *others = self.activations
+        out = first(h)
+        for act, chosen in others:
+            out = torch.where(chosen, act(h), out)
+        return out
+
     def normalize(self, i: int, h: torch.Tensor, train: bool) -> torch.Tensor:
-        """Batchnorm layer i: batch statistics in training (updating the running ones, as
-        nn.BatchNorm1d does), the running ones in evaluation."""
-        if train:  # the variance as the mean square of the centred values: 2.4x faster than var()
-            mean = h.mean(1, keepdim=True)
-            centred = h - mean
-            var = centred.square().mean(1, keepdim=True)
-            n = h.shape[1]
-            with torch.no_grad():
-                self.mean[i].lerp_(mean.detach()[:, 0], BN_MOMENTUM)
-                unbiased = (
-                    var.detach()[:, 0] * n / max(n - 1, 1)
-                )  # the running variance is unbiased
-                self.var[i].lerp_(unbiased, BN_MOMENTUM)
-            centred = centred * torch.rsqrt(var + BN_EPS)
-        else:
-            centred = (h - self.mean[i][:, None]) * torch.rsqrt(self.var[i][:, None] + BN_EPS)
-        return centred * self.gamma[i][:, None] + self.beta[i][:, None]
+        """Batchnorm layer i as nn.BatchNorm1d computes it per cell: F.batch_norm on the
+        [B, G * W] layout (batch statistics and the running ones' update in training, the
+        running ones in evaluation); cells without batchnorm keep h."""
+        g, b, w = h.shape
+        flat = h.transpose(0, 1).reshape(b, g * w)
+        out = (
+            F.batch_norm(
+                flat,
+                self.mean[i],
+                self.var[i],
+                self.gamma[i],
+                self.beta[i],
+                train,
+                BN_MOMENTUM,
+                BN_EPS,
+            )
+            .view(b, g, w)
+            .transpose(0, 1)
+        )
+        return out if self.normed is None else torch.where(self.normed, out, h)
+
+
+def _norms(net: nn.Sequential, widths: list[int], dtype) -> list[tuple[torch.Tensor, ...]]:
+    """Each layer's batchnorm (gamma, beta, running mean, running variance); an MLP without
+    batchnorm gets nn.BatchNorm1d's initial ones, which its cell never selects."""
+    found = [m for m in net if isinstance(m, nn.BatchNorm1d)]
+    if not found:
+        found = [nn.BatchNorm1d(w).to(dtype) for w in widths]
+    return [(m.weight, m.bias, m.running_mean, m.running_var) for m in found]
+
+
+def _selections(names: list[str], device) -> list[tuple[nn.Module, torch.Tensor | None]]:
+    """The group's activations, each with the [G, 1, 1] mask of the cells that take it (the
+    first, computed everywhere, needs none)."""
+    distinct = list(dict.fromkeys(names))
+    return [
+        (
+            models.ACTIVATIONS[name](),
+            torch.tensor([n == name for n in names], device=device).view(-1, 1, 1),
+        )
+        for name in distinct
+    ]
+
+
+@functools.lru_cache(maxsize=8)
+def _counters(b: int, widths: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a batch of b: every layer's hashed counters 0..b*width-1 side by side (int32), and
+    which layer each position belongs to (int64)."""
+    counters = torch.cat([rng.counters32(b * w, device) for w in widths])
+    layer_of = torch.cat(
+        [torch.full((b * w,), i, dtype=torch.int64, device=device) for i, w in enumerate(widths)]
+    )
+    return counters, layer_of
 
 
 class Vmapped:

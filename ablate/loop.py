@@ -17,7 +17,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from . import models, rng
+from . import graphs, models, rng
 from .data import Data, hflip, to_float
 from .study import Cell
 
@@ -140,7 +140,7 @@ def cell_losses(logits: torch.Tensor, y: torch.Tensor, name: str, reduction: str
     The gradient is the same either way."""
     g, b, c = logits.shape
     if g == 1:
-        return criterion(logits[0], y[0], name, reduction)[None]
+        return criterion(logits[0], y.reshape(b), name, reduction)[None]
     per_sample = criterion(logits.reshape(g * b, c), y.reshape(g * b), name, "none").view(g, b)
     return per_sample.mean(1) if reduction == "mean" else per_sample.sum(1)
 
@@ -154,10 +154,12 @@ def normalization(cfgs: list[dict], device) -> bool | torch.Tensor:
     return torch.tensor(norm, device=device).view(-1, 1, 1, 1, 1)
 
 
-def take(source: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """source[idx] for an index [G, B]: index_select on the flat index, 10x faster than advanced
-    indexing on a CPU (8 against 80 us for 10 reference batches)."""
-    return source.index_select(0, idx.reshape(-1)).view(*idx.shape, *source.shape[1:])
+def take(source: torch.Tensor, idx: torch.Tensor, shape: tuple | None = None) -> torch.Tensor:
+    """source[idx] for an index of any shape, as `shape` + a sample's shape (default idx's):
+    index_select on the flat index, 10x faster than advanced indexing on a CPU (8 against 80 us
+    for 10 reference batches)."""
+    shape = idx.shape if shape is None else shape
+    return source.index_select(0, idx.reshape(-1)).view(*shape, *source.shape[1:])
 
 
 def prepare(
@@ -216,38 +218,25 @@ def train(
 
 
 def _epochs(group, cells, cfgs, data, device, on_epoch, trace) -> list[list[dict]]:
-    cfg, dtype = cfgs[0], DTYPES[cfgs[0]["precision"]]
-    # one host-to-device copy: the order's seeds and the flips', [G, 1] each
-    seeds = torch.tensor([[c.seed_for("order"), c.seed_for("flip")] for c in cells], device=device)
-    order_seeds, flip_seeds = seeds[:, :1], seeds[:, 1:]
-    n = min(cfg["train_subset"] or len(data.train_x), len(data.train_x))
-    size = cfg["batch_size"]
-    end = epoch_end(n, size, group.batchnorm)
-    norm = normalization(cfgs, device)
-    flip_on = torch.tensor([c["hflip"] for c in cfgs], device=device)[:, None]
-    any_flip = any(c["hflip"] for c in cfgs)
+    cfg = cfgs[0]
+    batches = Batches(cells, data, group.batchnorm, device)
+    step = Step(group, data, cfgs, batches, trace)
+    full = graphs.Replayed(step.full) if graphs.wanted(group, device, trace) else step.full
     rows: list[list[dict]] = [[] for _ in cells]
-    alive, step = [True] * len(cells), 0
+    alive, first = [True] * len(cells), 0
     for epoch in range(1, cfg["epochs"] + 1):
         start = time.perf_counter()
-        order = epoch_order(order_seeds, epoch, n, device)  # [G, n]
-        flips = epoch_flips(flip_seeds, epoch, n, device) & flip_on if any_flip else None
-        total = torch.zeros(len(cells), device=device, dtype=dtype)
-        for i in range(0, end, size):
-            idx = order[:, i : i + size]
-            part = None if flips is None else flips[:, i : i + size]
-            x = prepare(data, take(data.train_x, idx), norm, part)
-            with autocast(cfg["precision"], device):
-                logits = group.forward(x, True, step)
-            loss = cell_losses(logits.to(dtype), take(data.train_y, idx), cfg["loss"], "mean")
-            loss.sum().backward()  # cells are independent: each gets the gradient of its own loss
-            group.step()
-            total += loss.detach()  # summed on the device: one sync per epoch, not per step
-            step += 1
-            if trace is not None:
-                trace.append(loss.tolist())
-        train_loss = [t / math.ceil(end / size) for t in total.tolist()]
-        test_loss, test_acc = evaluate(group, data, cfgs, norm)
+        batches.draw(epoch)
+        if hasattr(group, "begin_epoch"):  # fused.Stack hashes the epoch's dropout keys
+            group.begin_epoch(first, batches.steps)
+        step.begin()
+        for _ in range(batches.full):
+            full()
+        if batches.tail:
+            step.last()
+        first += batches.steps
+        train_loss = [t / batches.steps for t in step.total.tolist()]
+        test_loss, test_acc = evaluate(group, data, cfgs, step.norm)
         seconds = time.perf_counter() - start
         for j, cell in enumerate(cells):
             if alive[j]:
@@ -259,6 +248,96 @@ def _epochs(group, cells, cfgs, data, device, on_epoch, trace) -> list[list[dict
         if not any(alive):
             break
     return rows
+
+
+class Batches:
+    """An epoch's sample order, labels and flips for a group, [G, n] each, in buffers that keep
+    their place on the device (a captured CUDA graph reads them), with every full batch's rows
+    as a [steps, G, B] view: the step at index t takes its batch with one index_select."""
+
+    def __init__(self, cells: list[Cell], data: Data, batchnorm: bool, device):
+        cfg = cells[0].config
+        # one host-to-device copy: the order's seeds and the flips', [G, 1] each
+        seeds = [[c.seed_for("order"), c.seed_for("flip")] for c in cells]
+        seeds = torch.tensor(seeds, device=device)
+        self.order_seeds, self.flip_seeds = seeds[:, :1], seeds[:, 1:]
+        self.data, self.device, self.size = data, device, cfg["batch_size"]
+        self.n = min(cfg["train_subset"] or len(data.train_x), len(data.train_x))
+        self.end = epoch_end(self.n, self.size, batchnorm)
+        self.full, self.tail = divmod(self.end, self.size)
+        self.steps = self.full + bool(self.tail)
+        self.flip_on = torch.tensor([c.config["hflip"] for c in cells], device=device)[:, None]
+        self.any_flip = any(c.config["hflip"] for c in cells)
+        g = len(cells)
+        self.order = torch.empty(g, self.n, dtype=torch.int64, device=device)
+        self.labels = torch.empty(g, self.n, dtype=data.train_y.dtype, device=device)
+        self.flips = torch.empty(g, self.n, dtype=torch.bool, device=device)
+
+    def draw(self, epoch: int) -> None:
+        """This epoch's order (and labels in that order) and flips, into the buffers."""
+        self.order.copy_(epoch_order(self.order_seeds, epoch, self.n, self.device))
+        torch.index_select(self.data.train_y, 0, self.order.view(-1), out=self.labels.view(-1))
+        if self.any_flip:
+            flips = epoch_flips(self.flip_seeds, epoch, self.n, self.device)
+            torch.logical_and(flips, self.flip_on, out=self.flips)
+
+    def steps_view(self, buffer: torch.Tensor) -> torch.Tensor:
+        """The full batches' part of a [G, n] buffer as [full, G, B] (a view)."""
+        g, b = len(buffer), self.size
+        return buffer[:, : self.full * b].view(g, self.full, b).transpose(0, 1)
+
+    def last(self, buffer: torch.Tensor) -> torch.Tensor:
+        """The last, shorter batch's part of a buffer, [1, G, tail]."""
+        return buffer[None, :, self.full * self.size : self.end]
+
+
+class Step:
+    """One training step of a group, at the epoch's step index `t` (a [1] tensor on the
+    device, counted there): its batch, forward, loss, backward and optimizer step, and the
+    epoch's summed losses, with no host sync."""
+
+    def __init__(self, group, data: Data, cfgs: list[dict], batches: Batches, trace):
+        device = batches.device
+        self.group, self.data, self.batches, self.trace = group, data, batches, trace
+        self.cfg = cfgs[0]
+        self.dtype = DTYPES[self.cfg["precision"]]
+        self.norm = normalization(cfgs, device)
+        self.t = torch.zeros(1, dtype=torch.int64, device=device)
+        self.total = torch.zeros(len(cfgs), device=device, dtype=self.dtype)
+        self.ones = torch.ones(len(cfgs), device=device, dtype=self.dtype)
+        buffers = [batches.order, batches.labels, *[batches.flips][: batches.any_flip]]
+        self.views = [batches.steps_view(b) for b in buffers]
+
+    def begin(self) -> None:
+        self.t.zero_()
+        self.total.zero_()
+
+    def full(self) -> None:
+        """A full batch, the one at index t."""
+        idx, y, *flips = (v.index_select(0, self.t) for v in self.views)
+        self.run(idx, y, flips[0] if flips else None)
+
+    def last(self) -> None:
+        """The epoch's last, shorter batch."""
+        b = self.batches
+        parts = [b.last(buffer) for buffer in (b.order, b.labels, b.flips)]
+        self.run(parts[0], parts[1], parts[2] if b.any_flip else None)
+
+    def run(self, idx: torch.Tensor, y: torch.Tensor, flips: torch.Tensor | None) -> None:
+        """Train on the batch idx [1, G, B] (labels y, flips like idx)."""
+        g, b = idx.shape[1:]
+        flips = None if flips is None else flips.view(g, b)
+        x = prepare(self.data, take(self.data.train_x, idx, (g, b)), self.norm, flips)
+        with autocast(self.cfg["precision"], x.device):
+            logits = self.group.forward(x, True, self.t)
+        loss = cell_losses(logits.to(self.dtype), y, self.cfg["loss"], "mean")
+        loss.backward(self.ones)  # cells are independent: each gets the gradient of its own loss
+        self.group.step()
+        with torch.no_grad():
+            self.total.add_(loss)  # summed on the device: one sync per epoch, not per step
+            self.t.add_(1)
+        if self.trace is not None:
+            self.trace.append(loss.tolist())
 
 
 def _record(rows: list[dict], epoch, train_loss, test_loss, test_acc, seconds) -> bool:

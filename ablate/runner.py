@@ -132,13 +132,13 @@ def finished(path: Path) -> set[str]:
     return ids
 
 
-def groups(todo: list[Cell], max_group: int) -> list[list[Cell]]:
+def groups(todo: list[Cell], max_group: int, device=None, model="mlp") -> list[list[Cell]]:
     """The cells of each shape in as few groups of at most max_group as can be, their sizes as
     even as can be: 10 cells at 8 train as 5 + 5, not 8 + 2 (the cells of a small group each
-    pay more of its per-step overhead)."""
+    pay more of its per-step overhead). On a GPU an MLP's shape ignores fused.SELECTED_KEYS."""
     by_key: dict[str, list[Cell]] = {}
     for c in todo:
-        by_key.setdefault(fused.shape_key(c), []).append(c)
+        by_key.setdefault(fused.shape_key(c, device, model), []).append(c)
     chunks = []
     for cells in by_key.values():
         parts = -(-len(cells) // max_group)
@@ -308,7 +308,9 @@ def run(
             summary = Summary(len(cells), len(cells) - len(todo))
             max_group = max_group or pool.auto_group(todo)
             progress.start(len(cells), len(todo), f"{machine}, groups of up to {max_group}")
-            for group in reversed(groups(todo, max_group)):
+            # Ray's workers pick their own devices: only a local GPU groups wide
+            device = getattr(pool, "device", None)
+            for group in reversed(groups(todo, max_group, device, study.model)):
                 pool.submit(group)
             try:
                 while pool:

@@ -52,6 +52,7 @@ def train(loss_fn, s, opt, cs, data, steps: int, device) -> tuple[list[float], f
     seeds = torch.tensor([[c.seed] for c in cs], device=device)
     order = rng.permutation(rng.key(seeds, rng.ORDER, 1), len(data.train_x), device)
     losses, start, warm = [], time.perf_counter(), 0.0
+    s.begin_epoch(0, steps)  # the dropout keys of steps 0..steps-1, hashed once
     for i in range(steps):
         if i == WARMUP:
             sync(device)
@@ -62,7 +63,7 @@ def train(loss_fn, s, opt, cs, data, steps: int, device) -> tuple[list[float], f
         x = loop.prepare(data, data.train_x[idx], norm, None)
         # filled on the device: torch.tensor(i, device=...) copies from the host and, on a GPU,
         # waits for every queued kernel each step
-        step = torch.full((), i, dtype=torch.int64, device=device)
+        step = torch.full((1,), i, dtype=torch.int64, device=device)
         loss = loss_fn(s, x, data.train_y[idx], step)
         loss.sum().backward()
         opt.step()

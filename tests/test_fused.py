@@ -179,8 +179,52 @@ def test_bf16_autocasts_the_forward_and_stays_close_to_fp32(data_dir, variant):
         # the conftest stand-ins (1.04 before the fused batchnorm took the centred mean square)
         gap = abs(c[0]["test_acc"] - f[0]["test_acc"])
         assert gap <= 0.025, f"bf16 {c[0]['test_acc']:.4f} vs fp32 {f[0]['test_acc']:.4f}"
-    with loop.autocast("bf16", "cpu"):
-        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
+    assert products_dtypes(bf16, data) == {torch.bfloat16}
+
+
+@pytest.mark.parametrize("subset", [320, 321], ids=["even", "a-last-batch-of-one"])
+def test_cells_differing_in_activation_and_batchnorm_are_themselves_in_one_wide_group(subset):
+    # the group a GPU forms (fused.SELECTED_KEYS), trained here on the CPU in fp64: every cell
+    # selects its activation and its batchnorm; 321 samples end an epoch in a batch of one,
+    # which the batchnorm cells skip, so the group trains as two
+    data = load("digits", "cpu")
+    base = dict(hidden=(24, 16), dropout=0.3, hflip=True, lr=0.05, momentum=0.5, batch_size=32)
+    base = {**base, "epochs": 2, "train_subset": subset, "precision": "fp64"}
+    factors = dict(activation=["sigmoid", "relu", "tanh"], batchnorm=[False, True])
+    cs = cells(validate(Study(name="t", dataset="digits", base=base, factors=factors, seeds=2)))
+    assert fused.can_fuse(cs, "mlp", "cuda") and not fused.can_fuse(cs, "mlp", "cpu")
+    together = fused.train(cs, data, "cpu")
+    for cell, rows in zip(cs, together, strict=True):
+        alone = engine.train_cell(cell, data, "mlp", "cpu")
+        for key in ("train_loss", "test_loss"):
+            assert math.isclose(alone[-1][key], rows[-1][key], rel_tol=1e-10), (
+                cell.levels,
+                key,
+                alone[-1][key],
+                rows[-1][key],
+            )
+        assert alone[-1]["test_acc"] == rows[-1]["test_acc"]
+    assert len({r[-1]["train_loss"] for r in together}) == len(cs)
+
+
+def products_dtypes(cs, data) -> set:
+    """The dtypes of every layer's product inside a fused group's training forward, run as the
+    loop runs it (under loop.autocast): bf16 only where autocast reached Stack's baddbmm."""
+    stack = fused.group(cs, data, data.train_x.device)
+    seen, linear = set(), stack.linear
+
+    def recording(i, h):
+        out = linear(i, h)
+        seen.add(out.dtype)
+        return out
+
+    stack.linear = recording
+    cfgs = [c.config for c in cs]
+    x = loop.prepare(data, data.train_x[:4], loop.normalization(cfgs, data.train_x.device), None)
+    stack.begin_epoch(0, 1)
+    with loop.autocast(cs[0].config["precision"], data.train_x.device):
+        stack.forward(x, True, torch.zeros(1, dtype=torch.int64, device=data.train_x.device))
+    return seen
 
 
 CNN = (

@@ -61,3 +61,8 @@ def test_a_shapes_cells_split_into_the_fewest_groups_of_even_size():
     grouped = runner.groups(cells, 3)
     assert sorted(c.id for g in grouped for c in g) == sorted(c.id for c in cells)
     assert all(len({fused.shape_key(c) for c in g}) == 1 for g in grouped)
+    # on a GPU an MLP's activation does not split its groups (fused.SELECTED_KEYS): each cell
+    # selects its own there; a CPU keeps one shape a group
+    assert [len(g) for g in runner.groups(cells, 20, "cuda", "mlp")] == [20]
+    assert [len(g) for g in runner.groups(cells, 20, "cpu", "mlp")] == [10, 10]
+    assert [len(g) for g in runner.groups(cells, 20, "cuda", "cnn")] == [10, 10]
