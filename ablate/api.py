@@ -52,7 +52,8 @@ def run(
     (Ctrl-C) keeps the cells that finished and raises KeyboardInterrupt saying how many."""
     from . import runner, studyfile  # torch loads here, not for ablate.load
 
-    sets = [sets] if isinstance(sets, str) else list(sets)  # one "epochs=1" is one item
+    sets = [sets] if isinstance(sets, str) else sets  # one "epochs=1" is one item
+    _check_arguments(sets, seeds, max_group, deterministic, progress)
     study = studyfile.override(
         study if isinstance(study, Study) else studyfile.load(study), sets, seeds
     )
@@ -77,6 +78,30 @@ def run(
             "ablate.run again retries them"
         )
     return Results(path)
+
+
+def _check_arguments(sets, seeds, max_group, deterministic, progress) -> None:
+    """run's arguments of the types the CLI's options have: max_group=-3 or "2", seeds="3" and
+    deterministic="no" raised TypeErrors from deep inside, or ran as something else."""
+
+    def count(value, lo):
+        return value is None or (
+            isinstance(value, int) and not isinstance(value, bool) and value >= lo
+        )
+
+    if not isinstance(sets, (list, tuple)) or not all(isinstance(s, str) for s in sets):
+        raise AblateError(
+            f"ablate.run: sets={sets!r} is not allowed; expected 'key=value' strings, "
+            "e.g. sets=['epochs=1', 'lr=0.1']"
+        )
+    for name, value in (("max_group", max_group), ("seeds", seeds)):
+        if not count(value, 1):
+            raise AblateError(f"ablate.run: {name}={value!r} is not allowed; expected an int >= 1")
+    for name, value in (("deterministic", deterministic), ("progress", progress)):
+        if not isinstance(value, bool):
+            raise AblateError(
+                f"ablate.run: {name}={value!r} is not allowed; expected True or False"
+            )
 
 
 def _warn(message: str) -> None:

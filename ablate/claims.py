@@ -108,9 +108,10 @@ def claims(
             predicted = (np.nan, np.nan)
         kind, value = claim.get("kind", "point"), claim["value"]
         bound = kind in ("at_most", "at_least")
+        where = ", ".join(f"{k}={hashable(v)}" for k, v in claim["where"].items())
         rows.append(
             dict(
-                where=", ".join(f"{k}={hashable(v)}" for k, v in claim["where"].items()),
+                where=where,
                 claimed=value,
                 mean=mean,
                 ci_low=ci_low,
@@ -121,7 +122,8 @@ def claims(
                 runs_within=within(kind, value, runs) if bound else np.nan,
                 judged_by=JUDGED_BY[kind],
                 inside=holds(kind, value, runs, resolution),
-                source=claim.get("source", ""),
+                # the label the terminal and the claims chart show: a row's .where is pandas' method
+                source=claim.get("source") or where,
                 metric=claim.get("metric", "test_acc"),
                 epoch=claim.get("epoch"),
                 kind=kind,

@@ -335,19 +335,13 @@ def compare(
     the points; exit 1 when some point differs or diverged on one side only, 2 when they are
     not the same study."""
     from . import compare as comparing
-    from . import console, store
+    from . import console
 
     comparison = comparing.run(results_a, results_b, metric, margin, warn)
-    folder = out_dir or results_b / "_compare"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        csv = comparison.table.to_csv(index=False).encode()
-        store.atomic_write(folder / "compare.csv", lambda f: f.write(csv))
-    except OSError as e:
-        raise AblateError(f"{folder}: cannot write compare.csv ({e.strerror or e})") from None
+    csv = comparing.write(comparison, out_dir, results_b)  # --out: new, empty or ablate's
     out.print(console.compare_table(comparison))
     out.print(escape(comparison.sentence()), soft_wrap=True)  # one line, for grep and logs
-    out.print(f"compare: {folder / 'compare.csv'}", soft_wrap=True)
+    out.print(f"compare: {csv}", soft_wrap=True)
     if comparison.table["verdict"].isin(comparing.FAILED).any():
         raise typer.Exit(1)
 

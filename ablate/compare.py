@@ -14,6 +14,7 @@ to value: bitwise equal on one machine with --deterministic, within rounding on 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from scipy import stats as scipy_stats
 
 from . import stats, store, tables
 from .inference import ALPHA, LEVEL, holm, no_spread
-from .report import METRICS, dataset_sizes, in_design_order, setting
+from .report import METRICS, check_margin, dataset_sizes, in_design_order, setting, write_folder
 from .study import AblateError
 
 COLUMNS = (
@@ -242,11 +243,15 @@ def run(
     warn: Callable[[str], None] | None = None,
 ) -> Comparison:
     """Read, check and compare two results folders of one study."""
-    if margin is not None and not margin > 0:
-        raise AblateError(f"--margin {margin}: expected a positive difference in {metric}'s units")
+    check_margin(margin, metric)
     path_a, path_b = Path(path_a), Path(path_b)
     final_a, design_a = load(path_a, metric, warn)
     final_b, design_b = load(path_b, metric, warn)
+    if os.path.samefile(path_a, path_b):  # every point would agree with itself: no news
+        raise AblateError(
+            f"{path_a} and {path_b}: one folder on both sides; compare two runs of one study "
+            "(rerun it with another --out)"
+        )
     factors_a, factors_b = stats.factor_columns(final_a), stats.factor_columns(final_b)
     how = same_study(path_a, path_b, design_a, design_b, factors_a, factors_b)
     if clash := sorted(set(factors_a) & {*COLUMNS, "only", "lost"}):
@@ -262,3 +267,21 @@ def run(
             "compare"
         )
     return Comparison(table, factors_a, metric, margin, (str(path_a), str(path_b)), how)
+
+
+def write(comparison: Comparison, out: Path | None, path_b: Path) -> Path:
+    """compare.csv into `out` (default B/_compare) by report.write_folder's rule, the one for
+    every --out: a new or empty folder, or one ablate wrote, whose files the user added or
+    changed stay (one line names such a compare.csv, which was replaced without a word)."""
+    folder = Path(out) if out else Path(path_b) / "_compare"
+    csv = comparison.table.to_csv(index=False).encode()
+    by_place = folder == Path(path_b) / "_compare"  # one from before the marker: ablate's
+
+    def fill(tmp: Path) -> None:
+        (tmp / "compare.csv").write_bytes(csv)
+
+    try:
+        write_folder(folder, fill, ("compare.csv",), by_place, "comparison")
+    except store.StoreError as e:  # exit 2, as every mistake here: 1 says a point differs
+        raise AblateError(str(e)) from None
+    return folder / "compare.csv"

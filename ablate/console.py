@@ -9,6 +9,8 @@ from . import tables
 from .compare import FAILED
 from .page import chosen_by
 
+MAX_PLANNED = 100_000  # inference.seeds_needed counts up to 100,001 seeds; past them: inf
+
 
 def print_warnings(rep, out, warn) -> None:
     """The significant interactions, then effects that change sign, then failures that differ."""
@@ -76,7 +78,7 @@ def effects_table(rep, metric: str, margin: float | None) -> Table:
         )
     if rep.rule:
         notes.append(chosen_by(rep.rule).strip().rstrip("."))
-    if rep.effects["note"].str.contains("95% CI excludes").any():
+    if len(rep.effects) and rep.effects["note"].astype(str).str.contains("95% CI excludes").any():
         notes.append("†: the row's own CI excludes 0, but not after Holm")
     table.caption = "; ".join(notes)
     return table
@@ -105,7 +107,7 @@ def _verdict(row) -> str:
 
 
 def claim_line(claim) -> str:
-    name = escape(str(claim.source or claim.where))
+    name = escape(str(claim["source"] or claim["where"]))  # claim.where: a pandas method
 
     def value(number):
         return tables.number(number, claim.metric)
@@ -169,8 +171,11 @@ def plan_lines(cost: dict, halfwidth: float) -> list[str]:
     ]
     for name, said in (("observed", "at the observed spread"), ("upper", "at most")):
         plan = cost[name]
-        if plan["seeds"] is None:
-            lines.append(f"{said}: no finite count (an effect with no spread estimate)")
+        if plan["seeds"] is None:  # seeds_needed's inf: past the counts it looks at
+            lines.append(
+                f"{said}: more than {MAX_PLANNED:,} seeds for some effect to be within "
+                f"±{halfwidth:g}; plan for a wider half-width"
+            )
             continue
         lines.append(
             f"{said}: {plan['seeds']} seeds for every effect within ±{halfwidth:g}: "
@@ -187,7 +192,7 @@ def _number(value) -> str:
 def _count(value) -> str:
     if value != value:
         return ""
-    return "over 100000" if value == float("inf") else f"{value:.0f}"
+    return f"over {MAX_PLANNED}" if value == float("inf") else f"{value:.0f}"
 
 
 def _duration(hours: float) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gzip
+import hashlib
 import inspect
 import os
 from collections.abc import Callable, Mapping
@@ -24,7 +25,7 @@ from .sources import (
     torchvision_data,
 )
 from .sources import check_flips as check_flips  # re-exported: the runner's one import
-from .study import DATASET_SIZES
+from .study import DATASET_SIZES, AblateError
 
 # name -> (torchvision folder and class, the four IDX files)
 SOURCES = {
@@ -205,6 +206,29 @@ def _digits() -> Data:
     return _data("digits", x[:n], y[:n], x[n:], y[n:], "scikit-learn")
 
 
+# torchvision's MNIST family whose four files carry MNIST's names: read here, gzipped or not, as
+# dataset="mnist" reads them (torchvision wants them extracted and refused the .gz files)
+IDX_FAMILY = ("MNIST", "FashionMNIST", "KMNIST")
+
+
+def _torchvision_idx(name: str, data_dir: str | None) -> Data | None:
+    """torchvision:MNIST, FashionMNIST or KMNIST from <root>/NAME/raw/ (the four files, .gz or
+    not) under data_dir or $ABLATE_DATA_DIR, then the cache; None when not found there."""
+    folder = name.removeprefix(TORCHVISION)
+    given = data_dir or os.environ.get("ABLATE_DATA_DIR")
+    for root in ([Path(given)] if given else []) + [cache_dir()]:
+        raw = root / folder / "raw"
+        found = [
+            next((p for p in (raw / f, raw / (f + ".gz")) if p.is_file()), None) for f in FILES
+        ]
+        if folder in IDX_FAMILY and all(found):
+            train_x, train_y, test_x, test_y = (read_idx(p) for p in found)
+            return from_arrays(
+                name, (train_x, train_y, test_x, test_y), str(root), every_class=False
+            )
+    return None
+
+
 @functools.lru_cache(maxsize=4)
 def _load_cpu(name: str, data_dir: str | None) -> Data:
     if name == "xor":
@@ -214,7 +238,7 @@ def _load_cpu(name: str, data_dir: str | None) -> Data:
     if name == "cifar10":
         return _cifar10(data_dir)
     if name.startswith(TORCHVISION):
-        return torchvision_data(name, data_dir)
+        return _torchvision_idx(name, data_dir) or torchvision_data(name, data_dir)
     return _idx_set(name, data_dir)
 
 
@@ -265,6 +289,16 @@ def _name(dataset: Callable) -> str:
     return getattr(dataset, "__qualname__", None) or type(dataset).__qualname__
 
 
+def _line_in(error: BaseException, source: str) -> str:
+    """ ":N", the last line of the study file the error passed through, or ""."""
+    tb, line = error.__traceback__, ""
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == source:
+            line = f":{tb.tb_lineno}"
+        tb = tb.tb_next
+    return line
+
+
 def _frozen(value):
     """A hashable form of a config value, its type included (True, 1 and 1.0 are one dict key)."""
     if isinstance(value, Mapping):
@@ -300,6 +334,13 @@ def load_callable(
             raise DatasetError(
                 f"{source}: the dataset callable {_name(dataset)} called exit({e.code!r})"
             ) from None
+        except (KeyboardInterrupt, AblateError):
+            raise
+        except Exception as e:  # the user's code: one line, as a model callable's (not 40 frames)
+            raise DatasetError(
+                f"{source}{_line_in(e, source)}: the dataset callable {_name(dataset)} failed: "
+                f"{type(e).__name__}: {e}"
+            ) from None
         _CALLED[key] = from_arrays(_name(dataset), arrays, source)
     on = key + (torch.device(device),)
     if on not in _CALLED:
@@ -333,3 +374,14 @@ def study_data(dataset, own: Mapping, device, data_dir, source: str) -> Data:
     if callable(dataset):
         return load_callable(dataset, dict(own), torch.device(device), source)
     return load(dataset, device, data_dir)
+
+
+def fingerprint(d: Data) -> str:
+    """16 hex digits of sha256 over what a dataset callable returned, as trained on: the class
+    count, each split's dtype and shape and its bytes (a pass over data that fits in memory)."""
+    h = hashlib.sha256(f"{d.classes}".encode())
+    for t in (d.train_x, d.train_y, d.test_x, d.test_y):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()[:16]

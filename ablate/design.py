@@ -139,3 +139,22 @@ def _why_unlisted(manifest: dict) -> str:
 def design_ids(manifest: dict, seeds) -> set[str] | None:
     """The ids of the cells a manifest's design holds for `seeds`; None when it cannot say."""
     return Design.from_manifest(manifest).cell_ids(seeds)
+
+
+def chosen_halfwidths(rule: dict) -> str:
+    """The --until-halfwidth H that chose a folder's seeds, as the report names it: one H, or
+    each H with the seeds it chose ("0.02 (to 5 seeds), then 0.01 (to 9 seeds)"), from the
+    manifest's `by` (the H of each round; a record from before it: its one `halfwidth`)."""
+    rounds, by = rule.get("rounds"), rule.get("by")
+    chosen = []  # (H, the seeds of the last round it chose), one per run of equal H
+    if isinstance(rounds, list) and isinstance(by, list) and len(by) == len(rounds):
+        for h, seeds in zip(by, rounds, strict=True):
+            if isinstance(h, (int, float)) and not isinstance(h, bool):
+                if chosen and chosen[-1][0] == h:
+                    chosen[-1] = (h, seeds)
+                else:
+                    chosen.append((h, seeds))
+    if len(chosen) < 2:
+        h = rule.get("halfwidth")
+        return f"{h if isinstance(h, (int, float)) and not isinstance(h, bool) else 0:g}"
+    return ", then ".join(f"{h:g} (to {seeds} seeds)" for h, seeds in chosen)

@@ -59,6 +59,13 @@ def _is_num(v):
     return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
 
 
+INT64 = 2**63  # Parquet's ints: an own key's int past it crashed the store after training
+
+
+def _is_int64(v):
+    return _is_int(v) and -INT64 <= v < INT64
+
+
 BAD = object()  # a checker's answer for a value outside its key's range
 
 
@@ -199,17 +206,17 @@ OWN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # a Python identifier: config[
 # a plain default's type -> (the checker, what is allowed); tuples hold plain literals only
 OWN_TYPES = {
     bool: (_flag, "True or False"),
-    int: (lambda v: v if _is_int(v) else BAD, "an int"),
+    int: (lambda v: v if _is_int64(v) else BAD, "an int"),
     float: (lambda v: float(v) if _is_num(v) else BAD, "a number"),
     str: (lambda v: v if isinstance(v, str) else BAD, "a string"),
     tuple: (
         lambda v: (
             tuple(v)
             if isinstance(v, (tuple, list))
-            and all(x is None or type(x) in (bool, int, float, str) for x in v)
+            and all(x is None or _is_int64(x) or type(x) in (bool, float, str) for x in v)
             else BAD
         ),
-        "a tuple of numbers, strings, booleans or None",
+        "a tuple of numbers (ints within 64 bits), strings, booleans or None",
     ),
 }
 
@@ -236,7 +243,12 @@ def own_keys(keys: Any, src: str) -> dict[str, Key]:
                 f"{where}: default {key.default!r} is not allowed; expected True/False, an int, "
                 "a finite float, a string or a tuple of those"
             )
-        check = OWN_TYPES[kind][0]
+        check, allowed = OWN_TYPES[kind]
+        if check(key.default) is BAD:  # an int past 64 bits, alone or in a tuple
+            raise StudyError(
+                f"{where}: default {key.default!r} is not allowed; expected {allowed} within 64 "
+                "bits (-2**63 to 2**63 - 1, as Parquet stores it)"
+            )
         choices = None if key.choices is None else _own_choices(key.choices, check, where)
         if (key.lo is not None or key.hi is not None) and kind not in (int, float):
             raise StudyError(f"{where}: lo and hi bound numbers; its default is a {kind.__name__}")
@@ -270,6 +282,8 @@ def own_entry(key: Key) -> tuple[Any, Callable, str]:
         allowed = f"{allowed} from {key.lo} to {key.hi}"
     elif key.lo is not None or key.hi is not None:
         allowed = f"{allowed} >= {key.lo}" if key.lo is not None else f"{allowed} <= {key.hi}"
+    if type(key.default) is int and key.choices is None and (key.lo is None or key.hi is None):
+        allowed += " within 64 bits (-2**63 to 2**63 - 1, as Parquet stores it)"
 
     def check(value):
         value = typed(value)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from . import charts, stats, tables
-from .design import Design
+from .design import Design, chosen_halfwidths
 
 if TYPE_CHECKING:
     from .report import Report  # report.py imports this module to write the page
@@ -198,7 +198,7 @@ def chosen_by(rule: dict | None) -> str:
         return ""
     rounds = " -> ".join(str(r) for r in rule["rounds"])
     return (
-        f" Seeds chosen by --until-halfwidth {rule.get('halfwidth', 0):g}: rounds of {rounds} "
+        f" Seeds chosen by --until-halfwidth {chosen_halfwidths(rule)}: rounds of {rounds} "
         f"seeds (at most {rule.get('max_seeds')}), stopped on the intervals' width, not on "
         "their verdicts (simulated: the 95% intervals cover 95% of the time when several main "
         "effects share the rule, 90-92% when one effect decides it alone)."

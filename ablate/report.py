@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +23,7 @@ from .study import DATASET_SIZES, AblateError
 from .study import METRICS as KEY_METRICS
 
 REPORT = "_report"  # beside the rows, named so Parquet readers skip it (see store.py)
-MARKER = ".ablate-report"  # in a report folder: the files ablate wrote, the only ones it removes
+MARKER = ".ablate-report"  # in a report folder: each file ablate wrote with its sha256
 CHARTS = charts.NAMES
 
 
@@ -80,6 +84,7 @@ OURS = (
     *(f"{table}.{kind}" for table in ("effects", "summary") for kind in ("csv", "md", "tex")),
     "index.html",
 )
+NOISE = ("noise.png", "noise.svg", "noise.pdf", "noise.csv", "index.html")  # a noise report's
 
 
 def build(
@@ -110,8 +115,7 @@ def build(
         (folder / "index.html").write_text(page(rep, design, final, factors, metric, results))
 
     out = Path(out) if out else results / REPORT
-    # a default _report from before the marker: ablate's by its place; only its own names go
-    write_folder(out, fill, OURS if out == results / REPORT else ())
+    write_folder(out, fill, by_place=out == results / REPORT)
     rep.path = out
     rep.seconds = time.perf_counter() - start
     return rep
@@ -153,7 +157,7 @@ def _noise_report(df, design: Design, results: Path, out, metric: str, start: fl
         (folder / "index.html").write_text(noise.page(table, design, metric, results, folder))
 
     out = Path(out) if out else results / REPORT
-    write_folder(out, fill)
+    write_folder(out, fill, by_place=out == results / REPORT)
     n_cells, seeds = final["cell"].nunique(), sorted(df["seed"].unique())
     empty = pd.DataFrame()
     return Report(
@@ -170,8 +174,7 @@ def check_request(df, results: Path, metric: str, margin, halfwidth) -> None:
         )
     if metric not in METRICS or metric not in df.columns:
         raise AblateError(f"{results}: no metric '{metric}'; try {', '.join(METRICS)}")
-    if margin is not None and not margin > 0:
-        raise AblateError(f"--margin {margin}: expected a positive difference in {metric}'s units")
+    check_margin(margin, metric)
     if not halfwidth > 0:
         raise AblateError(
             f"--halfwidth {halfwidth}: expected a positive half-width in {metric}'s units"
@@ -180,6 +183,20 @@ def check_request(df, results: Path, metric: str, margin, halfwidth) -> None:
         raise store.StoreError(
             f"{results}: every one of its {df['cell'].nunique()} cells diverged; nothing to "
             "report (`ablate show` lists them)"
+        )
+
+
+def check_margin(margin: float | None, metric: str) -> None:
+    """A margin is a finite positive difference, below 1 for a fraction (accuracy): 1e300 was
+    taken and printed as a 300-digit number of points."""
+    if margin is None:
+        return
+    top = 1 if tables.is_fraction(metric) else float("inf")
+    if not 0 < margin < top:
+        below = " below 1 (a fraction: 0.01 is 1 point)" if top == 1 else ""
+        raise AblateError(
+            f"--margin {margin:.4g}: expected a positive, finite difference in {metric}'s "
+            f"units{below}"
         )
 
 
@@ -243,35 +260,157 @@ def _write_tables_and_charts(folder, rep: Report, df, final, factors, metric, ru
     rep.effects.to_csv(folder / "effects.csv", index=False)
 
 
-def write_folder(out: Path, fill: Callable[[Path], None], ours: tuple[str, ...] = ()) -> None:
+def write_folder(
+    out: Path,
+    fill: Callable[[Path], None],
+    names: tuple[str, ...] = (*OURS, *NOISE),
+    by_place: bool = False,
+    what: str = "report",
+) -> None:
     """Fill a report folder: fill(tmp) writes every file into a hidden folder beside `out`, then
-    each moves into place and files the last report wrote and this one did not are removed.
-    A full disk or a read-only folder stops it before `out` changes. `out` must be new, empty,
-    or ablate's (its MARKER lists what it wrote; `ours`: the names ablate may replace in a
-    report folder written before the marker existed)."""
-    marker = out / MARKER
+    each moves into place and the files the last report wrote and this one did not are removed.
+    A full disk, a read-only folder or a signal stops it before `out` changes, its temp folder
+    gone. `out` must be new, empty or ablate's, and a file there is replaced or removed only
+    where ablate wrote it: MARKER records each with its sha256 (owned). A file of the user's
+    where the report puts one is refused with one line naming it; a link is never written
+    through; nothing outside `out` is touched, whatever MARKER lists. `names`: what ablate may
+    have written in a folder from before the hashes, trusted by name in its place (`by_place`:
+    RESULTS/_report, RESULTS/_compare) or where an older MARKER lists them."""
+    mine = owned(out, names, by_place, what)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    store.clear_temporaries(out.parent, out.name)  # a killed (kill -9) report's
+    try:
+        with _signals_raise():
+            _fill_and_move(out, fill, mine, what)
+    except _Signalled as e:  # its temp folder removed: on to the default, which ends the process
+        signal.raise_signal(e.signum)
+        raise
+
+
+def _fill_and_move(out: Path, fill: Callable[[Path], None], mine: dict, what: str) -> None:
+    tmp = None
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+        fill(tmp)
+        new = {p.name: store.sha256(p) for p in sorted(tmp.iterdir())}
+        if theirs := [name for name in new if os.path.lexists(out / name) and name not in mine]:
+            raise store.StoreError(
+                f"{out / theirs[0]}: not a file ablate wrote (or changed since); the {what} "
+                "would replace it: move it aside or choose another --out",
+                code=2,
+            )
+        stale = [name for name in mine if name not in new]
+        out.mkdir(exist_ok=True)
+        # meanwhile each name holds its old file or its new one: a kill leaves both owned
+        both = {name: sorted({mine.get(name), digest} - {None}) for name, digest in new.items()}
+        _mark(out, {**{name: [mine[name]] for name in stale}, **both})
+        for name in new:
+            os.replace(tmp / name, out / name)
+        for name in stale:  # an earlier --metric's charts and tables
+            (out / name).unlink(missing_ok=True)
+        _mark(out, {name: [digest] for name, digest in new.items()})
+    except OSError as e:
+        raise store.StoreError(f"{out}: cannot write the {what} here ({e.strerror or e})") from None
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def owned(out: Path, names: tuple[str, ...], by_place: bool, what: str = "report") -> dict:
+    """The files in `out` that ablate wrote, each with its sha256 as it is now: those MARKER
+    records with that very hash, plain files inside `out`. `out` itself, or its MARKER, as a
+    link, and a folder holding anything but ablate's, are refused with one line."""
+    store.refuse_link(out)
     if out.exists() and not out.is_dir():
-        raise store.StoreError(f"{out}: exists and is not a folder; choose another --out", code=2)
-    if out.is_dir() and not marker.is_file() and not ours and any(out.iterdir()):
         raise store.StoreError(
-            f"{out}: not empty and not a report folder ablate wrote (no {MARKER}); choose a "
+            f"{out}: cannot write the {what} here: it exists and is not a folder; choose "
+            "another --out",
+            code=2,
+        )
+    marker = out / MARKER
+    store.refuse_link(marker)
+    if not out.is_dir():
+        return {}
+    if marker.is_file():
+        recorded = _recorded(marker, names)
+    elif by_place:  # a default _report from before the marker: ablate's by its place
+        recorded = dict.fromkeys(names)
+    elif any(out.iterdir()):
+        raise store.StoreError(
+            f"{out}: not empty and not a {what} folder ablate wrote (no {MARKER}); choose a "
             "new or empty --out",
             code=2,
         )
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    else:
+        recorded = {}
+    mine = {}
+    for name, digests in recorded.items():
+        file = out / name
+        if os.path.isfile(file) and not os.path.islink(file):
+            digest = store.sha256(file)
+            if digests is None or digest in digests:
+                mine[name] = digest
+    return mine
+
+
+def _recorded(marker: Path, names: tuple[str, ...]) -> dict:
+    """MARKER's {name: sha256s}: untrusted, so only plain names of files in the folder count
+    (`../thesis.tex` or `/home/x` listed deleted them before); a list of names (before the
+    hashes) counts only for the names ablate writes (`names`); anything else for nothing."""
     try:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        fill(tmp)
-        old = set(json.loads(marker.read_text())["files"]) if marker.is_file() else set(ours)
-        new = sorted(p.name for p in tmp.iterdir())
-        out.mkdir(exist_ok=True)
-        for name in new:
-            os.replace(tmp / name, out / name)
-        for name in old - set(new):  # an earlier --metric's charts and tables
-            (out / name).unlink(missing_ok=True)
-        store.atomic_write(marker, lambda f: f.write(json.dumps({"files": new}).encode()))
-    except OSError as e:
-        raise store.StoreError(f"{out}: cannot write the report here ({e.strerror or e})") from None
+        files = json.loads(marker.read_text()).get("files")
+    except (ValueError, OSError, AttributeError):
+        return {}
+    if isinstance(files, list):
+        return {name: None for name in files if isinstance(name, str) and name in names}
+    if not isinstance(files, dict):
+        return {}
+    return {
+        name: {d for d in digests if isinstance(d, str)}
+        for name, digests in files.items()
+        if _plain(name) and isinstance(digests, list)
+    }
+
+
+def _plain(name) -> bool:
+    """A file name in the folder itself: no folder part, no `..`, not the marker."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..", MARKER)
+        and not any(c in name for c in "/\\\0")
+        and os.path.basename(name) == name
+    )
+
+
+def _mark(out: Path, files: dict) -> None:
+    text = json.dumps({"files": files}, indent=1, sort_keys=True).encode()
+    store.atomic_write(out / MARKER, lambda f: f.write(text))
+
+
+class _Signalled(BaseException):
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def _signals_raise() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise inside, so that the temp folder goes with the `finally` (a
+    terminated report left it in the results folder for good), where they would end the
+    process anyway: a handler of the caller's (a notebook's, the runner's) is left as it is."""
+    kinds = [getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise _Signalled(signum)
+
+    old = {sig: signal.getsignal(sig) for sig in kinds}
+    for sig in [sig for sig, was in old.items() if was == signal.SIG_DFL]:
+        signal.signal(sig, handler)
+    try:
+        yield
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for sig, was in old.items():
+            signal.signal(sig, was)

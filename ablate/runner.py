@@ -20,11 +20,21 @@ import pyarrow.parquet as pq
 import torch
 
 from . import __version__, engine, fused
+from . import data as datasets
 from .data import Data, check_flips
 from .design import Design, design_ids
 from .local import Local, Outcome, device_name  # noqa: F401 (benchmarks import device_name here)
 from .store import ROW_COLUMNS, Store, StoreError, check_folder, parquet_files, read_manifest
-from .study import DATASET_SIZES, AblateError, Cell, Study, key_spec, model_name
+from .study import (
+    DATASET_SIZES,
+    AblateError,
+    Cell,
+    Study,
+    StudyError,
+    key_spec,
+    model_name,
+    own_values,
+)
 from .study import cells as expand
 
 
@@ -115,10 +125,35 @@ class Executor(Protocol):
 
 
 def results_dir(study: Study, out: str | Path) -> Path:
-    """OUT/<name>/, refused when it is a folder ablate did not make (store.check_folder)."""
+    """OUT/<name>/, refused when it is a folder ablate did not make (store.check_folder) or one
+    whose cells were trained under another default of an own key (check_defaults)."""
     path = Path(out) / study.name
     check_folder(path)
+    check_defaults(study, path)
     return path
+
+
+def check_defaults(study: Study, path: Path) -> None:
+    """An own key enters a cell's id only away from its default (so that adding a key keeps the
+    stored cells): with the default changed, a cell at the new default would take the id of one
+    trained at the old, and reruns reused or swapped cells. Refused while the folder holds cells
+    trained when the manifest recorded another default."""
+    recorded = read_manifest(path).get("keys")
+    for name, key in study.keys.items() if isinstance(recorded, dict) else ():
+        spec = recorded.get(name)
+        if not isinstance(spec, dict) or "default" not in spec:
+            continue  # a key added since: its default is the old cells' value
+        old, new = spec["default"], json.loads(json.dumps(key.default))  # tuples as lists
+        if json.dumps(old, sort_keys=True) == json.dumps(new, sort_keys=True):
+            continue
+        if not finished(path):
+            return
+        raise StudyError(
+            f"{study.source}: own key '{name}' has default {key.default!r}, but the cells in "
+            f"{path} were trained when it was {old!r}; a cell at the new default would reuse "
+            f"one trained at the old: keep the default {old!r} (set {name} in base instead), "
+            "or run into another --out"
+        )
 
 
 def finished(path: Path) -> set[str]:
@@ -184,6 +219,8 @@ def manifest(
     `machine` (the executor's label); without it, no new run. `rule`: --until-halfwidth's
     record (seeds.until_halfwidth), else the one already there."""
     rule = rule or old.get("until_halfwidth")
+    # no data loaded (nothing to train): the sizes and fingerprints recorded stand
+    sizes = sizes or {k: old[k] for k in ("classes", "test_size", "data_sha256") if k in old}
     text = Path(study.source).read_text() if Path(study.source).is_file() else ""
     run = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -305,6 +342,8 @@ def run(
         try:
             machine = pool.label()
             todo = _open(store, study, cells, pool, deterministic, rule)
+            if not todo:  # another run stored the rest between `finished` and the lock
+                return Summary(len(cells), len(cells))
             summary = Summary(len(cells), len(cells) - len(todo))
             max_group = max_group or pool.auto_group(todo)
             progress.start(len(cells), len(todo), f"{machine}, groups of up to {max_group}")
@@ -364,10 +403,40 @@ def _open(
     store.open()
     done = store.done()
     sizes = {"classes": pool.data.classes, "test_size": len(pool.data.test_y)}
-    record = manifest(study, store.manifest(), pool.label(), deterministic, sizes, rule)
+    old = store.manifest()
+    if callable(study.dataset):
+        sizes["data_sha256"] = _same_data(study, store.path, old, pool.data, done)
+    record = manifest(study, old, pool.label(), deterministic, sizes, rule)
     store.write_manifest(record)
     store.fill_columns(list(study.factors), Design.from_manifest(record).json_defaults)
     return [c for c in cells if c.id not in done]
+
+
+def _same_data(study: Study, path: Path, old: dict, data: Data, done: set) -> dict:
+    """The manifest's data_sha256 with this run's entry: per setting of the study's own keys at
+    its base, the fingerprint of what the dataset callable returned (datasets.fingerprint). A
+    callable's id hashes its source, not the file it reads: when that file changed, its stored
+    cells were reused and the manifest's classes and test size rewritten. Refused while cells
+    trained on other data are stored."""
+    recorded = old.get("data_sha256") if isinstance(old.get("data_sha256"), dict) else {}
+    setting = json.dumps(own_values(study, study.base), sort_keys=True, default=list)
+    new = datasets.fingerprint(data)
+    if done and recorded.get(setting, new) != new:
+        sizes = [
+            f"{what} {old.get(key)} -> {now}"
+            for what, key, now in (
+                ("classes", "classes", data.classes),
+                ("test rows", "test_size", len(data.test_y)),
+            )
+            if old.get(key) != now
+        ]
+        raise StudyError(
+            f"{study.source}: dataset {model_name(study.dataset)} returned other data than the "
+            f"cells in {path} were trained on ({', '.join(sizes) or 'same sizes, other values'}); "
+            "its source is unchanged, so they would be reused: run into another --out, or edit "
+            "the callable (its cells get new ids)"
+        )
+    return {**recorded, setting: new}
 
 
 def _finish(study, store, summary, progress, pool: Executor, outcome: Outcome) -> None:

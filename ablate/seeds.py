@@ -8,6 +8,7 @@ to 10, one at a time, it flags a null effect about 16% of the time, not 5%.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,7 +18,7 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from . import inference, report, stats, store
-from .study import AblateError, Study
+from .study import MAX_CELLS, SEED_LIMIT, AblateError, Study, n_points
 
 RULE = "until_halfwidth"  # the manifest's record of the rule and its rounds
 MAX_SEEDS = 30  # --max-seeds' default: past 30 seeds an interval narrows by under 2% a seed
@@ -25,10 +26,13 @@ UPPER = 0.95  # plan's upper bound: the spread's one-sided 95% upper confidence 
 
 
 def seed_list(study: Study, total: int) -> list[int]:
-    """The study's seeds, then the next unused integers, `total` in all."""
+    """The study's seeds, then the next unused integers, `total` in all: past the largest seed
+    while below 2**32 (rng.key folds a seed to its low 32 bits: 2**32 trains as seed 0), then
+    the smallest unused from 0."""
     seeds = list(study.seeds)
-    nxt = max(seeds, default=-1) + 1
-    return seeds + list(range(nxt, nxt + max(0, total - len(seeds))))
+    used, top = set(seeds), max(seeds, default=-1)
+    fresh = (s for s in itertools.chain(range(top + 1, SEED_LIMIT), range(top)) if s not in used)
+    return seeds + list(itertools.islice(fresh, max(0, total - len(seeds))))
 
 
 def analysed(path: Path, halfwidth: float, metric: str = "test_acc", warn=None) -> tuple:
@@ -36,6 +40,8 @@ def analysed(path: Path, halfwidth: float, metric: str = "test_acc", warn=None) 
     (seeds_needed at `halfwidth`), each with its CI half-width, and the tidy rows they come
     from; no files are written."""
     df, design = stats.tidy(store.read(path, warn)), store.read_design(path)
+    # the report's refusals: plan took epoch, seed and seconds as metrics, and config raised
+    report.check_request(df, path, metric, None, halfwidth)
     factors, levels, base = report.setting(design, df)
     final = stats.final(df)
     if not factors:
@@ -83,13 +89,19 @@ def until_halfwidth(
         raise AblateError(
             f"--max-seeds {max_seeds}: the study already has {len(study.seeds)} seeds"
         )
+    points = n_points(study.design, study.factors)
+    if points * max_seeds > MAX_CELLS:  # checked before a seed list of that size is built
+        raise AblateError(
+            f"--max-seeds {max_seeds:,}: {points:,} design points x {max_seeds:,} seeds is more "
+            f"than the {MAX_CELLS:,} cells one study may hold; at most {MAX_CELLS // points:,}"
+        )
     path = runner.results_dir(study, out)
-    recorded = store.read_manifest(path).get(RULE) or {}
-    rounds = [r for r in recorded.get("rounds", []) if isinstance(r, int)] or [len(study.seeds)]
-    rounds[-1] = max(rounds[-1], len(study.seeds))
+    rounds, by = _recorded_rounds(store.read_manifest(path).get(RULE) or {}, len(study.seeds))
     total = None
     while True:
-        rule = dict(halfwidth=halfwidth, max_seeds=max_seeds, metric=metric, rounds=rounds)
+        # halfwidth: the H that chose the last round added (a rerun adding none keeps it)
+        chose = next((h for h in reversed(by) if h is not None), halfwidth)
+        rule = dict(halfwidth=chose, max_seeds=max_seeds, metric=metric, rounds=rounds, by=by)
         summary = train(replace(study, seeds=seed_list(study, rounds[-1])), rule)
         total = _add(total, summary)
         if summary.failed:  # a round with holes cannot be analysed; a rerun retries the cells
@@ -105,7 +117,24 @@ def until_halfwidth(
         widest = float(np.nanmax(effects["halfwidth"].fillna(np.inf)))
         if seeds == rounds[-1]:
             return Rounds(total, rounds, widest, widest > halfwidth)
-        rounds = [*rounds, seeds]
+        rounds, by = [*rounds, seeds], [*by, halfwidth]
+
+
+def _recorded_rounds(recorded: dict, study_seeds: int) -> tuple[list, list]:
+    """The rounds a manifest records and the half-width that chose each (None: the study's own
+    seeds). A record from before `by` credits every added round to its one `halfwidth`."""
+    rounds = [r for r in recorded.get("rounds", []) if isinstance(r, int)] or [study_seeds]
+    rounds[-1] = max(rounds[-1], study_seeds)
+    by = recorded.get("by")
+    if not (isinstance(by, list) and len(by) == len(rounds) and all(map(_is_width, by))):
+        h = recorded.get("halfwidth") if _is_width(recorded.get("halfwidth")) else None
+        by = [None] + [h] * (len(rounds) - 1)
+    return rounds, by
+
+
+def _is_width(h) -> bool:
+    """None or a number: what `by` may hold (a results folder is untrusted input)."""
+    return h is None or (isinstance(h, (int, float)) and not isinstance(h, bool))
 
 
 def _add(before, summary):
@@ -137,6 +166,11 @@ def plan(path: Path, halfwidth: float, metric: str = "test_acc", warn=None) -> t
     if not halfwidth > 0:
         raise AblateError(f"--halfwidth {halfwidth}: expected a positive half-width")
     effects, df = analysed(path, halfwidth, metric, warn)
+    if not (effects["n_pairs"] >= 2).any():  # no spread to plan from: "0 more to train" said
+        raise AblateError(
+            f"{path}: each effect pairs at most {effects['n_pairs'].max()} run across its "
+            "levels; a spread needs at least 2 seeds: rerun the pilot with --seeds 2 or more"
+        )
     n = effects["n_pairs"].to_numpy(float)
     t = scipy_stats.t.ppf(0.975, np.maximum(n - 1, 1))
     std = np.where(n >= 2, effects["halfwidth"] * np.sqrt(n) / t, np.nan)

@@ -189,7 +189,7 @@ def _inputs(train_x: torch.Tensor, test_x: torch.Tensor, where: str):
     return images, train_x, test_x
 
 
-def from_arrays(name: str, arrays, source: str) -> Data:
+def from_arrays(name: str, arrays, source: str, every_class: bool = True) -> Data:
     """What a dataset callable returns, (train_x, train_y, test_x, test_y) as torch tensors or
     NumPy arrays, checked and made a CPU Data. uint8 [N, H, W] or [N, C, H, W]: images, scaled
     and normalised per channel as the built-in datasets are; float [N, ...]: features, stored
@@ -210,9 +210,34 @@ def from_arrays(name: str, arrays, source: str) -> Data:
     _check_labels(train_y, train_x, "train", where)
     _check_labels(test_y, test_x, "test", where)
     mean, std = image_moments(train_x) if images else feature_moments(train_x)
-    classes = max(int(train_y.max()), int(test_y.max())) + 1
+    classes = _classes(train_y, test_y, where, every_class)
     train_y, test_y = train_y.long(), test_y.long()
     return Data(name, train_x, train_y, test_x, test_y, mean, std, classes, source, images)
+
+
+MAX_CLASSES = 100_000  # a model's output layer; ImageNet-21k has 21,841 classes
+
+
+def _classes(train_y: torch.Tensor, test_y: torch.Tensor, where: str, every_class: bool) -> int:
+    """K, the largest label + 1 over both splits, every class 0..K-1 occurring in one of them:
+    one stray label (y[0] = 5_000_000) built a model of that many outputs without a word."""
+    top = max(int(train_y.max()), int(test_y.max()))
+    split, y = ("train", train_y) if int(train_y.max()) == top else ("test", test_y)
+    at = int((y == top).nonzero()[0])
+    if top >= MAX_CLASSES:
+        raise DatasetError(
+            f"{where}: {split}_y holds label {top} at position {at}; expected class labels "
+            f"0..K-1 with K at most {MAX_CLASSES:,}"
+        )
+    present = torch.unique(torch.cat([train_y.long(), test_y.long()])) if every_class else []
+    if every_class and len(present) < top + 1:
+        missing = top + 1 - len(present)
+        raise DatasetError(
+            f"{where}: {split}_y holds label {top} at position {at}, but {missing:,} of the "
+            f"classes 0..{top} occur in neither split; expected class labels 0..K-1, each "
+            "present"
+        )
+    return top + 1
 
 
 def check_flips(data: Data, configs: Iterable[Mapping], source: str) -> None:
@@ -344,10 +369,41 @@ def torchvision_data(name: str, data_dir: str | None) -> Data:
             continue
     else:
         root = cache_dir()
+        before = _dirs(root)
         try:
             splits = [_split(cls, root, variant, train, True) for train in (True, False)]
         except Exception as e:  # no network, a proxy page, a full disk: all end the same way
+            _remove_empty_since(root, before)
             put = f"put torchvision's {cls.__name__} files ({_layout(cls)}) under a folder"
             raise not_found(f"dataset {name}: not found", roots, e, put) from None
     arrays = [a for ds in splits for a in _images_and_labels(ds, name, root)]
-    return from_arrays(name, arrays, str(root))
+    # every_class off: EMNIST-letters labels 1..26, class 0 unused, as torchvision ships it
+    return from_arrays(name, arrays, str(root), every_class=False)
+
+
+def _dirs(root: Path, depth: int = 3) -> set[Path]:
+    """`root` and the folders under it to `depth` levels (<root>/NAME/raw), as they are now; not
+    deeper, where a cached dataset of image files holds thousands."""
+    found, level = set(), [root] if root.is_dir() and not root.is_symlink() else []
+    for _ in range(depth + 1):
+        found.update(level)
+        level = [c for d in level for c in _subfolders(d)]
+    return found
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    try:
+        return [c for c in folder.iterdir() if c.is_dir() and not c.is_symlink()]
+    except OSError:
+        return []
+
+
+def _remove_empty_since(root: Path, before: set[Path]) -> None:
+    """Remove the folders a failed download made under `root` that hold nothing (torchvision
+    makes <root>/NAME/raw/ before it downloads): each failed lookup left one. Files, and
+    folders that were there before, are never touched."""
+    for folder in sorted(_dirs(root) - before, key=lambda p: len(p.parts), reverse=True):
+        try:
+            folder.rmdir()  # only an empty folder: rmdir refuses any other
+        except OSError:
+            pass

@@ -3,17 +3,26 @@
 Layout of results/<study>/:
   <name>.parquet   rows of finished cells; every file is complete or absent
   _manifest.json   study source and hash, claims, versions, devices of every run
+  _files.json      the Parquet files this folder's runs wrote, each with its size and sha256
   _quarantine/     unreadable or foreign Parquet files moved aside
   .lock            held by the run writing here (flock: a dead process holds nothing)
 Names beginning with "_" or "." are skipped by pyarrow's and DuckDB's readers, so
 `pandas.read_parquet("results/<study>")` sees the rows alone.
+
+A results folder may come from someone else: nothing in it is trusted. ablate never reads,
+writes, moves or deletes through a symbolic link among the names above (check_links), and the
+lists it reads from a folder (_files.json, a report's .ablate-report) are only ever compared
+with the files there, never joined into a path.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
+import stat
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -27,8 +36,10 @@ from .design import Design
 from .study import JSON_DEFAULTS, AblateError
 
 MANIFEST = "_manifest.json"
+RECORD = "_files.json"
 QUARANTINE = "_quarantine"
 LOCK = ".lock"
+OWN = (MANIFEST, RECORD, QUARANTINE, LOCK)  # what a run writes here (a report: report.py)
 
 
 class StoreError(AblateError):
@@ -37,13 +48,35 @@ class StoreError(AblateError):
         self.code = code
 
 
+def refuse_link(path: Path) -> None:
+    """One line (exit 2) where `path` is a symbolic link: ablate never writes, moves or deletes
+    through one, whatever a results folder from elsewhere holds."""
+    if os.path.islink(path):
+        raise StoreError(
+            f"{path}: is a symbolic link; ablate does not read, write, move or delete through "
+            "one: put the file or folder itself there, or remove the link",
+            code=2,
+        )
+
+
+def check_links(folder: Path) -> None:
+    """refuse_link for every name ablate reads or writes in a results folder: its own files
+    (OWN), its Parquet files and its temp files."""
+    for name in sorted(os.listdir(folder)) if folder.is_dir() else []:
+        if name in OWN or name.endswith(".parquet") or _temporary(name):
+            refuse_link(folder / name)
+
+
 def atomic_write(path: Path, write: Callable, kind: str = "file") -> None:
     """write(f) into a hidden temp file beside `path`, fsync, rename over `path`, fsync the folder:
-    a crash at any point leaves the old file or the new one, never a part."""
+    a crash at any point leaves the old file or the new one, never a part. A link at `path` is
+    refused and one at the temp name fails (O_NOFOLLOW): nothing is written through either."""
+    refuse_link(path)
     testhooks.count_write(kind)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+        with os.fdopen(os.open(tmp, flags, 0o666), "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -69,11 +102,40 @@ def _temporary(name: str) -> bool:  # .<name>.tmp-<pid>: atomic_write's or repor
     return name.startswith(".") and ".tmp-" in name
 
 
+TEMPORARY = re.compile(r"\.(?P<name>.+)\.tmp-(?P<pid>\d+)(-[^/]*)?")
+
+
+def clear_temporaries(folder: Path, name: str | None = None) -> None:
+    """Delete the temp files and folders a killed ablate left in `folder` (.<name>.tmp-<pid>,
+    a report's .<name>.tmp-<pid>-<random>/) whose process is gone; `name`: only that name's.
+    A link is left alone: it is no temp file of ablate's, and rmtree would not follow it."""
+    for entry in sorted(os.listdir(folder)) if folder.is_dir() else []:
+        match = TEMPORARY.fullmatch(entry)
+        if not match or (name is not None and match["name"] != name) or _alive(match["pid"]):
+            continue
+        info = os.lstat(folder / entry)
+        if stat.S_ISDIR(info.st_mode):
+            shutil.rmtree(folder / entry, ignore_errors=True)
+        elif stat.S_ISREG(info.st_mode):
+            (folder / entry).unlink(missing_ok=True)
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, OverflowError, ValueError):
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def check_folder(path: Path) -> None:
     """Refuse to write results into a folder ablate did not make: one that holds anything but
     a manifest's company (a killed first run leaves at most its .lock and temp files), or
     one inside another study's results folder. Opening a store moves foreign Parquet files
     aside and deletes temp files, which must never happen to a user's own folder."""
+    refuse_link(path)  # OUT/<name> elsewhere: ablate writes in the folder it was given only
     if (path.parent / MANIFEST).is_file():
         raise StoreError(
             f"{path.parent}: is a study's results folder; results of another study do not go "
@@ -86,6 +148,7 @@ def check_folder(path: Path) -> None:
         raise StoreError(
             f"{path}: exists and is not a folder; choose another --out or study name", code=2
         )
+    check_links(path)
     if (path / MANIFEST).is_file():
         return
     foreign = [p.name for p in path.iterdir() if p.name != LOCK and not _temporary(p.name)]
@@ -105,10 +168,15 @@ class Store:
         self.path, self.warn, self._lock = Path(path), warn, None
 
     def open(self) -> Store:
-        """Create the directory, take the lock, clear temp files a killed run left behind."""
+        """Create the directory, take the lock, clear temp files a killed run left behind. A link
+        among the names ablate writes here is refused first (check_links): a `.lock` linked to
+        a user's file took the PID before."""
+        refuse_link(self.path)
+        check_links(self.path)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            self._lock = open(self.path / LOCK, "a+")
+            flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)  # a link made since
+            self._lock = os.fdopen(os.open(self.path / LOCK, flags, 0o666), "r+")
         except OSError as e:
             raise StoreError(f"{self.path}: cannot write results here ({e.strerror})") from None
         try:
@@ -128,8 +196,7 @@ class Store:
         self._lock.truncate(0)
         self._lock.write(str(os.getpid()))
         self._lock.flush()
-        for tmp in self.path.glob(".*.tmp-*"):
-            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()  # a folder: a killed report's
+        clear_temporaries(self.path)  # a folder: a killed report's
         return self
 
     def close(self) -> None:
@@ -140,9 +207,10 @@ class Store:
     def _quarantine(self, file: Path, why: str) -> None:
         """Move a file aside; a file of the same name already there is kept (a.1.parquet, ...)."""
         folder = self.path / QUARANTINE
+        refuse_link(folder)  # a linked _quarantine moved files out of the folder before
         folder.mkdir(exist_ok=True)
         target, n = folder / file.name, 0
-        while target.exists():
+        while os.path.lexists(target):  # a dangling link there is not replaced either
             n += 1
             target = folder / f"{file.stem}.{n}{file.suffix}"
         os.replace(file, target)
@@ -151,9 +219,10 @@ class Store:
     def done(self) -> set[str]:
         """Ids of the cells with rows here. Unreadable or foreign files are moved aside, never
         merged, and so is a file holding a cell another holds with other values (an identical copy
-        is harmless: reading counts it once). Only the cell column is read unless a cell repeats."""
+        is harmless: reading counts it once): of two, the one this folder's runs wrote (RECORD)
+        stays. Only the cell column is parsed unless a cell repeats."""
         ids, first = set(), {}
-        for f in parquet_files(self.path):
+        for f in in_trust_order(self.path):
             try:
                 if problem := schema_problem(pq.read_schema(f)):
                     self._quarantine(f, problem)
@@ -167,8 +236,7 @@ class Store:
                 self._quarantine(f, f"unreadable Parquet ({str(e).splitlines()[0][:80]})")
                 continue
             if clash:
-                other = first[clash[0]].name
-                self._quarantine(f, f"holds cell {clash[0]} with other values than {other}")
+                self._quarantine(f, clash_line(f, first[clash[0]], clash[0], self.path))
                 continue
             first.update({c: f for c in cells if c not in first})
             ids.update(cells)
@@ -178,8 +246,10 @@ class Store:
         """A column per factor in every file, read from each row's config: readers take one
         file's schema for the folder (pyarrow, pandas, DuckDB), so a factor added later would
         vanish and pool its levels. Each file is rewritten atomically, under the lock."""
+        record = written(self.path)
         for f in parquet_files(self.path):
             if missing := [x for x in factors if x not in pq.read_schema(f).names]:
+                ours = is_ours(f, record)
                 table = pq.read_table(f).to_pandas()
                 config = _configs(table["config"], defaults)
                 for x in missing:
@@ -188,6 +258,8 @@ class Store:
                 table = table[head + [c for c in table.columns if c not in head]]
                 arrow = pa.Table.from_pandas(table, preserve_index=False)
                 atomic_write(f, lambda out, arrow=arrow: pq.write_table(arrow, out), "rewrite")
+                if ours:  # still this folder's own file, with its new hash
+                    self._record(f)
 
     def write(self, rows: list[dict], name: str, factors: dict | None = None) -> Path:
         """One finished cell or group's rows as <name>.parquet, atomically; a full disk or a
@@ -201,12 +273,21 @@ class Store:
         path = self.path / f"{name}.parquet"
         try:
             atomic_write(path, lambda f: pq.write_table(table, f), "parquet")
+            self._record(path)
         except OSError as e:
             raise StoreError(
                 f"{self.path}: cannot store results ({e.strerror or e}); the cells stored "
                 "before are kept: free space and run the same command to go on"
             ) from None
         return path
+
+    def _record(self, file: Path) -> None:
+        """Note in RECORD that this folder's runs wrote `file`, as it is now (size and sha256):
+        where two files hold one cell with other values, the one written here wins."""
+        record = written(self.path)
+        record[file.name] = {"size": file.stat().st_size, "sha256": sha256(file)}
+        text = json.dumps({"files": record}, indent=1, sort_keys=True).encode()
+        atomic_write(self.path / RECORD, lambda f: f.write(text), "record")
 
     def manifest(self) -> dict:
         return read_manifest(self.path)
@@ -230,6 +311,7 @@ def list_types(factors: dict) -> dict[str, pa.DataType]:
 
 def read_manifest(path: str | Path) -> dict:
     file = Path(path) / MANIFEST
+    refuse_link(file)
     if not file.is_file():
         return {}
     try:
@@ -267,11 +349,87 @@ def schema_problem(schema: pa.Schema) -> str:
     return ""
 
 
+def written(path: Path) -> dict:
+    """RECORD's entries: {file name: {size, sha256}}; anything else in it (a folder received
+    from elsewhere may hold any JSON) counts for nothing."""
+    file = Path(path) / RECORD
+    if os.path.islink(file) or not file.is_file():
+        return {}
+    try:
+        files = json.loads(file.read_text()).get("files")
+    except (ValueError, OSError, AttributeError):
+        return {}
+    return (
+        {k: v for k, v in files.items() if isinstance(v, dict)} if isinstance(files, dict) else {}
+    )
+
+
+def sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def is_ours(file: Path, record: dict) -> bool:
+    """Whether `file` is as this folder's runs wrote it (RECORD: its size and sha256)."""
+    entry = record.get(file.name) or {}
+    try:
+        info = os.lstat(file)
+    except OSError:
+        return False
+    if not stat.S_ISREG(info.st_mode) or entry.get("size") != info.st_size:
+        return False
+    return entry.get("sha256") == sha256(file)
+
+
+def in_trust_order(path: Path) -> list[Path]:
+    """The Parquet files, those this folder's runs wrote (RECORD) first, each part by name: where
+    two files hold one cell with other values, the first is kept. By name alone, a copied
+    `a_other_machine.parquet` beat the folder's own group file."""
+    record = written(path)
+    return sorted(parquet_files(path), key=lambda f: (not is_ours(f, record), f.name))
+
+
+def clash_line(later: Path, first: Path, cell: str, path: Path) -> str:
+    """Why `later` is left out: it holds `cell` with other values than `first`, which wins as
+    the file this folder's runs wrote (RECORD) where the other is not, else by name."""
+    record = written(path)
+    mine = is_ours(first, record) and not is_ours(later, record)
+    return f"holds cell {cell} with other values than {first.name}" + (
+        ", the file this folder's runs wrote" if mine else ""
+    )
+
+
 def _same_rows(first: pd.DataFrame, table: pd.DataFrame, cell: str) -> bool:
     """Whether `table` holds `cell` with the very rows the first file holding it has."""
     rows = lambda t: t[t["cell"] == cell].sort_values("epoch").reset_index(drop=True)  # noqa: E731
     a, b = rows(first), rows(table)
     return list(a.columns) == list(b.columns) and a.equals(b)
+
+
+def unmeasured(rows: pd.DataFrame, where, warn=None) -> pd.DataFrame:
+    """One stored file's rows without the cells marked ok that hold a NaN metric (a bug or an
+    edited file), and `warn` saying so in one line naming the file and the first such cell.
+    Decided where the store is read, so that report, compare and plan count alike: compare
+    showed n 2/4 ("too few seeds") beside a mean of 3 values."""
+    metrics = [m for m in METRICS if m in rows.columns]
+    if not metrics or "status" not in rows.columns:
+        return rows
+    bad = (rows["status"] == "ok") & rows[metrics].isna().any(axis=1)
+    if not bad.any():
+        return rows
+    first = rows[bad].iloc[0]
+    metric = next(m for m in metrics if pd.isna(first[m]))
+    cells = rows.loc[bad, "cell"].unique()
+    more = f" ({len(cells)} such cells)" if len(cells) > 1 else ""
+    if warn is not None:
+        warn(
+            f"{where}: cell {first['cell']} is marked ok but its {metric} is NaN at epoch "
+            f"{first['epoch']}{more}; the cell is left out of report, compare and plan alike"
+        )
+    return rows[~rows["cell"].isin(cells)]
 
 
 def _once(frames: list[tuple[Path, pd.DataFrame]], warn) -> list[pd.DataFrame]:
@@ -285,8 +443,8 @@ def _once(frames: list[tuple[Path, pd.DataFrame]], warn) -> list[pd.DataFrame]:
         for c in known:
             if not _same_rows(seen[c][1], table, c):
                 raise StoreError(
-                    f"{f}: holds cell {c} with other values than {seen[c][0].name}; move one "
-                    "of the two out (`ablate run` moves the later to _quarantine)"
+                    f"{f}: {clash_line(f, seen[c][0], c, f.parent)}; move one of the two out "
+                    f"(`ablate run` moves {f.name} to {QUARANTINE})"
                 )
         copies += len(known)
         out.append(table[~table["cell"].isin(known)])
@@ -306,7 +464,9 @@ def read(path: str | Path, warn: Callable[[str], None] | None = warnings.warn) -
     path = Path(path)
     if not path.is_dir():
         raise StoreError(f"{path}: no such results directory; run `ablate run STUDY` first")
-    files = parquet_files(path)
+    for name in (MANIFEST, *(f.name for f in parquet_files(path))):
+        refuse_link(path / name)  # what is read is the folder's own, not a file elsewhere
+    files = in_trust_order(path)
     if not files:
         raise StoreError(f"{path}: holds no results (*.parquet); run `ablate run STUDY` first")
     frames = []
@@ -314,7 +474,7 @@ def read(path: str | Path, warn: Callable[[str], None] | None = warnings.warn) -
         try:
             if problem := schema_problem(pq.read_schema(f)):
                 raise StoreError(f"{f}: {problem}; move it out of {path}")
-            frames.append((f, pq.read_table(f).to_pandas()))
+            frames.append((f, unmeasured(pq.read_table(f).to_pandas(), f, warn)))
         except (pa.ArrowException, OSError) as e:
             raise StoreError(f"{f}: unreadable Parquet ({str(e).splitlines()[0][:80]})") from None
     df = pd.concat(_once(frames, warn), ignore_index=True)

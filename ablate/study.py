@@ -227,6 +227,7 @@ def _levels(study: Study, key, levels, base: dict, allowed: dict) -> list:
     levels = [normalise(key, v, where, allowed) for v in levels]
     if len({_canonical(v) for v in levels}) < len(levels):
         raise StudyError(f"{where} lists a level twice: {levels!r}")
+    _check_tuple_items(levels, where)
     if base[key] not in levels:
         raise StudyError(
             f"{where}: its baseline {base[key]!r} (from base, or the default) "
@@ -238,6 +239,28 @@ def _levels(study: Study, key, levels, base: dict, allowed: dict) -> list:
             "(use 'grid' or 'one_at_a_time')"
         )
     return levels
+
+
+ITEM_KINDS = {bool: "booleans", int: "numbers", float: "numbers", str: "strings"}
+
+
+def _check_tuple_items(levels: list, where: str) -> None:
+    """A factor's tuple levels become one Parquet list column after training, of one item type:
+    mixed items ((1, 2) and ('a',), or 1 and True) crashed the store then, and None read back
+    as NaN, splitting its design point. Refused here, before anything trains."""
+    items = [x for v in levels if isinstance(v, tuple) for x in v]
+    if any(x is None for x in items):
+        level = next(v for v in levels if isinstance(v, tuple) and None in v)
+        raise StudyError(
+            f"{where}: level {level!r} holds None, which its Parquet column would read back as "
+            "NaN; use a string such as 'none' in a tuple level"
+        )
+    if len(kinds := sorted({ITEM_KINDS[type(x)] for x in items})) > 1:
+        raise StudyError(
+            f"{where}: levels {levels!r} mix {' and '.join(kinds)} in their tuples; a factor's "
+            "tuple levels are stored as one Parquet list column, so their items must be all "
+            "numbers, all strings or all booleans"
+        )
 
 
 def _check_claim_fields(study: Study, allowed: dict) -> None:
@@ -331,7 +354,14 @@ NOISE_HELD = 0  # the seed a noise cell holds its other streams at
 def noise_streams(config: dict, model) -> list[str]:
     """The streams a recipe draws from: init and order always, dropout where it drops (a study's
     own model may: nn.Dropout draws from the dropout stream), flip where it mirrors."""
-    drops = callable(model) or config["dropout"] > 0 or "dropout" in str(config.get("layers"))
+    # the MLP drops by the dropout key, the CNN by its layers (the other's is ignored): a
+    # dropout=0 MLP trained a dropout stream whose variance was rounding noise
+    if model == "cnn":
+        drops = any(
+            x.startswith("dropout") and float(x.split(":")[1]) > 0 for x in config["layers"]
+        )
+    else:
+        drops = callable(model) or (model == "mlp" and config["dropout"] > 0)
     return ["init", "order", *(["dropout"] * drops), *(["flip"] * bool(config["hflip"]))]
 
 

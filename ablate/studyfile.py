@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib.util
 import linecache
+import os
 import re
 import sys
 from dataclasses import replace
@@ -48,6 +50,30 @@ def override(study: Study, sets: list[str] = (), seeds: int | None = None) -> St
     return validate(replace(study, base=base, factors=factors, seeds=seeds))
 
 
+class _Exited(BaseException):
+    """os._exit called by a study file while it loads: the process would end at once, with the
+    file's status and no output (exit 0 read as success with nothing trained)."""
+
+    def __init__(self, code):
+        super().__init__(code)
+        self.code = code
+
+
+@contextlib.contextmanager
+def _no_hard_exit():
+    """os._exit raises _Exited while a study file runs, instead of ending the process; put back
+    after, as worker processes end by it. posix._exit, called directly, is not seen."""
+
+    def refuse(code):
+        raise _Exited(code)
+
+    real, os._exit = os._exit, refuse
+    try:
+        yield
+    finally:
+        os._exit = real
+
+
 def load(path: str | Path) -> Study:
     """Execute a study file and return its validated `study`; every failure one StudyError line."""
     path = Path(path)
@@ -59,13 +85,15 @@ def load(path: str | Path) -> Study:
     module.__file__ = str(path)
     sys.modules[spec.name] = module  # so dataclasses and pickling inside the file work
     try:
-        exec(code, module.__dict__)
+        with _no_hard_exit():
+            exec(code, module.__dict__)
     except AblateError:
         raise
-    except SystemExit as e:  # exit 0 with nothing trained would pass a CI job
+    except (SystemExit, _Exited) as e:  # exit 0 with nothing trained would pass a CI job
         line = _user_line(e, str(path))
+        called = f"SystemExit({e.code!r})" if isinstance(e, SystemExit) else f"os._exit({e.code})"
         raise StudyError(
-            f"{path}:{line}: the study file exited (SystemExit({e.code!r})) while loading; "
+            f"{path}:{line}: the study file exited ({called}) while loading; "
             "it must define `study`, not exit"
         ) from None
     except Exception as e:

@@ -155,3 +155,21 @@ def test_what_the_store_warns_about_reaches_the_notebook_as_a_warning_line(refer
     err = capsys.readouterr().err
     assert err.startswith("warning: ") and "stored twice with identical rows" in err, err
     assert res.frame["cell"].nunique() == 40
+
+
+@pytest.mark.parametrize(
+    "arguments, said",
+    [
+        (dict(max_group=-3), "max_group=-3 is not allowed; expected an int >= 1"),
+        (dict(max_group="2"), "max_group='2' is not allowed"),
+        (dict(seeds="3"), "seeds='3' is not allowed"),
+        (dict(deterministic="no"), "deterministic='no' is not allowed; expected True or False"),
+        (dict(sets=[("epochs", 1)]), "sets=[('epochs', 1)] is not allowed; expected 'key=value'"),
+    ],
+)
+def test_bad_arguments_to_run_are_an_ablate_error_of_one_line(tmp_path, data_dir, arguments, said):
+    study = write_study(tmp_path)
+    with pytest.raises(ablate.AblateError) as caught:
+        ablate.run(study, out=tmp_path / "res", progress=False, **arguments)
+    assert said in str(caught.value) and "\n" not in str(caught.value)
+    assert not (tmp_path / "res").exists()

@@ -104,3 +104,14 @@ def test_runs_without_spread_judge_a_claim_to_the_metrics_resolution_and_one_run
     assert out["inside"].tolist() == [True, True, False] and out["note"][0].startswith("no spread")
     one = claims.claims(frame({(0, "x", 0): 0.9}), [{"where": {"a": 0}, "value": 0.9}], ["a", "b"])
     assert one["inside"].tolist() == [None] and one["note"][0] == "n=1: no interval to judge by"
+
+
+def test_a_claim_without_a_source_is_labelled_by_its_where_not_a_pandas_method():
+    from ablate import console
+
+    df = frame({("relu", s): 0.90 + s / 100 for s in range(3)}, factors=["activation"])
+    table = claims.claims(df, [dict(where=dict(activation="relu"), value=0.9)], ["activation"])
+    row = table.iloc[0]
+    assert row["source"] == row["where"] == "activation=relu"  # the claims chart's label
+    line = console.claim_line(row)
+    assert line.startswith("claim activation=relu: ") and "bound method" not in line

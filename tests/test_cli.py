@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -553,3 +554,118 @@ def test_a_dataset_callable_is_called_once_per_setting_of_the_studys_own_keys(tm
     for noise in (0.0, 0.3, 0.0):
         datasets.study_data(study.dataset, dict(width=16, noise=noise), "cpu", None, str(path))
     assert module.CALLS == [dict(width=16, noise=0.0), dict(width=16, noise=0.3)]
+
+
+WIDE = """
+import torch
+from ablate import Key, Study
+
+def net(config):
+    width = int(config["width"])
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, width),
+                               torch.nn.ReLU(), torch.nn.Linear(width, 10))
+
+study = Study(name="wide", dataset="digits", model=net, keys=dict(width={key}),
+              base=dict(epochs=1, train_subset=100), factors={factors}, seeds={seeds})
+"""
+
+
+@pytest.mark.parametrize(
+    "key, factors, seeds, changed, old, new",
+    [
+        ("2", "dict()", 1, "256", "2", "256"),  # reused: "nothing to train" at width 256
+        ("Key(1, choices=[1, 64])", "dict(width=[1, 64])", 3, "Key(64, choices=[1, 64])", 1, 64),
+        ("1", "dict()", 1, "'1'", "1", "'1'"),  # a type: the Parquet reads back no more
+    ],
+)
+def test_a_changed_own_key_default_is_refused_naming_the_key_and_both_defaults(
+    tmp_path, key, factors, seeds, changed, old, new
+):
+    study, res = tmp_path / "wide.py", tmp_path / "res"
+    study.write_text(WIDE.format(key=key, factors=factors, seeds=seeds))
+    assert run("run", study, "--out", res).exit_code == 0
+    files = sorted((res / "wide").glob("*.parquet"))
+    study.write_text(WIDE.format(key=changed, factors=factors, seeds=seeds))
+    for dry in ([], ["--dry-run"]):
+        again = run("run", study, "--out", res, *dry)
+        assert again.exit_code == 2 and again.stderr.count("\n") == 1, again.output
+        assert "wide.py: own key 'width' has default" in again.stderr, again.stderr
+        assert f"default {new}, but" in again.stderr and f"when it was {old};" in again.stderr
+    assert sorted((res / "wide").glob("*.parquet")) == files
+
+
+def test_the_way_out_of_a_changed_default_keeps_it_and_sets_the_new_value_in_base(tmp_path):
+    study, res = tmp_path / "wide.py", tmp_path / "res"
+    study.write_text(WIDE.format(key="2", factors="dict()", seeds=1))
+    assert run("run", study, "--out", res).exit_code == 0
+    study.write_text(
+        WIDE.format(key="2", factors="dict()", seeds=1).replace("epochs=1", "epochs=1, width=256")
+    )
+    moved = run("run", study, "--out", res)
+    assert moved.exit_code == 0 and "trained 1 cells" in moved.stdout, moved.output
+    widths = pd.read_parquet(res / "wide")["config"].map(lambda c: json.loads(c)["width"])
+    assert sorted(widths) == [2, 256]
+
+
+def test_a_run_that_finds_every_cell_stored_once_it_holds_the_lock_trains_nothing(
+    tmp_path, data_dir, monkeypatch
+):
+    from ablate import runner
+
+    study = write_study(tmp_path, seeds=1, factors="dict(activation=['relu', 'sigmoid'])")
+    assert run("run", study, "--out", tmp_path / "res").exit_code == 0
+    # another run stored the rest between the unlocked look and the lock
+    monkeypatch.setattr(runner, "finished", lambda path: set())
+    again = run("run", study, "--out", tmp_path / "res")
+    assert again.exit_code == 0 and "nothing to train: all 2 cells" in again.stdout, again.output
+
+
+def test_a_study_of_no_factors_reports_without_an_error(tmp_path, data_dir):
+    study = write_study(tmp_path, seeds=2, factors="dict()")
+    assert run("run", study, "--out", tmp_path / "res").exit_code == 0
+    report = run("report", tmp_path / "res" / "tiny")
+    assert report.exit_code == 0, report.output
+    assert "Traceback" not in report.output and "report:" in report.stdout
+
+
+POINTS = """
+from pathlib import Path
+
+import numpy as np
+import torch
+from ablate import Study
+
+HERE = Path(__file__).parent
+
+def points():
+    rows = np.load(HERE / "points.npy")  # two features, then the label
+    x, y = torch.tensor(rows[:, :2], dtype=torch.float32), torch.tensor(rows[:, 2]).long()
+    return x, y, x, y
+
+study = Study(name="pts", dataset=points, model="linear", base=dict(epochs=1), seeds={seeds})
+"""
+
+
+def _points(folder, n, classes):
+    rows = np.random.default_rng(n).normal(size=(n, 3))
+    rows[:, 2] = np.arange(n) % classes
+    np.save(folder / "points.npy", rows)
+
+
+def test_a_dataset_callable_whose_file_changed_is_refused_before_new_cells_join_the_old(tmp_path):
+    study, res = tmp_path / "pts.py", tmp_path / "res"
+    study.write_text(POINTS.format(seeds=1))
+    _points(tmp_path, 50, 2)
+    assert run("run", study, "--out", res).exit_code == 0
+    study.write_text(POINTS.format(seeds=2))  # the same data, a seed more: trains
+    more = run("run", study, "--out", res)
+    assert more.exit_code == 0 and "trained 1 cells" in more.stdout, more.output
+    _points(tmp_path, 150, 3)
+    study.write_text(POINTS.format(seeds=3))
+    changed = run("run", study, "--out", res)
+    assert changed.exit_code == 2 and changed.stderr.count("\n") == 1, changed.output
+    assert "pts.py: dataset callable:points@" in changed.stderr
+    assert "(classes 2 -> 3, test rows 50 -> 150)" in changed.stderr, changed.stderr
+    manifest = json.loads((res / "pts" / MANIFEST).read_text())
+    assert (manifest["classes"], manifest["test_size"]) == (2, 50)
+    assert len(pd.read_parquet(res / "pts")["cell"].unique()) == 2

@@ -277,13 +277,13 @@ def test_runs_in_another_precision_are_compared_and_the_line_says_so(two_runs, t
 
 
 def test_mistakes_are_one_line_each(two_runs, tmp_path):
-    a = str(two_runs / "a" / "tiny")
+    a, b = str(two_runs / "a" / "tiny"), str(two_runs / "b" / "tiny")
     for args, said in [
         ([a, str(tmp_path / "none")], "no such results directory"),
         ([a, a, "--margin", "0"], "--margin 0"),
         ([a, a, "--metric", "seconds"], "no metric 'seconds'"),
         ([a, a, "--metric", "seed"], "no metric 'seed'"),
-        ([a, a, "--out", str(two_runs / "a" / "tiny" / "_manifest.json")], "cannot write"),
+        ([a, b, "--out", str(two_runs / "a" / "tiny" / "_manifest.json")], "cannot write"),
     ]:
         result = cli.invoke(app, ["compare", *args])
         assert result.exit_code == 2 and said in result.output, result.output
@@ -298,3 +298,34 @@ def test_compare_never_imports_torch(two_runs, tmp_path):
         "assert r.exit_code == 0, r.output; assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_compare_out_keeps_a_users_compare_csv_as_report_out_does(two_runs, tmp_path):
+    a, b = str(two_runs / "a" / "tiny"), str(two_runs / "b" / "tiny")
+    users = tmp_path / "u"
+    users.mkdir()
+    (users / "compare.csv").write_text("my own comparison")
+    result = cli.invoke(app, ["compare", a, b, "--out", str(users)])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert "not empty and not a comparison folder ablate wrote" in result.output
+    assert (users / "compare.csv").read_text() == "my own comparison"
+    ours = tmp_path / "cmp"  # a folder ablate wrote, whose compare.csv the user then edited
+    assert cli.invoke(app, ["compare", a, b, "--out", str(ours)]).exit_code == 0
+    (ours / "compare.csv").write_text("edited by hand")
+    result = cli.invoke(app, ["compare", a, b, "--out", str(ours)])
+    assert result.exit_code == 2 and "compare.csv: not a file ablate wrote" in result.output
+    assert (ours / "compare.csv").read_text() == "edited by hand"
+
+
+def test_a_huge_margin_and_one_folder_on_both_sides_are_one_line_each(two_runs, tmp_path):
+    a, b = str(two_runs / "a" / "tiny"), str(two_runs / "b" / "tiny")
+    for args, said in [
+        ([a, b, "--margin", "1e300"], "--margin 1e+300: expected a positive, finite"),
+        ([a, b, "--margin", "inf"], "--margin inf"),
+        ([a, a], "one folder on both sides"),  # before: all agree, exit 0
+        ([a, f"{a}/../tiny"], "one folder on both sides"),
+    ]:
+        result = cli.invoke(app, ["compare", *args, "--out", str(tmp_path / "c")])
+        assert result.exit_code == 2 and said in result.output, result.output
+        assert result.output.count("\n") == 1 and len(result.output) < 300, result.output
+    assert not (tmp_path / "c").exists()

@@ -398,3 +398,31 @@ def test_an_unknown_torchvision_name_is_one_line_with_valid_names(name, message)
         load(name)
     assert str(e.value).startswith(f"dataset {name}: ") and message in str(e.value), str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_torchvision_mnist_reads_the_gz_files_dataset_mnist_reads_from_the_same_folder(
+    tmp_path, offline
+):
+    gen = np.random.default_rng(1)
+    for split, n in (("train", 6), ("t10k", 4)):
+        for kind, array in (
+            ("images-idx3", gen.integers(0, 256, (n, 28, 28))),
+            ("labels-idx1", np.arange(n) % 3),
+        ):
+            plain = tmp_path / f"MNIST/raw/{split}-{kind}-ubyte"
+            _write_idx(plain, array)
+            plain.with_name(plain.name + ".gz").write_bytes(gzip.compress(plain.read_bytes()))
+            plain.unlink()  # only the .gz files, as the published ones come
+    tv = load("torchvision:MNIST", "cpu", tmp_path)
+    builtin = data._idx_set("mnist", str(tmp_path))
+    assert torch.equal(tv.train_x, builtin.train_x) and torch.equal(tv.test_y, builtin.test_y)
+    assert tv.classes == 3 and offline == []  # found offline: no download tried
+
+
+def test_a_failed_torchvision_lookup_leaves_no_empty_folder_in_the_cache(tmp_path, offline):
+    (tmp_path / "cache" / "mine").mkdir(parents=True)  # a folder that was there stays
+    for _ in range(2):
+        with pytest.raises(DataError):
+            load("torchvision:KMNIST", "cpu", tmp_path / "empty")
+    assert offline  # the download was tried
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["mine"]

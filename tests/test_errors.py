@@ -1,14 +1,22 @@
 """The catalogue of user mistakes: each is one line on stderr naming the file and the key or
-value and what was expected, exit 2 (1 for runtime failures), no traceback, nothing written."""
+value and what was expected, exit 2 (1 for runtime failures), no traceback, nothing written.
+
+Mistakes that need a stored folder first are tested beside their feature: an own key's changed
+default and a dataset callable whose data changed (test_cli.py), plan's metrics and one-seed
+pilots and --max-seeds past the cell limit (test_seeds.py), ablate.run's arguments
+(test_api.py)."""
 
 import gzip
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
 
 from ablate.cli import app
-from conftest import TINY, write_study
+from conftest import REPO, TINY, write_study
 
 cli = CliRunner()
 
@@ -48,6 +56,19 @@ def own(
 
 def bad_base(key_value: str) -> str:
     return tiny().replace("train_subset=512", f"train_subset=512, {key_value}")
+
+
+# a dataset callable of 64 features and 10 classes whose `body` ends it (line 7 is its first)
+DATA = """
+import torch
+from ablate import Study
+
+def wine():
+    x, y = torch.rand(40, 64), torch.arange(40) % 10
+{body}
+
+study = Study(name="wine", dataset=wine, model="linear", base=dict(epochs=1), seeds=1)
+"""
 
 
 STUDIES = {  # id: (study text, exit code, words the line must hold)
@@ -224,6 +245,41 @@ STUDIES = {  # id: (study text, exit code, words the line must hold)
         own(keys="dict(width=16, norm=Key('batch', choices=['none', 'layer']))"),
         2,
         ["study.py: keys: 'norm'", "default 'batch'", "one of 'none', 'layer'"],
+    ),
+    "an own int level past 64 bits": (
+        own(keys="dict(width=16, x=1)", factors="dict(x=[1, 2**70])"),
+        2,
+        ["study.py: factor 'x'", "x=1180591620717411303424", "within 64 bits"],
+    ),
+    "an own int default past 64 bits": (
+        own(keys="dict(width=16, x=2**64)"),
+        2,
+        ["study.py: keys: 'x'", "default 18446744073709551616", "within 64 bits"],
+    ),
+    "a tuple level holding None": (
+        own(keys="dict(width=16, t=(1,))", factors="dict(t=[(1,), (None,)])"),
+        2,
+        ["study.py: factor 't'", "(None,)", "NaN"],
+    ),
+    "tuple levels of numbers and strings": (
+        own(keys="dict(width=16, t=(1, 2))", factors="dict(t=[(1, 2), ('a',)])"),
+        2,
+        ["study.py: factor 't'", "numbers and strings", "one Parquet list column"],
+    ),
+    "tuple levels of numbers and booleans": (
+        own(keys="dict(width=16, t=(1,))", factors="dict(t=[(1,), (True,)])"),
+        2,
+        ["study.py: factor 't'", "booleans and numbers"],
+    ),
+    "a dataset callable that raises": (
+        DATA.format(body="    raise ValueError('no such file: x.csv')"),
+        2,
+        ["study.py:7", "dataset callable wine failed", "ValueError: no such file: x.csv"],
+    ),
+    "a dataset callable with a stray label": (
+        DATA.format(body="    y[0] = 5_000\n    return x, y, x, y"),
+        2,
+        ["study.py", "dataset wine", "train_y holds label 5000 at position 0", "each present"],
     ),
 }
 
@@ -418,3 +474,69 @@ def test_show_with_a_column_that_is_not_a_metric(tmp_path, data_dir):
             r.output
         )
         assert f"no metric '{column}'" in r.stderr and "train_loss, test_loss, test_acc" in r.stderr
+
+
+def test_a_study_file_calling_os_exit_is_one_line_and_exit_2_not_a_silent_success(tmp_path):
+    # os._exit ends a process at once: a CliRunner would take pytest with it, so a real process
+    (tmp_path / "study.py").write_text("import os\n\nos._exit(0)\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "ablate", "run", "study.py", "--out", "res"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
+    assert done.stderr.startswith("error: study.py:3: ") and done.stderr.count("\n") == 1
+    assert "os._exit(0)" in done.stderr and "must define `study`" in done.stderr
+    assert not (tmp_path / "res").exists()
+
+
+def test_a_set_that_pins_a_tuple_level_of_mixed_items_is_refused_before_training(tmp_path):
+    path = tmp_path / "study.py"
+    path.write_text(own(keys="dict(width=16, t=(1, 2))", factors="dict(t=[(1, 2), (3,)])"))
+    r = cli.invoke(app, ["run", str(path), "--out", str(tmp_path / "res"), "--set", "t=(1, 'a')"])
+    check(r, 2, ["factor 't'", "(1, 'a')", "numbers and strings"], tmp_path)
+
+
+def test_a_dataset_callables_labels_past_the_class_limit_are_one_line():
+    import torch
+
+    from ablate.sources import DatasetError, from_arrays
+
+    x, y = torch.rand(40, 4), torch.arange(40) % 4
+    y[3] = 5_000_000  # no model of 5M outputs is built
+    with pytest.raises(
+        DatasetError,
+        match=r"study.py: dataset d: train_y holds label 5000000 at "
+        r"position 3; expected class labels 0..K-1 with K at most 100,000",
+    ):
+        from_arrays("d", (x, y, x, torch.arange(40) % 4), "study.py")
+    # EMNIST-letters' labels are 1..26: torchvision's sets may leave a class out
+    y = torch.arange(40) % 4 + 1
+    assert from_arrays("d", (x, y, x, y), "tv", every_class=False).classes == 5
+
+
+def test_an_ok_row_with_a_nan_metric_leaves_its_cell_out_with_one_line_naming_file_and_cell():
+    import numpy as np
+    import pandas as pd
+
+    from ablate import store
+
+    rows = pd.DataFrame(
+        dict(
+            cell=["a", "a", "b", "b", "c"],
+            epoch=[1, 2, 1, 2, 1],
+            test_acc=[0.5, np.nan, 0.6, 0.7, np.nan],
+            test_loss=[1.0, 1.0, 1.0, 1.0, np.nan],
+            train_loss=[1.0, 1.0, 1.0, 1.0, np.nan],
+            status=["ok", "ok", "ok", "ok", "diverged"],
+        )
+    )
+    said = []
+    kept = store.unmeasured(rows, "res/x/g1.parquet", said.append)
+    assert list(kept["cell"]) == ["b", "b", "c"]  # a diverged cell stays, counted as diverged
+    assert said == [
+        "res/x/g1.parquet: cell a is marked ok but its test_acc is NaN at epoch 2; the cell is "
+        "left out of report, compare and plan alike"
+    ]

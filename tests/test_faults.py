@@ -1,8 +1,11 @@
 """kill -9 at seeded moments, full disks, users' folders: nothing lost, repeated or half-written."""
 
 import errno
+import hashlib
+import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +19,7 @@ from matplotlib.figure import Figure
 from typer.testing import CliRunner
 
 from ablate.cli import app
+from ablate.report import MARKER, REPORT
 from ablate.store import MANIFEST, parquet_files, read_manifest
 from conftest import REPO, default_sigint, write_study
 
@@ -304,3 +308,106 @@ def test_a_study_model_that_cannot_train_is_one_line_before_anything_is_written(
     line = one_line(cli.invoke(app, ["run", str(study), "--out", str(tmp_path / "res")]), 2)
     assert str(study) in line and all(w in line for w in words), line
     assert not (tmp_path / "res").exists()
+
+
+# ---- a results folder received from someone else: links, traversal names, users' files ----
+
+
+def received(tiny_results, folder):
+    """A copy of the tiny results as another machine would send them: rows and manifest only."""
+    skip = shutil.ignore_patterns("_report", "_compare", ".lock", ".*.tmp-*")
+    shutil.copytree(tiny_results, folder, ignore=skip)
+    return folder
+
+
+def digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("form", ["hashes", "names"])  # names: the marker before the hashes
+def test_a_report_marker_listing_paths_outside_the_folder_deletes_nothing(
+    tiny_results, tmp_path, form
+):
+    results, out = received(tiny_results, tmp_path / "res"), tmp_path / "rep"
+    assert cli.invoke(app, ["report", str(results), "--out", str(out)]).exit_code == 0
+    victim, elsewhere = tmp_path / "victim.txt", tmp_path / "abs_victim.txt"
+    victim.write_text("precious")
+    elsewhere.write_text("precious too")
+    ours = {p.name: [digest(p)] for p in out.iterdir() if p.name != MARKER}
+    hostile = {"../victim.txt": [digest(victim)], str(elsewhere): [digest(elsewhere)]}
+    files = {**ours, **hostile} if form == "hashes" else [*ours, *hostile]
+    (out / MARKER).write_text(json.dumps({"files": files}))
+    again = ["report", str(results), "--out", str(out), "--metric", "test_loss"]
+    assert cli.invoke(app, again).exit_code == 0  # no claims for test_loss: listed names go
+    assert victim.read_text() == "precious" and elsewhere.read_text() == "precious too"
+
+
+def test_a_received_folder_whose_report_marker_names_a_users_file_deletes_nothing(
+    tiny_results, tmp_path
+):
+    results = received(tiny_results, tmp_path / "recv" / "tiny")
+    thesis = tmp_path / "recv" / "thesis.tex"
+    thesis.write_text("four years")
+    (results / REPORT).mkdir()
+    (results / REPORT / MARKER).write_text(json.dumps({"files": ["../../thesis.tex"]}))
+    assert cli.invoke(app, ["report", str(results)]).exit_code == 0
+    assert thesis.read_text() == "four years"
+
+
+def test_a_lock_linked_to_a_users_file_is_refused_and_the_file_keeps_its_text(tmp_path, data_dir):
+    out = tmp_path / "proj"
+    (out / "tiny").mkdir(parents=True)
+    victim = out / "victim2.txt"
+    victim.write_text("my notes")
+    (out / "tiny" / ".lock").symlink_to("../victim2.txt")
+    study = write_study(tmp_path, factors="dict(activation=['relu', 'sigmoid'])")
+    line = one_line(cli.invoke(app, ["run", str(study), "--out", str(out)]), 2)
+    assert str(out / "tiny" / ".lock") in line and "symbolic link" in line
+    assert victim.read_text() == "my notes" and os.listdir(out / "tiny") == [".lock"]
+
+
+def test_a_report_folder_that_is_a_link_is_refused_and_its_target_kept(tiny_results, tmp_path):
+    results = received(tiny_results, tmp_path / "res")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("my home page")
+    (results / REPORT).symlink_to(site)
+    line = one_line(cli.invoke(app, ["report", str(results)]), 2)
+    assert str(results / REPORT) in line and "symbolic link" in line
+    assert (
+        os.listdir(site) == ["index.html"] and (site / "index.html").read_text() == "my home page"
+    )
+
+
+def test_a_report_refuses_to_replace_files_the_user_added_and_keeps_them(tiny_results, tmp_path):
+    results, out = received(tiny_results, tmp_path / "res"), tmp_path / "rep"
+    first = ["report", str(results), "--out", str(out), "--metric", "test_loss"]
+    assert cli.invoke(app, first).exit_code == 0  # no claims drawn for test_loss
+    (out / "claims.csv").write_text("my own table")
+    (out / "claims.png").write_bytes(b"my own chart")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    line = one_line(cli.invoke(app, ["report", str(results), "--out", str(out)]), 2)
+    assert str(out / "claims.csv") in line and "not a file ablate wrote" in line
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing half-way
+    assert not list(tmp_path.glob(".rep.tmp-*"))
+
+
+def test_a_terminated_report_leaves_no_temp_folder_and_a_killed_ones_goes_next_time(
+    tiny_results, tmp_path, data_dir
+):
+    results = received(tiny_results, tmp_path / "res")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ablate", "report", str(results)], env=env(data_dir)
+    )
+    deadline = time.time() + 120
+    while not list(results.glob("._report.tmp-*")) and time.time() < deadline:
+        time.sleep(0.01)  # the report is drawing into its temp folder
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == -signal.SIGTERM
+    assert not list(results.glob("._report.tmp-*"))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid no process holds: as kill -9 would leave it
+    (results / f"._report.tmp-{gone.pid}-x").mkdir()
+    (results / f"._report.tmp-{gone.pid}-x" / "final.png").write_bytes(b"half")
+    assert cli.invoke(app, ["report", str(results)]).exit_code == 0
+    assert not list(results.glob("._report.tmp-*"))

@@ -137,3 +137,16 @@ def test_adds_up_tells_adding_streams_from_each_giving_the_whole_spread_and_from
     # the sum past all's interval, one stream's interval far above it: they interact
     said = noise.adds_up(table(dict(init=40.0, order=0.5, all=4.0)))
     assert "interact" in said and "dominates" not in said, said
+
+
+def test_the_dropout_stream_varies_only_where_the_recipe_drops():
+    from ablate.study import DEFAULTS, noise_streams
+
+    # an MLP reads the dropout key, the CNN its layers (the default layers drop; an MLP's ignore)
+    assert noise_streams({**DEFAULTS, "dropout": 0.0}, "mlp") == ["init", "order"]
+    assert noise_streams({**DEFAULTS, "dropout": 0.5}, "mlp") == ["init", "order", "dropout"]
+    assert noise_streams({**DEFAULTS, "dropout": 0.5}, "linear") == ["init", "order"]
+    assert noise_streams(DEFAULTS, "cnn") == ["init", "order", "dropout"]
+    plain = {**DEFAULTS, "dropout": 0.5, "layers": ("conv:4:3", "act", "dropout:0.0", "flatten")}
+    assert noise_streams(plain, "cnn") == ["init", "order"]
+    assert noise_streams({**DEFAULTS, "hflip": True}, "mlp") == ["init", "order", "flip"]

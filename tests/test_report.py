@@ -343,3 +343,32 @@ def test_seconds_is_no_effect_metric(results):
     )
     assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "--metric seconds" in r.stderr
     assert not (results.parent / "sec").exists()
+
+
+def test_a_noise_report_keeps_the_users_noise_csv_and_removes_only_what_ablate_wrote(tmp_path):
+    from ablate.report import write_folder
+    from ablate.store import StoreError
+
+    def files(**texts):
+        return lambda folder: [
+            (folder / n.replace("_", ".")).write_text(t) for n, t in texts.items()
+        ]
+
+    out = tmp_path / "rep"
+    write_folder(out, files(summary_csv="grid", index_html="grid page"))
+    (out / "noise.csv").write_text("my own streams")
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(StoreError, match="noise.csv: not a file ablate wrote") as said:
+        write_folder(out, files(noise_csv="streams", index_html="noise page"))
+    assert said.value.code == 2 and (out / "noise.csv").read_text() == "my own streams"
+    assert (out / "index.html").read_text() == "grid page"  # nothing written half-way
+    (out / "noise.csv").unlink()
+    (out / "summary.csv").write_text("grid, edited by hand")  # no longer what ablate wrote
+    write_folder(out, files(noise_csv="streams", index_html="noise page"))
+    kept = {p.name: p.read_text() for p in out.iterdir() if p.name != ".ablate-report"}
+    assert kept == {
+        "noise.csv": "streams",
+        "index.html": "noise page",
+        "notes.txt": "mine",
+        "summary.csv": "grid, edited by hand",
+    }

@@ -4,6 +4,7 @@ import subprocess
 
 import numpy as np
 import pandas as pd
+import pytest
 from scipy import stats as scipy_stats
 from test_faults import command as faults_command
 from test_faults import env
@@ -177,3 +178,74 @@ def test_plan_gives_each_effects_seeds_from_its_spread_as_scipy_counts_them(
     assert "activation:" in flat and "dropout:" in flat
     assert f"{cost['upper']['seeds']} seeds for every effect within ±0.01" in flat
     assert "4 design points x 4 seeds stored" in flat
+
+
+def test_added_seeds_stay_below_2_to_the_32_and_never_repeat_one_in_use():
+    def study(listed):
+        return type("S", (), {"seeds": listed})()
+
+    # 2**32 would train bit-for-bit as seed 0 (rng.key folds a seed to its low 32 bits)
+    assert seeds.seed_list(study([0, 2**32 - 1]), 4) == [0, 2**32 - 1, 1, 2]
+    assert seeds.seed_list(study([2**32 - 2, 1]), 5) == [2**32 - 2, 1, 2**32 - 1, 0, 2]
+
+
+def test_until_halfwidth_past_the_cell_limit_is_refused_before_a_seed_list_is_built(tmp_path):
+    study = write_study(tmp_path, seeds=2, factors="dict(activation=['relu', 'sigmoid'])")
+    args = ["--until-halfwidth", "1e-9", "--max-seeds", "100000000"]
+    result = cli.invoke(app, ["run", str(study), "--out", str(tmp_path / "res"), *args])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+    assert "--max-seeds 100,000,000: 2 design points x 100,000,000 seeds" in result.stderr
+    assert "at most 50,000" in result.stderr and not (tmp_path / "res").exists()
+
+
+def test_the_report_credits_each_round_to_the_halfwidth_that_chose_it(tmp_path, data_dir):
+    from ablate.design import chosen_halfwidths
+
+    study = write_study(tmp_path, seeds=2, factors="dict(activation=['relu', 'sigmoid'])")
+    out = ["run", str(study), "--out", str(tmp_path / "res"), "--max-seeds", "3"]
+    assert cli.invoke(app, [*out, "--until-halfwidth", "1e-6"]).exit_code == 0
+    # met at once by a wider H: no round added, so 1e-6 still chose the seeds
+    again = cli.invoke(app, [*out, "--until-halfwidth", "0.5"])
+    assert again.exit_code == 0 and "nothing to train" in again.output, again.output
+    rule = read_manifest(tmp_path / "res" / "tiny")["until_halfwidth"]
+    assert (rule["halfwidth"], rule["rounds"], rule["by"]) == (1e-6, [2, 3], [None, 1e-6])
+    assert chosen_halfwidths(rule) == "1e-06"
+    mixed = dict(halfwidth=0.01, rounds=[2, 4, 5, 9], by=[None, 0.02, 0.02, 0.01])
+    assert chosen_halfwidths(mixed) == "0.02 (to 5 seeds), then 0.01 (to 9 seeds)"
+    assert chosen_halfwidths(dict(halfwidth=0.02, rounds=[2, 5])) == "0.02"  # before `by`
+
+
+@pytest.fixture(scope="module")
+def pilot(tmp_path_factory, data_dir):
+    """A pilot of 2 seeds and one of 1, each 2 points of 1 epoch."""
+    tmp = tmp_path_factory.mktemp("pilot")
+    folders = {}
+    for n in (1, 2):
+        study = write_study(
+            tmp, name=f"p{n}", seeds=n, factors="dict(activation=['relu', 'sigmoid'])"
+        )
+        assert cli.invoke(app, ["run", str(study), "--out", str(tmp / "res")]).exit_code == 0
+        folders[n] = tmp / "res" / f"p{n}"
+    return folders
+
+
+def test_plan_on_a_one_seed_pilot_says_a_spread_needs_two_seeds(pilot):
+    result = cli.invoke(app, ["plan", str(pilot[1])])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+    assert str(pilot[1]) in result.stderr and "a spread needs at least 2 seeds" in result.stderr
+
+
+@pytest.mark.parametrize("metric", ["epoch", "seed", "seconds", "config", "status"])
+def test_plan_refuses_what_the_report_refuses_as_a_metric(pilot, metric):
+    planned = cli.invoke(app, ["plan", str(pilot[2]), "--metric", metric])
+    reported = cli.invoke(app, ["report", str(pilot[2]), "--metric", metric])
+    assert planned.exit_code == reported.exit_code == 2, planned.output
+    assert planned.stderr == reported.stderr and planned.stderr.count("\n") == 1
+
+
+def test_plan_for_a_halfwidth_past_reach_says_so_not_that_no_spread_was_seen(pilot):
+    result = cli.invoke(app, ["plan", str(pilot[2]), "--halfwidth", "1e-9"])
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.output.split())
+    assert "no spread estimate" not in flat
+    assert "at the observed spread: more than 100,000 seeds for some effect" in flat, flat

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -12,6 +13,8 @@ import pytest
 
 from ablate.store import MANIFEST, QUARANTINE, Store, StoreError, atomic_write, parquet_files, read
 from ablate.study import Study, cells, validate
+
+REPO = Path(__file__).resolve().parents[1]
 
 ROWS = [
     dict(
@@ -254,3 +257,71 @@ def test_a_group_of_empty_tuples_stores_its_column_typed_so_the_folder_reads_who
     assert str(hidden.value_type) == "int64"
     df = pd.read_parquet(tmp_path / "xor")
     assert df.sort_values("cell")["hidden"].map(list).tolist() == [[], [4]]
+
+
+def test_a_quarantine_folder_that_is_a_link_is_refused_and_nothing_moves(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    s = Store(tmp_path / "s").open()
+    s.write(ROWS, "abc")
+    (tmp_path / "s" / "broken.parquet").write_bytes(b"PAR1 garbage")
+    (tmp_path / "s" / QUARANTINE).symlink_to(elsewhere)  # made while the run holds the folder
+    with pytest.raises(StoreError, match=f"{QUARANTINE}: is a symbolic link") as said:
+        s.done()
+    s.close()
+    with pytest.raises(StoreError, match=f"{QUARANTINE}: is a symbolic link"):
+        Store(tmp_path / "s").open()  # the next run: refused before the lock is taken
+    assert said.value.code == 2 and list(elsewhere.iterdir()) == []
+    assert (tmp_path / "s" / "broken.parquet").read_bytes() == b"PAR1 garbage"
+
+
+def test_a_results_file_or_manifest_that_is_a_link_is_neither_read_nor_replaced(tmp_path):
+    s = Store(tmp_path / "s").open()
+    s.write(ROWS, "abc")
+    s.close()
+    theirs = pd.DataFrame([{**r, "cell": "xyz"} for r in ROWS])
+    theirs.to_parquet(tmp_path / "theirs.parquet", index=False)
+    (tmp_path / "s" / "x.parquet").symlink_to(tmp_path / "theirs.parquet")
+    with pytest.raises(StoreError, match="x.parquet: is a symbolic link"):
+        read(tmp_path / "s")  # before: its rows were merged as the study's
+    (tmp_path / "s" / "x.parquet").unlink()
+    (tmp_path / "m.json").write_text("{}")
+    (tmp_path / "s" / MANIFEST).symlink_to(tmp_path / "m.json")
+    with pytest.raises(StoreError, match=f"{MANIFEST}: is a symbolic link"):
+        Store(tmp_path / "s").write_manifest({"study": "s"})  # before: the link was replaced
+    assert (tmp_path / "s" / MANIFEST).is_symlink() and (tmp_path / "m.json").read_text() == "{}"
+
+
+def test_a_foreign_file_sorting_first_loses_to_the_file_this_folders_runs_wrote(tmp_path):
+    s = Store(tmp_path / "s").open()
+    s.write(ROWS, "g-abc")  # the group file this folder's run wrote
+    foreign = pd.DataFrame([{**r, "test_acc": 0.5} for r in ROWS])
+    foreign.to_parquet(tmp_path / "s" / "a_other_machine.parquet", index=False)
+    with pytest.raises(StoreError) as said:
+        read(tmp_path / "s")
+    assert str(said.value).startswith(str(tmp_path / "s" / "a_other_machine.parquet"))
+    assert "other values than g-abc.parquet, the file this folder's runs wrote" in str(said.value)
+    assert s.done() == {"abc"}  # before: g-abc.parquet went to _quarantine
+    assert os.listdir(tmp_path / "s" / QUARANTINE) == ["a_other_machine.parquet"]
+    assert read(tmp_path / "s")["test_acc"].tolist() == [0.9, 0.9]
+
+
+def test_a_received_file_with_a_nan_metric_in_an_ok_row_leaves_its_cell_out_and_says_so(tmp_path):
+    # the committed digits results, one group file edited: cell's last test_acc NaN, still "ok"
+    folder = tmp_path / "digits_mlp"
+    folder.mkdir()
+    for f in (REPO / "results" / "digits_mlp").iterdir():
+        if f.is_file():
+            (folder / f.name).write_bytes(f.read_bytes())
+    edited = parquet_files(folder)[0]
+    rows = pq.read_table(edited).to_pandas()
+    cell = rows["cell"].iloc[0]
+    rows.loc[(rows["cell"] == cell) & (rows["epoch"] == rows["epoch"].max()), "test_acc"] = None
+    rows.to_parquet(edited, index=False)
+    said = []
+    df = read(folder, warn=said.append)
+    assert cell not in set(df["cell"]) and df["cell"].nunique() == 19
+    assert [s for s in said if "NaN" in s] == [
+        f"{edited}: cell {cell} is marked ok but its test_acc is NaN at epoch "
+        f"{rows['epoch'].max()}; the cell is left out of report, compare and plan alike"
+    ]
