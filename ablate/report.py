@@ -276,6 +276,7 @@ def write_folder(
     through; nothing outside `out` is touched, whatever MARKER lists. `names`: what ablate may
     have written in a folder from before the hashes, trusted by name in its place (`by_place`:
     RESULTS/_report, RESULTS/_compare) or where an older MARKER lists them."""
+    outside_results(out)
     mine = owned(out, names, by_place, what)
     out.parent.mkdir(parents=True, exist_ok=True)
     store.clear_temporaries(out.parent, out.name)  # a killed (kill -9) report's
@@ -285,6 +286,24 @@ def write_folder(
     except _Signalled as e:  # its temp folder removed: on to the default, which ends the process
         signal.raise_signal(e.signum)
         raise
+
+
+def outside_results(out: Path) -> None:
+    """Refuse an --out that is a study's results folder or inside one, unless the part right
+    under it begins with _ or . (as _report/ and _compare/ do): pyarrow and DuckDB skip those
+    names and read every other file and subfolder as rows, so pd.read_parquet(folder) would
+    fail on the report (`ablate run` refuses the same for results)."""
+    resolved = out.resolve()
+    for folder in (resolved, *resolved.parents):
+        if (folder / store.MANIFEST).is_file():
+            inside = resolved.relative_to(folder).parts
+            if not inside or not inside[0].startswith(("_", ".")):
+                raise store.StoreError(
+                    f"{out}: is inside the results folder {folder}, whose readers would take "
+                    "it for rows; choose an --out outside it (or a name beginning with _)",
+                    code=2,
+                )
+            return
 
 
 def _fill_and_move(out: Path, fill: Callable[[Path], None], mine: dict, what: str) -> None:

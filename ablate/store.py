@@ -323,7 +323,34 @@ def read_manifest(path: str | Path) -> dict:
             f"{file}: unreadable manifest (a JSON {type(manifest).__name__}, not an object); "
             "move it aside and rerun the study"
         )
+    if problem := manifest_problem(manifest):
+        raise StoreError(f"{file}: {problem}; move it aside and rerun the study")
     return manifest
+
+
+def manifest_problem(manifest: dict) -> str:
+    """What in a manifest's fields ablate cannot read (a folder from elsewhere may hold any JSON
+    there), or "": the names are text, factors map names to lists of levels, each claim holds
+    a number and, where it says so, a mapping and a text."""
+
+    def real(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    for name in ("study", "dataset", "model", "design"):
+        if name in manifest and not isinstance(manifest[name], str):
+            return f"'{name}' is {manifest[name]!r}, not a name"
+    factors = manifest.get("factors")
+    if factors is not None and not (
+        isinstance(factors, dict) and all(isinstance(v, list) for v in factors.values())
+    ):
+        return "'factors' is not a mapping of each factor to its list of levels"
+    claims = manifest.get("claims", [])
+    for claim in claims if isinstance(claims, list) else [None]:
+        ok = isinstance(claim, dict) and real(claim.get("value"))
+        ok = ok and isinstance(claim.get("where", {}), dict)
+        if not (ok and isinstance(claim.get("source", ""), (str, type(None)))):
+            return f"a claim reads {claim!r}, not a number with where and source"
+    return ""
 
 
 def read_design(path: str | Path) -> Design:
@@ -481,8 +508,21 @@ def read(path: str | Path, warn: Callable[[str], None] | None = warnings.warn) -
     design = read_design(path)
     df = _current(df, design, path, warn)
     if design.factors is not None:  # else an old manifest: every stored level column is a factor
+        _check_factors(df, design, path)
         df = _with_factors(df, design.factors, design.json_defaults)
     return df.sort_values(["cell", "epoch"], kind="stable").reset_index(drop=True)
+
+
+def _check_factors(df: pd.DataFrame, design: Design, path: Path) -> None:
+    """A factor the manifest names must be somewhere in the rows: a column, or a key of their
+    configs (or a key's default, for rows stored before it was added)."""
+    configs = _configs(df["config"], design.json_defaults)
+    for f in design.factors:
+        if f not in df.columns and not any(f in c for c in configs):
+            raise StoreError(
+                f"{path / MANIFEST}: factor '{f}' is in none of the stored rows; move the "
+                "manifest aside and rerun the study"
+            )
 
 
 def _with_factors(df: pd.DataFrame, factors: dict, defaults: dict) -> pd.DataFrame:

@@ -411,3 +411,67 @@ def test_a_terminated_report_leaves_no_temp_folder_and_a_killed_ones_goes_next_t
     (results / f"._report.tmp-{gone.pid}-x" / "final.png").write_bytes(b"half")
     assert cli.invoke(app, ["report", str(results)]).exit_code == 0
     assert not list(results.glob("._report.tmp-*"))
+
+
+def sent(tmp_path, name="digits_mlp"):
+    """A copy of a committed results folder's rows and manifest, as a collaborator sends it."""
+    folder = tmp_path / name
+    shutil.copytree(
+        REPO / "results" / name, folder, ignore=shutil.ignore_patterns("_report", "_compare")
+    )
+    return folder
+
+
+@pytest.mark.parametrize(
+    "out, expected",
+    [("rep", 2), (".", 2), ("_mine", 0)],
+    ids=["a-subfolder", "the-folder-itself", "an-underscore-name"],
+)
+def test_a_report_or_compare_out_inside_a_results_folder_is_refused_unless_readers_skip_it(
+    tmp_path, out, expected
+):
+    # pyarrow and DuckDB read every file and subfolder of a results folder as rows, except
+    # names beginning with _ or .: a report there would break pd.read_parquet(folder)
+    folder = sent(tmp_path)
+    target = folder / out
+    cli = CliRunner()
+    report = cli.invoke(app, ["report", str(folder), "--out", str(target)])
+    assert report.exit_code == expected, report.output
+    if expected:
+        assert report.output.count("\n") == 1 and "inside the results folder" in report.output
+        cmp = cli.invoke(
+            app, ["compare", str(folder), str(REPO / "results/digits_mlp"), "--out", str(target)]
+        )
+        assert cmp.exit_code == 2 and "inside the results folder" in cmp.output, cmp.output
+    assert len(pd.read_parquet(folder)) > 0  # the folder still reads as rows
+
+
+@pytest.mark.parametrize(
+    "field, value, said",
+    [
+        ("study", 5, "'study' is 5, not a name"),
+        ("factors", {"activation": "relu"}, "'factors' is not a mapping"),
+        ("claims", [{"where": {}, "value": "high", "source": "x"}], "a claim reads"),
+        ("claims", [{"where": "relu", "value": 0.9}], "a claim reads"),
+        ("factors", None, "factor 'ghost' is in none of the stored rows"),
+    ],
+    ids=["study-a-number", "levels-not-a-list", "claim-value-text", "claim-where-text", "ghost"],
+)
+def test_a_received_manifest_with_malformed_fields_is_one_line_not_a_traceback(
+    tmp_path, field, value, said
+):
+    folder = sent(tmp_path)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    if field == "factors" and value is None:  # a factor no stored row holds
+        manifest["factors"] = {**manifest["factors"], "ghost": ["a", "b"]}
+    else:
+        manifest[field] = value
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    result = CliRunner().invoke(app, ["report", str(folder)])
+    assert (
+        result.exit_code != 0
+        and result.exception is None
+        or isinstance(result.exception, SystemExit)
+    ), result.output
+    assert result.output.startswith("error: ") and result.output.count("\n") == 1, result.output
+    assert said in result.output and not (folder / REPORT).exists()
