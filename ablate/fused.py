@@ -153,7 +153,6 @@ class Optimizer:
         lr, momentum, wd = column("lr"), column("momentum"), column("weight_decay")
         # each hyperparameter shaped to each parameter once: a view per step is an operation
         self.hyper = [tuple(_per_cell(v, p) for v in (lr, momentum, wd)) for p in params]
-        self.lr = lr
         momenta = {c.config["momentum"] for c in cells}  # from the configs: no device sync
         self.any_momentum = momenta != {0}
         adam = self.kind == "adam"  # SGD keeps one buffer where it has momentum, none without

@@ -154,11 +154,10 @@ def normalization(cfgs: list[dict], device) -> bool | torch.Tensor:
     return torch.tensor(norm, device=device).view(-1, 1, 1, 1, 1)
 
 
-def take(source: torch.Tensor, idx: torch.Tensor, shape: tuple | None = None) -> torch.Tensor:
-    """source[idx] for an index of any shape, as `shape` + a sample's shape (default idx's):
-    index_select on the flat index, 10x faster than advanced indexing on a CPU (8 against 80 us
-    for 10 reference batches)."""
-    shape = idx.shape if shape is None else shape
+def take(source: torch.Tensor, idx: torch.Tensor, shape: tuple) -> torch.Tensor:
+    """source[idx] as `shape` + a sample's shape, for an index of any layout: index_select on the
+    flat index, 10x faster than advanced indexing on a CPU (8 against 80 us for 10 reference
+    batches)."""
     return source.index_select(0, idx.reshape(-1)).view(*shape, *source.shape[1:])
 
 

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from throughput import append_row, measured_peak, sync, tutorial_epoch  # noqa: E402
+from throughput import append_row, measured_peak, timed_loop, tutorial_epoch  # noqa: E402
 
 from ablate import data as datasets  # noqa: E402
 from ablate import engine, studyfile  # noqa: E402
@@ -97,25 +97,7 @@ def tensor_epoch(data, cfg: dict, device, limit: int | None) -> float:
     loader = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(x, y), batch_size=cfg["batch_size"], shuffle=True
     )
-    model = tutorial_mlp(x[0].numel(), data.classes, cfg).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg.get("momentum", 0.0))
-
-    def step(xb, yb):
-        xb, yb = xb.to(device), yb.to(device)
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(xb), yb).backward()
-        opt.step()
-
-    for i, (xb, yb) in enumerate(loader):  # warm-up, as throughput.tutorial_epoch's
-        step(xb, yb)
-        if i == 50:
-            break
-    sync(device)
-    start = time.perf_counter()
-    for xb, yb in loader:
-        step(xb, yb)
-    sync(device)
-    return time.perf_counter() - start
+    return timed_loop(tutorial_mlp(x[0].numel(), data.classes, cfg).to(device), cfg, loader, device)
 
 
 def tutorial_seconds(study, cfg, data, device, epochs: int, limit: int | None) -> float:
