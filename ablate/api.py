@@ -17,7 +17,6 @@ from pathlib import Path
 import pandas as pd
 
 from . import charts, report, stats, store, tables
-from .inference import HALFWIDTH
 from .progress import NotebookProgress, RichProgress, in_notebook
 from .study import AblateError, Study, claim_problems
 
@@ -143,7 +142,7 @@ class Results:
 
     @_user_errors
     def analysis(
-        self, metric: str = "test_acc", margin: float | None = None, halfwidth: float = HALFWIDTH
+        self, metric: str = "test_acc", margin: float | None = None, halfwidth: float | None = None
     ) -> report.Report:
         """Every table of the report for `metric` (cached), as `ablate report` computes them."""
         key = (metric, margin, halfwidth)
@@ -155,7 +154,7 @@ class Results:
             self._analysed[key] = analysed[0]
         return self._analysed[key]
 
-    def effects(self, metric: str = "test_acc", margin=None, halfwidth=HALFWIDTH) -> pd.DataFrame:
+    def effects(self, metric: str = "test_acc", margin=None, halfwidth=None) -> pd.DataFrame:
         """effects.csv's table: each level against its baseline, paired by seed, Holm."""
         return self.analysis(metric, margin, halfwidth).effects.copy()
 
@@ -178,7 +177,7 @@ class Results:
         out: str | Path | None = None,
         metric: str = "test_acc",
         margin: float | None = None,
-        halfwidth: float = HALFWIDTH,
+        halfwidth: float | None = None,
     ) -> Path:
         """Write the report (`ablate report`'s files) and return the path of its index.html."""
         return report.build(self.path, out, metric, _warn, margin, halfwidth).path / "index.html"

@@ -14,6 +14,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from . import stats
+from .claims import POINT_INTERVALS
 
 NAMES = ("final", "curves", "effects", "interactions", "claims")
 
@@ -124,7 +125,7 @@ def chart_curves(df, factors, metric, out):
 
 def chart_effects(eff, metric, out, family):
     """Forest plot: each level minus its baseline, paired by seed; filled if it survives Holm. A
-    bar is a row's own 95% CI; where it excludes 0 on a row Holm does not flag, a dagger says so."""
+    bar is a row's own 95% CI (one excluding 0 on an open dot is not a finding: Holm decides)."""
     eff = eff.iloc[::-1].reset_index(drop=True)
     fig, ax = figure(figsize=(8, _height(len(eff))))
     for i, r in eff.iterrows():
@@ -134,10 +135,6 @@ def chart_effects(eff, metric, out, family):
             _say(ax, f"no spread: sign-flip p {r.p_value:.2g}", r["diff"], i)
         elif pd.notna(r["diff"]):
             _say(ax, f"n={r.n_pairs}, no interval", r["diff"], i)
-        if "95% CI excludes 0" in r.note:
-            ax.annotate(
-                "\u2020", (r.ci_high, i), xytext=(4, -3), textcoords="offset points", fontsize=11
-            )
         ax.plot(
             r["diff"], i, "o", color="black", markerfacecolor="black" if r.significant else "white"
         )
@@ -150,14 +147,9 @@ def chart_effects(eff, metric, out, family):
             for _, r in eff.iterrows()
         ],
     )
-    dagger = (
-        "; \u2020: the CI alone excludes 0, Holm does not"
-        if eff.note.str.contains("95% CI excl").any()
-        else ""
-    )
     ax.set(
         xlabel=f"difference in final {metric}: each row's own 95% CI; filled: significant after "
-        f"Holm over {family} tests\n(effects and interactions){dagger}"
+        f"Holm over {family} tests\n(effects and interactions)"
     )
     _save(fig, out, "effects")
 
@@ -214,11 +206,13 @@ def chart_claims(cl, runs, out):
         )  # None: cannot say
         ax.plot(r.claimed, 0, marker, color=color, markersize=9)
         how = {
-            "point": "one run: 95% prediction interval",
+            "point": f"one run: 95% {POINT_INTERVALS.get(r.judged_by, 'prediction interval')}",
             "mean": "a mean: 95% CI",
             "at_most": f"at most: {r.runs_within} of {r.n_seeds} runs",
             "at_least": f"at least: {r.runs_within} of {r.n_seeds} runs",
         }[r.kind]
+        if pd.notna(r.get("outliers")) and r.outliers > 0:  # a bimodal outcome: see the note
+            how += f"; {r.outliers} far from the rest"
         ax.set_title(f"{r.source or r.where}  (n={r.n_seeds}; {how})", fontsize=9, loc="left")
         ax.set_yticks([])
         ax.margins(x=0.08)

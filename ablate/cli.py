@@ -61,11 +61,16 @@ HELP = {
     "margin": "Test each effect for equivalence: inside +-M (the metric's units) by two one-sided "
     "t tests, Holm.",
     "halfwidth": "seeds_needed: seeds for a 95% CI of this half-width (the metric's units; 0.005 "
-    "= half a point of accuracy).",
-    "until": "After the study's seeds, add seeds to every design point in rounds until each main "
-    "effect's 95% CI half-width is at most H (final test_acc; 0.001 = 0.1 point).",
+    "= half a point of accuracy). Default: half a point of accuracy (one test sample where "
+    "coarser), 1% of the mean for any other metric.",
+    "until": "After the study's seeds (the first stage), train every design point once more, to "
+    "the seeds their spread asks for so that each main effect's 95% CI half-width is at most H "
+    "(Stein's two-stage rule; final test_acc; 0.001 = 0.1 point).",
+    "final": "The value analysed per cell: last (its final epoch) or last-K (the mean of its "
+    "last K epochs, for curves that swing late).",
     "max_seeds": "With --until-halfwidth: stop at this many seeds per design point.",
-    "plan": "The half-width to plan for (the metric's units; 0.001 = 0.1 point of accuracy).",
+    "plan": "The half-width to plan for (the metric's units; 0.001 = 0.1 point of accuracy). "
+    "Default: the report's (half a point of accuracy, 1% of the mean for another metric).",
 }
 
 
@@ -125,7 +130,7 @@ def run(
     if not done.summary.failed:  # a round with holes stops the rule: the summary says why
         out.print(
             f"seeds per design point: {steps} (--until-halfwidth {until_halfwidth:g}, at most "
-            f"{cap}); {said} ±{done.widest:.4g}"
+            f"{cap}, Stein's rule); {said} ±{done.widest:.4g}"
         )
     _print_summary(done.summary, path)
 
@@ -244,13 +249,14 @@ def report(
         None, "--out", help="Where to write (default RESULTS_DIR/_report)."
     ),
     margin: float | None = typer.Option(None, "--margin", help=HELP["margin"]),
-    halfwidth: float = typer.Option(0.005, "--halfwidth", help=HELP["halfwidth"]),
+    halfwidth: float | None = typer.Option(None, "--halfwidth", help=HELP["halfwidth"]),
+    final: str = typer.Option("last", "--final", help=HELP["final"]),
 ):
     """Charts, CSVs and index.html: does each factor help, by how much, how sure are we."""
     from . import console
     from . import report as reports
 
-    rep = reports.build(results_dir, out_dir, metric, warn, margin, halfwidth)
+    rep = reports.build(results_dir, out_dir, metric, warn, margin, halfwidth, final)
     if rep.noise is not None:
         from .noise import adds_up
 
@@ -258,7 +264,7 @@ def report(
         out.print(f"{adds_up(rep.noise)}\nreport: {rep.path / 'index.html'}")
         return
     out.print(console.effects_table(rep, metric, margin))
-    console.print_warnings(rep, out, warn)
+    console.print_warnings(rep, out, warn, metric)
     for _, claim in rep.claims.iterrows():
         out.print(console.claim_line(claim))
     out.print(f"report: {rep.path / 'index.html'} ({rep.n_cells} cells, {rep.seconds:.1f}s)")
@@ -308,13 +314,16 @@ def noise(
 @user_errors
 def plan(
     results_dir: Path = typer.Argument(..., metavar="RESULTS_DIR"),
-    halfwidth: float = typer.Option(0.005, "--halfwidth", help=HELP["plan"]),
+    halfwidth: float | None = typer.Option(None, "--halfwidth", help=HELP["plan"]),
     metric: str = typer.Option("test_acc", "--metric", help="test_acc, test_loss or train_loss"),
 ):
     """From a pilot's spread: the seeds each main effect needs, and what the study would cost."""
     from . import console, seeds
 
     effects, cost = seeds.plan(results_dir, halfwidth, metric, warn)
+    if cost["halfwidth_said"]:
+        out.print(f"--halfwidth {cost['halfwidth']:g}: {cost['halfwidth_said']}")
+    halfwidth = cost["halfwidth"]
     out.print(console.plan_table(effects, halfwidth, metric))
     for line in console.plan_lines(cost, halfwidth):
         out.print(line)
@@ -330,14 +339,16 @@ def compare(
     ),
     metric: str = typer.Option("test_acc", "--metric", help="test_acc, test_loss or train_loss"),
     margin: float | None = typer.Option(None, "--margin", help=HELP["margin"]),
+    final: str = typer.Option("last", "--final", help=HELP["final"]),
 ):
-    """Two runs of one study, point by point: B's mean minus A's with a Welch 95% CI, Holm over
-    the points; exit 1 when some point differs or diverged on one side only, 2 when they are
-    not the same study."""
+    """Two runs of one study, point by point: B's mean minus A's with a 95% CI (paired by seed
+    where both hold the same seeds, else Welch) and its MDE, Holm over the points' means and
+    diverged counts; exit 1 when some point differs or diverges more often on one side, 2 when
+    they are not the same study."""
     from . import compare as comparing
     from . import console
 
-    comparison = comparing.run(results_a, results_b, metric, margin, warn)
+    comparison = comparing.run(results_a, results_b, metric, margin, warn, final)
     csv = comparing.write(comparison, out_dir, results_b)  # --out: new, empty or ablate's
     out.print(console.compare_table(comparison))
     out.print(escape(comparison.sentence()), soft_wrap=True)  # one line, for grep and logs

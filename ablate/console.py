@@ -5,14 +5,15 @@ from __future__ import annotations
 from rich.markup import escape
 from rich.table import Table
 
-from . import tables
+from . import stats, tables
+from .claims import POINT_INTERVALS
 from .compare import FAILED
-from .page import chosen_by
+from .page import chosen_by, width
 
 MAX_PLANNED = 100_000  # inference.seeds_needed counts up to 100,001 seeds; past them: inf
 
 
-def print_warnings(rep, out, warn) -> None:
+def print_warnings(rep, out, warn, metric: str = "test_acc") -> None:
     """The significant interactions, then effects that change sign, then failures that differ."""
     for _, row in rep.interactions.iterrows() if len(rep.interactions) else []:
         if row.significant:
@@ -21,6 +22,12 @@ def print_warnings(rep, out, warn) -> None:
         warn(
             f"{row.factor}={row.level} vs {row.baseline} changes sign across the other factors: "
             f"{row.settings}"
+        )
+    for row in rep.swings.itertuples() if rep.swings is not None else []:
+        warn(
+            f"cell {row.cell} (seed {row.seed}) ends at {tables.number(row.final, metric)} against "
+            f"{tables.number(row.recent, metric)} over its {stats.SWING_EPOCHS} epochs before: an "
+            "unstable curve; --final last-5 analyses the mean of each cell's last 5 epochs"
         )
     failures = rep.failures is not None and len(rep.failures)
     for row in rep.failures.drop_duplicates("factor").itertuples() if failures else []:
@@ -69,7 +76,7 @@ def effects_table(rep, metric: str, margin: float | None) -> Table:
         )
     notes = [
         "mde: smallest difference these seeds detect (80% power, 0.05); seeds: for a 95% CI of "
-        f"±{tables.number(rep.halfwidth, metric)}{_points(metric)}"
+        f"±{width(rep.halfwidth, metric, rep.halfwidth_said)}"
     ]
     if margin:
         notes.append(
@@ -78,8 +85,11 @@ def effects_table(rep, metric: str, margin: float | None) -> Table:
         )
     if rep.rule:
         notes.append(chosen_by(rep.rule).strip().rstrip("."))
-    if len(rep.effects) and rep.effects["note"].astype(str).str.contains("95% CI excludes").any():
-        notes.append("†: the row's own CI excludes 0, but not after Holm")
+    if n := stats.unconfirmed(rep.effects, rep.interactions):
+        notes.append(
+            f"not findings: {n} row(s) whose own CI excludes 0 but Holm does not flag (by chance "
+            "on 22% of null 2x2x2 pages)"
+        )
     table.caption = "; ".join(notes)
     return table
 
@@ -101,9 +111,7 @@ def _alias(row) -> str:
 def _verdict(row) -> str:
     if row.significant:
         return "[green]significant[/green]"
-    if row.equivalent:
-        return "equivalent"
-    return "†" if "95% CI excludes" in row.note else ""
+    return "equivalent" if row.equivalent else ""
 
 
 def claim_line(claim) -> str:
@@ -122,29 +130,31 @@ def claim_line(claim) -> str:
     if claim.inside is None:
         return f"claim {name}: {value(claim.claimed)}; n={claim.n_seeds}, no interval to compare"
     mark = "[green]inside[/green]" if claim.inside else "[red]outside[/red]"
-    if claim.note:
+    if str(claim.note).startswith("no spread"):
         return (
             f"claim {name}: {value(claim.claimed)} vs every run {value(claim['mean'])} "
             f"(n={claim.n_seeds}, no spread) {mark}"
         )
+    one_run = POINT_INTERVALS.get(claim.judged_by, "prediction interval")
     low, high, what = (
-        (claim.pi_low, claim.pi_high, "95% prediction interval of one run")
+        (claim.pi_low, claim.pi_high, f"95% {one_run} of one run")
         if claim.kind == "point"
         else (claim.ci_low, claim.ci_high, "95% CI of the mean")
     )
-    return (
+    line = (
         f"claim {name}: {value(claim.claimed)} vs measured mean {value(claim['mean'])}, {what} "
         f"{tables.interval(low, high, claim.metric, False)} (n={claim.n_seeds}) {mark}"
     )
+    return f"{line}\n  {escape(claim.note)}" if claim.note else line  # outliers, clipping
 
 
 def plan_table(effects, halfwidth: float, metric: str) -> Table:
-    """Per main effect: its spread now and the seeds a 95% CI of +-halfwidth needs."""
+    """Per main effect: its spread now and the seeds a 95% CI of +-halfwidth needs, by count."""
     table = Table(
         title=f"seeds for a 95% CI of ±{halfwidth:g} on each main effect (final {metric}), "
         "from the pilot's spread"
     )
-    for column in ["effect", "n", "half-width now", "sd", "sd upper 95%", "seeds", "at most"]:
+    for column in ["effect", "n", "half-width now", "sd", "seeds", "80%", "at most", "until"]:
         table.add_column(column, justify="left" if column == "effect" else "right", overflow="fold")
     for row in effects.itertuples():
         table.add_row(
@@ -152,13 +162,14 @@ def plan_table(effects, halfwidth: float, metric: str) -> Table:
             str(row.n_pairs),
             _number(row.halfwidth),
             _number(row.std),
-            _number(row.std_upper),
-            _count(row.seeds_needed),
-            _count(row.seeds_upper),
+            *map(_count, (row.seeds_needed, row.seeds_80, row.seeds_upper, row.seeds_stein)),
         )
     table.caption = (
-        "seeds: at the observed sd of the per-seed differences; at most: at its one-sided 95% "
-        "upper confidence limit (chi-square on n - 1 degrees of freedom)"
+        "seeds: at the observed sd of the per-seed differences (about half of new studies of "
+        "that many seeds reach the half-width); 80%: reached by 80% of them, given the pilot "
+        "(F on n - 1 degrees of freedom); at most: at the sd's one-sided 95% upper confidence "
+        "limit (chi-square on n - 1; about 95%); until: what run --until-halfwidth trains to "
+        "from these seeds (Stein's rule: within the half-width every time)"
     )
     return table
 
@@ -169,7 +180,12 @@ def plan_lines(cost: dict, halfwidth: float) -> list[str]:
         f"the study: {cost['points']} design points x {cost['seeds']} seeds stored; "
         f"{cost['cell_seconds']:.1f} s of training per cell (from the stored seconds)"
     ]
-    for name, said in (("observed", "at the observed spread"), ("upper", "at most")):
+    for name, said in (
+        ("observed", "at the observed spread"),
+        ("assured", "in 80% of studies"),
+        ("upper", "at most"),
+        ("stein", f"--until-halfwidth {halfwidth:g} from these seeds"),
+    ):
         plan = cost[name]
         if plan["seeds"] is None:  # seeds_needed's inf: past the counts it looks at
             lines.append(
@@ -180,9 +196,18 @@ def plan_lines(cost: dict, halfwidth: float) -> list[str]:
         lines.append(
             f"{said}: {plan['seeds']} seeds for every effect within ±{halfwidth:g}: "
             f"{plan['cells']} cells, {plan['to_train']} more to train, about "
-            f"{_duration(plan['hours'])}"
+            f"{_duration(plan['hours'])}{_reach(name, plan['seeds'])}"
         )
     return lines
+
+
+def _reach(name: str, seeds: int) -> str:
+    """What a plan's count promises, simulated (tests/test_calibration.py)."""
+    if name != "stein":
+        share = dict(observed="about half", assured="80%", upper="about 95%")[name]
+        return f" ({share} of new studies of that many seeds reach it)"
+    cap = f"; pass --max-seeds {seeds}" if seeds > 30 else ""  # 30: seeds.MAX_SEEDS
+    return f" (Stein's rule: every time, its sd taken from these seeds{cap})"
 
 
 def _number(value) -> str:
@@ -202,43 +227,55 @@ def _duration(hours: float) -> str:
 def noise_table(table, metric: str) -> Table:
     """Each stream's variance of the final metric, its 95% interval and share of all streams'."""
     out = Table(title=f"where the seed-to-seed noise in final {metric} comes from")
-    for column in ["stream", "n", "sd", "variance [95% CI]", "share of all"]:
+    for column in ["stream", "n", "sd", "variance [95% CI]", "share of all [95% CI]"]:
         out.add_column(column, justify="left" if column == "stream" else "right")
     for row in table.itertuples():
+        share = "" if row.share != row.share else f"{row.share:.0%}"
+        low = getattr(row, "share_low", float("nan"))
+        if low == low:  # not NaN: "all" is 100% by definition, no interval
+            share += f" [{low:.0%}, {row.share_high:.0%}]"
         out.add_row(
             escape(str(row.stream)),
             str(row.n),
             _number(row.sd),
             f"{row.variance:.3g} [{row.ci_low:.3g}, {row.ci_high:.3g}]",
-            "" if row.share != row.share else f"{row.share:.0%}",
+            share,
         )
     return out
 
 
 def compare_table(comparison) -> Table:
-    """Per design point: A's and B's mean, B - A with its Welch CI, Holm p, the verdict."""
+    """Per design point: A's and B's mean, B - A with its paired or Welch CI, the MDE, Holm p,
+    the diverged counts where some cell diverged, the verdict."""
     metric, factors = comparison.metric, comparison.factors
     name_a, name_b = comparison.names
     out = Table(
-        title=f"final {metric}{tables.unit(metric)}: B - A per design point (95% Welch CI, "
-        "Holm over the points)",
+        title=f"final {metric}{tables.unit(metric)}: B - A per design point (95% CI: paired t by "
+        "seed, else Welch; MDE: 80% power before Holm; Holm over the points)",
         caption=f"A: {escape(name_a)}; B: {escape(name_b)}",
     )
+    lost = bool(comparison.table[["diverged_a", "diverged_b"]].to_numpy().any())
     for factor in factors:
         out.add_column(escape(factor), overflow="fold")
-    for column in ["n", "A", "B", "B - A [95% CI]", "p Holm", ""]:
+    heads = ["n", "A", "B", "B - A [95% CI]", "MDE", "p Holm", *["diverged (Holm p)"] * lost, ""]
+    for column in heads:
         out.add_column(column, justify="right")
     for row in comparison.table.to_dict("records"):  # a factor may be named `class`
         tested = not row["verdict"].startswith("only")
         interval = tables.interval(row["ci_low"], row["ci_high"], metric) or row["test"] * tested
         verdict = f"[red]{row['verdict']}[/red]" if row["verdict"] in FAILED else row["verdict"]
+        diverged = f"{row['diverged_a']}/{row['diverged_b']}"
+        if row["p_diverged_holm"] == row["p_diverged_holm"]:  # not NaN: some cell diverged
+            diverged += f" ({tables.p_value(row['p_diverged_holm'])})"
         out.add_row(
             *(escape(str(row[f])) for f in factors),
             f"{row['n_a']}/{row['n_b']}",
             tables.number(row["mean_a"], metric),
             tables.number(row["mean_b"], metric),
             f"{tables.number(row['diff'], metric, True)} {interval}".strip(),
+            tables.number(row["mde"], metric),
             tables.p_value(row["p_holm"]),
+            *[diverged] * lost,
             verdict,
         )
     return out

@@ -158,3 +158,21 @@ def chosen_halfwidths(rule: dict) -> str:
         h = rule.get("halfwidth")
         return f"{h if isinstance(h, (int, float)) and not isinstance(h, bool) else 0:g}"
     return ", then ".join(f"{h:g} (to {seeds} seeds)" for h, seeds in chosen)
+
+
+def first_stage(design: Design) -> frozenset | None:
+    """The seeds of `run --until-halfwidth`'s first stage, whose spreads chose the total (the
+    report's Stein interval takes its sd from them): the rule's `first`; for a record from
+    before it, the first rounds[0] of the seeds (seed_list puts the study's own first); None
+    without a rule."""
+    rule = design.rule
+    first, rounds = rule.get("first"), rule.get("rounds")
+    if isinstance(first, list) and first and all(map(_is_seed, first)):
+        return frozenset(first)
+    if isinstance(rounds, list) and rounds and _is_seed(rounds[0]):
+        return frozenset(design.seeds[: rounds[0]])
+    return None
+
+
+def _is_seed(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

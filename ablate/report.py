@@ -14,10 +14,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from . import anova, charts, claims, noise, stats, store, tables
-from .design import Design
+from .design import Design, first_stage
 from .page import CAPTIONS, CSS, page  # noqa: F401  report.CSS and report.CAPTIONS, as before
 from .study import DATASET_SIZES, AblateError
 from .study import METRICS as KEY_METRICS
@@ -46,6 +47,9 @@ class Report:
     family: int = 0  # tests in the one Holm family of effects and interactions
     margin: float | None = None
     halfwidth: float = stats.HALFWIDTH
+    halfwidth_said: str = ""  # how a default half-width was chosen; "" where the user gave it
+    last: int = 1  # --final last-k: each cell's metric is the mean over its last k epochs
+    swings: pd.DataFrame | None = None  # cells whose final epoch is far from their last ones
     rule: dict | None = None  # `run --until-halfwidth`'s record, when it chose the seeds
     noise: pd.DataFrame | None = None  # a noise design's noise.csv (noise.decompose)
 
@@ -93,18 +97,20 @@ def build(
     metric: str = "test_acc",
     warn: Callable[[str], None] | None = None,
     margin: float | None = None,
-    halfwidth: float = stats.HALFWIDTH,
+    halfwidth: float | None = None,
+    final: str = "last",
 ) -> Report:
     """Write charts (PNG, SVG, PDF), summary.csv, effects.csv, interactions.csv (grids of two or
     more factors), anova.csv (grids), failures.csv, claims.csv, summary.md/.tex, effects.md/.tex
     and index.html for a results directory."""
     start = time.perf_counter()
     results = Path(results)
+    last = last_epochs(final)
     df, design = stats.tidy(store.read(results, warn)), store.read_design(results)
     check_request(df, results, metric, margin, halfwidth)
     if design.kind == "noise":
         return _noise_report(df, design, results, out, metric, start)
-    rep, df, final = analyse(df, design, metric, margin, halfwidth)
+    rep, df, final = analyse(df, design, metric, margin, halfwidth, final=f"last-{last}")
     factors = stats.factor_columns(df)
     runs = [claims.select(df, c, factors).to_numpy() for c in _chosen(design, metric)]
 
@@ -126,16 +132,39 @@ def analyse(
     design: Design,
     metric: str = "test_acc",
     margin: float | None = None,
-    halfwidth: float = stats.HALFWIDTH,
+    halfwidth: float | None = None,
+    final: str = "last",
 ) -> tuple[Report, pd.DataFrame, pd.DataFrame]:
     """Every table of the report for a design's tidy rows, no files: the Report (path and
-    seconds unset), and the rows and final rows in design order."""
+    seconds unset), and the rows and final rows in design order (`final`: "last", or "last-k"
+    for each cell's mean over its last k epochs)."""
+    last = last_epochs(final)
     factors, levels, base = setting(design, df)
     df = in_design_order(df, factors, levels)
-    final = in_design_order(stats.final(df), factors, levels)
+    finals = in_design_order(stats.final(df, last, metric), factors, levels)
     chosen = _chosen(design, metric)
-    rep = _analyse(df, final, design, factors, levels, base, metric, chosen, margin, halfwidth)
-    return rep, df, final
+    rep = _analyse(df, finals, design, factors, levels, base, metric, chosen, margin, halfwidth)
+    rep.last = last
+    rep.swings = stats.swings(df, metric, _resolution(design, metric))
+    return rep, df, finals
+
+
+def last_epochs(final: str) -> int:
+    """`--final`'s k: "last" is 1, "last-k" is k (a whole number from 1)."""
+    text = str(final)
+    k = text[5:] if text.startswith("last-") else "1" if text == "last" else ""
+    if not k.isdigit() or int(k) < 1:
+        raise AblateError(
+            f"--final {text}: expected last (the final epoch) or last-K (the mean of each "
+            "cell's last K epochs, K a whole number from 1)"
+        )
+    return int(k)
+
+
+def _resolution(design: Design, metric: str) -> float:
+    """The smallest step the metric takes: one test sample for accuracy; 0 where unknown."""
+    test_size = dataset_sizes(design)[1]
+    return 1 / test_size if metric == "test_acc" and test_size else 0.0
 
 
 def _chosen(design: Design, metric: str) -> list[dict]:
@@ -165,6 +194,21 @@ def _noise_report(df, design: Design, results: Path, out, metric: str, start: fl
     )
 
 
+def default_halfwidth(final: pd.DataFrame, metric: str, resolution: float) -> tuple[float, str]:
+    """The half-width seeds_needed aims at when none is given, in the metric's units, and how it
+    was chosen: for accuracy half a point, or one test sample where that is coarser (xor's 4
+    samples asked for 3,097 seeds at half a point); for any other metric 1% of its mean over the
+    ok runs, to one significant figure (NaN where that mean is 0)."""
+    if tables.is_fraction(metric):
+        if resolution > stats.HALFWIDTH:
+            return resolution, f"the default for {metric}: one test sample, its resolution"
+        return stats.HALFWIDTH, f"the default for {metric}: half a point"
+    mean = abs(float(final.loc[final["status"] == "ok", metric].astype(float).mean()))
+    if not mean > 0 or not np.isfinite(mean):
+        return float("nan"), f"no default for {metric}: its mean is 0; give --halfwidth"
+    return float(f"{0.01 * mean:.1g}"), f"the default for {metric}: 1% of its mean"
+
+
 def check_request(df, results: Path, metric: str, margin, halfwidth) -> None:
     """The options must make sense for these rows, and some run must not have diverged."""
     if metric == "seconds":  # cells trained together share one wall time: zero-width intervals
@@ -175,7 +219,7 @@ def check_request(df, results: Path, metric: str, margin, halfwidth) -> None:
     if metric not in METRICS or metric not in df.columns:
         raise AblateError(f"{results}: no metric '{metric}'; try {', '.join(METRICS)}")
     check_margin(margin, metric)
-    if not halfwidth > 0:
+    if halfwidth is not None and not halfwidth > 0:
         raise AblateError(
             f"--halfwidth {halfwidth}: expected a positive half-width in {metric}'s units"
         )
@@ -202,12 +246,16 @@ def check_margin(margin: float | None, metric: str) -> None:
 
 def _analyse(df, final, design, factors, levels, base, metric, chosen, margin, halfwidth):
     """Every table of the report, in a Report whose path and seconds build sets."""
-    classes, test_size = dataset_sizes(design)
-    resolution = 1 / test_size if metric == "test_acc" and test_size else 0.0
+    classes = dataset_sizes(design)[0]
+    resolution = _resolution(design, metric)
+    halfwidth, said = (
+        (halfwidth, "") if halfwidth is not None else default_halfwidth(final, metric, resolution)
+    )
     kind = design.kind or "grid"
     analysis = stats.analyse(
-        final, factors, base, levels, metric, kind, resolution, margin, halfwidth
-    )
+        final, factors, base, levels, metric, kind, resolution, margin, halfwidth,
+        first_stage=first_stage(design),
+    )  # fmt: skip
     grid = analysis.design == "grid"
     table, anova_seeds = (
         anova.anova(final, factors, levels, metric) if grid else (pd.DataFrame(), 0)
@@ -216,7 +264,7 @@ def _analyse(df, final, design, factors, levels, base, metric, chosen, margin, h
     at_base = base if analysis.design == "one_at_a_time" else None
     return Report(
         path=Path(),
-        summary=stats.summary(final, factors, metric),
+        summary=stats.summary(final, factors, metric, resolution),
         effects=analysis.effects,
         claims=claims.claims(df, chosen, factors, resolution) if chosen else pd.DataFrame(),
         interactions=analysis.interactions,
@@ -229,11 +277,14 @@ def _analyse(df, final, design, factors, levels, base, metric, chosen, margin, h
         else pd.DataFrame(),
         anova=table,
         anova_seeds=anova_seeds,
-        sign_changes=anova.changes_sign(simple, metric) if grid else pd.DataFrame(),
+        sign_changes=anova.changes_sign(simple, metric, analysis.interactions)
+        if grid
+        else pd.DataFrame(),
         design=analysis.design,
         family=analysis.family,
         margin=margin,
         halfwidth=halfwidth,
+        halfwidth_said=said,
         rule=design.rule or None,
     )
 

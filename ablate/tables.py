@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .stats import unconfirmed
+
 # the columns of each report table that hold the metric, then those that hold a difference
 VALUES = {
     "summary": ("mean std ci_low ci_high", ""),
@@ -21,7 +23,8 @@ VALUES = {
     "interactions": ("", "at_baseline at_level diff ci_low ci_high"),
     "claims": ("claimed mean ci_low ci_high pi_low pi_high", ""),
 }
-P_COLUMNS = ("p", "p_value", "p_signflip", "p_holm", "p_equivalence", "p_fisher")
+P_COLUMNS = ("p", "p (unadjusted)", "p_value", "p_signflip", "p_holm", "p_equivalence")
+P_COLUMNS += ("p_fisher",)
 
 
 def is_fraction(metric: str) -> bool:
@@ -103,7 +106,8 @@ def summary_rows(summary: pd.DataFrame, factors: list[str], metric: str) -> tupl
             [
                 *(str(getattr(row, f)) for f in factors),
                 number(row.mean, metric) + (f" ± {spread}" if spread else ""),
-                interval(row.ci_low, row.ci_high, metric, signed=False),
+                interval(row.ci_low, row.ci_high, metric, signed=False)
+                or ("no spread" if row.n_seeds >= 2 else ""),
                 str(row.n_seeds),
                 *([str(row.n_diverged)] * diverged),
             ]
@@ -112,15 +116,15 @@ def summary_rows(summary: pd.DataFrame, factors: list[str], metric: str) -> tupl
 
 
 def effect_rows(effects: pd.DataFrame, metric: str) -> tuple[list, list]:
-    """Header and rows of the effects table; the last column marks * significant, dagger a
-    row whose own interval excludes 0 but that Holm does not flag, = equivalent."""
+    """Header and rows of the effects table; the last column marks * significant and
+    = equivalent (a row whose own interval excludes 0 but Holm does not flag is no finding:
+    the caption counts them)."""
     alias = bool("alias" in effects and effects["alias"].astype(bool).any())
     points = " (points)" if is_fraction(metric) else ""
     head = ["effect", *(["alias"] * alias), "n", f"diff{points}", "95% CI", "p (Holm)", ""]
     rows = []
     for row in effects.itertuples(index=False):
         mark = "*" if row.significant else "=" if row.equivalent else ""
-        mark = mark or ("†" if "95% CI excludes" in str(row.note) else "")
         rows.append(
             [
                 f"{row.factor}: {row.level} vs {row.baseline}",
@@ -220,9 +224,13 @@ def write(folder: Path, rep, study: str, metric: str, factors: list[str]) -> Non
     caption = (
         f"Effects on the final {metric} of {study}{points and ' (percentage points)'}: {how}, "
         f"over {n} seeds ({seeds_text(rep.seeds)}); 95% t interval; p Holm-adjusted over the "
-        f"{rep.family} tests of effects and interactions. *: significant at 0.05 after Holm; "
-        "†: the row's own interval excludes 0, Holm's test does not"
+        f"{rep.family} tests of effects and interactions. *: significant at 0.05 after Holm"
     )
+    if n := unconfirmed(rep.effects, rep.interactions):
+        caption += (
+            f"; not findings: {n} of the unmarked rows' own intervals exclude 0 (Holm does not "
+            "flag them; by chance on 22% of null 2x2x2 pages)"
+        )
     if rep.margin:
         caption += f"; =: equivalent, inside ±{number(rep.margin, metric)}{points}"
     head, rows = effect_rows(rep.effects, metric)

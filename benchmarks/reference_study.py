@@ -159,7 +159,7 @@ def compare(committed: Path, fresh: Path) -> str:
         capture_output=True,
         text=True,
     )
-    lines = [line for line in done.stdout.splitlines() if "points agree" in line]
+    lines = [line for line in done.stdout.splitlines() if "points show no difference" in line]
     return lines[-1].strip() if lines else f"ablate compare exit {done.returncode}"
 
 

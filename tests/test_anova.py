@@ -10,7 +10,7 @@ from scipy import stats as st
 from statsmodels.stats.anova import AnovaRM, anova_lm
 from test_stats import frame
 
-from ablate import anova
+from ablate import anova, stats
 
 
 def test_a_two_by_two_grid_by_hand():
@@ -210,3 +210,21 @@ def test_fishers_test_over_three_levels_is_reproducible():
     assert first == pytest.approx(
         0.0524, abs=0.004
     )  # scipy's Monte Carlo over three runs: 0.0517 to 0.0535
+
+
+def test_a_sign_change_is_said_only_where_holm_finds_the_factor_interacting():
+    # issue 28: ungated sign-change warnings added 0.002 to a null page's false-positive rate
+    rng = np.random.default_rng(3)
+    levels, base = {"a": [0, 1], "b": [0, 1]}, {"a": 0, "b": 0}
+    values = {  # a helps by 3 points at b=0 and hurts by 1 at b=1
+        (a, b, s): 0.9 + 0.03 * a - 0.04 * a * b + 0.01 * s + rng.normal(0, 1e-4)
+        for a, b, s in itertools.product([0, 1], [0, 1], range(5))
+    }
+    fin = frame(values)
+    simple = anova.sign_changes(fin, ["a", "b"], base, levels)
+    found = stats.analyse(fin, ["a", "b"], base, levels).interactions
+    assert found["significant"].tolist() == [True]
+    assert anova.changes_sign(simple, interactions=found)["factor"].tolist() == ["a"]
+    quiet = found.assign(significant=False)  # as if Holm had not flagged a:b
+    assert anova.changes_sign(simple, interactions=quiet).empty
+    assert anova.changes_sign(simple)["factor"].tolist() == ["a"]  # ungated: as before

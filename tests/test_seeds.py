@@ -27,16 +27,23 @@ def stored_seeds(folder) -> dict:
     }
 
 
-def test_the_rule_asks_for_the_widest_effects_seeds_one_more_at_least_and_stops_at_the_cap():
-    # two effects at 3 seeds: 0.02 wide needs 7 seeds, 0.004 is narrow enough for 0.005
-    assert inference.next_round([0.02, 0.004], [7, 2], 3, 0.005, 30) == 7
-    assert inference.next_round([0.004, 0.003], [2, 2], 3, 0.005, 30) == 3  # done
-    assert inference.next_round([0.02, 0.004], [7, 2], 3, 0.005, 5) == 5  # the cap
-    assert inference.next_round([0.02], [7], 5, 0.005, 5) == 5  # at the cap: stop
-    assert inference.next_round([0.006], [3], 3, 0.005, 30) == 4  # half as many again, at least
-    assert inference.next_round([0.006], [11], 10, 0.005, 30) == 15
-    assert inference.next_round([np.nan], [np.nan], 1, 0.005, 30) == 2  # one seed: no interval
-    assert inference.next_round([0.02], [np.inf], 3, 0.005, 12) == 12
+def stein_by_hand(sd, n_first, halfwidth) -> int:
+    """Stein's total as its definition reads: the smallest n >= n_first with
+    t(0.975, n_first - 1) * sd / sqrt(n) <= halfwidth."""
+    t = scipy_stats.t.ppf(0.975, n_first - 1)
+    return next(n for n in range(n_first, 10**6) if t * sd / np.sqrt(n) <= halfwidth)
+
+
+def test_steins_rule_trains_once_to_what_the_widest_first_stage_spread_asks_for():
+    for sd, first, h in [(1.0, 5, 0.7), (0.02, 3, 0.005), (0.3, 2, 0.5), (1.0, 10, 1)]:
+        assert inference.stein_seeds(sd, first, h) == stein_by_hand(sd, first, h)
+    # (t(0.975, 4) = 2.776 x 1 / 0.7)**2 = 15.7: 16 seeds; 0.5 sd asks for 4, so the 5 stand
+    assert inference.stein_total([1.0, 0.5], [5, 5], 0.7, 30) == 16
+    assert inference.stein_total([0.1, 0.5], [5, 5], 0.7, 30) == 5  # narrow enough already
+    assert inference.stein_total([1.0, 0.5], [5, 5], 0.7, 12) == 12  # --max-seeds
+    assert inference.stein_total([np.nan, 0.5], [1, 5], 0.7, 30) == 30  # no first-stage sd
+    assert inference.stein_total([[1.0], [0.1]], 5, 0.7, 30).tolist() == [16, 5]  # per study
+    assert np.isnan(inference.stein_seeds(1.0, 1, 0.7))
     assert seeds.seed_list(type("S", (), {"seeds": [3, 5]})(), 4) == [3, 5, 6, 7]
 
 
@@ -52,15 +59,23 @@ def test_until_halfwidth_adds_seeds_to_every_point_alike_and_records_its_rounds(
     rule = read_manifest(folder)["until_halfwidth"]
     rounds = rule["rounds"]
     assert rounds[0] == 2 and rounds == sorted(set(rounds)) and rounds[-1] <= 6
-    assert (rule["halfwidth"], rule["max_seeds"]) == (0.02, 6)
+    assert (rule["halfwidth"], rule["max_seeds"], rule["first"]) == (0.02, 6, [0, 1])
+    assert len(rounds) <= 2  # Stein's rule: the first stage, then at most one round
     assert read_manifest(folder)["seeds"] == list(range(rounds[-1]))
     # pairing needs every point at every seed: 4 points, the same seeds 0..n-1
     points = stored_seeds(folder)
     assert len(points) == 4
     assert all(s == list(range(rounds[-1])) for s in points.values()), points
-    widest = seeds.analysed(folder, 0.02)[0]["halfwidth"].max()
+    # the total is Stein's from seeds 0 and 1 alone, and so is every interval's half-width
+    first = seeds.analysed(folder, 0.02, seeds=[0, 1])[0]
+    sd = seeds.spread(first)
+    assert rounds[-1] == min(6, max(stein_by_hand(s, 2, 0.02) for s in sd)), (sd, rounds)
+    widest = scipy_stats.t.ppf(0.975, 1) * sd.max() / np.sqrt(rounds[-1])
     assert widest <= 0.02 or rounds[-1] == 6, (widest, rounds)
     assert f"seeds per design point: {' -> '.join(map(str, rounds))}" in result.output
+    assert f"Stein's rule); every main effect within ±{widest:.4g}" in result.output or (
+        f"capped; the widest is ±{widest:.4g}" in result.output
+    ), result.output
     # the same command again: the rule is met, nothing trains, the record stands
     again = cli.invoke(app, [*args, "--max-seeds", "6"])
     assert again.exit_code == 0, again.output
@@ -94,6 +109,7 @@ def test_until_halfwidth_mistakes_are_one_line(tmp_path, data_dir, monkeypatch):
         (["--max-seeds", "5"], "--max-seeds 5: only used with --until-halfwidth"),
         (["--until-halfwidth", "0"], "--until-halfwidth 0.0: expected a positive half-width"),
         (["--until-halfwidth", "0.01", "--max-seeds", "2"], "the study already has 3 seeds"),
+        (["--seeds", "1", "--until-halfwidth", "0.01"], "1 seed gives no spread to size"),
     ):
         result = cli.invoke(app, ["run", str(study), *out, *extra])
         assert result.exit_code != 0 and said in result.output, result.output
@@ -115,7 +131,8 @@ def test_a_round_killed_mid_way_is_finished_by_the_same_command(tmp_path, data_d
         text=True,
     )
     assert killed.returncode == -9, killed.stderr
-    assert read_manifest(tmp_path / "a" / "tiny")["until_halfwidth"]["rounds"] == [2, 4]
+    rule = read_manifest(tmp_path / "a" / "tiny")["until_halfwidth"]
+    assert (rule["rounds"], rule["first"]) == ([2, 4], [0, 1])
     assert len(pd.read_parquet(tmp_path / "a" / "tiny")["cell"].unique()) == 12
     for out in ("a", "b"):  # resumed, and uninterrupted
         done = subprocess.run(command(tmp_path / out), env=env(data_dir), capture_output=True)
@@ -163,9 +180,20 @@ def test_plan_gives_each_effects_seeds_from_its_spread_as_scipy_counts_them(
             if scipy_stats.t.ppf(0.975, k - 1) * spread / np.sqrt(k) <= 0.01
         )
 
+    def assured(spread):  # 80% of new studies of k seeds reach it: s_k**2 / sd**2 ~ F(k-1, n-1)
+        return next(
+            k
+            for k in range(2, 10**6)
+            if scipy_stats.f.cdf(
+                0.01**2 * k / (scipy_stats.t.ppf(0.975, k - 1) * spread) ** 2, k - 1, n - 1
+            )
+            >= 0.8
+        )
+
     row = effects.query("factor == 'activation'").iloc[0]
     assert abs(row["std"] - sd) < 1e-12 and abs(row["std_upper"] - upper) < 1e-12
     assert (row["seeds_needed"], row["seeds_upper"]) == (needed(sd), needed(upper))
+    assert (row["seeds_80"], row["seeds_stein"]) == (assured(sd), stein_by_hand(sd, n, 0.01))
     most = int(effects["seeds_upper"].max())
     assert cost["points"] == 4 and cost["seeds"] == 4
     assert cost["upper"]["seeds"] == max(most, 4)
@@ -178,6 +206,9 @@ def test_plan_gives_each_effects_seeds_from_its_spread_as_scipy_counts_them(
     assert "activation:" in flat and "dropout:" in flat
     assert f"{cost['upper']['seeds']} seeds for every effect within ±0.01" in flat
     assert "4 design points x 4 seeds stored" in flat
+    assert f"in 80% of studies: {cost['assured']['seeds']} seeds for every effect" in flat
+    assert "(about half of new studies of that many seeds reach it)" in flat
+    assert f"--until-halfwidth 0.01 from these seeds: {cost['stein']['seeds']} seeds" in flat
 
 
 def test_added_seeds_stay_below_2_to_the_32_and_never_repeat_one_in_use():
@@ -249,3 +280,41 @@ def test_plan_for_a_halfwidth_past_reach_says_so_not_that_no_spread_was_seen(pil
     flat = " ".join(result.output.split())
     assert "no spread estimate" not in flat
     assert "at the observed spread: more than 100,000 seeds for some effect" in flat, flat
+
+
+def test_the_first_stage_is_the_recorded_one_else_the_first_round_of_an_older_record():
+    from ablate.design import Design, first_stage
+
+    seeds_ = (0, 1, 2, 3, 4)
+    assert first_stage(Design(seeds=seeds_)) is None  # no rule: no first stage
+    assert first_stage(Design(seeds=seeds_, rule=dict(rounds=[2, 5], first=[0, 3]))) == {0, 3}
+    assert first_stage(Design(seeds=seeds_, rule=dict(rounds=[2, 5]))) == {0, 1}  # before `first`
+    for junk in ("0,1", [True, 1], [-1, 0], []):  # a received manifest is untrusted
+        assert first_stage(Design(seeds=seeds_, rule=dict(rounds=[3], first=junk))) == {0, 1, 2}
+    assert first_stage(Design(seeds=seeds_, rule=dict(rounds="2"))) is None
+
+
+def test_until_halfwidth_from_a_pilot_trains_to_the_seeds_plan_says(tmp_path, data_dir):
+    study = write_study(tmp_path, seeds=3, factors="dict(activation=['relu', 'sigmoid'])")
+    out = ["run", str(study), "--out", str(tmp_path / "res")]
+    assert cli.invoke(app, out).exit_code == 0
+    folder = tmp_path / "res" / "tiny"
+    effects, cost = seeds.plan(folder, 0.05)
+    planned = cost["stein"]["seeds"]
+    assert planned == max(3, stein_by_hand(effects["std"].max(), 3, 0.05))
+    result = cli.invoke(app, [*out, "--until-halfwidth", "0.05", "--max-seeds", "40"])
+    assert result.exit_code == 0, result.output
+    rule = read_manifest(folder)["until_halfwidth"]
+    assert rule["rounds"] == ([3] if planned == 3 else [3, min(planned, 40)]), (rule, planned)
+    assert rule["first"] == [0, 1, 2]
+
+
+def test_plan_without_a_halfwidth_takes_the_reports_default_for_the_metric_and_says_so():
+    # issue 28: 0.005 for every metric asked xor (4 test samples) for 3,097 seeds
+    from conftest import REPO
+
+    result = cli.invoke(app, ["plan", str(REPO / "results" / "xor")])
+    assert result.exit_code == 0, result.output
+    assert "--halfwidth 0.25: the default for test_acc: one test sample" in result.stdout
+    loss = cli.invoke(app, ["plan", str(REPO / "results" / "mnist_mlp"), "--metric", "test_loss"])
+    assert "the default for test_loss: 1% of its mean" in loss.stdout, loss.output

@@ -395,3 +395,58 @@ def test_a_pinned_factor_is_no_part_of_a_fractional_alias():
         fin, list("abcd"), {"a": 0, "b": 0, "c": 0, "d": 7}, levels, design="fractional"
     )
     assert out.effects.set_index("factor").loc["a", "alias"] == "-b:c" and out.half_k == 3
+
+
+def test_steins_interval_takes_the_first_stages_sd_and_df_over_every_seed():
+    # seeds 0-2 the first stage (sd 0.2, mean 0.1), 1-6 all of them (mean 0.2): by hand,
+    # the half-width is t(0.975, 2) * 0.2 / sqrt(7) = 4.303 * 0.0756 = 0.3253
+    diffs = np.array([0.1, 0.3, -0.1, 0.5, 0.4, 0.2, 0.0])
+    first = np.arange(7) < 3
+    out = inference.estimate(diffs, 0.0, 0.5, 0.7, first_stage=first)
+    scale = 0.2 / np.sqrt(7)
+    assert out["ci_low"] == pytest.approx(0.2 - st.t.ppf(0.975, 2) * scale, abs=1e-12)
+    assert out["ci_high"] == pytest.approx(0.2 + 0.3253, abs=1e-4)
+    assert out["p_value"] == pytest.approx(2 * st.t.sf(0.2 / scale, 2), rel=1e-12)
+    lower, upper = st.t.sf((0.2 + 0.5) / scale, 2), st.t.cdf((0.2 - 0.5) / scale, 2)
+    assert out["p_equivalence"] == pytest.approx(max(lower, upper), rel=1e-12)
+    assert out["test"] == "paired t, Stein two-stage" and out["n_pairs"] == 7
+    # mde: the test's power is noncentral t on the first stage's df, shift mde * sqrt(7) / sd
+    sd, crit = diffs.std(ddof=1), st.t.ppf(0.975, 2)
+    shift = out["mde"] * np.sqrt(7) / sd
+    assert st.nct.sf(crit, 2, shift) + st.nct.cdf(-crit, 2, shift) == pytest.approx(0.8)
+
+
+def test_without_a_second_stage_or_a_first_stage_spread_the_estimate_is_todays():
+    diffs = np.array([0.1, 0.3, -0.1, 0.5, 0.4])
+    today = inference.estimate(diffs, 0.0, 0.5, 0.7)
+    # no mask, a mask of every seed (Stein's interval is then the t interval), one seed first,
+    # and a first stage without spread (two equal differences) all read as today
+    for first in (None, np.ones(5, bool), np.arange(5) < 1):
+        assert inference.estimate(diffs, 0.0, 0.5, 0.7, first) == today
+    flat = np.array([0.1, 0.1, 0.3, -0.1])
+    assert inference.estimate(flat, 0.01, None, 0.7, np.arange(4) < 2) == inference.estimate(
+        flat, 0.01, None, 0.7
+    )
+
+
+def test_a_half_fractions_alias_note_gives_the_aliased_interaction_in_the_pages_units():
+    # issue 28: A's row of the 2^(3-1) half is A - 1/2 x the b:c diff that interactions.csv
+    # would print; plant a b:c diff of +2 points (coefficient 0.005 in +-1 codes): A = -1 point
+    half = [p for p in itertools.product([0, 1], repeat=3) if sum(p) % 2 == 0]
+    code = lambda v: 2 * v - 1  # noqa: E731
+    values = {
+        (*p, s): 0.9 + 0.005 * code(p[1]) * code(p[2]) + 0.01 * s for p in half for s in (0, 1)
+    }
+    fin = frame(values, factors=("a", "b", "c"))
+    levels = {f: [0, 1] for f in "abc"}
+    out = stats.analyse(fin, list("abc"), dict(a=0, b=0, c=0), levels, design="fractional")
+    row = out.effects.set_index("factor").loc["a"]
+    assert row["diff"] == pytest.approx(-0.01) and row["alias"] == "-b:c"
+    assert row["note"].startswith(
+        "estimates the main effect minus 1/2 x the b:c interaction's diff"
+    )
+    assert stats.alias_note("+b:c:d").startswith("estimates the main effect plus 1/4 x the b:c:d")
+    assert (
+        stats.alias_note("-b")
+        == "estimates the main effect minus b's main effect (aliased in the half)"
+    )
