@@ -88,7 +88,7 @@ def effects_table(rep, metric: str, margin: float | None) -> Table:
     if n := stats.unconfirmed(rep.effects, rep.interactions):
         notes.append(
             f"not findings: {n} row(s) whose own CI excludes 0 but Holm does not flag (by chance "
-            "on 22% of null 2x2x2 pages)"
+            "on 23% of null 2x2x2 pages)"
         )
     table.caption = "; ".join(notes)
     return table

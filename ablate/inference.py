@@ -249,7 +249,25 @@ def estimate(
         seeds_needed=np.nan if flat else seeds_needed(std, halfwidth),
         p_equivalence=p_eq,
         equivalent=bool(p_eq < ALPHA),
+        **dict(zip(("p_greater", "p_greater_low", "p_greater_high"), greater(diffs), strict=True)),
     )
+
+
+def greater(diffs) -> tuple[float, float, float]:
+    """P(level > baseline) paired by seed, rliable's probability of improvement: the share of
+    seeds whose difference is above 0 (a tie counts half), with its exact 95% Clopper-Pearson
+    interval (ties counted as below for the lower end, as above for the upper). It reads where
+    runs are skewed or stall, as a mean difference cannot: one collapsed seed moves the mean
+    by its size but this by one seed. NaN without seeds."""
+    d = np.asarray(diffs, float)
+    if not len(d):
+        return np.nan, np.nan, np.nan
+    n, above, ties = len(d), int((d > 0).sum()), int((d == 0).sum())
+    beta = scipy_stats.beta
+    low = float(beta.ppf((1 - LEVEL) / 2, above, n - above + 1)) if above else 0.0
+    top = above + ties
+    high = float(beta.ppf(0.5 + LEVEL / 2, top + 1, n - top)) if top < n else 1.0
+    return (above + ties / 2) / n, low, high
 
 
 def stein_stage(diffs: np.ndarray, first_stage, resolution: float) -> np.ndarray | None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from . import charts, stats, tables
+from . import charts, curves, stats, tables
 from .design import Design, chosen_halfwidths
 
 if TYPE_CHECKING:
@@ -162,7 +162,49 @@ def _metric_sections(rep: Report, metric: str, factors: list[str]) -> list[str]:
         _img(rep.path, "curves"),
         f"<figcaption>Mean {escape(metric)} per epoch with a 95% t band; n seeds per line in the "
         "legend.</figcaption></figure>",
+        *_curves_tested(rep, metric, factors),
     ]
+
+
+def _curves_tested(rep: Report, metric: str, factors: list[str]) -> list[str]:
+    """The curves' effects (area, epochs to the threshold) and the points still climbing."""
+    said = []
+    if rep.curves is not None and len(rep.curves):
+        shown = rep.curves.copy()
+        area = shown["measure"] == "area"
+        for column in ("diff", "ci_low", "ci_high"):  # the area in the metric's points
+            shown[column] = shown[column].astype(object)
+            shown.loc[area, column] = [
+                tables.number(v, metric, True) for v in shown.loc[area, column]
+            ]
+        said += [
+            "<h3>The curves, tested</h3>",
+            f"<p class=meta>Per effect, paired by seed as above: the difference in area under "
+            f"the test curve (the mean {escape(metric)} over the epochs{_in_points(metric)}) and "
+            f"in epochs to reach {tables.number(rep.threshold, metric)} (the worst point's mean "
+            "final value; a cell that never reaches it counts as epochs + 1: censored, and the "
+            "difference is then a bound). 95% t intervals; one Holm family of these rows alone, "
+            "apart from the effects'.</p>",
+            _table(tables.readable(shown, "", "")),
+        ]
+    climbing = rep.climbing
+    if climbing is not None and len(climbing) and climbing["still_climbing"].any():
+        which = ", ".join(
+            escape(charts.label(row, factors))
+            for _, row in climbing.iterrows()
+            if row.still_climbing
+        )
+        said.append(
+            f"<p class=warn>Still climbing at the last epoch: {which} (the slope of each cell's "
+            f"last {curves.CLIMB} epochs is above 0 by a one-sided t test over seeds, Holm over "
+            "the points): their final values are not a plateau, and more epochs would move them."
+            "</p>"
+        )
+    return said
+
+
+def _in_points(metric: str) -> str:
+    return ", in points" if tables.is_fraction(metric) else ""
 
 
 CAPTIONS = {
@@ -186,6 +228,7 @@ def _effects_section(rep: Report, factors: list[str], metric: str) -> list[str]:
         columns.insert(3, "alias")
     tested = rep.effects["p_equivalence"].notna().any()  # with --margin
     shown = rep.effects[[c for c in columns if c != "equivalent" or tested]]
+    shown = shown.assign(**{"P(level > baseline)": _greater(rep.effects)})
     flips = [
         f"<p class=warn>{escape(str(row.factor))}={escape(str(row.level))} vs "
         f"{escape(str(row.baseline))} changes sign across the other factors' settings (it "
@@ -211,8 +254,18 @@ def _unconfirmed_note(rep: Report) -> list[str]:
     rows = "row's" if n == 1 else "rows'"
     return [
         f"<p class=meta>Not findings: {n} {rows} own 95% interval excludes 0 although Holm over "
-        f"the {rep.family} tests does not flag it; by chance alone some row does so on 22% of "
+        f"the {rep.family} tests does not flag it; by chance alone some row does so on 23% of "
         "pages of a 2x2x2 study where nothing acts, 43% of 2^4 (simulated).</p>"
+    ]
+
+
+def _greater(effects: pd.DataFrame) -> list[str]:
+    """P(level > baseline) per seed with its Clopper-Pearson interval: "0.80 [0.28, 0.99]"."""
+    return [
+        "" if pd.isna(p) else f"{p:.2f} [{low:.2f}, {high:.2f}]"
+        for p, low, high in effects[["p_greater", "p_greater_low", "p_greater_high"]].itertuples(
+            index=False
+        )
     ]
 
 
@@ -234,8 +287,10 @@ def _effects_caption(rep: Report, factors: list[str], tested: bool, metric: str)
         "metric resolves). mde: the smallest difference these seeds detect "
         "with 80% power at 0.05 (before Holm), from the observed spread; seeds_needed: seeds for "
         f"a 95% interval of half-width {width(rep.halfwidth, metric, rep.halfwidth_said)}"
-        f"{equivalence}. Not "
-        "significant is not no "
+        f"{equivalence}. P(level > baseline): the share of seeds whose difference is above 0 "
+        "(ties half), rliable's probability of improvement paired by seed, with its exact "
+        "Clopper-Pearson 95% interval; one collapsed seed moves it by one seed, not by its size. "
+        "Not significant is not no "
         f"effect: only an equivalence test says that.{chosen_by(rep.rule)}"
     )
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import anova, charts, claims, noise, stats, store, tables
+from . import anova, charts, claims, curves, noise, stats, store, tables
 from .design import Design, first_stage
 from .page import CAPTIONS, CSS, page  # noqa: F401  report.CSS and report.CAPTIONS, as before
 from .study import DATASET_SIZES, AblateError
@@ -50,6 +50,9 @@ class Report:
     halfwidth_said: str = ""  # how a default half-width was chosen; "" where the user gave it
     last: int = 1  # --final last-k: each cell's metric is the mean over its last k epochs
     swings: pd.DataFrame | None = None  # cells whose final epoch is far from their last ones
+    curves: pd.DataFrame | None = None  # curves.table: area and epochs to a threshold, per effect
+    threshold: float = float("nan")  # the threshold those epochs count to
+    climbing: pd.DataFrame | None = None  # curves.climbing: per point, still climbing or not
     rule: dict | None = None  # `run --until-halfwidth`'s record, when it chose the seeds
     noise: pd.DataFrame | None = None  # a noise design's noise.csv (noise.decompose)
 
@@ -85,6 +88,8 @@ METRICS = tuple(m for m in store.METRICS if m in KEY_METRICS)
 OURS = (
     *(f"{chart}.{kind}" for chart in CHARTS for kind in ("png", "svg", "pdf")),
     *(f"{table}.csv" for table in ("claims", "interactions", "failures", "anova", "summary")),
+    "curve_effects.csv",
+    "climbing.csv",
     *(f"{table}.{kind}" for table in ("effects", "summary") for kind in ("csv", "md", "tex")),
     "index.html",
 )
@@ -146,6 +151,12 @@ def analyse(
     rep = _analyse(df, finals, design, factors, levels, base, metric, chosen, margin, halfwidth)
     rep.last = last
     rep.swings = stats.swings(df, metric, _resolution(design, metric))
+    higher, matched = tables.is_fraction(metric), rep.design != "fractional"
+    if len(rep.effects):
+        rep.curves, rep.threshold = curves.table(
+            df, finals, factors, base, levels, metric, higher, matched
+        )
+    rep.climbing = curves.climbing(df, factors, metric, higher)
     return rep, df, finals
 
 
@@ -309,6 +320,10 @@ def _write_tables_and_charts(folder, rep: Report, df, final, factors, metric, ru
         rep.failures.to_csv(folder / "failures.csv", index=False)
     rep.summary.to_csv(folder / "summary.csv", index=False)
     rep.effects.to_csv(folder / "effects.csv", index=False)
+    if rep.curves is not None and len(rep.curves):
+        rep.curves.to_csv(folder / "curve_effects.csv", index=False)
+    if rep.climbing is not None and len(rep.climbing):
+        rep.climbing.to_csv(folder / "climbing.csv", index=False)
 
 
 def write_folder(

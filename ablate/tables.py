@@ -229,7 +229,7 @@ def write(folder: Path, rep, study: str, metric: str, factors: list[str]) -> Non
     if n := unconfirmed(rep.effects, rep.interactions):
         caption += (
             f"; not findings: {n} of the unmarked rows' own intervals exclude 0 (Holm does not "
-            "flag them; by chance on 22% of null 2x2x2 pages)"
+            "flag them; by chance on 23% of null 2x2x2 pages)"
         )
     if rep.margin:
         caption += f"; =: equivalent, inside ±{number(rep.margin, metric)}{points}"

@@ -7,7 +7,7 @@ import pandas as pd
 from scipy import stats as scipy_stats
 from statsmodels.stats.proportion import proportion_confint
 
-from ablate import anova, inference, seeds, stats
+from ablate import anova, curves, inference, seeds, stats
 
 
 def simulate(rng, points, truth, seeds, noise, factors) -> pd.DataFrame:
@@ -471,10 +471,11 @@ def test_plans_counts_reach_the_halfwidth_as_often_as_the_plan_says():
     print("\n".join(lines))
 
 
-def curves(rng, effects: dict, seeds: int, epochs: int, jitter: float, collapse: float = 0.0):
+def curve_rows(rng, effects: dict, seeds, epochs, jitter, collapse: float = 0.0, rise: float = 0.0):
     """Tidy rows of a 2x2 grid whose test accuracy climbs to 0.9 + the planted effects, with a
-    per-seed offset, AR(1) epoch-to-epoch jitter (rho 0.5) and, with probability `collapse`
-    per cell, a final epoch 50 points low (an unstable recipe's late swing)."""
+    per-seed offset, AR(1) epoch-to-epoch jitter (rho 0.5), `rise` per epoch still added at the
+    end (a curve that has not plateaued) and, with probability `collapse` per cell, a final
+    epoch 50 points low (an unstable recipe's late swing)."""
     rows, t = [], np.arange(1, epochs + 1)
     shift = rng.normal(0, 0.01, seeds)
     for a, b in itertools.product([0, 1], [0, 1]):
@@ -483,6 +484,7 @@ def curves(rng, effects: dict, seeds: int, epochs: int, jitter: float, collapse:
             for e in range(1, epochs):
                 ar[e] = 0.5 * ar[e - 1] + rng.normal(0, jitter)
             y = 0.9 + effects["a"] * a + effects["b"] * b + shift[s] - 0.3 * np.exp(-t / 3) + ar
+            y = y + rise * t
             if rng.random() < collapse:
                 y[-1] -= 0.5
             cell = f"{a}{b}{s}"
@@ -499,7 +501,7 @@ def test_the_mean_of_the_last_k_epochs_keeps_coverage_and_nulls_quiet_and_swings
     levels, base = {"a": [0, 1], "b": [0, 1]}, {"a": 0, "b": 0}
     covered = rows = nulls = flagged = 0
     for _ in range(reps):
-        df = curves(rng, effects, 5, 30, 0.004)
+        df = curve_rows(rng, effects, 5, 30, 0.004)
         fin = stats.final(df, 5, "test_acc")
         out = stats.analyse(fin, ["a", "b"], base, levels)
         want = np.array([effects[f] for f in out.effects["factor"]])
@@ -510,7 +512,7 @@ def test_the_mean_of_the_last_k_epochs_keeps_coverage_and_nulls_quiet_and_swings
         )
         flagged += bool(len(stats.swings(df, "test_acc")))
     found = sum(
-        bool(len(stats.swings(curves(rng, effects, 5, 30, 0.004, collapse=0.1), "test_acc")))
+        bool(len(stats.swings(curve_rows(rng, effects, 5, 30, 0.004, collapse=0.1), "test_acc")))
         for _ in range(100)
     )
     said = (
@@ -522,3 +524,41 @@ def test_the_mean_of_the_last_k_epochs_keeps_coverage_and_nulls_quiet_and_swings
     print(said)
     assert 0.93 <= covered / rows <= 0.97 and nulls / reps <= 0.06, said
     assert flagged / reps <= 0.02 and found / 100 >= 0.8, said
+
+
+def test_the_curves_tests_keep_a_null_quiet_cover_the_area_and_find_a_curve_still_climbing():
+    # issue 28: learning curves tested, not eyeballed. A null 2x2 study: no significant curve
+    # row and no point still climbing in more than 5% of studies; a planted +1 point lifts the
+    # whole curve, so the area's difference is that point; a curve still rising 0.3 points an
+    # epoch at the end is found climbing
+    rng, reps, levels, base = np.random.default_rng(12), 200, {"a": [0, 1], "b": [0, 1]}, {}
+    base = {"a": 0, "b": 0}
+    quiet = climbing = covered = rows = 0
+    for planted in (0.0, 0.01):
+        for _ in range(reps):
+            df = curve_rows(rng, dict(a=planted, b=0.0), 5, 30, 0.004)
+            table, _ = curves.table(df, stats.final(df), ["a", "b"], base, levels, "test_acc", True)
+            area = table[table["measure"] == "area"]
+            want = np.where(area["factor"] == "a", planted, 0.0)
+            covered += int(((area.ci_low <= want) & (want <= area.ci_high)).sum())
+            rows += len(area)
+            if planted == 0:
+                quiet += bool(table.significant.any())
+                climbing += bool(
+                    curves.climbing(df, ["a", "b"], "test_acc", True).still_climbing.any()
+                )
+    rising = [  # each point's share found climbing, jitter sd 0.4 point (AR(1), rho 0.5)
+        curves.climbing(curve_rows(rng, dict(a=0.0, b=0.0), 5, 30, 0.004, rise=0.003),
+                        ["a", "b"], "test_acc", True).still_climbing.mean()
+        for _ in range(50)
+    ]  # fmt: skip
+    said = (
+        f"curves, 2x2 x 5 seeds, {reps} null studies: a significant curve row in "
+        f"{quiet / reps:.3f}, a point still climbing in {climbing / reps:.3f}; the area's 95% "
+        f"intervals cover {covered / rows:.3f} (null and +1 point); a point of a curve still "
+        f"rising 0.3 points an epoch found climbing in {np.mean(rising):.2f} (50 studies)"
+    )
+    print(said)
+    # one Holm family each: neither may show a null above 0.05 beyond what 200 studies resolve
+    assert wilson(quiet, reps)[0] <= 0.05 and wilson(climbing, reps)[0] <= 0.05, said
+    assert 0.93 <= covered / rows <= 0.97 and np.mean(rising) >= 0.8, said

@@ -450,3 +450,26 @@ def test_the_default_halfwidth_is_per_metric_in_its_units_and_said_in_the_captio
     loss = pd.read_csv(tmp_path / "l" / "summary.csv")["mean"].mean()
     page = " ".join((tmp_path / "l" / "index.html").read_text().split())
     assert f"half-width {float(f'{0.01 * loss:.1g}'):.4g} (the default for test_loss: 1%" in page
+
+
+def test_the_curves_are_tested_by_area_and_epochs_to_a_threshold_checked_by_hand(tmp_path):
+    from ablate import stats, store
+
+    r = cli.invoke(app, ["report", str(REPO / "results" / "digits_mlp"), "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    rows = stats.tidy(store.read(REPO / "results" / "digits_mlp"))
+    area = rows.groupby(["activation", "batchnorm", "seed"])["test_acc"].mean()
+    per_seed = (area.loc["relu"] - area.loc["sigmoid"]).groupby("seed").mean()  # over batchnorm
+    table = pd.read_csv(tmp_path / "curve_effects.csv").set_index(["measure", "factor"])
+    assert table.loc[("area", "activation"), "diff"] == pytest.approx(per_seed.mean(), abs=1e-12)
+    final = stats.final(rows)
+    worst = final.groupby(["activation", "batchnorm"])["test_acc"].mean().min()
+    reached = rows[rows["test_acc"] >= worst].groupby("cell")["epoch"].min()
+    first = rows.groupby("cell")[["activation", "seed"]].first().assign(at=reached).fillna(31)
+    by_hand = first.groupby(["activation", "seed"])["at"].mean()
+    epochs = (by_hand.loc["relu"] - by_hand.loc["sigmoid"]).mean()
+    assert table.loc[("epochs to threshold", "activation"), "diff"] == pytest.approx(epochs)
+    climbing = pd.read_csv(tmp_path / "climbing.csv")
+    assert list(climbing.columns[-5:]) == ["n", "slope", "p_value", "p_holm", "still_climbing"]
+    page = (tmp_path / "index.html").read_text()
+    assert "The curves, tested" in page and "epochs to reach 92." in page
