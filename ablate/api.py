@@ -45,10 +45,12 @@ def run(
     deterministic: bool = False,
     data_dir: str | Path | None = None,
     progress: bool = True,
+    predictions: bool = True,
 ) -> Results:
     """Train every cell of `study` (a study file or a Study) not yet in out/<name>/, then load
-    the folder. `sets`: `--set` items ("epochs=1"); `seeds`: seeds 0..N-1. A kernel interrupt
-    (Ctrl-C) keeps the cells that finished and raises KeyboardInterrupt saying how many."""
+    the folder. `sets`: `--set` items ("epochs=1"); `seeds`: seeds 0..N-1; `predictions=False`:
+    no per-example test predictions (`--no-predictions`). A kernel interrupt (Ctrl-C) keeps the
+    cells that finished and raises KeyboardInterrupt saying how many."""
     from . import runner, studyfile  # torch loads here, not for ablate.load
 
     sets = [sets] if isinstance(sets, str) else sets  # one "epochs=1" is one item
@@ -62,7 +64,9 @@ def run(
     path = runner.results_dir(study, out)
     data_dir = str(data_dir) if data_dir is not None else None
     try:
-        summary = runner.run(study, out, device, max_group, deterministic, data_dir, bar)
+        summary = runner.run(
+            study, out, device, max_group, deterministic, data_dir, bar, predictions=predictions
+        )
     except runner.Stopped as e:
         raise KeyboardInterrupt(
             f"stopped: {e.done} of {e.total} cells stored in {path}; ablate.run again trains the "

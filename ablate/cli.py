@@ -95,6 +95,13 @@ def run(
     ),
     until_halfwidth: float | None = typer.Option(None, "--until-halfwidth", help=HELP["until"]),
     max_seeds: int | None = typer.Option(None, "--max-seeds", min=2, help=HELP["max_seeds"]),
+    predictions: bool = typer.Option(
+        True,
+        "--predictions/--no-predictions",
+        help="Store each cell's predicted class per test example at its final epoch, under "
+        "_predictions/ (20 KB a cell for 10,000 images, before compression): the paired, "
+        "per-example analyses read them. Off by itself past 1,000,000 test examples.",
+    ),
 ):
     """Train every cell of STUDY not yet in the results directory (resumable)."""
     from . import runner  # torch loads here, not for --help
@@ -115,7 +122,7 @@ def run(
     options = (device, max_group, deterministic, data_dir, progress, executor, address)
 
     def train(chosen, rule=None):
-        return runner.run(chosen, out_dir, *options, groups_per_gpu, rule)
+        return runner.run(chosen, out_dir, *options, groups_per_gpu, rule, predictions)
 
     if until_halfwidth is None:
         return _print_summary(_until_stopped(progress, lambda: train(study)), path)

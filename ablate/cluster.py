@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from . import data as datasets
-from . import engine
-from .local import Outcome
+from . import engine, loop
+from .local import Outcome, other_test_set, same_test_set
 from .study import AblateError, Cell, Study, own_values
 
 INSTALL = 'pip install "ablate[ray]"'
@@ -49,10 +49,10 @@ def _worker(data_box: list, deterministic: bool) -> tuple[datasets.Data, torch.d
 
 
 def _train_group(
-    group: list[Cell], model, source: str, data_box: list, deterministic: bool, events
-) -> list[list[dict]] | None:
-    """The group's rows, or None where it ran out of memory: returned, not raised, so that the
-    driver splits the group."""
+    group: list[Cell], model, source: str, data_box: list, deterministic: bool, events, predict
+) -> tuple[list[list[dict]], dict | None] | None:
+    """The group's rows and, where `predict`, its cells' final test predictions (Outcome's), or
+    None where it ran out of memory: returned, not raised, so that the driver splits the group."""
     device = None
     try:
         data, device = _worker(data_box, deterministic)
@@ -61,7 +61,9 @@ def _train_group(
             if events is not None
             else None
         )
-        return engine.train(group, data, model, device, on_epoch, source)
+        with loop.keep_predictions(predict) as kept:
+            rows = engine.train(group, data, model, device, on_epoch, source)
+        return rows, kept
     except torch.OutOfMemoryError:
         return None
     finally:
@@ -90,6 +92,9 @@ class Pool:
         ray = self.ray = _ray()
         self.study, self.progress, self.deterministic = study, progress, deterministic
         self.data_dir, self.boxes = data_dir, {}  # own keys' setting -> [its data in Ray]
+        self.predictions = False  # the runner turns it on: keep each cell's final test predictions
+        self.same_test = {}  # own keys' setting -> whether its test labels are the base's
+        self.other_test_set = False  # said once: a setting of own keys tests on other labels
         data = self.data = self._data(study.base)  # a missing dataset fails before Ray starts
         self.shape, self.classes = data.shape, data.classes
         self._connect(address)
@@ -100,6 +105,7 @@ class Pool:
 
                 cloudpickle.register_pickle_by_value(module)
             self.boxes[self._setting(study.base)] = [ray.put(data)]  # a list: fetched once
+            self.same_test[self._setting(study.base)] = True
             from ray.util.queue import Queue
 
             self.events = Queue(actor_options={"num_cpus": 0})
@@ -121,8 +127,19 @@ class Pool:
         """The dataset for cells of this config in Ray's object store, in a list (so tasks get
         the reference and fetch it once per worker); put there once per own keys' setting."""
         if (setting := self._setting(config)) not in self.boxes:
-            self.boxes[setting] = [self.ray.put(self._data(config))]
+            data = self._data(config)
+            self.same_test[setting] = same_test_set(data, self.data)
+            self.boxes[setting] = [self.ray.put(data)]
         return self.boxes[setting]
+
+    def _predicts(self, config: dict) -> bool:
+        """Whether a group's predictions are kept: asked for, and on the base's test set."""
+        if not self.predictions or self.same_test[self._setting(config)]:
+            return self.predictions
+        if not self.other_test_set:
+            self.other_test_set = True
+            self.progress.warn(other_test_set(self.study))
+        return False
 
     def _connect(self, address: str | None) -> None:
         # "local" starts a fresh instance even when one from `ray start` is running; shutdown()
@@ -192,6 +209,7 @@ class Pool:
             self.data_box(group[0].config),
             self.deterministic,
             self.events,
+            self._predicts(group[0].config),
         )
         self.pending[ref] = group
         self.cells.update((c.id, c) for c in group)
@@ -214,10 +232,11 @@ class Pool:
 
     def _outcome(self, ref) -> Outcome:
         """How a finished task's group ended; a user error raised in the worker is raised here."""
-        ray, rows, error, out_of_memory = self.ray, None, None, False
+        ray, rows, error, out_of_memory, kept = self.ray, None, None, False, None
         try:
-            rows = ray.get(ref)
-            out_of_memory = rows is None  # _train_group's answer to torch.OutOfMemoryError
+            trained = ray.get(ref)
+            out_of_memory = trained is None  # _train_group's answer to torch.OutOfMemoryError
+            rows, kept = trained or (None, None)
         except ray.exceptions.RayTaskError as e:  # the group's own exception, raised in the worker
             if isinstance(e.cause, AblateError):
                 self.pending.pop(ref)
@@ -228,7 +247,7 @@ class Pool:
             out_of_memory = True
         except ray.exceptions.RayError as e:  # its worker died RETRIES + 1 times, or its node did
             error = f"{type(e).__name__} after {RETRIES} retries: {str(e).strip().splitlines()[0]}"
-        return Outcome(self.pending.pop(ref), rows, error, out_of_memory)
+        return Outcome(self.pending.pop(ref), rows, error, out_of_memory, kept)
 
     def _show_events(self) -> None:
         n = self.events.qsize()

@@ -6,10 +6,11 @@ import platform
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from . import data as datasets
-from . import engine
+from . import engine, loop
 from .cores import CoreShare
 from .study import Cell, Study, own_values
 
@@ -19,13 +20,29 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Outcome:
-    """How a group ended: trained (`rows`, one list of epochs per cell), out of memory (split it
-    and retry the halves), or failed (`error` says why; recorded, never retried)."""
+    """How a group ended: trained (`rows`, one list of epochs per cell; `predictions`, each ok
+    cell's argmax class per test example at its final epoch, {cell id: int16 [N]}, where the run
+    keeps them), out of memory (split it and retry the halves), or failed (`error` says why;
+    recorded, never retried)."""
 
     group: list[Cell]
     rows: list[list[dict]] | None = None
     error: str | None = None
     out_of_memory: bool = False
+    predictions: dict[str, np.ndarray] | None = None
+
+
+def same_test_set(data: datasets.Data, base: datasets.Data) -> bool:
+    """Whether `data` tests on the base's test labels, which _predictions/labels.parquet holds: a
+    dataset callable may return another test set per setting of the study's own keys."""
+    return data is base or torch.equal(data.test_y.cpu(), base.test_y.cpu())
+
+
+def other_test_set(study: Study) -> str:
+    return (
+        f"{study.source}: a setting of the study's own keys gives the dataset another test set "
+        "than the base's; its cells' test predictions are not stored"
+    )
 
 
 def device_name(device: torch.device) -> str:
@@ -47,6 +64,8 @@ class Local:
         progress: Progress,
     ):
         self.study, self.progress, self.queue = study, progress, []
+        self.predictions = False  # the runner turns it on: keep each cell's final test predictions
+        self.other_test_set = False  # said once: a setting of own keys tests on other labels
         self.device = engine.pick_device(device)  # None is "auto": the GPU where there is one
         engine.configure(deterministic)
         self.data_dir = data_dir
@@ -86,20 +105,26 @@ class Local:
         if self.cores:  # threads for the cores other processes leave free, looked at each epoch
             self.cores.adjust()
             on_epoch = self._epoch
+        data = self.data_for(group[0].config)
         try:
-            rows = engine.train(
-                group,
-                self.data_for(group[0].config),
-                self.study.model,
-                self.device,
-                on_epoch,
-                self.study.source,
-            )
+            with loop.keep_predictions(self._predicts(data)) as kept:
+                rows = engine.train(
+                    group, data, self.study.model, self.device, on_epoch, self.study.source
+                )
         except torch.OutOfMemoryError:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             return Outcome(group, out_of_memory=True)
-        return Outcome(group, rows)
+        return Outcome(group, rows, predictions=kept)
+
+    def _predicts(self, data: datasets.Data) -> bool:
+        """Whether this group's predictions are kept: asked for, and on the base's test set."""
+        if not self.predictions or same_test_set(data, self.data):
+            return self.predictions
+        if not self.other_test_set:
+            self.other_test_set = True
+            self.progress.warn(other_test_set(self.study))
+        return False
 
     def _epoch(self, cell: Cell, epoch: int, train_loss: float) -> None:
         self.cores.adjust()

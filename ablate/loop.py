@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Protocol
 
 import torch
@@ -32,6 +33,21 @@ EVAL_BATCH = 2000  # test-set chunk: bounds activation memory, large enough to k
 # on a CPU a smaller chunk keeps a group's activations in cache: 10 reference cells evaluated
 # in 1.01-1.08 s at 500 against 1.19-1.26 s at 2000 (2 cores, 2026-12-05)
 EVAL_BATCH_CPU = 500
+# where train leaves each cell's final test predictions while an executor asks for them
+# (keep_predictions); None for every other caller, whose rows and signatures stay as they are
+_KEPT: ContextVar[dict | None] = ContextVar("kept_predictions", default=None)
+
+
+@contextmanager
+def keep_predictions(on: bool = True):
+    """While open, train keeps each cell's argmax class per test example at its final epoch
+    (cfg["epochs"]; none for a diverged cell): yields {cell id: int16 numpy [N]}, or None when off."""
+    kept = {} if on else None
+    token = _KEPT.set(kept)
+    try:
+        yield kept
+    finally:
+        _KEPT.reset(token)
 
 
 class Group(Protocol):
@@ -180,24 +196,37 @@ def prepare(
 
 @torch.no_grad()
 def evaluate(
-    group: Group, data: Data, cfgs: list[dict], norm: bool | torch.Tensor | None = None
-) -> tuple[list[float], list[float]]:
-    """Each cell's mean test loss and accuracy (a fraction); normalisation may differ per cell
-    (`norm`: normalization's answer, made once per group by the caller)."""
+    group: Group,
+    data: Data,
+    cfgs: list[dict],
+    norm: bool | torch.Tensor | None = None,
+    predict: bool = False,
+) -> tuple[list[float], list[float], torch.Tensor | None]:
+    """Each cell's mean test loss and accuracy (a fraction) and, where `predict`, its argmax class
+    per test example, int16 [G, N] on the CPU (one copy off the device, after the last chunk);
+    normalisation may differ per cell (`norm`: normalization's answer, made once per group)."""
     cfg, dtype, device = cfgs[0], DTYPES[cfgs[0]["precision"]], data.test_x.device
     norm = normalization(cfgs, device) if norm is None else norm
+    n = len(data.test_x)
     loss = torch.zeros(len(cfgs), device=device, dtype=dtype)
     correct = torch.zeros(len(cfgs), device=device, dtype=torch.int64)
+    predicted = torch.empty(len(cfgs), n, device=device, dtype=torch.int16) if predict else None
     chunk = EVAL_BATCH_CPU if device.type == "cpu" else EVAL_BATCH
-    for i in range(0, len(data.test_x), chunk):
+    for i in range(0, n, chunk):
         x = prepare(data, data.test_x[i : i + chunk], norm, None)
         with autocast(cfg["precision"], device):
             logits = group.forward(x, False, 0).to(dtype)
         y = data.test_y[i : i + chunk].expand(len(cfgs), -1)
         loss += cell_losses(logits, y, cfg["loss"], "sum")
-        correct += (logits.argmax(-1) == y).sum(1)
-    n = len(data.test_x)
-    return [total / n for total in loss.tolist()], [hits / n for hits in correct.tolist()]
+        guess = logits.argmax(-1)  # the accuracy's own argmax: the two agree exactly
+        correct += (guess == y).sum(1)
+        if predicted is not None:
+            predicted[:, i : i + chunk] = guess
+    return (
+        [total / n for total in loss.tolist()],
+        [hits / n for hits in correct.tolist()],
+        None if predicted is None else predicted.cpu(),
+    )
 
 
 def train(
@@ -210,7 +239,8 @@ def train(
 ) -> list[list[dict]]:
     """Train the group's cells together; rows per cell, a row per epoch. A cell stops at the first
     epoch whose train loss is not finite: that epoch's row is kept, every row of the cell says
-    "diverged", and the others go on. `trace` collects each step's losses, a list per step."""
+    "diverged", and the others go on. `trace` collects each step's losses, a list per step; an
+    open keep_predictions, each ok cell's test predictions at the last epoch."""
     cfg, cfgs = cells[0].config, [c.config for c in cells]
     with tf32(cfg["precision"]):
         return _epochs(group, cells, cfgs, data, torch.device(device), on_epoch, trace)
@@ -222,7 +252,7 @@ def _epochs(group, cells, cfgs, data, device, on_epoch, trace) -> list[list[dict
     step = Step(group, data, cfgs, batches, trace)
     full = graphs.Replayed(step.full) if graphs.wanted(group, device, trace) else step.full
     rows: list[list[dict]] = [[] for _ in cells]
-    alive, first = [True] * len(cells), 0
+    alive, first, kept = [True] * len(cells), 0, _KEPT.get()
     for epoch in range(1, cfg["epochs"] + 1):
         start = time.perf_counter()
         batches.draw(epoch)
@@ -235,13 +265,16 @@ def _epochs(group, cells, cfgs, data, device, on_epoch, trace) -> list[list[dict
             step.last()
         first += batches.steps
         train_loss = [t / batches.steps for t in step.total.tolist()]
-        test_loss, test_acc = evaluate(group, data, cfgs, step.norm)
+        last = kept is not None and epoch == cfg["epochs"]
+        test_loss, test_acc, predicted = evaluate(group, data, cfgs, step.norm, last)
         seconds = time.perf_counter() - start
         for j, cell in enumerate(cells):
             if alive[j]:
                 alive[j] = _record(
                     rows[j], epoch, train_loss[j], test_loss[j], test_acc[j], seconds
                 )
+                if alive[j] and predicted is not None:
+                    kept[cell.id] = predicted[j].numpy()
                 if on_epoch:
                     on_epoch(cell, epoch, train_loss[j])
         if not any(alive):

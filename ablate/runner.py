@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import pyarrow.parquet as pq
 import torch
 
@@ -100,6 +101,7 @@ class Executor(Protocol):
     shape: tuple[int, ...]  # the dataset's image shape and class count, for engine.check_models
     classes: int
     data: Data  # the dataset at the study's baseline (a dataset callable's, at its own defaults)
+    predictions: bool  # keep each cell's final test predictions in its Outcome; the runner sets it
 
     def label(self) -> str:
         """The machine in words, for the manifest and the progress line."""
@@ -316,11 +318,14 @@ def run(
     address: str | None = None,
     groups_per_gpu: int = 1,
     rule: dict | None = None,
+    predictions: bool = True,
 ) -> Summary:
     """Train every cell of `study` not yet in `out/<name>/`, in this process or (executor "ray") as
     Ray tasks. `device`: "auto", "cpu", "cuda", "cuda:N" or a torch.device. Raises Stopped on
     Ctrl-C; the store is written here only, whatever the executor. `rule`: what the manifest
-    records of --until-halfwidth (seeds.until_halfwidth)."""
+    records of --until-halfwidth (seeds.until_halfwidth). `predictions`: store each cell's
+    argmax class per test example at its final epoch (store.PREDICTIONS); neither it nor its
+    absence enters a cell's id, so a rerun with the other setting resumes."""
     if executor not in ("local", "ray"):
         raise AblateError(f"--executor {executor}: expected local or ray")
     if groups_per_gpu < 1:
@@ -344,6 +349,7 @@ def run(
             todo = _open(store, study, cells, pool, deterministic, rule)
             if not todo:  # another run stored the rest between `finished` and the lock
                 return Summary(len(cells), len(cells))
+            pool.predictions = predictions and _predicting(store, pool.data, progress)
             summary = Summary(len(cells), len(cells) - len(todo))
             max_group = max_group or pool.auto_group(todo)
             progress.start(len(cells), len(todo), f"{machine}, groups of up to {max_group}")
@@ -412,6 +418,26 @@ def _open(
     return [c for c in cells if c.id not in done]
 
 
+MAX_PREDICTED = 1_000_000  # test examples: past this a run stores no predictions (2 MB a cell)
+
+
+def _predicting(store: Store, data: Data, progress: Progress) -> bool:
+    """Whether this run stores test predictions, with labels.parquet written or found the same:
+    not past MAX_PREDICTED examples nor int16's classes, where it says so once."""
+    n, problem = len(data.test_y), ""
+    if n > MAX_PREDICTED:
+        problem = f"the test set has {n:,} examples (over {MAX_PREDICTED:,})"
+    elif data.classes > np.iinfo(np.int16).max + 1:
+        problem = f"the dataset has {data.classes:,} classes (int16 holds 32,768)"
+    if problem:
+        progress.warn(f"{problem}: this run stores no per-example test predictions")
+        return False
+    problem = store.write_labels(data.test_y.cpu().numpy())
+    if problem:
+        progress.warn(problem)
+    return not problem
+
+
 def _same_data(study: Study, path: Path, old: dict, data: Data, done: set) -> dict:
     """The manifest's data_sha256 with this run's entry: per setting of the study's own keys at
     its base, the fingerprint of what the dataset callable returned (datasets.fingerprint). A
@@ -457,6 +483,12 @@ def _finish(study, store, summary, progress, pool: Executor, outcome: Outcome) -
         summary.failed += [c.id for c in group]
         progress.warn(f"a group of {len(group)} cells failed and stays untrained: {error}")
         return
+    predicted = outcome.predictions or {}  # the ok cells', where the run keeps them
+    if cells := [c.id for c in group if c.id in predicted]:
+        # before the rows: killed between the two, the group is untrained and trains again
+        final = {c.id: e[-1]["epoch"] for c, e in zip(group, outcome.rows, strict=True)}
+        epochs = [final[c] for c in cells]
+        store.write_predictions(file_name(group), cells, epochs, [predicted[c] for c in cells])
     # one file per group: a group is stored whole or not at all, so a rerun after a
     # crash forms the same groups and repeats the same numbers bitwise
     store.write(

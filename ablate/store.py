@@ -5,6 +5,10 @@ Layout of results/<study>/:
   _manifest.json   study source and hash, claims, versions, devices of every run
   _files.json      the Parquet files this folder's runs wrote, each with its size and sha256
   _quarantine/     unreadable or foreign Parquet files moved aside
+  _predictions/    each ok cell's argmax class per test example at its final epoch: a file per
+                   rows file, of the same name (cell, epoch, predicted list<int16>), written
+                   before it, and labels.parquet (label int16, in test-set order); ablate's own,
+                   like _quarantine: a rerun of a group killed before its rows rewrites its file
   .lock            held by the run writing here (flock: a dead process holds nothing)
 Names beginning with "_" or "." are skipped by pyarrow's and DuckDB's readers, so
 `pandas.read_parquet("results/<study>")` sees the rows alone.
@@ -27,19 +31,23 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import testhooks
 from .design import Design
-from .study import JSON_DEFAULTS, AblateError
+from .study import DATASET_SIZES, JSON_DEFAULTS, AblateError
 
 MANIFEST = "_manifest.json"
 RECORD = "_files.json"
 QUARANTINE = "_quarantine"
+PREDICTIONS = "_predictions"
+LABELS = "labels.parquet"  # in PREDICTIONS
 LOCK = ".lock"
-OWN = (MANIFEST, RECORD, QUARANTINE, LOCK)  # what a run writes here (a report: report.py)
+OWN = (MANIFEST, RECORD, QUARANTINE, PREDICTIONS, LOCK)  # what a run writes (a report: report.py)
 
 
 class StoreError(AblateError):
@@ -61,10 +69,14 @@ def refuse_link(path: Path) -> None:
 
 def check_links(folder: Path) -> None:
     """refuse_link for every name ablate reads or writes in a results folder: its own files
-    (OWN), its Parquet files and its temp files."""
+    (OWN), its Parquet files and its temp files, and those in PREDICTIONS."""
     for name in sorted(os.listdir(folder)) if folder.is_dir() else []:
         if name in OWN or name.endswith(".parquet") or _temporary(name):
             refuse_link(folder / name)
+    inner = folder / PREDICTIONS
+    for name in sorted(os.listdir(inner)) if inner.is_dir() else []:
+        if name.endswith(".parquet") or _temporary(name):
+            refuse_link(inner / name)
 
 
 def atomic_write(path: Path, write: Callable, kind: str = "file") -> None:
@@ -197,6 +209,7 @@ class Store:
         self._lock.write(str(os.getpid()))
         self._lock.flush()
         clear_temporaries(self.path)  # a folder: a killed report's
+        clear_temporaries(self.path / PREDICTIONS)
         return self
 
     def close(self) -> None:
@@ -281,11 +294,58 @@ class Store:
             ) from None
         return path
 
+    def write_labels(self, labels: np.ndarray) -> str:
+        """PREDICTIONS/labels.parquet, the test labels predictions are scored against, written
+        once: "" where it now holds `labels`, else why this run stores no predictions (it holds
+        other labels or is unreadable: replacing it would mismatch the predictions stored)."""
+        file = self.path / PREDICTIONS / LABELS
+        if os.path.lexists(file):
+            stored, problem = _read_labels(file, None, None)
+            if not problem and not np.array_equal(stored, labels):
+                problem = f"holds other test labels than this run's dataset ({len(stored)} rows)"
+            return f"{file}: {problem}; this run stores no test predictions" if problem else ""
+        self._write_side(file, pa.table({"label": pa.array(labels.astype(np.int16))}), "labels")
+        return ""
+
+    def write_predictions(
+        self, name: str, cells: list[str], epochs: list[int], predicted: list[np.ndarray]
+    ) -> Path:
+        """A group's final test predictions as PREDICTIONS/<name>.parquet, atomically: written
+        before the group's rows (<name>.parquet), so that a kill between the two leaves the group
+        untrained, and its rerun writes both again."""
+        flat = np.concatenate(predicted).astype(np.int16)
+        offsets = np.arange(len(predicted) + 1, dtype=np.int32) * (len(flat) // len(predicted))
+        table = pa.table(
+            {
+                "cell": pa.array(cells, pa.string()),
+                "epoch": pa.array(epochs, pa.int64()),
+                "predicted": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)),
+            }
+        )
+        file = self.path / PREDICTIONS / f"{name}.parquet"
+        self._write_side(file, table, "predictions")
+        return file
+
+    def _write_side(self, file: Path, table: pa.Table, kind: str) -> None:
+        """A file in PREDICTIONS, atomically, recorded in RECORD as the rows files are."""
+        try:
+            refuse_link(file.parent)
+            file.parent.mkdir(exist_ok=True)
+            atomic_write(file, lambda f: pq.write_table(table, f, compression="zstd"), kind)
+            self._record(file)
+        except OSError as e:
+            raise StoreError(
+                f"{self.path}: cannot store test predictions ({e.strerror or e}); the cells "
+                "stored before are kept: free space and run the same command to go on"
+            ) from None
+
     def _record(self, file: Path) -> None:
         """Note in RECORD that this folder's runs wrote `file`, as it is now (size and sha256):
-        where two files hold one cell with other values, the one written here wins."""
+        where two files hold one cell with other values, the one written here wins. A file in a
+        subfolder is noted by its path from the folder (_predictions/<name>.parquet)."""
         record = written(self.path)
-        record[file.name] = {"size": file.stat().st_size, "sha256": sha256(file)}
+        key = file.relative_to(self.path).as_posix()
+        record[key] = {"size": file.stat().st_size, "sha256": sha256(file)}
         text = json.dumps({"files": record}, indent=1, sort_keys=True).encode()
         atomic_write(self.path / RECORD, lambda f: f.write(text), "record")
 
@@ -399,9 +459,10 @@ def sha256(file: Path) -> str:
     return digest.hexdigest()
 
 
-def is_ours(file: Path, record: dict) -> bool:
-    """Whether `file` is as this folder's runs wrote it (RECORD: its size and sha256)."""
-    entry = record.get(file.name) or {}
+def is_ours(file: Path, record: dict, key: str | None = None) -> bool:
+    """Whether `file` is as this folder's runs wrote it (RECORD: its size and sha256); `key`: its
+    name in RECORD where it is not `file.name` (a file in a subfolder)."""
+    entry = record.get(key or file.name) or {}
     try:
         info = os.lstat(file)
     except OSError:
@@ -577,3 +638,134 @@ def _current(df: pd.DataFrame, design: Design, path: Path, warn) -> pd.DataFrame
             "or a --set run wrote here) and are left out; `--out` keeps such runs apart"
         )
     return df[keep.to_numpy()]
+
+
+def read_predictions(
+    path: str | Path, warn: Callable[[str], None] | None = warnings.warn, rows=None
+) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+    """The test labels (int16 [N], or None) and {cell id: int16 [N]}, each ok cell's argmax class
+    per test example at its final epoch, for the cells of the study's current design that have
+    them; (None, {}) for a folder from before them. `rows`: read(path), where the caller has it.
+    A folder from elsewhere is untrusted: a link is refused (one line, as read does); a file
+    that is not one ablate wrote, or a cell whose predictions do not score its stored final
+    test_acc exactly, is left out with one line naming the file."""
+    path, say = Path(path), warn or (lambda line: None)
+    folder = path / PREDICTIONS
+    refuse_link(folder)
+    if not folder.is_dir():
+        return None, {}
+    files = [folder / n for n in sorted(os.listdir(folder)) if n.endswith(".parquet")]
+    for f in files:
+        refuse_link(f)
+    classes, size = _sizes(read_manifest(path))
+    labels, problem = _read_labels(folder / LABELS, classes, size)
+    if problem:
+        say(f"{folder / LABELS}: {problem}; the test predictions are left out")
+        return None, {}
+    rows = read(path, warn=None) if rows is None else rows
+    final = rows.sort_values(["cell", "epoch"], kind="stable").drop_duplicates("cell", keep="last")
+    final = final.set_index("cell")
+    record = written(path)
+    trust = lambda f: (not is_ours(f, record, f"{PREDICTIONS}/{f.name}"), f.name)  # noqa: E731
+    kept, stale = {}, []
+    for f in sorted((f for f in files if f.name != LABELS), key=trust):
+        found, problem = _predictions_table(f, len(labels), classes)
+        if problem:
+            say(f"{f}: {problem}; its test predictions are left out")
+            continue
+        wrong = []
+        for cell, epoch, predicted in found:
+            if cell not in final.index:
+                stale.append(f)
+            elif cell not in kept and _scores(final.loc[cell], epoch, predicted, labels):
+                kept[cell] = predicted
+            elif cell not in kept:
+                wrong.append(cell)
+        if wrong:
+            say(
+                f"{f}: the test predictions of cell {wrong[0]} ({len(wrong)} such cells) do not "
+                "score its stored final test_acc; left out"
+            )
+    if stale:
+        say(
+            f"{stale[0]}: {len(stale)} test predictions are of cells not in the study's current "
+            "design (an edited study, a --set run, or rows moved aside); left out"
+        )
+    return labels, kept
+
+
+def _sizes(manifest: dict) -> tuple[int | None, int | None]:
+    """The dataset's classes and test examples: the manifest's where it records them, else
+    ablate's own (DATASET_SIZES), else None."""
+    classes, size = DATASET_SIZES.get(manifest.get("dataset"), (None, None))
+
+    def count(key: str, known: int | None) -> int | None:
+        value = manifest.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else known
+
+    return count("classes", classes), count("test_size", size)
+
+
+def _read_labels(file: Path, classes: int | None, size) -> tuple[np.ndarray | None, str]:
+    """LABELS's column, or why it cannot be read as ablate wrote it."""
+    if os.path.islink(file) or not file.is_file():
+        return None, "is missing" if not os.path.lexists(file) else "is not a file"
+    try:
+        schema = pq.read_schema(file)
+        if schema.names != ["label"] or schema.field("label").type != pa.int16():
+            return None, f"not an ablate labels file (columns {_columns(schema)})"
+        column = pq.read_table(file).column("label")
+    except (pa.ArrowException, OSError) as e:
+        return None, f"unreadable Parquet ({str(e).splitlines()[0][:80]})"
+    labels = column.to_numpy() if column.null_count == 0 else None
+    if labels is None or not len(labels):
+        return None, "not an ablate labels file (empty, or a label is missing)"
+    if isinstance(size, int) and len(labels) != size:
+        return None, f"holds {len(labels)} labels, but the test set has {size}"
+    if labels.min() < 0 or (classes is not None and labels.max() >= classes):
+        return None, f"holds labels outside 0..{(classes or 32768) - 1}"
+    return labels, ""
+
+
+def _predictions_table(f: Path, n: int, classes: int | None) -> tuple[list, str]:
+    """(cell, epoch, int16 [n]) per row of a predictions file, or why it is not one ablate wrote
+    for these `n` labels."""
+    try:
+        schema = pq.read_schema(f)
+        kind = schema.field("predicted").type if "predicted" in schema.names else None
+        if (
+            schema.names != ["cell", "epoch", "predicted"]
+            or not pa.types.is_string(schema.field("cell").type)
+            or schema.field("epoch").type != pa.int64()
+            or not (pa.types.is_list(kind) and kind.value_type == pa.int16())
+        ):
+            return [], f"not an ablate predictions file (columns {_columns(schema)})"
+        table = pq.read_table(f)
+    except (pa.ArrowException, OSError) as e:
+        return [], f"unreadable Parquet ({str(e).splitlines()[0][:80]})"
+    lists = table.column("predicted").combine_chunks()
+    if any(table.column(c).null_count for c in table.column_names) or lists.flatten().null_count:
+        return [], "not an ablate predictions file (a value is missing)"
+    lengths = pc.list_value_length(lists).to_numpy()
+    if len(lengths) and (lengths != n).any():
+        return [], f"holds {lengths[lengths != n][0]} predictions per cell, not {n} (the labels)"
+    values = lists.flatten().to_numpy().reshape(len(lengths), n)
+    if values.size and (values.min() < 0 or (classes is not None and values.max() >= classes)):
+        return [], f"holds classes outside 0..{(classes or 32768) - 1}"
+    cells, epochs = table.column("cell").to_pylist(), table.column("epoch").to_pylist()
+    return list(zip(cells, epochs, values, strict=True)), ""
+
+
+def _columns(schema: pa.Schema) -> str:
+    return ", ".join(f"{field.name} {field.type}" for field in schema)
+
+
+def _scores(final: pd.Series, epoch: int, predicted: np.ndarray, labels: np.ndarray) -> bool:
+    """Whether predictions are the cell's stored final epoch's: ok, at that epoch, and scoring its
+    test_acc exactly (count / N, as loop.evaluate computes it)."""
+    hits = int(np.count_nonzero(predicted == labels))
+    return (
+        final["status"] == "ok"
+        and final["epoch"] == epoch
+        and hits / len(labels) == final.get("test_acc")
+    )

@@ -262,7 +262,8 @@ def test_a_full_disk_during_a_run_is_one_line_and_keeps_what_was_stored(
     tmp_path, data_dir, monkeypatch
 ):
     study = write_study(tmp_path, factors="dict(activation=['relu', 'sigmoid'])")
-    fail_on(monkeypatch, pq, "write_table", errno.ENOSPC, after=1)  # the second group finds no room
+    # the labels, then the first group's predictions and rows find room; the second group not
+    fail_on(monkeypatch, pq, "write_table", errno.ENOSPC, after=3)
     args = ["run", str(study), "--out", str(tmp_path / "res"), "--max-group", "1"]
     line = one_line(cli.invoke(app, args), 1)
     assert "No space left on device" in line and "run the same command" in line

@@ -1,9 +1,21 @@
-"""The runner: what it says before training, and how a study's own model is grouped."""
+"""The runner: what it says before training, how a study's own model is grouped, and the test
+predictions it stores."""
 
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
 from test_fused import branchy
 
-from ablate import fused, runner
+from ablate import data, fused, runner, store
 from ablate.study import Study, validate
+from conftest import REPO, write_study
 
 
 class Said(runner.Progress):
@@ -66,3 +78,129 @@ def test_a_shapes_cells_split_into_the_fewest_groups_of_even_size():
     assert [len(g) for g in runner.groups(cells, 20, "cuda", "mlp")] == [20]
     assert [len(g) for g in runner.groups(cells, 20, "cpu", "mlp")] == [10, 10]
     assert [len(g) for g in runner.groups(cells, 20, "cuda", "cnn")] == [10, 10]
+
+
+def predicting_study(name="preds", seeds=2, lrs=(0.05, 1e30), source="studies/preds.py"):
+    """8 digits cells (899 test images) in 2 shapes; lr 1e30 diverges in its first epoch."""
+    return validate(
+        Study(
+            name=name,
+            dataset="digits",
+            base=dict(lr=0.05, epochs=2, batch_size=64, train_subset=256),
+            factors=dict(lr=list(lrs), activation=["relu", "gelu"]),
+            seeds=seeds,
+            source=source,
+        )
+    )
+
+
+def check_predictions(folder):
+    """Every ok cell's predictions, each scoring its stored final test_acc exactly; no diverged
+    cell's; every predictions file recorded in _files.json beside its group's rows file."""
+    said = []
+    labels, predicted = store.read_predictions(folder, warn=said.append)
+    assert not said, said
+    final = store.read(folder).groupby("cell").tail(1).set_index("cell")
+    assert set(predicted) == set(final.index[final["status"] == "ok"])
+    assert labels.dtype == np.int16 and labels.tolist() == data.load("digits").test_y.tolist()
+    for cell, guess in predicted.items():
+        assert guess.dtype == np.int16 and guess.shape == labels.shape
+        assert np.count_nonzero(guess == labels) / len(labels) == final.loc[cell, "test_acc"]
+    record = json.loads((folder / store.RECORD).read_text())["files"]
+    side = sorted((folder / store.PREDICTIONS).iterdir())
+    for f in side:
+        assert record[f"{store.PREDICTIONS}/{f.name}"]["sha256"] == store.sha256(f), f
+    rows = {f.name for f in store.parquet_files(folder)}
+    assert {f.name for f in side} - {store.LABELS} <= rows  # each beside its rows file
+    assert len(pd.read_parquet(folder)) == len(store.read(folder))  # readers skip _predictions
+    return predicted
+
+
+def test_a_run_stores_each_ok_cells_test_predictions_scoring_its_final_test_acc_exactly(
+    tmp_path,
+):
+    said = Said()
+    summary = runner.run(predicting_study(), tmp_path, device="cpu", max_group=4, progress=said)
+    assert summary.trained == 8 and len(summary.diverged) == 4 and not said.warnings
+    predicted = check_predictions(tmp_path / "preds")
+    assert len(predicted) == 4 and not set(predicted) & set(summary.diverged)
+    # a group of 2 ok and 2 diverged cells: one file of 2 cells per shape
+    side = tmp_path / "preds" / store.PREDICTIONS
+    assert sorted(len(pq.read_table(f)) for f in side.glob("g*.parquet")) == [2, 2]
+
+
+def test_no_predictions_stores_none_and_a_rerun_with_them_resumes_without_training(tmp_path):
+    study = predicting_study(lrs=(0.05,), seeds=1)
+    first = runner.run(study, tmp_path, device="cpu", progress=Said(), predictions=False)
+    assert first.trained == 2 and not (tmp_path / "preds" / store.PREDICTIONS).exists()
+    again = runner.run(study, tmp_path, device="cpu", progress=Said())
+    assert again.skipped == 2 and again.trained == 0  # the option is in no cell's id
+    assert store.read_predictions(tmp_path / "preds") == (None, {})  # as a folder from before
+
+
+def test_the_cli_flag_turns_predictions_off(tmp_path):
+    from typer.testing import CliRunner
+
+    from ablate.cli import app
+
+    body = DIGITS.format(name="flag", seeds=1, lrs=[0.05])
+    study = write_study(tmp_path, name="flag", body=body)
+    result = CliRunner().invoke(
+        app, ["run", str(study), "--out", str(tmp_path / "r"), "--no-predictions"]
+    )
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "r" / "flag" / store.PREDICTIONS).exists()
+    assert len(store.parquet_files(tmp_path / "r" / "flag")) == 1
+
+
+def test_a_test_set_past_the_limit_stores_no_predictions_and_says_so_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "MAX_PREDICTED", 100)  # digits has 899 test images
+    said = Said()
+    summary = runner.run(predicting_study(lrs=(0.05,)), tmp_path, device="cpu", progress=said)
+    assert summary.trained == 4 and not (tmp_path / "preds" / store.PREDICTIONS).exists()
+    assert said.warnings == [
+        "the test set has 899 examples (over 100): this run stores no per-example test predictions"
+    ]
+
+
+DIGITS = """
+from ablate import Study
+
+study = Study(
+    name={name!r},
+    dataset="digits",
+    base=dict(lr=0.05, epochs=2, batch_size=64, train_subset=256),
+    factors=dict(lr={lrs}),
+    seeds={seeds},
+)
+"""
+
+
+@pytest.mark.parametrize(
+    "hook", ["predictions:1:written", "predictions:1:renamed", "record:2:written"]
+)
+def test_kill_9_between_a_groups_predictions_and_its_rows_leaves_no_half_state(tmp_path, hook):
+    # record 1 is labels.parquet's, record 2 the first group's predictions'
+    body = DIGITS.format(name="killed", seeds=2, lrs=[0.05, 0.1])
+    study = write_study(tmp_path, name="killed", body=body)
+    command = [sys.executable, "-m", "ablate", "run", str(study), "--out", str(tmp_path / "r")]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "ABLATE_TEST_KILL": hook}
+    killed = subprocess.run([*command, "--max-group", "2"], env=env, capture_output=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()
+    folder = tmp_path / "r" / "killed"
+    assert not store.parquet_files(folder)  # no rows: the first group is untrained
+    assert (folder / store.PREDICTIONS / store.LABELS).is_file()
+    env.pop("ABLATE_TEST_KILL")
+    done = subprocess.run([*command, "--max-group", "2"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert len(check_predictions(folder)) == 4
+    left = [p for p in folder.rglob("*") if ".tmp-" in p.name]
+    assert not left, left
+
+
+def test_ray_brings_each_groups_predictions_back_to_the_driver(tmp_path):
+    pytest.importorskip("ray")
+    study = predicting_study(lrs=(0.05, 1e30), seeds=1)
+    summary = runner.run(study, tmp_path, device="cpu", executor="ray", progress=Said())
+    assert summary.trained == 4 and len(summary.diverged) == 2
+    assert len(check_predictions(tmp_path / "preds")) == 2

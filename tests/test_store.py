@@ -2,16 +2,31 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ablate.store import MANIFEST, QUARANTINE, Store, StoreError, atomic_write, parquet_files, read
+from ablate import store
+from ablate.store import (
+    LABELS,
+    MANIFEST,
+    PREDICTIONS,
+    QUARANTINE,
+    Store,
+    StoreError,
+    atomic_write,
+    parquet_files,
+    read,
+    read_predictions,
+)
 from ablate.study import Study, cells, validate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -325,3 +340,169 @@ def test_a_received_file_with_a_nan_metric_in_an_ok_row_leaves_its_cell_out_and_
         f"{edited}: cell {cell} is marked ok but its test_acc is NaN at epoch "
         f"{rows['epoch'].max()}; the cell is left out of report, compare and plan alike"
     ]
+
+
+@pytest.fixture(scope="module")
+def predicted_folder(tmp_path_factory):
+    """A real run's results: 2 digits cells (899 test images, 10 classes) trained as one group,
+    so one predictions file of 2 cells beside labels.parquet."""
+    from ablate import runner
+
+    out = tmp_path_factory.mktemp("predicted")
+    study = validate(
+        Study(
+            name="p",
+            dataset="digits",
+            base=dict(lr=0.05, epochs=1, batch_size=64, train_subset=256),
+            factors=dict(lr=[0.05, 0.1]),
+            seeds=1,
+            source="studies/p.py",
+        )
+    )
+    assert runner.run(study, out, device="cpu", max_group=2).trained == 2
+    return study, out / "p"
+
+
+def received(predicted_folder, tmp_path) -> tuple[Path, Path]:
+    """A copy of the run's folder, as received from elsewhere, and its predictions file."""
+    folder = tmp_path / "p"
+    shutil.copytree(predicted_folder[1], folder, symlinks=True)
+    (file,) = (folder / PREDICTIONS).glob("g*.parquet")
+    return folder, file
+
+
+def rewrite(file: Path, change, kind=pa.int16(), cells=None) -> None:
+    """The file with change(i, classes, labels) for each cell's list of classes, typed
+    list<kind>, and cells(ids) for its cell ids."""
+    table, labels = pq.read_table(file), pq.read_table(file.parent / LABELS)["label"].to_pylist()
+    lists = [change(i, v, labels) for i, v in enumerate(table["predicted"].to_pylist())]
+    table = table.set_column(2, "predicted", pa.array(lists, pa.list_(kind)))
+    if cells:
+        table = table.set_column(0, "cell", pa.array(cells(table["cell"].to_pylist())))
+    pq.write_table(table, file)
+
+
+def miss_one(i: int, classes: list, labels: list) -> list:
+    """The first cell's first right answer made wrong: a valid class, one hit fewer."""
+    if i:
+        return classes
+    at = next(k for k, pair in enumerate(zip(classes, labels, strict=True)) if pair[0] == pair[1])
+    return [*classes[:at], (classes[at] + 1) % 10, *classes[at + 1 :]]
+
+
+TAMPERED = {  # how: (tamper with the file, what the line says, cells still read)
+    "junk bytes": (lambda f: f.write_bytes(b"PAR1 junk"), "unreadable Parquet", 0),
+    "a short list": (
+        lambda f: rewrite(f, lambda i, v, y: v[:-1]),
+        "holds 898 predictions per cell, not 899 (the labels)",
+        0,
+    ),
+    "int64 classes": (
+        lambda f: rewrite(f, lambda i, v, y: v, pa.int64()),
+        "not an ablate predictions file (columns cell string, epoch int64, predicted list<",
+        0,
+    ),
+    "another column": (
+        lambda f: pq.write_table(pq.read_table(f).append_column("x", pa.array([1, 2])), f),
+        "not an ablate predictions file",
+        0,
+    ),
+    "class 10 of 10": (
+        lambda f: rewrite(f, lambda i, v, y: [10, *v[1:]]),
+        "holds classes outside 0..9",
+        0,
+    ),
+    "a changed prediction": (  # a valid class, but the first cell no longer scores its test_acc
+        lambda f: rewrite(f, miss_one),
+        "do not score its stored final test_acc; left out",
+        1,
+    ),
+    "a cell of another design": (
+        lambda f: rewrite(f, lambda i, v, y: v, cells=lambda ids: ["zzz", *ids[1:]]),
+        "1 test predictions are of cells not in the study's current design",
+        1,
+    ),
+}
+
+
+@pytest.mark.parametrize("how", list(TAMPERED))
+def test_a_tampered_predictions_file_is_one_line_naming_it_and_its_cells_left_out(
+    predicted_folder, tmp_path, how
+):
+    folder, file = received(predicted_folder, tmp_path)
+    labels, whole = read_predictions(folder, warn=pytest.fail)
+    assert len(whole) == 2 and len(labels) == 899
+    tamper, expected, left = TAMPERED[how]
+    tamper(file)
+    said = []
+    labels, kept = read_predictions(folder, warn=said.append)
+    assert len(said) == 1 and "\n" not in said[0], said
+    assert said[0].startswith(f"{file}: ") and expected in said[0], said[0]
+    assert len(kept) == left and all(np.array_equal(kept[c], whole[c]) for c in kept)
+    assert len(labels) == 899
+
+
+@pytest.mark.parametrize(
+    "tamper, expected",
+    [
+        (lambda f: f.write_bytes(b"junk"), "unreadable Parquet"),
+        (
+            lambda f: pq.write_table(pa.table({"label": pa.array([1, 2], pa.int16())}), f),
+            "holds 2 labels, but",
+        ),
+        (
+            lambda f: pq.write_table(pa.table({"label": pa.array(range(899))}), f),
+            "not an ablate labels file",
+        ),
+        (lambda f: f.unlink(), "is missing"),
+    ],
+)
+def test_tampered_labels_are_one_line_and_no_predictions(
+    predicted_folder, tmp_path, tamper, expected
+):
+    folder, _ = received(predicted_folder, tmp_path)
+    tamper(folder / PREDICTIONS / LABELS)
+    said = []
+    assert read_predictions(folder, warn=said.append) == (None, {})
+    assert len(said) == 1 and expected in said[0] and "\n" not in said[0], said
+    assert said[0].startswith(f"{folder / PREDICTIONS / LABELS}: ")
+
+
+def test_a_predictions_file_or_folder_that_is_a_link_is_refused_in_one_line(
+    predicted_folder, tmp_path
+):
+    from ablate import runner
+
+    study = predicted_folder[0]
+    for linked in ("file", "folder"):
+        folder, file = received(predicted_folder, tmp_path / linked)
+        target = file if linked == "file" else folder / PREDICTIONS
+        elsewhere = tmp_path / f"elsewhere-{linked}"
+        os.replace(target, elsewhere)
+        target.symlink_to(elsewhere, target_is_directory=linked == "folder")
+        with pytest.raises(StoreError) as read_error:
+            read_predictions(folder)
+        with pytest.raises(StoreError) as run_error:  # ablate run refuses the folder alike
+            runner.results_dir(study, folder.parent)
+        for e in (read_error, run_error):
+            assert str(e.value).startswith(f"{target}: is a symbolic link") and "\n" not in str(
+                e.value
+            )
+        assert elsewhere.exists()  # nothing through the link was moved or deleted
+
+
+def test_labels_are_written_once_and_never_replaced_by_other_labels(tmp_path):
+    s = Store(tmp_path / "s").open()
+    assert s.write_labels(np.array([0, 1, 2, 1])) == ""
+    file = tmp_path / "s" / PREDICTIONS / LABELS
+    before = file.read_bytes()
+    assert s.write_labels(np.array([0, 1, 2, 1])) == ""  # the same: kept as it is
+    problem = s.write_labels(np.array([0, 1, 2, 2]))
+    assert problem == (
+        f"{file}: holds other test labels than this run's dataset (4 rows); "
+        "this run stores no test predictions"
+    )
+    assert file.read_bytes() == before
+    record = json.loads((tmp_path / "s" / "_files.json").read_text())["files"]
+    assert record[f"{PREDICTIONS}/{LABELS}"]["sha256"] == store.sha256(file)
+    s.close()
