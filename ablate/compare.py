@@ -43,6 +43,7 @@ from scipy import stats as scipy_stats
 from scipy.optimize import brentq
 
 from . import inference, stats, store, tables
+from .examples import correct, disagreement
 from .inference import ALPHA, LEVEL, POWER, holm, no_spread
 from .report import (
     METRICS,
@@ -433,8 +434,57 @@ def run(
         swung(side, swings, rows, factors_a, metric)
         for side, swings, rows in (("A", swings_a, final_a), ("B", swings_b, final_b))
     ]
+    if metric == "test_acc" and last == 1:  # the predictions are the final epoch's
+        table, said = disagreements(table, factors_a, *_hits(path_a, final_a, path_b, final_b))
+        unstable += [said]
     names = (str(path_a), str(path_b))
     return Comparison(table, factors_a, metric, margin, names, how, [u for u in unstable if u])
+
+
+def _hits(path_a: Path, final_a, path_b: Path, final_b) -> tuple:
+    """Each side's ok final rows and its cells' correctness per test example (examples.correct),
+    or None for both where a side stored no predictions or the two scored other test sets."""
+    labels_a, predicted_a = store.read_predictions(path_a, None)
+    labels_b, predicted_b = store.read_predictions(path_b, None)
+    if not predicted_a or not predicted_b or not np.array_equal(labels_a, labels_b):
+        return final_a, final_b, None, None
+    return final_a, final_b, correct(predicted_a, labels_a), correct(predicted_b, labels_b)
+
+
+DISAGREE = ["disagree_between", "disagree_within_a", "disagree_within_b", "p_disagree"]
+
+
+def disagreements(table: pd.DataFrame, factors, final_a, final_b, hits_a, hits_b) -> tuple:
+    """compare.csv with, per point whose ok cells both sides scored example by example, how
+    often a run of A and a run of B disagree on which test examples they get right, the same
+    between runs of each side, and the permutation p that A and B disagree beyond their own
+    seeds (examples.disagreement), Holm over the points (a family of its own: no verdict, no
+    exit code); and the line's sentence ("" without predictions on both sides)."""
+    if hits_a is None:
+        return table, ""
+    rows = []
+    keys_a, keys_b = stats.points(final_a, factors), stats.points(final_b, factors)
+    for point in stats.points(table, factors):
+        runs = []
+        for final, keys, hits in ((final_a, keys_a, hits_a), (final_b, keys_b, hits_b)):
+            at = final[[k == point for k in keys]]
+            cells = at.loc[at["status"] == "ok", "cell"]
+            runs.append(hits.loc[cells].to_numpy() if cells.isin(hits.index).all() else [])
+        found = disagreement(*runs)
+        rows.append([found["between"], found["within_a"], found["within_b"], found["p_value"]])
+    added = pd.DataFrame(rows, columns=DISAGREE, index=table.index)
+    added["p_disagree_holm"] = holm(added["p_disagree"])
+    table = pd.concat([table, added], axis=1)
+    tested = table["p_disagree_holm"].notna()
+    if not tested.any():
+        return table, ""
+    beyond = int((table["p_disagree_holm"] < ALPHA).sum())
+    between, within = table.loc[tested, DISAGREE[0]].mean(), table.loc[tested, DISAGREE[1:3]]
+    return table, (
+        f"test examples: a run of A and one of B disagree on {100 * between:.1f}% of them, two "
+        f"runs of one side on {100 * np.nanmean(within.to_numpy()):.1f}%; {beyond} of "
+        f"{int(tested.sum())} points beyond their own seeds (permutation p, Holm over the points)"
+    )
 
 
 def write(comparison: Comparison, out: Path | None, path_b: Path) -> Path:

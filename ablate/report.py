@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import anova, charts, claims, curves, noise, stats, store, tables
+from . import anova, charts, claims, curves, examples, noise, stats, store, tables
 from .design import Design, first_stage
 from .page import CAPTIONS, CSS, page  # noqa: F401  report.CSS and report.CAPTIONS, as before
 from .study import DATASET_SIZES, AblateError
@@ -53,6 +53,7 @@ class Report:
     curves: pd.DataFrame | None = None  # curves.table: area and epochs to a threshold, per effect
     threshold: float = float("nan")  # the threshold those epochs count to
     climbing: pd.DataFrame | None = None  # curves.climbing: per point, still climbing or not
+    test_size: int = 0  # test examples behind the intervals that count the test set; 0: none
     rule: dict | None = None  # `run --until-halfwidth`'s record, when it chose the seeds
     noise: pd.DataFrame | None = None  # a noise design's noise.csv (noise.decompose)
 
@@ -115,7 +116,10 @@ def build(
     check_request(df, results, metric, margin, halfwidth)
     if design.kind == "noise":
         return _noise_report(df, design, results, out, metric, start)
-    rep, df, final = analyse(df, design, metric, margin, halfwidth, final=f"last-{last}")
+    predicted = store.read_predictions(results, warn) if metric == "test_acc" else None
+    rep, df, final = analyse(
+        df, design, metric, margin, halfwidth, final=f"last-{last}", predictions=predicted
+    )
     factors = stats.factor_columns(df)
     runs = [claims.select(df, c, factors).to_numpy() for c in _chosen(design, metric)]
 
@@ -139,10 +143,13 @@ def analyse(
     margin: float | None = None,
     halfwidth: float | None = None,
     final: str = "last",
+    predictions: tuple | None = None,
 ) -> tuple[Report, pd.DataFrame, pd.DataFrame]:
     """Every table of the report for a design's tidy rows, no files: the Report (path and
     seconds unset), and the rows and final rows in design order (`final`: "last", or "last-k"
-    for each cell's mean over its last k epochs)."""
+    for each cell's mean over its last k epochs). `predictions`: store.read_predictions' (labels,
+    {cell: predicted}); with them, test accuracy's effects and points also get an interval that
+    counts the test set as a sample of examples (examples.py)."""
     last = last_epochs(final)
     factors, levels, base = setting(design, df)
     df = in_design_order(df, factors, levels)
@@ -157,7 +164,35 @@ def analyse(
             df, finals, factors, base, levels, metric, higher, matched
         )
     rep.climbing = curves.climbing(df, factors, metric, higher)
+    labels, predicted = predictions or (None, {})
+    if predicted and metric == "test_acc" and last == 1:  # the predictions are the final epoch's
+        _test_set_counted(rep, finals, examples.correct(predicted, labels), factors, levels, base)
     return rep, df, finals
+
+
+def _test_set_counted(rep: Report, finals, hits, factors, levels, base) -> None:
+    """effects.csv and summary.csv gain the interval that counts the test set beside the seeds,
+    each source's variance and the test set's share (rows in the same order)."""
+    matched = rep.design != "fractional"
+    resolution = 1 / hits.shape[1]
+    shared = examples.effects(finals, hits, factors, base, levels, matched, resolution)
+    points = examples.summary(finals, hits, factors, resolution)
+    rep.test_size = hits.shape[1]
+    for name, table in (("effects", shared), ("summary", points)):
+        added = table[list(EXAMPLE_COLUMNS)].rename(columns=EXAMPLE_COLUMNS)
+        mine = getattr(rep, name).reset_index(drop=True)
+        setattr(rep, name, pd.concat([mine, added.reset_index(drop=True)], axis=1))
+
+
+# examples.py's columns as effects.csv and summary.csv carry them
+EXAMPLE_COLUMNS = {
+    "ci_low_examples": "ci_low_examples",
+    "ci_high_examples": "ci_high_examples",
+    "var_seeds": "var_seeds",
+    "var_examples": "var_examples",
+    "share_examples": "share_examples",
+    "method": "examples_method",
+}
 
 
 def last_epochs(final: str) -> int:

@@ -420,8 +420,10 @@ def test_two_deterministic_runs_show_no_difference_with_every_cell_identical(two
     assert "4 of 4 points show no difference" in text, text
     assert "16 of 16 shared cells identical" in text and " agree" not in text, text
     table = pd.read_csv(two_runs / "cmp" / "compare.csv")
-    assert list(table.columns) == ["activation", "dropout", *compare.COLUMNS]
+    added = [*compare.DISAGREE, "p_disagree_holm"]  # both stored their test predictions
+    assert list(table.columns) == ["activation", "dropout", *compare.COLUMNS, *added]
     assert (table["diff"] == 0).all() and (table["identical_cells"] == 4).all()
+    assert "a run of A and one of B disagree on" in text and "0 of 4 points beyond" in text
 
 
 def copy_with(folder, out, change) -> None:
@@ -571,3 +573,33 @@ def test_a_cell_whose_final_epoch_swung_is_named_and_last_k_compares_its_last_ep
     at = table[(table["activation"] == "relu") & table["batchnorm"]].iloc[0]
     before = rows[(rows["epoch"] > 25) & (rows["seed"] == 0)]["test_acc"].mean()
     assert at["diff"] == pytest.approx((0.392 - 0.934) / 5 / 5, abs=2e-3) and before < 0.85
+
+
+def test_two_runs_with_stored_predictions_say_how_often_they_disagree_on_which_examples(tmp_path):
+    from ablate import examples, store
+
+    base = ["run", "studies/digits_mlp.py", "--set", "epochs=3"]
+    assert cli.invoke(app, [*base, "--out", str(tmp_path / "a")]).exit_code == 0
+    more = ["--set", "precision=fp64", "--out", str(tmp_path / "b")]
+    assert cli.invoke(app, [*base, *more]).exit_code == 0
+    a, b = tmp_path / "a" / "digits_mlp", tmp_path / "b" / "digits_mlp"
+    r = cli.invoke(app, ["compare", str(a), str(b), "--out", str(tmp_path / "c")])
+    said = " ".join(r.stdout.split())
+    assert "test examples: a run of A and one of B disagree on" in said, r.output
+    table = pd.read_csv(tmp_path / "c" / "compare.csv")
+    assert {"disagree_between", "p_disagree", "p_disagree_holm"} <= set(table.columns)
+    labels, preds_a = store.read_predictions(a)
+    preds_b = store.read_predictions(b)[1]
+    hits_a, hits_b = examples.correct(preds_a, labels), examples.correct(preds_b, labels)
+    first = table.iloc[0]
+    cells = lambda hits, folder: [  # noqa: E731
+        c for c in hits.index if c in set(pd.read_parquet(folder).query(
+            f"activation == '{first['activation']}' and batchnorm == {first['batchnorm']}")["cell"])
+    ]  # fmt: skip
+    runs_a, runs_b = hits_a.loc[cells(hits_a, a)], hits_b.loc[cells(hits_b, b)]
+    by_hand = np.mean([(ra != rb).mean() for ra in runs_a.to_numpy() for rb in runs_b.to_numpy()])
+    assert first["disagree_between"] == pytest.approx(by_hand)
+    from conftest import REPO
+
+    r = cli.invoke(app, ["compare", str(REPO / "results" / "digits_mlp"), str(b)])
+    assert "test examples" not in r.stdout  # the committed run stored no predictions

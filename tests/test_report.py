@@ -473,3 +473,30 @@ def test_the_curves_are_tested_by_area_and_epochs_to_a_threshold_checked_by_hand
     assert list(climbing.columns[-5:]) == ["n", "slope", "p_value", "p_holm", "still_climbing"]
     page = (tmp_path / "index.html").read_text()
     assert "The curves, tested" in page and "epochs to reach 92." in page
+
+
+def test_with_stored_predictions_effects_and_points_count_the_test_set_beside_the_seeds(tmp_path):
+    from ablate import examples, stats, store
+
+    args = ["run", "studies/digits_mlp.py", "--out", str(tmp_path), "--set", "epochs=3"]
+    assert cli.invoke(app, args).exit_code == 0
+    folder = tmp_path / "digits_mlp"
+    r = cli.invoke(app, ["report", str(folder), "--out", str(tmp_path / "rep")])
+    assert r.exit_code == 0, r.output
+    effects = pd.read_csv(tmp_path / "rep" / "effects.csv")
+    added = ["ci_low_examples", "ci_high_examples", "var_seeds", "var_examples", "share_examples"]
+    assert list(effects.columns[-6:]) == [*added, "examples_method"]
+    labels, predicted = store.read_predictions(folder)
+    hits = examples.correct(predicted, labels)
+    final = stats.final(stats.tidy(store.read(folder)))
+    by_hand = hits.mean(axis=1)  # each cell's accuracy from its predictions is its test_acc
+    assert (by_hand.loc[final["cell"]].to_numpy() == final["test_acc"].to_numpy()).all()
+    for row in effects.itertuples():  # wider than the seed-only interval: a second source
+        assert row.ci_low_examples < row.ci_low and row.ci_high < row.ci_high_examples
+        assert 0 < row.share_examples < 1
+    summary = pd.read_csv(tmp_path / "rep" / "summary.csv")
+    assert summary["share_examples"].between(0, 1).all()
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert "95% CI, test set counted" in page and "the 899 test examples counted" in page
+    r = cli.invoke(app, ["report", str(folder), "--out", str(tmp_path / "k"), "--final", "last-2"])
+    assert "ci_low_examples" not in pd.read_csv(tmp_path / "k" / "effects.csv")  # last epoch's only
