@@ -146,15 +146,23 @@ class Results:
 
     @_user_errors
     def analysis(
-        self, metric: str = "test_acc", margin: float | None = None, halfwidth: float | None = None
+        self,
+        metric: str = "test_acc",
+        margin: float | None = None,
+        halfwidth: float | None = None,
+        final: str = "last",
     ) -> report.Report:
-        """Every table of the report for `metric` (cached), as `ablate report` computes them."""
-        key = (metric, margin, halfwidth)
+        """Every table of the report for `metric` (cached), as `ablate report` computes them
+        (`final`: "last", or "last-K" for each cell's mean over its last K epochs)."""
+        key = (metric, margin, halfwidth, final)
         if key not in self._analysed:
             if self.design.kind == "noise":
                 raise AblateError(f"{self.path}: a noise design; .report() writes its noise.csv")
             report.check_request(self._tidy, self.path, metric, margin, halfwidth)
-            analysed = report.analyse(self._tidy, self.design, metric, margin, halfwidth)
+            predicted = store.read_predictions(self.path, _warn) if metric == "test_acc" else None
+            analysed = report.analyse(
+                self._tidy, self.design, metric, margin, halfwidth, final, predicted
+            )
             self._analysed[key] = analysed[0]
         return self._analysed[key]
 

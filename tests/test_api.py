@@ -173,3 +173,13 @@ def test_bad_arguments_to_run_are_an_ablate_error_of_one_line(tmp_path, data_dir
         ablate.run(study, out=tmp_path / "res", progress=False, **arguments)
     assert said in str(caught.value) and "\n" not in str(caught.value)
     assert not (tmp_path / "res").exists()
+
+
+def test_the_notebook_api_gives_the_test_set_counted_columns_and_a_last_k_analysis():
+    res = ablate.load(REPO / "results" / "rerun" / "digits_mlp")  # stored with its predictions
+    effects = res.effects()
+    assert {"ci_low_examples", "share_examples", "p_greater"} <= set(effects.columns)
+    page = pd.read_csv(REPO / "results" / "rerun" / "digits_mlp" / "_report" / "effects.csv")
+    assert effects["ci_high_examples"].to_numpy() == pytest.approx(page["ci_high_examples"])
+    last = res.analysis(final="last-5")
+    assert last.last == 5 and "ci_low_examples" not in last.effects  # the final epoch's only
