@@ -48,9 +48,9 @@ from .inference import ALPHA, LEVEL, POWER, holm, no_spread
 from .report import (
     METRICS,
     check_margin,
-    dataset_sizes,
     in_design_order,
     last_epochs,
+    resolution_of,
     setting,
     write_folder,
 )
@@ -342,9 +342,11 @@ def load(path: Path, metric: str, warn: Callable[[str], None] | None, last: int 
         raise AblateError(f"{path}: a noise design; `ablate report` on it compares its streams")
     if metric not in METRICS or metric not in final.columns:
         raise AblateError(f"{path}: no metric '{metric}'; try {', '.join(METRICS)}")
-    test_size = dataset_sizes(design)[1]
-    resolution = 1 / test_size if metric == "test_acc" and test_size else 0.0
-    return final, design, stats.swings(rows, metric, resolution).assign(final_epochs=last)
+    return (
+        final,
+        design,
+        stats.swings(rows, metric, resolution_of(design, metric)).assign(final_epochs=last),
+    )
 
 
 def swung(side: str, swings: pd.DataFrame, final: pd.DataFrame, factors, metric: str) -> str:
@@ -422,9 +424,8 @@ def run(
         raise AblateError(f"{path_a}: factor {clash[0]} shares its name with a compare.csv column")
     levels = setting(design_a, final_a)[1]
     final_a = in_design_order(final_a, factors_a, levels)
-    test_size = dataset_sizes(design_a)[1]
-    resolution = 1 / test_size if metric == "test_acc" and test_size else 0.0
-    table = compare(final_a, final_b, factors_a, metric, resolution, margin)
+    step = resolution_of(design_a, metric)
+    table = compare(final_a, final_b, factors_a, metric, step, margin)
     if not table["verdict"].isin(VERDICTS[:5]).any():
         raise AblateError(
             f"{path_a} and {path_b}: no design point both hold with 2 or more seeds; nothing to "

@@ -157,7 +157,7 @@ def analyse(
     chosen = _chosen(design, metric)
     rep = _analyse(df, finals, design, factors, levels, base, metric, chosen, margin, halfwidth)
     rep.last = last
-    rep.swings = stats.swings(df, metric, _resolution(design, metric))
+    rep.swings = stats.swings(df, metric, resolution_of(design, metric))
     higher, matched = tables.is_fraction(metric), rep.design != "fractional"
     if len(rep.effects):
         rep.curves, rep.threshold = curves.table(
@@ -207,7 +207,7 @@ def last_epochs(final: str) -> int:
     return int(k)
 
 
-def _resolution(design: Design, metric: str) -> float:
+def resolution_of(design: Design, metric: str) -> float:
     """The smallest step the metric takes: one test sample for accuracy; 0 where unknown."""
     test_size = dataset_sizes(design)[1]
     return 1 / test_size if metric == "test_acc" and test_size else 0.0
@@ -293,7 +293,7 @@ def check_margin(margin: float | None, metric: str) -> None:
 def _analyse(df, final, design, factors, levels, base, metric, chosen, margin, halfwidth):
     """Every table of the report, in a Report whose path and seconds build sets."""
     classes = dataset_sizes(design)[0]
-    resolution = _resolution(design, metric)
+    resolution = resolution_of(design, metric)
     halfwidth, said = (
         (halfwidth, "") if halfwidth is not None else default_halfwidth(final, metric, resolution)
     )

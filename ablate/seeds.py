@@ -56,8 +56,7 @@ def analysed(
         final = final[final["seed"].isin(seeds)]
     if not factors:
         raise AblateError(f"{path}: a study of no factors has no effects to narrow")
-    classes, test_size = report.dataset_sizes(design)
-    resolution = 1 / test_size if metric == "test_acc" and test_size else 0.0
+    resolution = report.resolution_of(design, metric)
     analysis = stats.analyse(
         final, factors, base, levels, metric, design.kind or "grid", resolution, None, halfwidth
     )
@@ -72,8 +71,7 @@ def default_halfwidth(path: Path, metric: str, warn=None) -> tuple[float, str]:
     seeds_needed aims at when none is given, and how it was chosen."""
     df, design = stats.tidy(store.read(path, warn)), store.read_design(path)
     report.check_request(df, path, metric, None, None)
-    test_size = report.dataset_sizes(design)[1]
-    resolution = 1 / test_size if metric == "test_acc" and test_size else 0.0
+    resolution = report.resolution_of(design, metric)
     halfwidth, said = report.default_halfwidth(stats.final(df), metric, resolution)
     if not halfwidth > 0:
         raise AblateError(f"{path}: {said}")
