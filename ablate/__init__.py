@@ -9,7 +9,9 @@ __version__ = "0.1.0"
 # a user's own value stays. ":4096:8" is cuBLAS's deterministic workspace.
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
-from .study import AblateError, Cell, Claim, Key, Study  # noqa: E402
+from .errors import AblateError
+from .keys import Key
+from .study import Cell, Claim, Study
 
 __all__ = ["AblateError", "Cell", "Claim", "Key", "Results", "Study", "__version__", "load", "run"]
 

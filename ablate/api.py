@@ -17,8 +17,9 @@ from pathlib import Path
 import pandas as pd
 
 from . import charts, report, stats, store, tables
+from .errors import AblateError
 from .progress import NotebookProgress, RichProgress, in_notebook
-from .study import AblateError, Study, claim_problems
+from .study import Study, claim_problems
 
 
 def _user_errors(fn):

@@ -10,8 +10,8 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from .inference import LEVEL, interval, no_spread
+from .keys import JSON_DEFAULTS
 from .stats import final, hashable
-from .study import JSON_DEFAULTS
 from .tables import is_fraction
 
 COLUMNS = [

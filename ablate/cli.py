@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .errors import AblateError
 from .progress import RichProgress
-from .study import AblateError
 
 app = typer.Typer(
     add_completion=False,

@@ -12,8 +12,9 @@ import torch
 
 from . import data as datasets
 from . import engine, loop
+from .errors import AblateError
 from .local import Outcome, other_test_set, same_test_set
-from .study import AblateError, Cell, Study, own_values
+from .study import Cell, Study, own_values
 
 INSTALL = 'pip install "ablate[ray]"'
 RETRIES = 3  # a group whose worker dies runs again up to 3 times, then is recorded as failed

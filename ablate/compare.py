@@ -43,6 +43,7 @@ from scipy import stats as scipy_stats
 from scipy.optimize import brentq
 
 from . import inference, stats, store, tables
+from .errors import AblateError
 from .examples import correct, disagreement
 from .inference import ALPHA, LEVEL, POWER, holm, no_spread
 from .report import (
@@ -54,7 +55,6 @@ from .report import (
     setting,
     write_folder,
 )
-from .study import AblateError
 
 COLUMNS = (
     "n_a mean_a std_a diverged_a n_b mean_b std_b diverged_b diff ci_low ci_high df p_value "

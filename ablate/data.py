@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import AblateError
+from .keys import DATASET_SIZES
 from .sources import (
     TORCHVISION,
     Data,
@@ -25,7 +27,6 @@ from .sources import (
     torchvision_data,
 )
 from .sources import check_flips as check_flips  # re-exported: the runner's one import
-from .study import DATASET_SIZES, AblateError
 
 # name -> (torchvision folder and class, the four IDX files)
 SOURCES = {

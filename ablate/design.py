@@ -4,16 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from .keys import (
-    DESIGNS,
-    JSON_DEFAULTS,
-    Key,
-    StudyError,
-    normalise,
-    own_keys,
-    table,
-    unknown_setting,
-)
+from .errors import StudyError
+from .keys import DESIGNS, JSON_DEFAULTS, Key, normalise, own_keys, table, unknown_setting
 from .study import Study, cell_id, cells, defaults, points
 
 # What a manifest must record to list its cells (every one ablate wrote does; a partial one not).

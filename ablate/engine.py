@@ -13,8 +13,9 @@ from contextlib import contextmanager
 import torch
 
 from . import fused, loop, models, testhooks
-from .data import Data
-from .study import AblateError, Cell, Study, StudyError
+from .errors import AblateError, StudyError
+from .sources import Data
+from .study import Cell, Study
 
 
 def parse_device(name: str | torch.device | None) -> torch.device | None:

@@ -10,8 +10,8 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from . import stats
+from .errors import AblateError
 from .inference import LEVEL, no_spread
-from .keys import AblateError
 
 METHOD = "seeds t(n-1) + examples t(N-1), in quadrature"
 SPREAD = "ci_low_examples ci_high_examples var_seeds var_examples share_examples".split()

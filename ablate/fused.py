@@ -25,8 +25,9 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from . import loop, models, rng
-from .data import Data
-from .study import KEYS, Cell
+from .keys import KEYS
+from .sources import Data
+from .study import Cell
 
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, as the plain path uses
 BN_MOMENTUM, BN_EPS = 0.1, 1e-5  # nn.BatchNorm1d's defaults

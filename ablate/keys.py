@@ -10,16 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-
-class AblateError(Exception):
-    """A mistake the user can fix: the CLI prints it as one line and exits with `code`."""
-
-    code = 2
-
-
-class StudyError(AblateError):
-    pass
-
+from .errors import StudyError
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "xor", "digits")  # digits: scikit-learn's, offline
 # classes and test images of each dataset: chance accuracy, and the step of test accuracy (1 image)

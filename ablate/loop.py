@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from . import graphs, models, rng
-from .data import Data, hflip, to_float
+from .data import hflip, to_float
+from .sources import Data
 from .study import Cell
 
 # the weights' dtype per precision; bf16 keeps fp32 weights and runs the forward under autocast

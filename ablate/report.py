@@ -19,9 +19,10 @@ import pandas as pd
 
 from . import anova, charts, claims, curves, examples, noise, stats, store, tables
 from .design import Design, first_stage
+from .errors import AblateError
+from .keys import DATASET_SIZES
+from .keys import METRICS as KEY_METRICS
 from .page import CAPTIONS, CSS, page  # noqa: F401  report.CSS and report.CAPTIONS, as before
-from .study import DATASET_SIZES, AblateError
-from .study import METRICS as KEY_METRICS
 
 REPORT = "_report"  # beside the rows, named so Parquet readers skip it (see store.py)
 MARKER = ".ablate-report"  # in a report folder: each file ablate wrote with its sha256

@@ -22,20 +22,13 @@ import torch
 
 from . import __version__, engine, fused
 from . import data as datasets
-from .data import Data, check_flips
 from .design import Design, design_ids
+from .errors import AblateError, StudyError
+from .keys import DATASET_SIZES, key_spec
 from .local import Local, Outcome, device_name  # noqa: F401 (benchmarks import device_name here)
+from .sources import Data, check_flips
 from .store import ROW_COLUMNS, Store, StoreError, check_folder, parquet_files, read_manifest
-from .study import (
-    DATASET_SIZES,
-    AblateError,
-    Cell,
-    Study,
-    StudyError,
-    key_spec,
-    model_name,
-    own_values,
-)
+from .study import Cell, Study, model_name, own_values
 from .study import cells as expand
 
 

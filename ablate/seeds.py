@@ -25,7 +25,9 @@ from scipy import stats as scipy_stats
 
 from . import inference, report, stats, store
 from .design import first_stage
-from .study import MAX_CELLS, SEED_LIMIT, AblateError, Study, n_points
+from .errors import AblateError
+from .keys import MAX_CELLS, SEED_LIMIT
+from .study import Study, n_points
 
 MAX_SEEDS = 30  # --max-seeds' default: past 30 seeds an interval narrows by under 2% a seed
 UPPER = 0.95  # plan's upper bound: the spread's one-sided 95% upper confidence limit

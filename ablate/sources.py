@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .study import AblateError
+from .errors import AblateError
 
 
 class DataError(AblateError):

@@ -39,7 +39,8 @@ import pyarrow.parquet as pq
 
 from . import testhooks
 from .design import Design
-from .study import DATASET_SIZES, JSON_DEFAULTS, AblateError
+from .errors import AblateError
+from .keys import DATASET_SIZES, JSON_DEFAULTS
 
 MANIFEST = "_manifest.json"
 RECORD = "_files.json"

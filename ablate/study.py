@@ -11,31 +11,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from . import fingerprint
-from .keys import (  # noqa: F401  some re-exported: ablate's modules import them from here
+from .errors import StudyError
+from .keys import (
     CLAIM_KINDS,
-    DATASET_SIZES,
     DATASETS,
     DEFAULTS,
     DESIGNS,
     FIRST_KEYS,
-    JSON_DEFAULTS,
-    KEYS,
     MAX_CELLS,
-    MAX_SET,
     METRICS,
     MODELS,
-    SEED_LIMIT,
-    AblateError,
-    Key,
-    StudyError,
     _is_int,
     _is_num,
-    key_spec,
     normalise,
     normalise_seeds,
     own_keys,
     table,
-    unknown_setting,
 )
 
 

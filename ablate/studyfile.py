@@ -13,7 +13,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .study import MAX_SET, AblateError, Study, StudyError, check_claims, validate
+from .errors import AblateError, StudyError
+from .keys import MAX_SET
+from .study import Study, check_claims, validate
 
 
 def parse_set(item: str) -> tuple[str, Any]:

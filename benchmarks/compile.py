@@ -27,7 +27,7 @@ from throughput import WORKLOADS, append_row, sync  # noqa: E402
 
 from ablate import data as datasets  # noqa: E402
 from ablate import engine, fused, loop, models, rng  # noqa: E402
-from ablate.runner import device_name  # noqa: E402
+from ablate.local import device_name  # noqa: E402
 from ablate.study import Study, cells, validate  # noqa: E402
 
 WARMUP = 20  # steps before timing: compilation, allocator and cache warm-up

@@ -46,7 +46,7 @@ from throughput import append_row, measured_peak, timed_loop, tutorial_epoch  # 
 
 from ablate import data as datasets  # noqa: E402
 from ablate import engine, studyfile  # noqa: E402
-from ablate.keys import AblateError  # noqa: E402
+from ablate.errors import AblateError  # noqa: E402
 from ablate.local import device_name  # noqa: E402
 from ablate.study import cells, defaults  # noqa: E402
 

@@ -31,7 +31,7 @@ from throughput import WORKLOADS, append_row  # noqa: E402
 
 from ablate import data as datasets  # noqa: E402
 from ablate import engine, fused, loop, models  # noqa: E402
-from ablate.runner import device_name  # noqa: E402
+from ablate.local import device_name  # noqa: E402
 from ablate.study import Study, cells, validate  # noqa: E402
 from ablate.studyfile import parse_set  # noqa: E402
 

@@ -42,7 +42,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ablate import data as datasets  # noqa: E402
 from ablate import engine, fused, loop  # noqa: E402
-from ablate.runner import device_name  # noqa: E402
+from ablate.local import device_name  # noqa: E402
 from ablate.study import Study, cells, validate  # noqa: E402
 
 EXAMPLES = (

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from ablate import data, loop, sources
-from ablate.data import DataError, hflip, load, read_idx, to_float
+from ablate.data import hflip, load, read_idx, to_float
+from ablate.sources import DataError
 
 
 def test_real_mnist_loads_as_uint8_in_canonical_order(data_dir, mnist_facts):

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from ablate import engine, fused, loop, models, runner
 from ablate.data import load
-from ablate.study import Study, StudyError, cells, validate
+from ablate.errors import StudyError
+from ablate.study import Study, cells, validate
 
 BASE = dict(
     hidden=(64,),

@@ -13,7 +13,7 @@ from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
 from statsmodels.stats.proportion import proportion_confint
 
 from ablate import examples, inference, stats
-from ablate.keys import AblateError
+from ablate.errors import AblateError
 
 
 def wilson(hits: int, n: int) -> tuple[float, float]:

@@ -162,7 +162,8 @@ def test_adds_up_says_add_cannot_tell_amplified_or_interact_from_the_sum_rows_in
 
 
 def test_the_dropout_stream_varies_only_where_the_recipe_drops():
-    from ablate.study import DEFAULTS, noise_streams
+    from ablate.keys import DEFAULTS
+    from ablate.study import noise_streams
 
     # an MLP reads the dropout key, the CNN its layers (the default layers drop; an MLP's ignore)
     assert noise_streams({**DEFAULTS, "dropout": 0.0}, "mlp") == ["init", "order"]

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from ablate import loop, models
 from ablate.cli import app
 from ablate.data import load, read_cifar
-from ablate.study import KEYS
+from ablate.keys import KEYS
 from ablate.studyfile import load as load_study
 
 cli = CliRunner()
@@ -143,7 +143,7 @@ def test_cifar10_reads_the_python_batches_and_the_lenet_study_trains(tmp_path):
 
 
 def test_a_file_that_is_not_a_cifar_batch_is_one_line(tmp_path):
-    from ablate.data import DataError
+    from ablate.sources import DataError
 
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()

@@ -8,10 +8,10 @@ import math
 import pytest
 
 from ablate.design import Design
+from ablate.errors import StudyError
 from ablate.study import (
     Claim,
     Study,
-    StudyError,
     cell_id,
     cells,
     points,
