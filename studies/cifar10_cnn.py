@@ -5,20 +5,62 @@
 # into ~/.cache/ablate, or cifar-10-batches-py/ under --data-dir).
 from ablate import Claim, Study
 
-LENET = ("conv:6:5", "act", "maxpool:2", "conv:16:5", "act", "maxpool:2", "flatten", "fc:120", "act", "fc:84", "act")
-DEEPER = ("conv:32:3:1:1", "act", "maxpool:2", "conv:64:3:1:1", "act", "maxpool:2", "conv:128:3:1:1", "act",
-          "maxpool:2", "flatten", "dropout:0.5", "fc:256", "act", "dropout:0.5")
+LENET = (
+    "conv:6:5",
+    "act",
+    "maxpool:2",
+    "conv:16:5",
+    "act",
+    "maxpool:2",
+    "flatten",
+    "fc:120",
+    "act",
+    "fc:84",
+    "act",
+)
+DEEPER = (
+    "conv:32:3:1:1",
+    "act",
+    "maxpool:2",
+    "conv:64:3:1:1",
+    "act",
+    "maxpool:2",
+    "conv:128:3:1:1",
+    "act",
+    "maxpool:2",
+    "flatten",
+    "dropout:0.5",
+    "fc:256",
+    "act",
+    "dropout:0.5",
+)
 
 study = Study(
     name="cifar10_cnn",
     dataset="cifar10",
     model="cnn",
-    base=dict(layers=LENET, activation="relu", optimizer="sgd", lr=0.001, momentum=0.9, batch_size=4,
-              epochs=20),
+    base=dict(
+        layers=LENET,
+        activation="relu",
+        optimizer="sgd",
+        lr=0.001,
+        momentum=0.9,
+        batch_size=4,
+        epochs=20,
+    ),
     factors=dict(layers=[LENET, DEEPER]),
     seeds=5,
     claims=[
-        Claim(where=dict(layers=LENET), value=0.56, epoch=2, source="PyTorch CIFAR-10 tutorial, LeNet, 2 epochs"),
-        Claim(where=dict(layers=DEEPER), value=0.74, source="deeper CIFAR-10 CNN with dropout, 20 epochs"),
+        Claim(
+            where=dict(layers=LENET),
+            value=0.56,
+            epoch=2,
+            source="PyTorch CIFAR-10 tutorial, LeNet, 2 epochs",
+        ),
+        Claim(
+            where=dict(layers=DEEPER),
+            value=0.74,
+            source="deeper CIFAR-10 CNN with dropout, 20 epochs",
+        ),
     ],
 )

@@ -5,16 +5,40 @@
 # 40 epochs: 99.09%) is studies/mnist_cnn_examples.py.
 from ablate import Claim, Study
 
-STRIDED = ("conv:16:3:2", "act", "conv:32:3:2", "act", "conv:64:3", "act", "flatten", "fc:256", "act", "fc:64", "act")
+STRIDED = (
+    "conv:16:3:2",
+    "act",
+    "conv:32:3:2",
+    "act",
+    "conv:64:3",
+    "act",
+    "flatten",
+    "fc:256",
+    "act",
+    "fc:64",
+    "act",
+)
 
 study = Study(
     name="mnist_cnn",
     dataset="mnist",
     model="cnn",
-    base=dict(layers=STRIDED, activation="relu", optimizer="adam", lr=0.00025, batch_size=128, epochs=10,
-              loss="softmax_then_cross_entropy"),
+    base=dict(
+        layers=STRIDED,
+        activation="relu",
+        optimizer="adam",
+        lr=0.00025,
+        batch_size=128,
+        epochs=10,
+        loss="softmax_then_cross_entropy",
+    ),
     factors=dict(loss=["softmax_then_cross_entropy", "cross_entropy"]),
     seeds=5,
-    claims=[Claim(where=dict(loss="softmax_then_cross_entropy"), value=0.8916,
-                  source="strided MNIST CNN tutorial (softmax before the loss)")],
+    claims=[
+        Claim(
+            where=dict(loss="softmax_then_cross_entropy"),
+            value=0.8916,
+            source="strided MNIST CNN tutorial (softmax before the loss)",
+        )
+    ],
 )

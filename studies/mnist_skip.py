@@ -33,10 +33,11 @@ study = Study(
     name="mnist_skip",
     dataset="mnist",
     model=deep_mlp,
-    keys=dict(width=Key(64, lo=1, hi=4096, help="units in each hidden layer"),
-              skip=Key(False, help="add each layer's output to its input")),
-    base=dict(optimizer="sgd", lr=0.05, momentum=0.9, batch_size=64, epochs=3,
-              train_subset=12000),
+    keys=dict(
+        width=Key(64, lo=1, hi=4096, help="units in each hidden layer"),
+        skip=Key(False, help="add each layer's output to its input"),
+    ),
+    base=dict(optimizer="sgd", lr=0.05, momentum=0.9, batch_size=64, epochs=3, train_subset=12000),
     factors=dict(skip=[False, True], width=[64, 256]),
     seeds=5,
 )

@@ -26,8 +26,7 @@ study = Study(
     dataset=wine,
     model="mlp",
     keys=dict(label_noise=Key(0.0, lo=0.0, hi=1.0, help="share of training labels redrawn")),
-    base=dict(hidden=(32,), activation="relu", optimizer="adam", lr=0.01, batch_size=16,
-              epochs=40),
+    base=dict(hidden=(32,), activation="relu", optimizer="adam", lr=0.01, batch_size=16, epochs=40),
     factors=dict(label_noise=[0.0, 0.2, 0.4], normalize=[False, True]),
     seeds=5,
 )
