@@ -9,6 +9,7 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from . import inference, stats, tables
+from .metrics import TEST_ACC, Metric
 
 ANOVA_COLUMNS = ["term", "df", "sum_sq", "mean_sq", "F", "p", "eta_sq", "error_df"]
 SIMPLE_COLUMNS = ["factor", "level", "baseline", "setting", "n_pairs", "diff", "ci_low", "ci_high"]
@@ -25,7 +26,7 @@ def _codes(col: pd.Series, levels: list) -> np.ndarray:
     return col.map(position).to_numpy(dtype=int)
 
 
-def _grid(finals: pd.DataFrame, factors: list[str], levels: dict, metric: str) -> np.ndarray:
+def _grid(finals: pd.DataFrame, factors: list[str], levels: dict, metric: Metric) -> np.ndarray:
     """The metric as [seed, level of factor 1, ...] over the seeds with an ok cell at every
     combination: the sums of squares below are those of a balanced design only."""
     ok = finals[finals["status"] == "ok"]
@@ -34,7 +35,9 @@ def _grid(finals: pd.DataFrame, factors: list[str], levels: dict, metric: str) -
     for factor in factors:
         code = _codes(ok[factor], levels[factor])
         combo = np.where((combo < 0) | (code < 0), -1, combo * len(levels[factor]) + code)
-    values = pd.Series(ok[metric].to_numpy(dtype=float), index=[ok["seed"].to_numpy(), combo])
+    values = pd.Series(
+        ok[metric.column].to_numpy(dtype=float), index=[ok["seed"].to_numpy(), combo]
+    )
     values = values[combo >= 0]
     wide = values.groupby(level=[0, 1]).mean().unstack() if len(values) else pd.DataFrame()
     wide = wide.reindex(columns=range(int(np.prod(shape)))).dropna()
@@ -53,7 +56,7 @@ def _sum_sq(y: np.ndarray, axes: tuple[int, ...]) -> float:
 
 
 def anova(
-    finals: pd.DataFrame, factors: list[str], levels: dict, metric: str = "test_acc"
+    finals: pd.DataFrame, factors: list[str], levels: dict, metric: Metric = TEST_ACC
 ) -> tuple[pd.DataFrame, int]:
     """Seed block plus the full factorial of the factors with 2+ levels, over the seeds with
     every combination ok; the table and the number of those seeds. Each term is tested
@@ -92,19 +95,13 @@ def anova(
     return out[ANOVA_COLUMNS], len(y)
 
 
-def sign_changes(
-    finals: pd.DataFrame,
-    factors: list[str],
-    baselines: dict,
-    levels: dict,
-    metric: str = "test_acc",
-    resolution: float = 0.0,
-) -> pd.DataFrame:
+def sign_changes(layout: stats.Layout) -> pd.DataFrame:
     """Each level's simple effect against its factor's baseline at every setting of the other
     factors: paired by seed where both cells are ok, with a t interval that is simultaneous
     over the level's settings (Bonferroni: 95% / m each); none where there is no spread."""
-    ok = finals[finals["status"] == "ok"]
-    seeds, values = ok["seed"].to_numpy(), ok[metric].to_numpy(dtype=float)
+    factors, levels, baselines = layout.factors, layout.levels, layout.baselines
+    ok = layout.finals[layout.finals["status"] == "ok"]
+    seeds, values = ok["seed"].to_numpy(), ok[layout.metric.column].to_numpy(dtype=float)
     by_seed = lambda mask: pd.Series(values[mask], index=seeds[mask])  # noqa: E731
     masks = {
         (factor, i): stats.level_mask(ok, factor, level).to_numpy()
@@ -126,7 +123,7 @@ def sign_changes(
                     mask &= masks[other, i]
                 diffs = (by_seed(mask & this) - by_seed(mask & base)).dropna()  # aligned on seed
                 diff, _, low, high = inference.interval(diffs, level=level_ci)
-                if inference.no_spread(diffs.to_numpy(), resolution):
+                if inference.no_spread(diffs.to_numpy(), layout.resolution):
                     low = high = np.nan  # seeds that agree to the metric's resolution: no interval
                 label = ", ".join(f"{other}={levels[other][i]}" for other, i in pairs)
                 row = dict(factor=factor, level=level, baseline=baselines[factor], setting=label)
@@ -137,7 +134,7 @@ def sign_changes(
 
 
 def changes_sign(
-    simple: pd.DataFrame, metric: str = "test_acc", interactions: pd.DataFrame | None = None
+    simple: pd.DataFrame, metric: Metric = TEST_ACC, interactions: pd.DataFrame | None = None
 ) -> pd.DataFrame:
     """The (factor, level) pairs with one setting's interval wholly above 0 and another's wholly
     below: their main effect averages simple effects of opposite sign and describes neither.
@@ -206,7 +203,7 @@ def failures(
     chance = 1 / classes if classes else None
     diverged = finals["status"] != "ok"
     stalled = (
-        ~diverged & (finals["test_acc"] <= chance + STALL)
+        ~diverged & (finals[TEST_ACC.column] <= chance + STALL)
         if chance
         else pd.Series(False, index=finals.index)
     )

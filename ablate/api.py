@@ -8,31 +8,29 @@ and no frames from inside ablate.
 from __future__ import annotations
 
 import base64
-import functools
 import sys
 import tempfile
 from html import escape
 from pathlib import Path
+from typing import NoReturn
 
 import pandas as pd
 
 from . import charts, report, stats, store, tables
-from .errors import AblateError
+from .analysis import Report, analyse, check_request, in_design_order, setting
+from .errors import AblateError, on_user_error
+from .executor import Progress, RunOptions
+from .metrics import TEST_ACC, Metric, lookup
 from .progress import NotebookProgress, RichProgress, in_notebook
-from .study import Study, claim_problems
+from .study import Study
 
 
-def _user_errors(fn):
-    """An AblateError leaves with its one line and the caller's frame only."""
+def _one_line(error: AblateError) -> NoReturn:
+    """An AblateError leaves with its one line and no frames from inside ablate."""
+    raise error.with_traceback(None) from None
 
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except AblateError as e:
-            raise e.with_traceback(None) from None
 
-    return wrapper
+_user_errors = on_user_error(_one_line)
 
 
 @_user_errors
@@ -49,25 +47,24 @@ def run(
     predictions: bool = True,
 ) -> Results:
     """Train every cell of `study` (a study file or a Study) not yet in out/<name>/, then load
-    the folder. `sets`: `--set` items ("epochs=1"); `seeds`: seeds 0..N-1; `predictions=False`:
-    no per-example test predictions (`--no-predictions`). A kernel interrupt (Ctrl-C) keeps the
-    cells that finished and raises KeyboardInterrupt saying how many."""
-    from . import runner, studyfile  # torch loads here, not for ablate.load
+    the folder, as `ablate run` does (its warnings too). `sets`: `--set` items ("epochs=1");
+    `seeds`: seeds 0..N-1; `predictions=False`: no per-example test predictions
+    (`--no-predictions`). A kernel interrupt (Ctrl-C) keeps the cells that finished and raises
+    KeyboardInterrupt saying how many."""
+    from . import runner  # torch loads here, not for ablate.load
+    from .studyfile import prepare
 
     sets = [sets] if isinstance(sets, str) else sets  # one "epochs=1" is one item
     _check_arguments(sets, seeds, max_group, deterministic, progress)
-    study = studyfile.override(
-        study if isinstance(study, Study) else studyfile.load(study), sets, seeds
-    )
-    for problem in claim_problems(study):  # as `ablate run` warns after --set
-        _warn(f"{problem}; after the sets the report leaves this claim out")
     bar = (NotebookProgress() if in_notebook() else RichProgress(_console())) if progress else None
+    options = RunOptions(
+        out, device, max_group, deterministic, data_dir, predictions=predictions,
+        progress=bar or Progress(),
+    )  # fmt: skip
+    study = prepare(study, sets, seeds, _warn, named="the sets")
     path = runner.results_dir(study, out)
-    data_dir = str(data_dir) if data_dir is not None else None
     try:
-        summary = runner.run(
-            study, out, device, max_group, deterministic, data_dir, bar, predictions=predictions
-        )
+        summary = runner.run(study, options)
     except runner.Stopped as e:
         raise KeyboardInterrupt(
             f"stopped: {e.done} of {e.total} cells stored in {path}; ablate.run again trains the "
@@ -135,52 +132,57 @@ class Results:
         self.frame: pd.DataFrame = store.read(self.path, _warn)
         self.design = store.read_design(self.path)
         self._tidy = stats.tidy(self.frame)  # list levels as tuples, once: every table groups them
-        self._analysed: dict[tuple, report.Report] = {}
+        self._analysed: dict[tuple, Report] = {}
 
     def final(self) -> pd.DataFrame:
         """The last stored epoch of every cell, in design order."""
         final = stats.final(self._tidy)
         if self.design.kind == "noise":
             return final
-        factors, levels, _ = report.setting(self.design, final)
-        return report.in_design_order(final, factors, levels).reset_index(drop=True)
+        factors, levels, _ = setting(self.design, final)
+        return in_design_order(final, factors, levels).reset_index(drop=True)
 
     @_user_errors
     def analysis(
         self,
-        metric: str = "test_acc",
+        metric: str | Metric = "test_acc",
         margin: float | None = None,
         halfwidth: float | None = None,
         final: str = "last",
-    ) -> report.Report:
+    ) -> Report:
         """Every table of the report for `metric` (cached), as `ablate report` computes them
-        (`final`: "last", or "last-K" for each cell's mean over its last K epochs)."""
-        key = (metric, margin, halfwidth, final)
+        (`final`: "last", or "last-K" for each cell's mean over its last K epochs). `margin`
+        and `halfwidth` as the CLI takes them: in points for accuracy (0.5 = half a point),
+        in the metric's own units otherwise; the tables hold stored units (fractions)."""
+        chosen = lookup(metric, str(self.path))
+        margin, halfwidth = chosen.stored(margin), chosen.stored(halfwidth)
+        key = (chosen.column, margin, halfwidth, final)
         if key not in self._analysed:
             if self.design.kind == "noise":
                 raise AblateError(f"{self.path}: a noise design; .report() writes its noise.csv")
-            report.check_request(self._tidy, self.path, metric, margin, halfwidth)
-            predicted = store.read_predictions(self.path, _warn) if metric == "test_acc" else None
-            analysed = report.analyse(
-                self._tidy, self.design, metric, margin, halfwidth, final, predicted
-            )
+            check_request(self._tidy, self.path, chosen, margin, halfwidth)
+            predicted = store.read_predictions(self.path, _warn) if chosen.per_example else None
+            analysed = analyse(self._tidy, self.design, chosen, margin, halfwidth, final, predicted)
             self._analysed[key] = analysed[0]
         return self._analysed[key]
 
-    def effects(self, metric: str = "test_acc", margin=None, halfwidth=None) -> pd.DataFrame:
-        """effects.csv's table: each level against its baseline, paired by seed, Holm."""
+    def effects(
+        self, metric: str | Metric = "test_acc", margin=None, halfwidth=None
+    ) -> pd.DataFrame:
+        """effects.csv's table: each level against its baseline, paired by seed, Holm (margin
+        and half-width as `analysis` takes them: points for accuracy)."""
         return self.analysis(metric, margin, halfwidth).effects.copy()
 
-    def interactions(self, metric: str = "test_acc") -> pd.DataFrame:
+    def interactions(self, metric: str | Metric = "test_acc") -> pd.DataFrame:
         return self.analysis(metric).interactions.copy()
 
-    def claims(self, metric: str = "test_acc") -> pd.DataFrame:
+    def claims(self, metric: str | Metric = "test_acc") -> pd.DataFrame:
         return self.analysis(metric).claims.copy()
 
-    def anova(self, metric: str = "test_acc") -> pd.DataFrame:
+    def anova(self, metric: str | Metric = "test_acc") -> pd.DataFrame:
         return self.analysis(metric).anova.copy()
 
-    def summary(self, metric: str = "test_acc") -> pd.DataFrame:
+    def summary(self, metric: str | Metric = "test_acc") -> pd.DataFrame:
         """summary.csv's table: each design point's mean and 95% interval."""
         return self.analysis(metric).summary.copy()
 
@@ -188,12 +190,16 @@ class Results:
     def report(
         self,
         out: str | Path | None = None,
-        metric: str = "test_acc",
+        metric: str | Metric = "test_acc",
         margin: float | None = None,
         halfwidth: float | None = None,
     ) -> Path:
-        """Write the report (`ablate report`'s files) and return the path of its index.html."""
-        return report.build(self.path, out, metric, _warn, margin, halfwidth).path / "index.html"
+        """Write the report (`ablate report`'s files) and return the path of its index.html;
+        `margin` and `halfwidth` as `ablate report` takes them: in points for accuracy (0.5 =
+        half a point), in the metric's own units otherwise."""
+        chosen = lookup(metric, str(self.path))
+        margin, halfwidth = chosen.stored(margin), chosen.stored(halfwidth)
+        return report.build(self.path, out, chosen, _warn, margin, halfwidth).path / "index.html"
 
     def __repr__(self) -> str:
         return f"<ablate.Results {self._headline()}>"
@@ -216,9 +222,9 @@ class Results:
         except AblateError as e:
             return f"{head}<p style='color:#a15c00'>{escape(str(e))}</p>"
         if not len(rep.effects):
-            shown = tables.readable(rep.summary, "test_acc", "summary")
+            shown = tables.readable(rep.summary, TEST_ACC, "summary")
             return head + shown.to_html(index=False, border=0)
-        shown = tables.readable(rep.effects[_EFFECT_COLUMNS], "test_acc", "effects")
+        shown = tables.readable(rep.effects[_EFFECT_COLUMNS], TEST_ACC, "effects")
         return "\n".join(
             [
                 head,
@@ -233,9 +239,9 @@ class Results:
 _EFFECT_COLUMNS = "factor level baseline n_pairs diff ci_low ci_high p_holm significant".split()
 
 
-def _effects_png(rep: report.Report) -> str:
+def _effects_png(rep: Report) -> str:
     """The effects chart as an inline PNG, drawn in a scratch folder."""
     with tempfile.TemporaryDirectory() as scratch, charts.style():
-        charts.chart_effects(rep.effects, "test_acc", Path(scratch), rep.family)
+        charts.chart_effects(rep.effects, TEST_ACC, Path(scratch), rep.family)
         data = base64.b64encode((Path(scratch) / "effects.png").read_bytes()).decode()
     return f'<img alt="effects chart" src="data:image/png;base64,{data}" style="max-width:100%">'

@@ -11,8 +11,8 @@ from scipy import stats as scipy_stats
 
 from .inference import LEVEL, interval, no_spread
 from .keys import JSON_DEFAULTS
+from .metrics import TEST_ACC, Metric, lookup
 from .stats import final, hashable
-from .tables import is_fraction
 
 COLUMNS = [
     "where",
@@ -180,13 +180,19 @@ def _outlier_note(runs: np.ndarray, flagged: np.ndarray, seeds, judged_by: str) 
     )
 
 
-def clipped(low: float, high: float, metric: str) -> tuple[float, float, bool]:
+def clipped(low: float, high: float, metric: Metric) -> tuple[float, float, bool]:
     """An interval of a fraction (accuracy) cut to [0, 1], and whether that moved it. Chosen
     over a logit-scale interval by simulation: coverage is the unclipped interval's (0.94-0.96
     near 100%), where the logit interval's falls to 0.78 once runs reach 100% exactly."""
-    if not is_fraction(metric) or np.isnan(low):
+    if not metric.fraction or np.isnan(low):
         return low, high, False
     return max(low, 0.0), min(high, 1.0), low < 0 or high > 1
+
+
+def measured(claim: dict) -> Metric:
+    """The metric a claim (as the manifest records it) is about: test accuracy unless it says."""
+    where = f"claim {claim.get('source') or claim.get('where')}"
+    return lookup(claim.get("metric", TEST_ACC.column), where)
 
 
 def select(df: pd.DataFrame, claim: dict, factors: list[str]) -> pd.Series:
@@ -198,7 +204,7 @@ def select(df: pd.DataFrame, claim: dict, factors: list[str]) -> pd.Series:
     for key, wanted in claim["where"].items():
         column = rows[key] if key in factors else configs.map(lambda cfg, key=key: cfg.get(key))
         mask &= column.map(lambda v, wanted=hashable(wanted): hashable(v) == wanted).astype(bool)
-    return rows[mask & (rows["status"] == "ok")][claim.get("metric", "test_acc")]
+    return rows[mask & (rows["status"] == "ok")][measured(claim).column]
 
 
 def claims(
@@ -218,41 +224,38 @@ def _row(df: pd.DataFrame, claim: dict, factors: list[str], resolution: float) -
     runs = select(df, claim, factors)
     values = runs.to_numpy(dtype=float)
     kind, value = claim.get("kind", "point"), claim["value"]
-    metric = claim.get("metric", "test_acc")
-    mean, _, ci_low, ci_high = interval(values)
-    pi_low, pi_high, judged_by = judged_interval(values)
-    if no_spread(values, resolution):  # no interval, as for effects
-        ci_low = ci_high = pi_low = pi_high = np.nan
-        judged_by = "prediction"
-    judged_by = judged_by if kind == "point" else JUDGED_BY[kind]
-    ci_low, ci_high, ci_cut = clipped(ci_low, ci_high, metric)
-    pi_low, pi_high, pi_cut = clipped(pi_low, pi_high, metric)
+    spans, judged_by, cut = _intervals(values, kind, measured(claim), resolution)
     looked = kind in ("point", "mean") and len(values) >= 3 and not no_spread(values, resolution)
     flagged = outliers(values, resolution) if looked else np.array([], dtype=int)
     seeds = df.loc[runs.index, "seed"].tolist() if "seed" in df else None
     notes = [_note(kind, values, resolution)]
     if len(flagged):
         notes.append(_outlier_note(values, flagged, seeds, judged_by))
-    if ci_cut or pi_cut:
+    if cut:
         notes.append("interval clipped to [0, 100]%")
     where = ", ".join(f"{k}={hashable(v)}" for k, v in claim["where"].items())
-    return dict(
-        where=where,
-        claimed=value,
-        mean=mean,
-        ci_low=ci_low,
-        ci_high=ci_high,
-        pi_low=pi_low,
-        pi_high=pi_high,
-        n_seeds=len(values),
-        runs_within=within(kind, value, values) if kind in ("at_most", "at_least") else np.nan,
-        judged_by=judged_by,
-        inside=holds(kind, value, values, resolution),
-        # the label the terminal and the claims chart show: a row's .where is pandas' method
-        source=claim.get("source") or where,
-        metric=metric,
-        epoch=claim.get("epoch"),
-        kind=kind,
-        note="; ".join(note for note in notes if note),
-        outliers=len(flagged) if looked else np.nan,
-    )
+    row = dict(where=where, claimed=value, **spans, n_seeds=len(values), judged_by=judged_by)
+    bound = kind in ("at_most", "at_least")
+    row.update(runs_within=within(kind, value, values) if bound else np.nan)
+    row.update(inside=holds(kind, value, values, resolution), kind=kind, epoch=claim.get("epoch"))
+    # the label the terminal and the claims chart show: a row's .where is pandas' method
+    row.update(source=claim.get("source") or where, metric=measured(claim).column)
+    row.update(note="; ".join(note for note in notes if note))
+    row.update(outliers=len(flagged) if looked else np.nan)
+    return row
+
+
+def _intervals(values: np.ndarray, kind: str, metric: Metric, resolution: float) -> tuple:
+    """(mean, ci_low, ci_high, pi_low, pi_high as columns; the interval the claim's kind is
+    judged by; whether clipping a fraction's to [0, 1] moved one). No interval without spread,
+    as for effects."""
+    mean, _, ci_low, ci_high = interval(values)
+    pi_low, pi_high, judged_by = judged_interval(values)
+    if no_spread(values, resolution):
+        ci_low = ci_high = pi_low = pi_high = np.nan
+        judged_by = "prediction"
+    judged_by = judged_by if kind == "point" else JUDGED_BY[kind]
+    ci_low, ci_high, ci_cut = clipped(ci_low, ci_high, metric)
+    pi_low, pi_high, pi_cut = clipped(pi_low, pi_high, metric)
+    spans = dict(mean=mean, ci_low=ci_low, ci_high=ci_high, pi_low=pi_low, pi_high=pi_high)
+    return spans, judged_by, ci_cut or pi_cut

@@ -13,7 +13,7 @@ import torch
 from . import data as datasets
 from . import engine, loop
 from .errors import AblateError
-from .local import Outcome, other_test_set, same_test_set
+from .executor import Outcome, Predicting, RunOptions, same_test_set
 from .study import Cell, Study, own_values
 
 INSTALL = 'pip install "ablate[ray]"'
@@ -80,27 +80,20 @@ def _auto_group(cells: list[Cell], model, data_box: list) -> int:
 class Pool:
     """Submits groups as Ray tasks and hands back each group's outcome as it finishes."""
 
-    def __init__(
-        self,
-        study: Study,
-        device: torch.device | None,
-        deterministic: bool,
-        data_dir,
-        progress,
-        address: str | None = None,
-        groups_per_gpu: int = 1,
-    ):
+    def __init__(self, study: Study, options: RunOptions):
         ray = self.ray = _ray()
-        self.study, self.progress, self.deterministic = study, progress, deterministic
-        self.data_dir, self.boxes = data_dir, {}  # own keys' setting -> [its data in Ray]
+        self.study, self.progress = study, options.progress
+        self.deterministic = options.deterministic
+        self.data_dir, self.boxes = options.data_dir, {}  # own keys' setting -> [its data in Ray]
         self.predictions = False  # the runner turns it on: keep each cell's final test predictions
         self.same_test = {}  # own keys' setting -> whether its test labels are the base's
-        self.other_test_set = False  # said once: a setting of own keys tests on other labels
+        self.test_sets = Predicting(study, options.progress)
+        self.device = None  # Ray's workers pick their own devices: no group is formed for one
         data = self.data = self._data(study.base)  # a missing dataset fails before Ray starts
         self.shape, self.classes = data.shape, data.classes
-        self._connect(address)
+        self._connect(options.address)
         try:
-            self._plan(device, address, groups_per_gpu)
+            self._plan(options.device, options.address, options.groups_per_gpu)
             if module := sys.modules.get(f"ablate_study_{Path(study.source).stem}"):
                 from ray import cloudpickle  # workers cannot import a study file by name: ship it
 
@@ -135,12 +128,7 @@ class Pool:
 
     def _predicts(self, config: dict) -> bool:
         """Whether a group's predictions are kept: asked for, and on the base's test set."""
-        if not self.predictions or self.same_test[self._setting(config)]:
-            return self.predictions
-        if not self.other_test_set:
-            self.other_test_set = True
-            self.progress.warn(other_test_set(self.study))
-        return False
+        return self.predictions and self.test_sets.keep(self.same_test[self._setting(config)])
 
     def _connect(self, address: str | None) -> None:
         # "local" starts a fresh instance even when one from `ray start` is running; shutdown()
@@ -186,6 +174,11 @@ class Pool:
 
     def memory(self) -> str:
         return "GPU" if self.use_gpu else "worker"
+
+    def check(self, todo: list[Cell]) -> None:
+        """Each shape's model of the built-in kinds; a study's own model runs on the workers
+        only (it may end its process on purpose)."""
+        engine.check_models(self.study, todo, self.shape, self.classes, own=False)
 
     def auto_group(self, todo: list[Cell]) -> int:
         """What one worker's device holds (asked of a worker: the driver may have no GPU), shared by

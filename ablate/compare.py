@@ -43,18 +43,12 @@ from scipy import stats as scipy_stats
 from scipy.optimize import brentq
 
 from . import inference, stats, store, tables
+from .analysis import check_margin, dataset_sizes, in_design_order, last_epochs, setting
 from .errors import AblateError
 from .examples import correct, disagreement
 from .inference import ALPHA, LEVEL, POWER, holm, no_spread
-from .report import (
-    METRICS,
-    check_margin,
-    in_design_order,
-    last_epochs,
-    resolution_of,
-    setting,
-    write_folder,
-)
+from .metrics import TEST_ACC, Metric, lookup
+from .report import write_folder
 
 COLUMNS = (
     "n_a mean_a std_a diverged_a n_b mean_b std_b diverged_b diff ci_low ci_high df p_value "
@@ -72,7 +66,7 @@ RATIO_LEVEL = 0.8  # welch_df's interval of the variance ratio; 0.5 let 0.09 thr
 class Comparison:
     table: pd.DataFrame  # compare.csv: the factors, then COLUMNS
     factors: list[str]
-    metric: str
+    metric: Metric
     margin: float | None
     names: tuple[str, str]  # the two folders as given
     how: list = field(default_factory=list)  # (HOW key, value in A, value in B) that differ
@@ -190,7 +184,7 @@ def compare(
     final_a: pd.DataFrame,
     final_b: pd.DataFrame,
     factors: list[str],
-    metric: str = "test_acc",
+    metric: Metric = TEST_ACC,
     resolution: float = 0.0,
     margin: float | None = None,
 ) -> pd.DataFrame:
@@ -200,9 +194,9 @@ def compare(
     at_a = _rows_at(stats.points(final_a, factors))
     at_b = _rows_at(stats.points(final_b, factors))
     side_a, side_b = _side(final_a, metric), _side(final_b, metric)
-    by_cell = final_b.set_index("cell")[metric]
+    by_cell = final_b.set_index("cell")[metric.column]
     shared = final_a["cell"].isin(by_cell.index).to_numpy()
-    gaps = (final_a["cell"].map(by_cell) - final_a[metric]).to_numpy(float)
+    gaps = (final_a["cell"].map(by_cell) - final_a[metric.column]).to_numpy(float)
     rows = []
     for point in dict.fromkeys([*at_a, *at_b]):
         rows_a, rows_b = at_a.get(point, []), at_b.get(point, [])
@@ -232,11 +226,11 @@ def _rows_at(keys: list[tuple]) -> dict:
     return at
 
 
-def _side(final: pd.DataFrame, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _side(final: pd.DataFrame, metric: Metric) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A folder's values, which cells finished (status ok) and their seeds (NaN: none stored,
     which pairs nothing)."""
     seeds = final["seed"].to_numpy(float) if "seed" in final else np.full(len(final), np.nan)
-    return final[metric].to_numpy(float), (final["status"] == "ok").to_numpy(), seeds
+    return final[metric.column].to_numpy(float), (final["status"] == "ok").to_numpy(), seeds
 
 
 def _tests(cells_a: list, cells_b: list, resolution: float, margin: float | None) -> dict:
@@ -277,10 +271,10 @@ def _verdict(row: dict) -> str:
     return "equivalent" if row["p_equivalence_holm"] < ALPHA else UNSEEN
 
 
-def summary_line(table: pd.DataFrame, factors: list[str], metric: str, margin=None) -> str:
+def summary_line(table: pd.DataFrame, factors: list[str], metric: Metric, margin=None) -> str:
     """'38 of 40 points show no difference (...; differences under 0.41 points would often go
     unseen ...); 2 differ: relu (+0.31 [0.12, 0.50])'; in points for accuracy."""
-    unit = " points" if tables.is_fraction(metric) else ""
+    unit = metric.unit
     rows = table.to_dict("records")  # not itertuples: a factor may be named `class` or `_x`
     unseen = [row for row in rows if row["verdict"] in (UNSEEN, "equivalent")]
     differ = [row for row in rows if row["verdict"] == "differ"]
@@ -328,7 +322,7 @@ def _point(row: dict, factors: list[str]) -> str:
     return ", ".join(f"{f}={row[f]}" for f in factors) or "base"
 
 
-def load(path: Path, metric: str, warn: Callable[[str], None] | None, last: int = 1):
+def load(path: Path, metric: Metric, warn: Callable[[str], None] | None, last: int = 1):
     """A folder's final rows (each cell's mean over its last `last` epochs), its design and the
     cells whose final epoch swung far from their last ones (stats.swings); a noise folder or a
     missing metric is a mistake."""
@@ -340,16 +334,13 @@ def load(path: Path, metric: str, warn: Callable[[str], None] | None, last: int 
         raise AblateError(str(e)) from None
     if design.kind == "noise":
         raise AblateError(f"{path}: a noise design; `ablate report` on it compares its streams")
-    if metric not in METRICS or metric not in final.columns:
-        raise AblateError(f"{path}: no metric '{metric}'; try {', '.join(METRICS)}")
-    return (
-        final,
-        design,
-        stats.swings(rows, metric, resolution_of(design, metric)).assign(final_epochs=last),
-    )
+    if metric.column not in final.columns:
+        raise AblateError(f"{path}: no metric '{metric.column}' in its rows")
+    step = metric.step(dataset_sizes(design)[1])
+    return final, design, stats.swings(rows, metric, step).assign(final_epochs=last)
 
 
-def swung(side: str, swings: pd.DataFrame, final: pd.DataFrame, factors, metric: str) -> str:
+def swung(side: str, swings: pd.DataFrame, final: pd.DataFrame, factors, metric: Metric) -> str:
     """'1 cell of B ends far from its last 5 epochs (relu, seed 0: 39.20 against 93.40)'."""
     if not len(swings):
         return ""
@@ -401,13 +392,15 @@ def same_study(path_a: Path, path_b: Path, design_a, design_b, factors_a, factor
 def run(
     path_a: str | Path,
     path_b: str | Path,
-    metric: str = "test_acc",
+    metric: Metric = TEST_ACC,
     margin: float | None = None,
     warn: Callable[[str], None] | None = None,
     final: str = "last",
 ) -> Comparison:
     """Read, check and compare two results folders of one study (`final`: "last", or "last-k"
-    for each cell's mean over its last k epochs)."""
+    for each cell's mean over its last k epochs); `metric` one of metrics.OUTCOMES (a group's
+    wall time, `seconds`, is no per-cell outcome: refused as the report refuses it)."""
+    metric = lookup(metric, "--metric")
     check_margin(margin, metric)
     last = last_epochs(final)
     path_a, path_b = Path(path_a), Path(path_b)
@@ -424,7 +417,7 @@ def run(
         raise AblateError(f"{path_a}: factor {clash[0]} shares its name with a compare.csv column")
     levels = setting(design_a, final_a)[1]
     final_a = in_design_order(final_a, factors_a, levels)
-    step = resolution_of(design_a, metric)
+    step = metric.step(dataset_sizes(design_a)[1])
     table = compare(final_a, final_b, factors_a, metric, step, margin)
     if not table["verdict"].isin(VERDICTS[:5]).any():
         raise AblateError(
@@ -435,7 +428,7 @@ def run(
         swung(side, swings, rows, factors_a, metric)
         for side, swings, rows in (("A", swings_a, final_a), ("B", swings_b, final_b))
     ]
-    if metric == "test_acc" and last == 1:  # the predictions are the final epoch's
+    if metric.per_example and last == 1:  # the predictions score the final epoch's examples
         table, said = disagreements(table, factors_a, *_hits(path_a, final_a, path_b, final_b))
         unstable += [said]
     names = (str(path_a), str(path_b))

@@ -8,16 +8,17 @@ from rich.table import Table
 from . import stats, tables
 from .claims import POINT_INTERVALS
 from .compare import FAILED
+from .metrics import BUILT_IN, TEST_ACC, Metric, lookup
 from .page import chosen_by, width
 
 MAX_PLANNED = 100_000  # inference.seeds_needed counts up to 100,001 seeds; past them: inf
 
 
-def print_warnings(rep, out, warn, metric: str = "test_acc") -> None:
+def print_warnings(rep, out, warn, metric: Metric = TEST_ACC) -> None:
     """The significant interactions, then effects that change sign, then failures that differ."""
     for _, row in rep.interactions.iterrows() if len(rep.interactions) else []:
         if row.significant:
-            out.print(escape(_interaction_line(row)))
+            out.print(escape(_interaction_line(row, metric)))
     for row in rep.sign_changes.itertuples() if rep.sign_changes is not None else []:
         warn(
             f"{row.factor}={row.level} vs {row.baseline} changes sign across the other factors: "
@@ -39,26 +40,28 @@ def print_warnings(rep, out, warn, metric: str = "test_acc") -> None:
             )
 
 
-def _interaction_line(row) -> str:
+def _interaction_line(row, metric: Metric) -> str:
     def signed(value):
-        return tables.number(value, row.metric, True)
+        return tables.number(value, metric, True)
 
     return (
         f"interaction: {row.factor}={row.level} vs {row.baseline} is {signed(row.at_baseline)} at "
         f"{row.by}={row.by_baseline} but {signed(row.at_level)} at {row.by}={row.by_level}: "
-        f"difference {signed(row['diff'])} {tables.interval(row.ci_low, row.ci_high, row.metric)}"
-        f"{_points(row.metric)}, p Holm {tables.p_value(row.p_holm)}"
+        f"difference {signed(row['diff'])} {tables.interval(row.ci_low, row.ci_high, metric)}"
+        f"{metric.unit}, p Holm {tables.p_value(row.p_holm)}"
     )
 
 
-def _points(metric: str) -> str:
-    return " points" if tables.is_fraction(metric) else ""
+def typed(value: float, metric: Metric) -> str:
+    """A half-width or margin as a user types it: 0.5 for half a point of accuracy."""
+    return f"{metric.shown(value):g}"
 
 
-def effects_table(rep, metric: str, margin: float | None) -> Table:
-    """One row per effect: estimate and CI, Holm p, what these seeds can detect, the verdict."""
+def effects_table(rep, metric: Metric, margin: float | None) -> Table:
+    """One row per effect: estimate and CI, Holm p, what these seeds can detect, the verdict.
+    `margin`: in the stored units, as the report took it."""
     table = Table(
-        title=f"effects on final {metric}{_points(metric) and ' in points'}: level - baseline, "
+        title=f"effects on final {metric.column}{metric.unit and ' in points'}: level - baseline, "
         f"paired by seed (95% t CI; Holm over {rep.family} tests, effects and interactions)"
     )
     for column in ["effect", "n", "diff [95% CI]", "p Holm", "mde", "seeds", ""]:
@@ -80,7 +83,7 @@ def effects_table(rep, metric: str, margin: float | None) -> Table:
     ]
     if margin:
         notes.append(
-            f"equivalent: inside ±{tables.number(margin, metric)}{_points(metric)} (two one-sided "
+            f"equivalent: inside ±{tables.number(margin, metric)}{metric.unit} (two one-sided "
             "t tests, Holm)"
         )
     if rep.rule:
@@ -94,7 +97,7 @@ def effects_table(rep, metric: str, margin: float | None) -> Table:
     return table
 
 
-def _interval(row, metric: str) -> str:
+def _interval(row, metric: Metric) -> str:
     if row.no_spread:
         return "no spread"
     return tables.interval(row.ci_low, row.ci_high, metric) or "no interval"
@@ -116,9 +119,10 @@ def _verdict(row) -> str:
 
 def claim_line(claim) -> str:
     name = escape(str(claim["source"] or claim["where"]))  # claim.where: a pandas method
+    metric = lookup(claim.metric, f"claim {name}", BUILT_IN)
 
     def value(number):
-        return tables.number(number, claim.metric)
+        return tables.number(number, metric)
 
     if claim.kind in ("at_most", "at_least"):
         said = "at most" if claim.kind == "at_most" else "at least"
@@ -143,16 +147,17 @@ def claim_line(claim) -> str:
     )
     line = (
         f"claim {name}: {value(claim.claimed)} vs measured mean {value(claim['mean'])}, {what} "
-        f"{tables.interval(low, high, claim.metric, False)} (n={claim.n_seeds}) {mark}"
+        f"{tables.interval(low, high, metric, False)} (n={claim.n_seeds}) {mark}"
     )
     return f"{line}\n  {escape(claim.note)}" if claim.note else line  # outliers, clipping
 
 
-def plan_table(effects, halfwidth: float, metric: str) -> Table:
-    """Per main effect: its spread now and the seeds a 95% CI of +-halfwidth needs, by count."""
+def plan_table(effects, halfwidth: float, metric: Metric) -> Table:
+    """Per main effect: its spread now and the seeds a 95% CI of +-halfwidth needs, by count;
+    half-widths and sds as the report prints the metric (points for accuracy)."""
     table = Table(
-        title=f"seeds for a 95% CI of ±{halfwidth:g} on each main effect (final {metric}), "
-        "from the pilot's spread"
+        title=f"seeds for a 95% CI of ±{typed(halfwidth, metric)}{metric.unit} on each main "
+        f"effect (final {metric.column}), from the pilot's spread"
     )
     for column in ["effect", "n", "half-width now", "sd", "seeds", "80%", "at most", "until"]:
         table.add_column(column, justify="left" if column == "effect" else "right", overflow="fold")
@@ -160,8 +165,8 @@ def plan_table(effects, halfwidth: float, metric: str) -> Table:
         table.add_row(
             escape(f"{row.factor}: {row.level} vs {row.baseline}"),
             str(row.n_pairs),
-            _number(row.halfwidth),
-            _number(row.std),
+            tables.number(row.halfwidth, metric),
+            tables.number(row.std, metric),
             *map(_count, (row.seeds_needed, row.seeds_80, row.seeds_upper, row.seeds_stein)),
         )
     table.caption = (
@@ -174,8 +179,9 @@ def plan_table(effects, halfwidth: float, metric: str) -> Table:
     return table
 
 
-def plan_lines(cost: dict, halfwidth: float) -> list[str]:
+def plan_lines(cost: dict, halfwidth: float, metric: Metric) -> list[str]:
     """The whole study's cost at the seeds the widest effect needs, observed and at most."""
+    within = f"±{typed(halfwidth, metric)}{metric.unit}"
     lines = [
         f"the study: {cost['points']} design points x {cost['seeds']} seeds stored; "
         f"{cost['cell_seconds']:.1f} s of training per cell (from the stored seconds)"
@@ -184,17 +190,17 @@ def plan_lines(cost: dict, halfwidth: float) -> list[str]:
         ("observed", "at the observed spread"),
         ("assured", "in 80% of studies"),
         ("upper", "at most"),
-        ("stein", f"--until-halfwidth {halfwidth:g} from these seeds"),
+        ("stein", f"--until-halfwidth {typed(halfwidth, metric)} from these seeds"),
     ):
         plan = cost[name]
         if plan["seeds"] is None:  # seeds_needed's inf: past the counts it looks at
             lines.append(
                 f"{said}: more than {MAX_PLANNED:,} seeds for some effect to be within "
-                f"±{halfwidth:g}; plan for a wider half-width"
+                f"{within}; plan for a wider half-width"
             )
             continue
         lines.append(
-            f"{said}: {plan['seeds']} seeds for every effect within ±{halfwidth:g}: "
+            f"{said}: {plan['seeds']} seeds for every effect within {within}: "
             f"{plan['cells']} cells, {plan['to_train']} more to train, about "
             f"{_duration(plan['hours'])}{_reach(name, plan['seeds'])}"
         )
@@ -224,9 +230,9 @@ def _duration(hours: float) -> str:
     return f"{hours * 60:.0f} min" if hours < 2 else f"{hours:.1f} h"
 
 
-def noise_table(table, metric: str) -> Table:
+def noise_table(table, metric: Metric) -> Table:
     """Each stream's variance of the final metric, its 95% interval and share of all streams'."""
-    out = Table(title=f"where the seed-to-seed noise in final {metric} comes from")
+    out = Table(title=f"where the seed-to-seed noise in final {metric.column} comes from")
     for column in ["stream", "n", "sd", "variance [95% CI]", "share of all [95% CI]"]:
         out.add_column(column, justify="left" if column == "stream" else "right")
     for row in table.itertuples():
@@ -250,8 +256,8 @@ def compare_table(comparison) -> Table:
     metric, factors = comparison.metric, comparison.factors
     name_a, name_b = comparison.names
     out = Table(
-        title=f"final {metric}{tables.unit(metric)}: B - A per design point (95% CI: paired t by "
-        "seed, else Welch; MDE: 80% power before Holm; Holm over the points)",
+        title=f"final {metric.column}{tables.unit(metric)}: B - A per design point (95% CI: "
+        "paired t by seed, else Welch; MDE: 80% power before Holm; Holm over the points)",
         caption=f"A: {escape(name_a)}; B: {escape(name_b)}",
     )
     lost = bool(comparison.table[["diverged_a", "diverged_b"]].to_numpy().any())

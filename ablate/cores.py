@@ -1,5 +1,4 @@
-"""CPU threads sized to the cores other processes leave free, so a busy machine slows ablate, not
-stops it.
+"""CPU threads sized to the cores other processes leave free: a busy machine slows, not stops.
 
 OpenMP's threads wait at the end of every parallel op for the slowest of them; when another
 process holds one of the cores, that thread runs only in the scheduler's gaps, and every op

@@ -18,11 +18,14 @@ its final value is not yet a plateau.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
 from .inference import ALPHA, holm
+from .metrics import Metric
 from .stats import effects, level_mask, points
 
 CLIMB = 5  # epochs whose slope says whether a curve still climbs
@@ -30,28 +33,36 @@ COLUMNS = [
     "measure", "factor", "level", "baseline", "n_pairs", "diff", "ci_low", "ci_high", "p_value",
     "p_holm", "significant", "censored",
 ]  # fmt: skip
+# the two values a cell's curve is reduced to, as metrics of per_cell's columns
+EPOCHS_TO = Metric("epochs_to", "epochs to the threshold", higher=False)
 
 
-def per_cell(df: pd.DataFrame, metric: str, higher: bool, threshold: float) -> pd.DataFrame:
+def area(metric: Metric) -> Metric:
+    """A cell's mean of `metric` over its epochs: per_cell's `area` column."""
+    return replace(metric, column="area", label=f"mean {metric.label} over the epochs")
+
+
+def per_cell(df: pd.DataFrame, metric: Metric, threshold: float) -> pd.DataFrame:
     """One row per ok cell with every epoch it ran: its seed, factor levels (the final row's
     columns), `area` and `epochs_to` (epochs + 1 where it never reaches `threshold`)."""
     ok = df[df["status"] == "ok"].sort_values("epoch", kind="stable")
     last = ok.groupby("cell", sort=False).tail(1).set_index("cell")
     by_cell = ok.groupby("cell", sort=False)
-    area = by_cell[metric].mean()
-    reached = ok[ok[metric] >= threshold] if higher else ok[ok[metric] <= threshold]
+    values = ok[metric.column]
+    area = by_cell[metric.column].mean()
+    reached = ok[values >= threshold] if metric.higher else ok[values <= threshold]
     first = reached.groupby("cell")["epoch"].min()
     epochs = by_cell["epoch"].max()
     out = last.assign(area=area, epochs_to=first.reindex(last.index).fillna(epochs + 1))
     return out.reset_index()
 
 
-def threshold(final: pd.DataFrame, factors: list[str], metric: str, higher: bool) -> float:
+def threshold(final: pd.DataFrame, factors: list[str], metric: Metric) -> float:
     """The worst design point's mean final value over its ok cells."""
     ok = final[final["status"] == "ok"]
     keys = points(ok, factors)
-    means = ok[metric].groupby(pd.Series(keys, index=ok.index).map(repr)).mean()
-    return float(means.min() if higher else means.max())
+    means = ok[metric.column].groupby(pd.Series(keys, index=ok.index).map(repr)).mean()
+    return float(means.min() if metric.higher else means.max())
 
 
 def table(
@@ -60,20 +71,19 @@ def table(
     factors: list[str],
     baselines: dict,
     levels: dict,
-    metric: str,
-    higher: bool,
+    metric: Metric,
     matched: bool = True,
 ) -> tuple[pd.DataFrame, float]:
     """Per effect, the difference in area and in epochs to the threshold, paired by seed, with
     95% t intervals and one Holm family over both measures; and the threshold."""
-    level_t = threshold(final, factors, metric, higher)
-    cells = per_cell(df, metric, higher, level_t)
+    level_t = threshold(final, factors, metric)
+    cells = per_cell(df, metric, level_t)
     horizon = float(cells["epoch"].max()) if len(cells) else np.nan
     rows = []
-    for measure, column in (("area", "area"), ("epochs to threshold", "epochs_to")):
-        measured = effects(cells, factors, baselines, levels, column, matched)
-        for row in measured.to_dict("records"):
-            censored = _censored(cells, row, column == "epochs_to", horizon)
+    for measure, measured in (("area", area(metric)), ("epochs to threshold", EPOCHS_TO)):
+        found = effects(cells, factors, baselines, levels, measured, matched)
+        for row in found.to_dict("records"):
+            censored = _censored(cells, row, measured is EPOCHS_TO, horizon)
             rows.append({**{k: row[k] for k in COLUMNS if k in row}, "measure": measure,
                          "censored": censored})  # fmt: skip
     out = pd.DataFrame(rows, columns=COLUMNS)
@@ -91,17 +101,17 @@ def _censored(cells: pd.DataFrame, row: dict, epochs: bool, horizon: float) -> i
     return int((cells.loc[mine, "epochs_to"] > horizon).sum())
 
 
-def climbing(df: pd.DataFrame, factors: list[str], metric: str, higher: bool) -> pd.DataFrame:
+def climbing(df: pd.DataFrame, factors: list[str], metric: Metric) -> pd.DataFrame:
     """Per design point: the mean over seeds of each ok cell's least-squares slope over its
     last CLIMB epochs (metric per epoch, signed so that above 0 is improving), a one-sided t
     test that it is above 0, Holm over the points, and `still_climbing`."""
     ok = df[df["status"] == "ok"].sort_values("epoch", kind="stable")
     tails = ok.groupby("cell", sort=False).tail(CLIMB)
-    sign = 1.0 if higher else -1.0
+    sign = 1.0 if metric.higher else -1.0
     slopes, keys = {}, {}
     for cell, rows in tails.groupby("cell", sort=False):
         if len(rows) == CLIMB:
-            slopes[cell] = sign * np.polyfit(rows["epoch"], rows[metric].astype(float), 1)[0]
+            slopes[cell] = sign * np.polyfit(rows["epoch"], rows[metric.column].astype(float), 1)[0]
             keys[cell] = points(rows.tail(1), factors)[0]
     out = []
     for point in dict.fromkeys(keys.values()):

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 
 from .errors import StudyError
 from .keys import DESIGNS, JSON_DEFAULTS, Key, normalise, own_keys, table, unknown_setting
+from .metrics import BUILT_IN, TEST_ACC
 from .study import Study, cell_id, cells, defaults, points
 
 # What a manifest must record to list its cells (every one ablate wrote does; a partial one not).
@@ -25,7 +26,7 @@ class Design:
     factors: dict | None = None  # factor -> levels as JSON, in the study's order; None: unrecorded
     seeds: tuple = ()
     claims: tuple = ()  # each a dict of Claim's fields
-    classes: int | None = None  # as recorded (report.dataset_sizes falls back to the dataset's)
+    classes: int | None = None  # as recorded (analysis.dataset_sizes falls back to the dataset's)
     test_size: int | None = None
     runs: tuple = ()  # each run's start, device, host and versions, the first first
     unlisted: str = ""  # why the manifest cannot list its cells (_why_unlisted), or ""
@@ -134,9 +135,12 @@ def design_ids(manifest: dict, seeds) -> set[str] | None:
 
 
 def chosen_halfwidths(rule: dict) -> str:
-    """The --until-halfwidth H that chose a folder's seeds, as the report names it: one H, or
-    each H with the seeds it chose ("0.02 (to 5 seeds), then 0.01 (to 9 seeds)"), from the
-    manifest's `by` (the H of each round; a record from before it: its one `halfwidth`)."""
+    """The --until-halfwidth H that chose a folder's seeds, as the report names it and the user
+    typed it (points for accuracy): one H, or each H with the seeds it chose ("2 (to 5 seeds),
+    then 1 (to 9 seeds)"), from the manifest's `by` (the H of each round in the metric's stored
+    units; a record from before it: its one `halfwidth`)."""
+    named = rule.get("metric")  # a record from before `metric`: accuracy
+    metric = BUILT_IN.get(named, TEST_ACC) if isinstance(named, str) else TEST_ACC
     rounds, by = rule.get("rounds"), rule.get("by")
     chosen = []  # (H, the seeds of the last round it chose), one per run of equal H
     if isinstance(rounds, list) and isinstance(by, list) and len(by) == len(rounds):
@@ -148,8 +152,9 @@ def chosen_halfwidths(rule: dict) -> str:
                     chosen.append((h, seeds))
     if len(chosen) < 2:
         h = rule.get("halfwidth")
-        return f"{h if isinstance(h, (int, float)) and not isinstance(h, bool) else 0:g}"
-    return ", then ".join(f"{h:g} (to {seeds} seeds)" for h, seeds in chosen)
+        h = h if isinstance(h, (int, float)) and not isinstance(h, bool) else 0
+        return f"{metric.shown(h):g}"
+    return ", then ".join(f"{metric.shown(h):g} (to {seeds} seeds)" for h, seeds in chosen)
 
 
 def first_stage(design: Design) -> frozenset | None:

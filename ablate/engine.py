@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import torch
 
-from . import fused, loop, models, testhooks
+from . import fused, loop, models, optim, testhooks
 from .errors import AblateError, StudyError
 from .sources import Data
 from .study import Cell, Study
@@ -81,10 +81,10 @@ def auto_group(cells: list[Cell], data: Data, device: torch.device, model="mlp")
 
 def cell_bytes(cell: Cell, data: Data, model="mlp") -> int:
     """What one more cell adds to a fused group's peak memory on a GPU: its parameters and their
-    optimizer state (an MLP's SGD weights keep no gradient: fused.SGDLinear), a training batch's
-    activations kept for the backward and their gradients, two activations of an evaluation
-    chunk (no backward there; the chunk's input is shared by the cells), the epoch's order and
-    its hash."""
+    optimizer state (optim.Rule.buffers; an MLP's SGD weights keep no gradient: fused.SGDLinear),
+    a training batch's activations kept for the backward and their gradients, two activations of
+    an evaluation chunk (no backward there; the chunk's input is shared by the cells), the
+    epoch's order and its hash."""
     cfg = cell.config
     net = models.build(model, cfg, data.shape, data.classes, 0)
     params = sum(p.numel() for p in net.parameters())
@@ -98,8 +98,9 @@ def cell_bytes(cell: Cell, data: Data, model="mlp") -> int:
         net.eval()(torch.zeros(1, *data.shape))
     for h in hooks:
         h.remove()
-    adam = cfg["optimizer"] == "adam"
-    copies = 1 + (cfg["momentum"] != 0 or adam) + adam + (adam or model != "mlp")
+    rule = optim.rule(cfg["optimizer"])
+    stored = rule.product is None or model != "mlp"  # the gradient, unless SGDLinear steps it
+    copies = 1 + rule.buffers(cfg["momentum"] != 0) + stored
     width = 8 if cfg["precision"] == "fp64" else 4
     train = cfg["batch_size"] * (2 * sum(sizes) + math.prod(data.shape))
     evaluate = loop.EVAL_BATCH * 2 * max(sizes)
@@ -206,13 +207,10 @@ def check_models(
             with torch.no_grad():
                 net.eval()(torch.zeros(2, *shape))
         except (RuntimeError, ValueError) as e:
-            what = (
-                f"layers={cell.config['layers']}"
-                if study.model == "cnn"
-                else f"hidden={cell.config['hidden']}"
-            )
+            key = models.kind(study.model).shape_key
+            what = f" with {key}={cell.config[key]}" if key else ""
             raise StudyError(
-                f"{study.source}: model '{study.model}' with {what} does not fit {study.dataset} "
+                f"{study.source}: model '{study.model}'{what} does not fit {study.dataset} "
                 f"inputs of shape {shape}: {str(e).splitlines()[0]}"
             ) from None
 

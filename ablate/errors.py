@@ -1,5 +1,10 @@
 """The errors a user can cause and fix: the CLI prints each as one line and exits non-zero."""
 
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
 
 class AblateError(Exception):
     """A mistake the user can fix: the CLI prints it as one line and exits with `code`."""
@@ -9,3 +14,20 @@ class AblateError(Exception):
 
 class StudyError(AblateError):
     """A study file or Study value that cannot run: a key, level, factor or claim is wrong."""
+
+
+def on_user_error(handle: Callable[[AblateError], object]):
+    """A decorator: an AblateError the function raises goes to handle(error), which raises (the
+    CLI's one line and exit code, the notebook API's short traceback)."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except AblateError as error:
+                return handle(error)
+
+        return wrapper
+
+    return decorate

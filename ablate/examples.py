@@ -12,6 +12,7 @@ from scipy import stats as scipy_stats
 from . import stats
 from .errors import AblateError
 from .inference import LEVEL, no_spread
+from .metrics import Metric
 
 METHOD = "seeds t(n-1) + examples t(N-1), in quadrature"
 SPREAD = "ci_low_examples ci_high_examples var_seeds var_examples share_examples".split()
@@ -106,13 +107,16 @@ def _weights(finals: pd.DataFrame, factors: list[str], factor: str, level, basel
     return stats._per_seed(pd.DataFrame(paired, index=keys, columns=ok["cell"]))
 
 
+INDICATOR = Metric("_one", "one cell's indicator")  # _fitted_weights' probe column
+
+
 def _fitted_weights(finals: pd.DataFrame, factors: list[str], factor: str, level, baseline):
     """Seeds x ok cells for a fractional design: stats._fitted is linear in the metric, so
     its value on each ok cell's indicator is that cell's weight (one fit a cell: small)."""
     ok = finals[finals["status"] == "ok"]
     probes = {
         cell: stats._fitted(ok.assign(_one=(ok["cell"] == cell).astype(float)), factors, factor,
-                            level, baseline, "_one")
+                            level, baseline, INDICATOR)
         for cell in ok["cell"]
     }  # fmt: skip
     return pd.DataFrame(probes, columns=list(ok["cell"])).fillna(0.0)

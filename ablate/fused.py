@@ -4,10 +4,11 @@ MLPs run as baddbmm over the group (Stack); the other built-in models through to
 vmap (Vmapped). Each cell keeps its own init (built by models.build, then stacked), its own
 dropout masks (the same counter-based draws as alone), its own batchnorm statistics and its own
 lr, momentum and weight decay ([G] tensors). Cells never mix: every op is batched over G, and
-the loop's loss is a sum of per-cell means, so each cell's gradient is its own. With SGD an MLP's
-weights take their step inside the backward (SGDLinear), never storing their gradient (eager,
-fp32 and fp64; bf16 and torch.compile store it and step after the backward). loop.train
-runs the epochs; a group here only says how its forward and its optimizer step are computed.
+the loop's loss is a sum of per-cell means, so each cell's gradient is its own. The optimizer's
+step is its optim.Rule's; with SGD (a rule with a product) an MLP's weights take their step
+inside the backward (SGDLinear), never storing their gradient (eager, fp32 and fp64; bf16 and
+torch.compile store it and step after the backward). loop.train runs the epochs; a group here
+only says how its forward and its optimizer step are computed.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import copy
 import functools
 import json
-import math
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -24,12 +24,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from . import loop, models, rng
+from . import loop, models, optim, rng
 from .keys import KEYS
 from .sources import Data
 from .study import Cell
 
-ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, as the plain path uses
 BN_MOMENTUM, BN_EPS = 0.1, 1e-5  # nn.BatchNorm1d's defaults
 
 # a group shares every key that changes the graph or the loop; the rest may differ per cell
@@ -141,83 +140,53 @@ def train(
 
 
 class Optimizer:
-    """SGD (momentum, weight decay) and Adam with per-cell hyperparameters on [G, ...] parameters
-    (or [G * W] ones, a cell's W values side by side), as torch.optim computes them for each cell
-    alone."""
+    """A group's optimizer on [G, ...] parameters (or [G * W] ones, a cell's W values side by
+    side) with per-cell lr, momentum and weight decay: the name's optim.Rule, as torch.optim
+    computes it for each cell alone. `fold`: the rule's step runs inside the backward where the
+    MLP allows it (SGDLinear)."""
 
     def __init__(self, params: list[torch.Tensor], cells: list[Cell], device, fold=False):
         def column(key):
             values = [c.config[key] for c in cells]
             return torch.tensor(values, device=device, dtype=params[0].dtype)
 
-        self.params, self.kind, self.step_n = params, cells[0].config["optimizer"], 0
+        self.params, self.step_n = params, 0
+        self.rule = optim.rule(cells[0].config["optimizer"])
+        momenta = {c.config["momentum"] for c in cells}  # from the configs: no device sync
+        any_momentum = momenta != {0}
+        any_wd = any(c.config["weight_decay"] != 0 for c in cells)
+        shared = momenta.pop() if len(momenta) == 1 else None
         lr, momentum, wd = column("lr"), column("momentum"), column("weight_decay")
         # each hyperparameter shaped to each parameter once: a view per step is an operation
-        self.hyper = [tuple(_per_cell(v, p) for v in (lr, momentum, wd)) for p in params]
-        momenta = {c.config["momentum"] for c in cells}  # from the configs: no device sync
-        self.any_momentum = momenta != {0}
-        adam = self.kind == "adam"  # SGD keeps one buffer where it has momentum, none without
-
-        def buffer(p, needed):
-            return torch.zeros_like(p) if needed else None
-
-        self.state = [(buffer(p, adam or self.any_momentum), buffer(p, adam)) for p in params]
-        self.any_wd = any(c.config["weight_decay"] != 0 for c in cells)
-        self.shared_momentum = momenta.pop() if len(momenta) == 1 else None
-        self.fold = fold  # SGD steps the weights and biases in the backward (SGDLinear)
+        self.hyper = [
+            optim.Hyper(
+                *(_per_cell(v, p) for v in (lr, momentum, wd)), any_momentum, any_wd, shared
+            )
+            for p in params
+        ]
+        n = self.rule.buffers(any_momentum)
+        self.state = [tuple(torch.zeros_like(p) for _ in range(n)) for p in params]
+        self.fold = fold and self.rule.product is not None
 
     @torch.no_grad()
     def step_with_product(self, k: int, a: torch.Tensor, b: torch.Tensor) -> None:
-        """SGD's step for params[k], whose gradient is the batched product a @ b, taken in the
-        backward: the product goes straight into the momentum buffer (a GEMM with beta = the
-        momentum when the cells share one; else the buffer is scaled first), or with no
-        momentum into the weights (b scaled by each cell's -lr), so a [G, in, out] gradient is
-        never written and read back. On 2 CPU cores that took a reference MLP step
-        for 10 cells from 13.1 to 12.0 ms (benchmarks/sgd_step.py), memory traffic the bound.
-        The same sums as torch.optim.SGD's, m = momentum * m + (gradient + wd * p), in another
-        order."""
-        p, (m1, _), (lr, momentum, wd) = self.params[k], self.state[k], self.hyper[k]
-        if not self.any_momentum:  # p - lr * (ab + wd * p) = p * (1 - lr * wd) - lr * ab
-            if self.any_wd:
-                p.mul_(1 - lr * wd)
-            p.baddbmm_(a, b * -lr)
-            return
-        if self.shared_momentum is not None:
-            m1.baddbmm_(a, b, beta=self.shared_momentum)
-        else:
-            m1.mul_(momentum).baddbmm_(a, b)
-        if self.any_wd:
-            m1.addcmul_(wd, p)
-        p.addcmul_(lr, m1, value=-1)
+        """The step for params[k], whose gradient is the batched product a @ b, taken in the
+        backward (optim.Rule.product)."""
+        self.rule.product(self.params[k], a, b, self.state[k], self.hyper[k])
 
     @torch.no_grad()
     def step_one(self, k: int, g: torch.Tensor) -> None:
-        """SGD's step for params[k] given its gradient g (a bias's, in the backward); g may be
-        overwritten."""
-        p, (m1, _), (lr, momentum, wd) = self.params[k], self.state[k], self.hyper[k]
-        if self.any_wd:
-            g = g.addcmul_(wd, p)
-        if self.any_momentum:  # m = g + momentum * m in one pass
-            g = torch.addcmul(g, m1, momentum, out=m1)
-        p.addcmul_(lr, g, value=-1)
+        """The step for params[k] given its gradient g (a bias's, in the backward, before
+        step counts this step); g may be overwritten."""
+        self.rule.step(self.params[k], g, self.state[k], self.hyper[k], self.step_n + 1)
 
     @torch.no_grad()
     def step(self) -> None:
-        self.step_n += 1
-        for k, (p, (m1, m2)) in enumerate(zip(self.params, self.state, strict=True)):
-            if p.grad is None:  # stepped in the backward (SGDLinear)
-                continue
-            if self.kind == "sgd":
+        for k, p in enumerate(self.params):
+            if p.grad is not None:  # None: stepped in the backward (SGDLinear)
                 self.step_one(k, p.grad)
-            else:
-                lr, _, wd = self.hyper[k]
-                g = p.grad.addcmul_(wd, p) if self.any_wd else p.grad
-                b1, b2 = ADAM_BETAS
-                m1.lerp_(g, 1 - b1)
-                m2.mul_(b2).addcmul_(g, g, value=1 - b2)
-                denom = (m2.sqrt() / math.sqrt(1 - b2**self.step_n)).add_(ADAM_EPS)
-                p.sub_(lr / (1 - b1**self.step_n) * m1 / denom)
-            p.grad = None
+                p.grad = None
+        self.step_n += 1
 
 
 def _per_cell(column: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -229,9 +198,9 @@ def _per_cell(column: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
 
 
 class SGDLinear(torch.autograd.Function):
-    """baddbmm(b, h, w) whose backward takes w's and b's SGD steps itself (Optimizer's
-    step_with_product and step_one) after h's gradient is computed from the old w; neither
-    gradient is stored."""
+    """baddbmm(b, h, w) whose backward takes w's and b's optimizer steps itself (Optimizer's
+    step_with_product and step_one: a rule with a product, SGD's) after h's gradient is computed
+    from the old w; neither gradient is stored."""
 
     @staticmethod
     def forward(ctx, h, w, b, optimizer: Optimizer, k: int, kb: int):
@@ -293,11 +262,12 @@ class Stack:
         seeds = torch.tensor([[c.seed_for("dropout")] for c in cells], device=device)
         self.layer_keys = rng.key(seeds, rng.DROPOUT, torch.arange(len(widths), device=device))
         self.widths, self.keys, self.device = widths, None, torch.device(device)
-        # SGD steps the weights in the backward (SGDLinear); bf16's weights see autocast's casts
-        fold = self.cfg["optimizer"] == "sgd" and self.cfg["precision"] != "bf16"
+        # a rule with a product steps the weights in the backward (SGDLinear); bf16's weights
+        # see autocast's casts
         params = [*self.w, *self.b, *self.gamma, *self.beta]
-        self.optimizer = Optimizer(params, cells, device, fold)
-        self.graphable = fold  # SGD keeps no host-side state a replayed step would freeze
+        self.optimizer = Optimizer(params, cells, device, self.cfg["precision"] != "bf16")
+        # such a rule reads no host-side step count that a replayed step would freeze
+        self.graphable = self.optimizer.fold
         self.counters: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def step(self) -> None:
@@ -317,9 +287,9 @@ class Stack:
             self.keys.copy_(keys)
 
     def linear(self, i: int, h: torch.Tensor) -> torch.Tensor:
-        """Layer i's h @ w + b; while training with SGD, the backward also steps w and b (not
-        under torch.compile, which gets the plain product and leaves the step to
-        Optimizer.step)."""
+        """Layer i's h @ w + b; while training with a folding rule (SGD), the backward also
+        steps w and b (not under torch.compile, which gets the plain product and leaves the step
+        to Optimizer.step)."""
         if self.optimizer.fold and torch.is_grad_enabled() and not torch.compiler.is_compiling():
             n = len(self.w)
             return SGDLinear.apply(h, self.w[i], self.b[i], self.optimizer, i, n + i)

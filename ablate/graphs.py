@@ -23,8 +23,9 @@ WARMUP = 3
 
 def wanted(group, device, trace) -> bool:
     """Capture where the device is a GPU, the group says its step can be replayed (fused.Stack
-    with SGD: no host-side step count), no per-step losses are asked for (`trace` syncs), and
-    ABLATE_CUDA_GRAPHS is not 0 (the eager path, to compare or to debug)."""
+    whose optimizer steps in the backward, SGD: no host-side step count), no per-step losses are
+    asked for (`trace` syncs), and ABLATE_CUDA_GRAPHS is not 0 (the eager path, to compare or to
+    debug)."""
     return (
         torch.device(device).type == "cuda"
         and getattr(group, "graphable", False)

@@ -28,7 +28,6 @@ from scipy.optimize import brentq
 LEVEL = 0.95
 ALPHA = 0.05
 POWER = 0.8  # for `mde`: the usual planning power
-HALFWIDTH = 0.005  # for `seeds_needed`: half a point of accuracy, the precision tutorials quote
 
 
 def interval(x, level: float = LEVEL) -> tuple[float, float, float, float]:

@@ -21,18 +21,22 @@ DATASET_SIZES = {
     "xor": (2, 4),
     "digits": (10, 899),
 }
-MODELS = ("mlp", "cnn", "linear")  # linear: one Linear layer, the perceptron
+# linear: one Linear layer, the perceptron; each name's builder is models.KINDS' (same order)
+MODELS = ("mlp", "cnn", "linear")
 LOSSES = (
     "cross_entropy",
     "softmax_then_cross_entropy",
 )  # the latter: a tutorial's bug, kept to measure it
 # fractional: the half of a two-level grid; noise: `ablate noise`'s seeds stream by stream
 DESIGNS = ("grid", "one_at_a_time", "fractional", "noise")
-METRICS = ("test_acc", "test_loss", "train_loss")  # per epoch, as store.ROW_COLUMNS stores them
 CLAIM_KINDS = ("point", "mean", "at_most", "at_least")
 ACTIVATIONS = ("sigmoid", "relu", "tanh", "gelu")
 INITS = ("default", "kaiming_uniform", "kaiming_normal", "xavier_uniform")
-OPTIMIZERS = ("sgd", "adam")
+# each name's torch.optim class and fused rule are optim.RULES' (same order). adamw: Adam with
+# decoupled weight decay (torch.optim.AdamW). sgd_nesterov: torch.optim.SGD(nesterov=True), a name
+# as torchvision's train.py has it rather than a `nesterov` key, which adam would ignore: one
+# factor, optimizer=["sgd", "sgd_nesterov"], ablates it (at momentum=0 both are plain SGD)
+OPTIMIZERS = ("sgd", "adam", "adamw", "sgd_nesterov")
 # fp32: TF32 off. tf32: fp32 weights, TF32 matmuls and convolutions where the GPU has them (on a CPU
 # the same as fp32). bf16: fp32 weights, bfloat16 autocast for forward matmuls and convolutions.
 # fp64: for checks of numerics; it is slow on GPUs.
@@ -42,28 +46,27 @@ MAX_CELLS = 100_000  # a dry run of 10^5 cells took 98 s; 10^9 seeds filled 24 G
 MAX_SET = 1_000  # characters of one --set value; deeply nested literals exhaust the parser's memory
 
 
-def _is_int(v):
+def is_int(v):
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_num(v):
-    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+def is_num(v):
+    return (is_int(v) or isinstance(v, float)) and math.isfinite(v)
 
 
 INT64 = 2**63  # Parquet's ints: an own key's int past it crashed the store after training
 
 
 def _is_int64(v):
-    return _is_int(v) and -INT64 <= v < INT64
+    return is_int(v) and -INT64 <= v < INT64
 
 
 BAD = object()  # a checker's answer for a value outside its key's range
 
 
 def _hidden(v):
-    ok = isinstance(v, (tuple, list)) and all(
-        _is_int(h) and h > 0 for h in v
-    )  # (): no hidden layer
+    # (): no hidden layer
+    ok = isinstance(v, (tuple, list)) and all(is_int(h) and h > 0 for h in v)
     return tuple(v) if ok else BAD
 
 
@@ -77,7 +80,7 @@ def _flag(v):
 
 def _float(lo, hi=math.inf, lo_open=False):
     def check(v):
-        if not _is_num(v) or not (lo < v if lo_open else lo <= v) or not v < hi:
+        if not is_num(v) or not (lo < v if lo_open else lo <= v) or not v < hi:
             return BAD
         return float(v)
 
@@ -102,7 +105,7 @@ def _layers(v):
 
 
 def _int(lo, optional=False):
-    return lambda v: v if (v is None and optional) or (_is_int(v) and v >= lo) else BAD
+    return lambda v: v if (v is None and optional) or (is_int(v) and v >= lo) else BAD
 
 
 # key -> (default, normaliser returning the canonical value or None, what is allowed)
@@ -114,7 +117,12 @@ KEYS: dict[str, tuple[Any, Callable, str]] = {
     "init": ("default", _choice(INITS), "one of " + ", ".join(INITS)),
     "hflip": (False, _flag, "True or False"),
     "normalize": (False, _flag, "True or False"),
-    "optimizer": ("sgd", _choice(OPTIMIZERS), "one of " + ", ".join(OPTIMIZERS)),
+    "optimizer": (
+        "sgd",
+        _choice(OPTIMIZERS),
+        "one of " + ", ".join(OPTIMIZERS) + " (adamw: Adam with decoupled weight decay; "
+        "sgd_nesterov: SGD with Nesterov momentum, plain SGD at momentum=0)",
+    ),
     "lr": (0.01, _float(0.0, lo_open=True), "a number > 0"),
     "momentum": (0.0, _float(0.0, 1.0), "a number with 0 <= m < 1"),
     "weight_decay": (0.0, _float(0.0), "a number >= 0"),
@@ -198,7 +206,7 @@ OWN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # a Python identifier: config[
 OWN_TYPES = {
     bool: (_flag, "True or False"),
     int: (lambda v: v if _is_int64(v) else BAD, "an int"),
-    float: (lambda v: float(v) if _is_num(v) else BAD, "a number"),
+    float: (lambda v: float(v) if is_num(v) else BAD, "a number"),
     str: (lambda v: v if isinstance(v, str) else BAD, "a string"),
     tuple: (
         lambda v: (
@@ -229,7 +237,7 @@ def own_keys(keys: Any, src: str) -> dict[str, Key]:
             raise StudyError(f"{where} is a built-in key; give your own key another name")
         key = spec if isinstance(spec, Key) else Key(spec)
         kind = tuple if isinstance(key.default, list) else type(key.default)
-        if kind not in OWN_TYPES or (kind is float and not _is_num(key.default)):
+        if kind not in OWN_TYPES or (kind is float and not is_num(key.default)):
             raise StudyError(
                 f"{where}: default {key.default!r} is not allowed; expected True/False, an int, "
                 "a finite float, a string or a tuple of those"
@@ -244,7 +252,7 @@ def own_keys(keys: Any, src: str) -> dict[str, Key]:
         if (key.lo is not None or key.hi is not None) and kind not in (int, float):
             raise StudyError(f"{where}: lo and hi bound numbers; its default is a {kind.__name__}")
         for bound in (key.lo, key.hi):
-            if bound is not None and not _is_num(bound):
+            if bound is not None and not is_num(bound):
                 raise StudyError(f"{where}: lo/hi {bound!r} is not allowed; expected a number")
         out[name] = Key(check(key.default), choices, key.lo, key.hi, str(key.help))
         _, own_check, allowed = own_entry(out[name])
@@ -305,14 +313,14 @@ def key_spec(key: Key) -> dict:
 
 def normalise_seeds(seeds: Any, src: str) -> range | list[int]:
     """Seeds 0..n-1 as a range (a list only once the count is checked), or the listed seeds."""
-    if _is_int(seeds):
+    if is_int(seeds):
         if not 1 <= seeds <= SEED_LIMIT:
             raise StudyError(
                 f"{src}: seeds={seeds} is not allowed; expected an int >= 1 and <= 2**32 "
                 "(seeds 0..n-1 must stay below 2**32)"
             )
         return range(seeds)
-    if isinstance(seeds, (list, tuple)) and seeds and all(_is_int(s) for s in seeds):
+    if isinstance(seeds, (list, tuple)) and seeds and all(is_int(s) for s in seeds):
         if bad := [s for s in seeds if not 0 <= s < SEED_LIMIT]:
             raise StudyError(
                 f"{src}: seed {bad[0]} is not allowed; expected 0 <= seed < 2**32 "

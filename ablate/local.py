@@ -1,48 +1,16 @@
-"""Groups trained one after another in this process, and the Outcome every executor returns."""
+"""Groups trained one after another in this process, on one device."""
 
 from __future__ import annotations
 
 import platform
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
 from . import data as datasets
 from . import engine, loop
 from .cores import CoreShare
+from .executor import Outcome, Predicting, RunOptions, same_test_set
 from .study import Cell, Study, own_values
-
-if TYPE_CHECKING:
-    from .runner import Progress
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How a group ended: trained (`rows`, one list of epochs per cell; `predictions`, each ok
-    cell's argmax class per test example at its final epoch, {cell id: int16 [N]}, where the run
-    keeps them), out of memory (split it and retry the halves), or failed (`error` says why;
-    recorded, never retried)."""
-
-    group: list[Cell]
-    rows: list[list[dict]] | None = None
-    error: str | None = None
-    out_of_memory: bool = False
-    predictions: dict[str, np.ndarray] | None = None
-
-
-def same_test_set(data: datasets.Data, base: datasets.Data) -> bool:
-    """Whether `data` tests on the base's test labels, which _predictions/labels.parquet holds: a
-    dataset callable may return another test set per setting of the study's own keys."""
-    return data is base or torch.equal(data.test_y.cpu(), base.test_y.cpu())
-
-
-def other_test_set(study: Study) -> str:
-    return (
-        f"{study.source}: a setting of the study's own keys gives the dataset another test set "
-        "than the base's; its cells' test predictions are not stored"
-    )
 
 
 def device_name(device: torch.device) -> str:
@@ -55,20 +23,14 @@ def device_name(device: torch.device) -> str:
 class Local:
     """Trains queued groups one after another in this process, on one device."""
 
-    def __init__(
-        self,
-        study: Study,
-        device: torch.device | None,
-        deterministic: bool,
-        data_dir,
-        progress: Progress,
-    ):
-        self.study, self.progress, self.queue = study, progress, []
+    def __init__(self, study: Study, options: RunOptions):
+        """`options.device`: None is "auto", the GPU where there is one."""
+        self.study, self.progress, self.queue = study, options.progress, []
         self.predictions = False  # the runner turns it on: keep each cell's final test predictions
-        self.other_test_set = False  # said once: a setting of own keys tests on other labels
-        self.device = engine.pick_device(device)  # None is "auto": the GPU where there is one
-        engine.configure(deterministic)
-        self.data_dir = data_dir
+        self.test_sets = Predicting(study, options.progress)
+        self.device = engine.pick_device(options.device)
+        engine.configure(options.deterministic)
+        self.data_dir = options.data_dir
         self.cores = CoreShare() if self.device.type == "cpu" else None
         self.data = self.data_for(study.base)
         self.shape, self.classes = self.data.shape, self.data.classes
@@ -86,6 +48,13 @@ class Local:
 
     def memory(self) -> str:
         return str(self.device)
+
+    def check(self, todo: list[Cell]) -> None:
+        """Each shape's model, a study's own too (it trains in this process); where an own model
+        will train cell by cell on a device that would fuse it, said once."""
+        engine.check_models(self.study, todo, self.shape, self.classes)
+        if problem := engine.unfused(self.study, todo, self.device, self.shape, self.classes):
+            self.progress.warn(problem)
 
     def auto_group(self, todo: list[Cell]) -> int:
         return engine.auto_group(todo, self.data_for(todo[0].config), self.device, self.study.model)
@@ -107,7 +76,8 @@ class Local:
             on_epoch = self._epoch
         data = self.data_for(group[0].config)
         try:
-            with loop.keep_predictions(self._predicts(data)) as kept:
+            keep = self.predictions and self.test_sets.keep(same_test_set(data, self.data))
+            with loop.keep_predictions(keep) as kept:
                 rows = engine.train(
                     group, data, self.study.model, self.device, on_epoch, self.study.source
                 )
@@ -116,15 +86,6 @@ class Local:
                 torch.cuda.empty_cache()
             return Outcome(group, out_of_memory=True)
         return Outcome(group, rows, predictions=kept)
-
-    def _predicts(self, data: datasets.Data) -> bool:
-        """Whether this group's predictions are kept: asked for, and on the base's test set."""
-        if not self.predictions or same_test_set(data, self.data):
-            return self.predictions
-        if not self.other_test_set:
-            self.other_test_set = True
-            self.progress.warn(other_test_set(self.study))
-        return False
 
     def _epoch(self, cell: Cell, epoch: int, train_loss: float) -> None:
         self.cores.adjust()

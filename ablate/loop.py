@@ -18,7 +18,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from . import graphs, models, rng
+from . import graphs, models, optim, rng
 from .data import hflip, to_float
 from .sources import Data
 from .study import Cell
@@ -66,19 +66,10 @@ class Group(Protocol):
         ...
 
 
-def optimizer(net: torch.nn.Module, cfg: dict) -> torch.optim.Optimizer:
-    """The cell's torch.optim optimizer (fused.Optimizer computes the same for a [G, ...] group)."""
-    if cfg["optimizer"] == "adam":
-        return torch.optim.Adam(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    return torch.optim.SGD(
-        net.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"]
-    )
-
-
 class Plain:
     """One cell's model as a group of one: any nn.Module (a study's own model included), trained
-    by torch.optim. A study's own modules that draw from torch's global generator (nn.Dropout)
-    draw from the cell's TORCH stream."""
+    by the torch.optim optimizer its optim.Rule names. A study's own modules that draw from
+    torch's global generator (nn.Dropout) draw from the cell's TORCH stream."""
 
     def __init__(self, cell: Cell, data: Data, model, device):
         torch.manual_seed(rng.key(cell.seed_for("dropout"), rng.TORCH))
@@ -93,7 +84,7 @@ class Plain:
         )
         self.net = self.net.to(device, self.dtype)
         self.batchnorm = models.has_batchnorm(self.net)
-        self.optimizer = optimizer(self.net, cell.config)
+        self.optimizer = optim.build(self.net.parameters(), cell.config)
 
     def forward(self, x: torch.Tensor, train: bool, step: int) -> torch.Tensor:
         self.net.train(train)

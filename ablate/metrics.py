@@ -77,13 +77,16 @@ BUILT_IN = {m.column: m for m in (TRAIN_LOSS, TEST_LOSS, TEST_ACC, SECONDS)}
 OUTCOMES = {name: m for name, m in BUILT_IN.items() if m.outcome}
 
 
-def lookup(name: str, where: str, known: dict[str, Metric] = OUTCOMES) -> Metric:
-    """The metric called `name` among `known`, or one line naming `where` and the choices."""
+def lookup(name: str | Metric, where: str, known: dict[str, Metric] = OUTCOMES) -> Metric:
+    """The metric called `name` among `known`, or one line naming `where` and the choices. A
+    Metric passes where `known` holds it under its column (a non-outcome one is refused)."""
     if isinstance(name, Metric):
-        return name
-    if name in known:
+        if known.get(name.column) == name:
+            return name
+        name = name.column
+    if isinstance(name, str) and name in known:
         return known[name]
-    if name in BUILT_IN and not BUILT_IN[name].outcome:
+    if isinstance(name, str) and name in BUILT_IN and not BUILT_IN[name].outcome:
         raise AblateError(
             f"{where}: '{name}' is not a per-cell outcome (cells trained together share one "
             f"wall time); try {', '.join(known)}"

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from . import rng
+from .errors import AblateError
 
 ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 
@@ -131,7 +134,28 @@ def linear(config: dict, in_shape: tuple, classes: int, seed: int) -> nn.Sequent
     return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(in_shape), classes))
 
 
-BUILDERS = {"mlp": mlp, "cnn": cnn, "linear": linear}
+@dataclass(frozen=True)
+class Kind:
+    """A built-in model kind: `build(config, in_shape, classes, dropout seed)` -> its module, and
+    the config key that shapes it, named when it does not fit a dataset (None: none does)."""
+
+    build: Callable[[dict, tuple, int, int], nn.Module]
+    shape_key: str | None
+
+
+# keys.MODELS lists the same names, in this order
+KINDS: dict[str, Kind] = {
+    "mlp": Kind(mlp, "hidden"),
+    "cnn": Kind(cnn, "layers"),
+    "linear": Kind(linear, None),
+}
+
+
+def kind(name: str) -> Kind:
+    """The model kind's entry; a name KINDS lacks is a one-line AblateError."""
+    if name not in KINDS:
+        raise AblateError(f"unknown model {name!r}; expected one of {', '.join(KINDS)}")
+    return KINDS[name]
 
 
 class OutputError(ValueError):
@@ -184,7 +208,7 @@ def build(
                     f"the model callable returned {type(net).__name__}, expected an nn.Module"
                 )
         else:
-            net = BUILDERS[model](config, in_shape, classes, dropout_seed)
+            net = kind(model).build(config, in_shape, classes, dropout_seed)
         init_(net, config["init"])
         if callable(model):
             check_output(net, repr(getattr(model, "__qualname__", repr(model))), in_shape, classes)

@@ -1,20 +1,18 @@
-"""The report's self-contained HTML page: its sections, captions and style (no torch)."""
+"""The report's self-contained HTML pages, an analysis's and a noise split's (no torch)."""
 
 from __future__ import annotations
 
 import base64
 from html import escape
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from . import charts, curves, stats, tables
+from .analysis import Report
 from .design import Design, chosen_halfwidths
-
-if TYPE_CHECKING:
-    from .report import Report  # report.py imports this module to write the page
-
+from .metrics import Metric
+from .noise import adds_up
 
 CSS = (
     "body{font:15px/1.5 system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;"
@@ -41,7 +39,12 @@ def _table(df: pd.DataFrame, na: str = "") -> str:
 
 
 def page(
-    rep: Report, design: Design, final: pd.DataFrame, factors: list[str], metric: str, results: Path
+    rep: Report,
+    design: Design,
+    final: pd.DataFrame,
+    factors: list[str],
+    metric: Metric,
+    results: Path,
 ) -> str:
     """One HTML file, charts inlined as PNG data: opens offline; every study-supplied string
     escaped. No timestamp: the same results give the same page, so committed reports stay
@@ -52,7 +55,7 @@ def page(
         f"<style>{CSS}</style><h1>{name}</h1>",
         f"<p class=meta>{escape(str(design.dataset))}, model {escape(str(design.model))}, "
         f"design {escape(str(design.kind))}: {len(rep.summary)} points x {len(rep.seeds)} "
-        f"seeds ({rep.n_cells} cells), metric {escape(metric)}{_in_percent(metric)}.<br>"
+        f"seeds ({rep.n_cells} cells), metric {escape(metric.column)}{_in_percent(metric)}.<br>"
         f"{_runs(design.runs)}.</p>",
         *_fraction_note(rep),
         *_diverged_note(final, factors),
@@ -68,10 +71,13 @@ def page(
     return "\n".join(parts)
 
 
-def _in_percent(metric: str) -> str:
-    if not tables.is_fraction(metric):
+def _in_percent(metric: Metric) -> str:
+    if not metric.fraction:
         return ""
-    return f" (in percent in every table: 97.49 is {escape(metric)} 0.9749; differences in points)"
+    return (
+        f" (in percent in every table: 97.49 is {escape(metric.column)} 0.9749; differences in "
+        "points)"
+    )
 
 
 def _runs(runs: tuple) -> str:
@@ -117,7 +123,7 @@ def _diverged_note(final: pd.DataFrame, factors: list[str]) -> list[str]:
     ]
 
 
-def _swings_note(rep: Report, final: pd.DataFrame, factors: list[str], metric: str) -> list[str]:
+def _swings_note(rep: Report, final: pd.DataFrame, factors: list[str], metric: Metric) -> list[str]:
     """The cells whose final epoch swung far from their last epochs, and what to do about it."""
     said = []
     if rep.last > 1:
@@ -148,15 +154,15 @@ def _swings_note(rep: Report, final: pd.DataFrame, factors: list[str], metric: s
     return said
 
 
-def _metric_sections(rep: Report, metric: str, factors: list[str]) -> list[str]:
+def _metric_sections(rep: Report, metric: Metric, factors: list[str]) -> list[str]:
     """The final metric per point, and the learning curves."""
     n_ok = sorted(rep.summary["n_seeds"].unique())
     seeds = f"n={n_ok[0]} for every point" if len(n_ok) == 1 else f"n from {n_ok[0]} to {n_ok[-1]}"
     return [
         "<h2>Final metric per design point</h2><figure>",
         _img(rep.path, "final"),
-        f"<figcaption>Final-epoch {escape(metric)}; each dot one seed, black the mean with its "
-        f"95% t interval; n = seeds behind each mean ({seeds}).</figcaption></figure>",
+        f"<figcaption>Final-epoch {escape(metric.column)}; each dot one seed, black the mean "
+        f"with its 95% t interval; n = seeds behind each mean ({seeds}).</figcaption></figure>",
         _table(
             tables.readable(
                 _counted(rep.summary, metric, False), metric, "summary", "n/a (n<2)", factors
@@ -165,13 +171,13 @@ def _metric_sections(rep: Report, metric: str, factors: list[str]) -> list[str]:
         *_counted_note(rep, "summary"),
         "<h2>Learning curves</h2><figure>",
         _img(rep.path, "curves"),
-        f"<figcaption>Mean {escape(metric)} per epoch with a 95% t band; n seeds per line in the "
-        "legend.</figcaption></figure>",
+        f"<figcaption>Mean {escape(metric.column)} per epoch with a 95% t band; n seeds per "
+        "line in the legend.</figcaption></figure>",
         *_curves_tested(rep, metric, factors),
     ]
 
 
-def _curves_tested(rep: Report, metric: str, factors: list[str]) -> list[str]:
+def _curves_tested(rep: Report, metric: Metric, factors: list[str]) -> list[str]:
     """The curves' effects (area, epochs to the threshold) and the points still climbing."""
     said = []
     if rep.curves is not None and len(rep.curves):
@@ -185,12 +191,12 @@ def _curves_tested(rep: Report, metric: str, factors: list[str]) -> list[str]:
         said += [
             "<h3>The curves, tested</h3>",
             f"<p class=meta>Per effect, paired by seed as above: the difference in area under "
-            f"the test curve (the mean {escape(metric)} over the epochs{_in_points(metric)}) and "
-            f"in epochs to reach {tables.number(rep.threshold, metric)} (the worst point's mean "
-            "final value; a cell that never reaches it counts as epochs + 1: censored, and the "
-            "difference is then a bound). 95% t intervals; one Holm family of these rows alone, "
-            "apart from the effects'.</p>",
-            _table(tables.readable(shown, "", "")),
+            f"the test curve (the mean {escape(metric.column)} over the epochs"
+            f"{_in_points(metric)}) and in epochs to reach {tables.number(rep.threshold, metric)} "
+            "(the worst point's mean final value; a cell that never reaches it counts as epochs "
+            "+ 1: censored, and the difference is then a bound). 95% t intervals; one Holm "
+            "family of these rows alone, apart from the effects'.</p>",
+            _table(tables.readable(shown)),
         ]
     climbing = rep.climbing
     if climbing is not None and len(climbing) and climbing["still_climbing"].any():
@@ -208,8 +214,8 @@ def _curves_tested(rep: Report, metric: str, factors: list[str]) -> list[str]:
     return said
 
 
-def _in_points(metric: str) -> str:
-    return ", in points" if tables.is_fraction(metric) else ""
+def _in_points(metric: Metric) -> str:
+    return ", in points" if metric.fraction else ""
 
 
 CAPTIONS = {
@@ -225,7 +231,7 @@ EFFECT_COLUMNS = "factor level baseline n_pairs diff ci_low ci_high p_value p_ho
 EFFECT_COLUMNS += " mde seeds_needed equivalent note"  # and alias, after baseline, in a half
 
 
-def _effects_section(rep: Report, factors: list[str], metric: str) -> list[str]:
+def _effects_section(rep: Report, factors: list[str], metric: Metric) -> list[str]:
     if not len(rep.effects):
         return []
     columns = EFFECT_COLUMNS.split()
@@ -266,7 +272,7 @@ def _unconfirmed_note(rep: Report) -> list[str]:
     ]
 
 
-def _counted(table: pd.DataFrame, metric: str, signed: bool) -> pd.DataFrame:
+def _counted(table: pd.DataFrame, metric: Metric, signed: bool) -> pd.DataFrame:
     """The interval that counts the test set and its share of the variance, as two readable
     columns in place of examples.py's raw ones (none where no predictions were stored)."""
     if "ci_low_examples" not in table:
@@ -310,14 +316,15 @@ def _greater(effects: pd.DataFrame) -> list[str]:
     ]
 
 
-def _effects_caption(rep: Report, factors: list[str], tested: bool, metric: str) -> str:
+def _effects_caption(rep: Report, factors: list[str], tested: bool, metric: Metric) -> str:
     how = (
-        CAPTIONS.get(rep.design, CAPTIONS["grid"])
+        CAPTIONS.get(rep.analysed_as, CAPTIONS["grid"])
         if len(factors) > 1
         else "Each level minus its baseline, paired by seed"
     )
     equivalence = (
-        f"; equivalent: inside +-{rep.margin:g} by two one-sided t tests, Holm over the rows"
+        f"; equivalent: inside +-{width(rep.margin, metric)} by two one-sided t tests, Holm "
+        "over the rows"
         if tested
         else "; `ablate report --margin M` tests equivalence"
     )
@@ -336,11 +343,10 @@ def _effects_caption(rep: Report, factors: list[str], tested: bool, metric: str)
     )
 
 
-def width(halfwidth: float, metric: str, said: str = "") -> str:
+def width(halfwidth: float, metric: Metric, said: str = "") -> str:
     """A half-width as the tables print the metric: 0.50 points for accuracy, with how it was
     chosen ("the default for test_acc: ...") where the user did not give it."""
-    points = " points" if tables.is_fraction(metric) else ""
-    return f"{tables.number(halfwidth, metric)}{points}" + (f" ({said})" if said else "")
+    return f"{tables.number(halfwidth, metric)}{metric.unit}" + (f" ({said})" if said else "")
 
 
 def chosen_by(rule: dict | None) -> str:
@@ -376,7 +382,7 @@ def _anova_section(rep: Report) -> list[str]:
         "a two-level main effect's F is its paired t squared. Its p values are unadjusted and "
         "descriptive (labelled unadjusted, never a finding): on a 2x2x2 study where nothing "
         "acts, some term has p < 0.05 30% of the time; the verdicts are the effects table's.</p>",
-        _table(tables.readable(rep.anova.rename(columns={"p": "p (unadjusted)"}), "")),
+        _table(tables.readable(rep.anova.rename(columns={"p": "p (unadjusted)"}))),
     ]
 
 
@@ -384,7 +390,7 @@ def _anova_section(rep: Report) -> list[str]:
 HIDDEN = "metric at_baseline_low at_baseline_high at_level_low at_level_high p_value test no_spread"
 
 
-def _interactions_section(rep: Report, metric: str) -> list[str]:
+def _interactions_section(rep: Report, metric: Metric) -> list[str]:
     if not len(rep.interactions):
         return []
     hidden = HIDDEN.split()
@@ -420,11 +426,11 @@ def _failures_section(rep: Report) -> list[str]:
         "that stalled (final accuracy within 2 points of chance; kept in). Fisher's exact test "
         "across each factor's levels, Holm across factors.</p>",
         *notes,
-        _table(tables.readable(failures, "")),
+        _table(tables.readable(failures)),
     ]
 
 
-def _claims_section(rep: Report, metric: str) -> list[str]:
+def _claims_section(rep: Report, metric: Metric) -> list[str]:
     if not len(rep.claims):
         return []
     return [
@@ -443,3 +449,35 @@ def _claims_section(rep: Report, metric: str) -> list[str]:
         "seeds. Intervals of accuracy are clipped to [0, 100]%.</figcaption></figure>",
         _table(tables.readable(rep.claims.drop(columns=["metric"]), metric, "claims")),
     ]
+
+
+def noise_page(
+    table: pd.DataFrame, design: Design, metric: Metric, results: Path, folder: Path
+) -> str:
+    """The noise report's HTML page (noise.decompose's table), the chart inlined from `folder`
+    (no timestamp)."""
+    name = escape(design.study or "noise")
+    return "\n".join(
+        [
+            f"<!doctype html><html lang=en><meta charset=utf-8><title>{name}: ablate noise"
+            f"</title><style>{CSS}</style><h1>{name}</h1>",
+            f"<p class=meta>{escape(str(design.dataset))}, model {escape(str(design.model))}: "
+            f"seeds varied one random stream at a time at the base point, the others held at "
+            f"seed 0's draw; metric {escape(metric.column)}.<br>{_runs(design.runs)}.</p>",
+            "<h2>Where the seed-to-seed noise comes from</h2>",
+            f"<figure>{_img(folder, 'noise')}<figcaption>{escape(adds_up(table))}."
+            "</figcaption></figure>",
+            f"<p>{escape(NOISE_READING)}</p>",
+            _table(table),
+            f"<p class=meta>Generated by ablate report from {escape(str(results))}.</p></html>",
+        ]
+    )
+
+
+NOISE_READING = (
+    "How to read it: intervals are 95%; a variance's is a chi-square whose degrees of "
+    "freedom shrink with the seeds' kurtosis; a share's (stream over all) counts the "
+    "draw each stream's cells share with the all-streams cells of the same seed. The row "
+    "'sum' adds the single streams' variances: 100% of all streams' where the streams add, "
+    "N x 100% where each alone gives all of the noise."
+)

@@ -12,9 +12,8 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -22,10 +21,12 @@ import torch
 
 from . import __version__, engine, fused
 from . import data as datasets
+from .cluster import Pool
 from .design import Design, design_ids
 from .errors import AblateError, StudyError
+from .executor import Executor, Outcome, Progress, RunOptions, Summary
 from .keys import DATASET_SIZES, key_spec
-from .local import Local, Outcome, device_name  # noqa: F401 (benchmarks import device_name here)
+from .local import Local
 from .sources import Data, check_flips
 from .store import ROW_COLUMNS, Store, StoreError, check_folder, parquet_files, read_manifest
 from .study import Cell, Study, model_name, own_values
@@ -66,57 +67,8 @@ def stop_on_signals():
             got.append(signal.SIGINT)  # a KeyboardInterrupt raised another way: Ctrl-C
 
 
-class Progress:
-    """What the runner tells its caller; the CLI draws it with Rich. Every method is optional."""
-
-    def start(self, total: int, todo: int, machine: str) -> None: ...
-    def cell_start(self, cell: Cell) -> None: ...
-    def epoch(self, cell: Cell, epoch: int, train_loss: float) -> None: ...
-    def cell_done(self, cell: Cell, rows: list[dict]) -> None: ...
-    def warn(self, message: str) -> None: ...
-
-
-@dataclass
-class Summary:
-    total: int
-    skipped: int
-    trained: int = 0
-    diverged: list[str] = field(default_factory=list)
-    # cell ids whose group failed; a rerun tries them
-    failed: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-
-class Executor(Protocol):
-    """Where groups train: Local (this process) or cluster.Pool (Ray tasks). run() submits the
-    groups and takes back each one's Outcome while the executor has any."""
-
-    shape: tuple[int, ...]  # the dataset's image shape and class count, for engine.check_models
-    classes: int
-    data: Data  # the dataset at the study's baseline (a dataset callable's, at its own defaults)
-    predictions: bool  # keep each cell's final test predictions in its Outcome; the runner sets it
-
-    def label(self) -> str:
-        """The machine in words, for the manifest and the progress line."""
-        ...
-
-    def memory(self) -> str:
-        """The memory a group runs out of, in words: cpu, cuda:0, GPU, worker."""
-        ...
-
-    def auto_group(self, todo: list[Cell]) -> int: ...
-    def submit(self, group: list[Cell]) -> None: ...
-    def __len__(self) -> int: ...
-
-    def next(self) -> Outcome:
-        """Wait for a group to end (train it, for Local)."""
-        ...
-
-    def drain(self) -> list[Outcome]:
-        """The groups trained but not yet collected (on Ctrl-C), so that none is lost."""
-        ...
-
-    def close(self) -> None: ...
+# the class each executor.KINDS name builds, from the study and the RunOptions
+EXECUTORS: dict[str, type[Executor]] = {"local": Local, "ray": Pool}
 
 
 def results_dir(study: Study, out: str | Path) -> Path:
@@ -299,56 +251,33 @@ def refresh(study: Study, path: Path, rule: dict | None = None) -> None:
         store.close()
 
 
-def run(
-    study: Study,
-    out: str | Path = "results",
-    device: str | torch.device | None = "auto",
-    max_group: int | None = None,
-    deterministic: bool = False,
-    data_dir: str | None = None,
-    progress: Progress | None = None,
-    executor: str = "local",
-    address: str | None = None,
-    groups_per_gpu: int = 1,
-    rule: dict | None = None,
-    predictions: bool = True,
-) -> Summary:
-    """Train every cell of `study` not yet in `out/<name>/`, in this process or (executor "ray") as
-    Ray tasks. `device`: "auto", "cpu", "cuda", "cuda:N" or a torch.device. Raises Stopped on
-    Ctrl-C; the store is written here only, whatever the executor. `rule`: what the manifest
-    records of --until-halfwidth (seeds.until_halfwidth). `predictions`: store each cell's
-    argmax class per test example at its final epoch (store.PREDICTIONS); neither it nor its
-    absence enters a cell's id, so a rerun with the other setting resumes."""
-    if executor not in ("local", "ray"):
-        raise AblateError(f"--executor {executor}: expected local or ray")
-    if groups_per_gpu < 1:
-        raise AblateError(f"--groups-per-gpu {groups_per_gpu}: expected 1 or more")
+def run(study: Study, options: RunOptions, rule: dict | None = None) -> Summary:
+    """Train every cell of `study` not yet in `options.out`/<name>/, on the executor the options
+    name. Raises Stopped on Ctrl-C; the store is written here only, whatever the executor.
+    `rule`: what the manifest records of --until-halfwidth (seeds.until_halfwidth)."""
     # the name, once; whether this machine (or the Ray cluster) has it is checked by the executor
-    device = engine.parse_device(device) if isinstance(device, str) else device
-    progress = progress or Progress()
-    path, started = results_dir(study, out), time.perf_counter()
+    if isinstance(options.device, str):
+        options = replace(options, device=engine.parse_device(options.device))
+    progress = options.progress
+    path, started = results_dir(study, options.out), time.perf_counter()
     cells = expand(study)
     check_owner(study, path, cells)
     if not (todo := [c for c in cells if c.id not in finished(path)]):
         refresh(study, path, rule)
         return Summary(len(cells), len(cells))
-    pool = _start(
-        study, todo, executor, device, deterministic, data_dir, progress, address, groups_per_gpu
-    )
+    pool = _start(study, todo, options)
     store = Store(path, warn=progress.warn)
     with stop_on_signals() as got:  # after ray.init: its C++ handler would dump and exit 1
         try:
             machine = pool.label()
-            todo = _open(store, study, cells, pool, deterministic, rule)
+            todo = _open(store, study, cells, pool, options.deterministic, rule)
             if not todo:  # another run stored the rest between `finished` and the lock
                 return Summary(len(cells), len(cells))
-            pool.predictions = predictions and _predicting(store, pool.data, progress)
+            pool.predictions = options.predictions and _predicting(store, pool.data, progress)
             summary = Summary(len(cells), len(cells) - len(todo))
-            max_group = max_group or pool.auto_group(todo)
+            max_group = options.max_group or pool.auto_group(todo)
             progress.start(len(cells), len(todo), f"{machine}, groups of up to {max_group}")
-            # Ray's workers pick their own devices: only a local GPU groups wide
-            device = getattr(pool, "device", None)
-            for group in reversed(groups(todo, max_group, device, study.model)):
+            for group in reversed(groups(todo, max_group, pool.device, study.model)):
                 pool.submit(group)
             try:
                 while pool:
@@ -368,26 +297,13 @@ def run(
                 store.close()
 
 
-def _start(
-    study, todo, executor, device, deterministic, data_dir, progress, address, groups_per_gpu
-) -> Executor:
+def _start(study: Study, todo: list[Cell], options: RunOptions) -> Executor:
     """The executor, with each shape's model checked on it; either fails before anything is
     written (a missing dataset, no GPU, no Ray, a model that does not fit the data)."""
-    if executor == "ray":
-        from . import cluster
-
-        pool = cluster.Pool(
-            study, device, deterministic, data_dir, progress, address, groups_per_gpu
-        )
-    else:
-        pool = Local(study, device, deterministic, data_dir, progress)
+    pool = EXECUTORS[options.executor](study, options)
     try:
         check_flips(pool.data, [c.config for c in todo], study.source)
-        engine.check_models(study, todo, pool.shape, pool.classes, own=executor == "local")
-        if executor == "local" and (
-            problem := engine.unfused(study, todo, pool.device, pool.shape, pool.classes)
-        ):
-            progress.warn(problem)
+        pool.check(todo)
     except BaseException:
         pool.close()
         raise

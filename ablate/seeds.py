@@ -23,10 +23,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
-from . import inference, report, stats, store
+from . import analysis, inference, stats, store
 from .design import first_stage
 from .errors import AblateError
 from .keys import MAX_CELLS, SEED_LIMIT
+from .metrics import SECONDS, TEST_ACC, Metric
 from .study import Study, n_points
 
 MAX_SEEDS = 30  # --max-seeds' default: past 30 seeds an interval narrows by under 2% a seed
@@ -44,37 +45,39 @@ def seed_list(study: Study, total: int) -> list[int]:
 
 
 def analysed(
-    path: Path, halfwidth: float, metric: str = "test_acc", warn=None, seeds=None
+    path: Path, halfwidth: float, metric: Metric = TEST_ACC, warn=None, seeds=None
 ) -> tuple:
     """(effects, rows): the main effects of a results folder as its report computes them
     (seeds_needed at `halfwidth`), each with its CI half-width, and the tidy rows they come
     from; `seeds`: from these seeds' runs alone. No files are written."""
     df, design = stats.tidy(store.read(path, warn)), store.read_design(path)
     # the report's refusals: plan took epoch, seed and seconds as metrics, and config raised
-    report.check_request(df, path, metric, None, halfwidth)
-    factors, levels, base = report.setting(design, df)
+    analysis.check_request(df, path, metric, None, halfwidth)
+    factors, levels, base = analysis.setting(design, df)
     final = stats.final(df)
     if seeds is not None:
         final = final[final["seed"].isin(seeds)]
     if not factors:
         raise AblateError(f"{path}: a study of no factors has no effects to narrow")
-    resolution = report.resolution_of(design, metric)
-    analysis = stats.analyse(
-        final, factors, base, levels, metric, design.kind or "grid", resolution, None, halfwidth
-    )
-    effects = analysis.effects.copy()
+    layout = stats.Layout(final, factors, base, levels, metric, _step(design, metric))
+    effects = stats.analyse(layout, design.kind or "grid", None, halfwidth).effects.copy()
     width = (effects["ci_high"] - effects["ci_low"]) / 2
     effects["halfwidth"] = np.where(effects["no_spread"], 0.0, width)
     return effects, df
 
 
-def default_halfwidth(path: Path, metric: str, warn=None) -> tuple[float, str]:
-    """report.default_halfwidth for a results folder: the half-width the report's
-    seeds_needed aims at when none is given, and how it was chosen."""
+def _step(design, metric: Metric) -> float:
+    """The smallest step the metric takes in this folder: one of its test examples for
+    accuracy (Metric.step)."""
+    return metric.step(analysis.dataset_sizes(design)[1])
+
+
+def default_halfwidth(path: Path, metric: Metric, warn=None) -> tuple[float, str]:
+    """analysis.aimed_halfwidth for a results folder: the half-width the report's seeds_needed
+    aims at when none is given, and how it was chosen."""
     df, design = stats.tidy(store.read(path, warn)), store.read_design(path)
-    report.check_request(df, path, metric, None, None)
-    resolution = report.resolution_of(design, metric)
-    halfwidth, said = report.default_halfwidth(stats.final(df), metric, resolution)
+    analysis.check_request(df, path, metric, None, None)
+    halfwidth, said = analysis.aimed_halfwidth(stats.final(df), metric, _step(design, metric))
     if not halfwidth > 0:
         raise AblateError(f"{path}: {said}")
     return halfwidth, said
@@ -92,7 +95,7 @@ def spread(effects: pd.DataFrame) -> np.ndarray:
 class Rounds:
     """What `run --until-halfwidth` did: every round's seed total, the first the study's own."""
 
-    summary: object  # runner.Summary over every round
+    summary: object  # executor.Summary over every round
     rounds: list[int]
     widest: float  # the widest main effect's Stein half-width after the last round
     capped: bool  # stopped by --max-seeds with some effect still wider
@@ -104,7 +107,7 @@ def until_halfwidth(
     halfwidth: float,
     max_seeds: int,
     train: Callable,
-    metric: str = "test_acc",
+    metric: Metric = TEST_ACC,
     warn=None,
 ) -> Rounds:
     """Stein's rule: train the first stage (the study's seeds; on a rerun, those the manifest
@@ -114,11 +117,13 @@ def until_halfwidth(
     of the same command first finishes the round a kill cut short and asks for no more; a
     rerun with a smaller H trains on to that H's total, again from the first stage alone.
     `train(study, rule)` runs one round (runner.run with the rule to record) and returns its
-    runner.Summary."""
+    executor.Summary. `metric`: the one whose main effects' half-widths the rule narrows."""
     from . import runner  # torch loads here: `plan` and the report do without it
 
     if not halfwidth > 0:
-        raise AblateError(f"--until-halfwidth {halfwidth}: expected a positive half-width")
+        raise AblateError(
+            f"--until-halfwidth {metric.shown(halfwidth):g}: expected a positive half-width"
+        )
     if max_seeds < len(study.seeds):
         raise AblateError(
             f"--max-seeds {max_seeds}: the study already has {len(study.seeds)} seeds"
@@ -135,16 +140,15 @@ def until_halfwidth(
     first = sorted(first if (first := first_stage(recorded)) is not None else study.seeds)
     if len(first) < 2:
         raise AblateError(
-            f"--until-halfwidth {halfwidth:g}: the study's {len(first)} seed gives no spread to "
-            "size the rule from; run it with --seeds 2 or more (5 is usual)"
+            f"--until-halfwidth {metric.shown(halfwidth):g}: the study's {len(first)} seed gives "
+            "no spread to size the rule from; run it with --seeds 2 or more (5 is usual)"
         )
     total = None
     while True:
         # halfwidth: the H that chose the last round added (a rerun adding none keeps it)
         chose = next((h for h in reversed(by) if h is not None), halfwidth)
-        rule = dict(
-            halfwidth=chose, max_seeds=max_seeds, metric=metric, rounds=rounds, by=by, first=first
-        )
+        rule = dict(halfwidth=chose, max_seeds=max_seeds, metric=metric.column, rounds=rounds)
+        rule.update(by=by, first=first)  # the manifest's order, as before
         summary = train(replace(study, seeds=seed_list(study, rounds[-1])), rule)
         total = _add(total, summary)
         if summary.failed:  # a round with holes cannot be analysed; a rerun retries the cells
@@ -158,7 +162,7 @@ def until_halfwidth(
         rounds, by = [*rounds, seeds], [*by, halfwidth]
 
 
-def _widest(path: Path, std_first, n_first, halfwidth: float, metric: str, warn) -> float:
+def _widest(path: Path, std_first, n_first, halfwidth: float, metric: Metric, warn) -> float:
     """The widest main effect's Stein half-width over every stored seed (its t half-width
     where all are first-stage seeds); inf for a row with no first-stage sd."""
     n = analysed(path, halfwidth, metric, warn)[0]["n_pairs"].to_numpy(float)
@@ -185,7 +189,7 @@ def _is_width(h) -> bool:
 
 
 def _add(before, summary):
-    """One runner.Summary for the rounds so far: cells stored before the first round, cells
+    """One executor.Summary for the rounds so far: cells stored before the first round, cells
     trained in any, the last round's total and failures."""
     if before is None:
         return summary
@@ -201,7 +205,7 @@ def _add(before, summary):
 def cell_seconds(df: pd.DataFrame) -> pd.Series:
     """Each cell's training time: its epochs' wall time over the cells it trained with. Cells
     trained as one group share every epoch's `seconds` exactly, so equal sequences mark them."""
-    per_cell = df.sort_values("epoch").groupby("cell")["seconds"].agg(tuple)
+    per_cell = df.sort_values("epoch").groupby("cell")[SECONDS.column].agg(tuple)
     sharing = per_cell.map(per_cell.value_counts())
     return per_cell.map(sum) / sharing
 
@@ -231,13 +235,15 @@ def counts(std: float, n: int, halfwidth: float) -> dict:
     )
 
 
-def plan(path: Path, halfwidth: float | None, metric: str = "test_acc", warn=None) -> tuple:
+def plan(path: Path, halfwidth: float | None, metric: Metric = TEST_ACC, warn=None) -> tuple:
     """(effects, cost) for a pilot's results folder: per main effect its sd and `counts` for
     a 95% CI of half-width `halfwidth` (None: the report's default for the metric, in its
     units; cost["halfwidth"] says which), and what the study would cost at each count's
     largest (cells, hours)."""
     if halfwidth is not None and not halfwidth > 0:
-        raise AblateError(f"--halfwidth {halfwidth}: expected a positive half-width")
+        raise AblateError(
+            f"--halfwidth {metric.shown(halfwidth):g}: expected a positive half-width"
+        )
     said = ""
     if halfwidth is None:
         halfwidth, said = default_halfwidth(path, metric, warn)

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .inference import ALPHA, HALFWIDTH, estimate, holm, holm_family, interval, no_spread
+from .inference import ALPHA, estimate, holm, holm_family, interval, no_spread
+from .metrics import HALF_POINT, TEST_ACC, Metric
 
 
 def hashable(v):
@@ -50,16 +51,17 @@ def factor_columns(df: pd.DataFrame) -> list[str]:
     return cols[cols.index("seed") + 1 : cols.index("epoch")]
 
 
-def final(df: pd.DataFrame, last: int = 1, metric: str | None = None) -> pd.DataFrame:
+def final(df: pd.DataFrame, last: int = 1, metric: Metric | None = None) -> pd.DataFrame:
     """Each cell's last stored epoch (a diverged cell's is the epoch it diverged in). With
     `last` k > 1, an ok cell's `metric` is the mean over its last k stored epochs (`--final
     last-k`): on a recipe whose curve swings late, one epoch's value is one draw of that swing."""
     ordered = df.sort_values("epoch", kind="stable")
     out = ordered.groupby("cell", sort=False).tail(1).reset_index(drop=True)
     if last > 1 and metric is not None and len(out):
-        means = ordered.groupby("cell", sort=False).tail(last).groupby("cell")[metric].mean()
+        column = metric.column
+        means = ordered.groupby("cell", sort=False).tail(last).groupby("cell")[column].mean()
         ok = out["status"] == "ok"
-        out.loc[ok, metric] = out.loc[ok, "cell"].map(means).to_numpy()
+        out.loc[ok, column] = out.loc[ok, "cell"].map(means).to_numpy()
     return out
 
 
@@ -67,7 +69,7 @@ SWING = 10  # a final epoch this many times the study's typical late epoch-to-ep
 SWING_EPOCHS = 5  # from the median of the cell's 5 epochs before it is flagged
 
 
-def swings(df: pd.DataFrame, metric: str, resolution: float = 0.0) -> pd.DataFrame:
+def swings(df: pd.DataFrame, metric: Metric, resolution: float = 0.0) -> pd.DataFrame:
     """The ok cells whose final epoch lies far from their own last epochs: final minus the
     median of the SWING_EPOCHS before it, beyond SWING times the study's typical late change
     (the median over cells of each one's median |change| over those epochs; 10 resolution
@@ -76,7 +78,7 @@ def swings(df: pd.DataFrame, metric: str, resolution: float = 0.0) -> pd.DataFra
     recent (the median), gap, and the threshold."""
     ok = df[df["status"] == "ok"].sort_values("epoch", kind="stable")
     tails = ok.groupby("cell", sort=False).tail(SWING_EPOCHS + 1)
-    by_cell = tails.groupby("cell", sort=False)[metric]
+    by_cell = tails.groupby("cell", sort=False)[metric.column]
     sizes = by_cell.size()
     long_enough = sizes.index[sizes == SWING_EPOCHS + 1]
     columns = ["cell", "seed", "epoch", "final", "recent", "gap", "threshold"]
@@ -113,7 +115,7 @@ def non_baseline(factor: str, levels: dict, baselines: dict) -> list:
 
 
 def summary(
-    finals: pd.DataFrame, factors: list[str], metric: str = "test_acc", resolution: float = 0.0
+    finals: pd.DataFrame, factors: list[str], metric: Metric = TEST_ACC, resolution: float = 0.0
 ) -> pd.DataFrame:
     """Per design point: n_seeds (ok cells), n_diverged, mean, std, ci_low, ci_high of the
     final metric; no interval where the seeds vary less than the metric resolves (the rule
@@ -121,7 +123,7 @@ def summary(
     rows, keys = [], points(finals, factors)
     for point in dict.fromkeys(keys):  # first seen first: the caller's (design) order
         at_point = finals[[k == point for k in keys]]
-        ok = at_point[at_point["status"] == "ok"][metric]
+        ok = at_point[at_point["status"] == "ok"][metric.column]
         mean, std, low, high = interval(ok)
         if no_spread(ok.to_numpy(dtype=float), resolution):
             low = high = np.nan
@@ -153,7 +155,9 @@ def _per_seed(values: pd.Series) -> pd.Series:
     return values[settings.isin(shared)].groupby(level="seed").mean()
 
 
-def _corner_means(ok: pd.DataFrame, others: list[str], corners: dict, metric: str) -> pd.DataFrame:
+def _corner_means(
+    ok: pd.DataFrame, others: list[str], corners: dict, metric: Metric
+) -> pd.DataFrame:
     """Mean metric per (setting of `others`, seed) row and named corner column; `corners` maps
     a corner's name to its rows' mask. Settings match by repr, so 1 and "1" stay apart. Rows
     and columns sorted as pandas' groupby and unstack order them; summed with numpy, 6x faster
@@ -171,7 +175,7 @@ def _corner_means(ok: pd.DataFrame, others: list[str], corners: dict, metric: st
     )  # fmt: skip
     shape = tuple(len(u) for u in uniques)
     sums, counts = np.zeros(shape), np.zeros(shape)
-    np.add.at(sums, codes, ok[metric].to_numpy(dtype=float)[kept])
+    np.add.at(sums, codes, ok[metric.column].to_numpy(dtype=float)[kept])
     np.add.at(counts, codes, 1.0)
     present = counts.sum(axis=2) > 0
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -189,7 +193,7 @@ def paired_diffs(
     factor: str,
     level,
     baseline,
-    metric: str = "test_acc",
+    metric: Metric = TEST_ACC,
     matched: bool = True,
 ) -> pd.Series:
     """Per seed: mean over matched settings of the other factors of (level - baseline). A
@@ -212,7 +216,7 @@ def paired_diffs(
 
 
 def _fitted(
-    ok: pd.DataFrame, factors: list[str], factor: str, level, baseline, metric: str
+    ok: pd.DataFrame, factors: list[str], factor: str, level, baseline, metric: Metric
 ) -> pd.Series:
     """Per seed: twice the least-squares coefficient of `factor` coded +1 at the level and -1
     at the baseline, beside the +-1 codes of every other factor with two levels there."""
@@ -227,7 +231,7 @@ def _fitted(
                 codes.append(np.where(high, 1.0, -1.0))
         design = np.column_stack([np.ones(len(runs)), *codes])
         if np.linalg.matrix_rank(design) == design.shape[1]:  # full rank: every effect estimable
-            observed = runs[metric].to_numpy(dtype=float)
+            observed = runs[metric.column].to_numpy(dtype=float)
             out[seed] = 2 * np.linalg.lstsq(design, observed, rcond=None)[0][1]
     return pd.Series(out, dtype=float).rename_axis("seed")
 
@@ -244,11 +248,11 @@ def effects(
     factors: list[str],
     baselines: dict,
     levels: dict,
-    metric: str = "test_acc",
+    metric: Metric = TEST_ACC,
     matched: bool = True,
     resolution: float = 0.0,
     margin: float | None = None,
-    halfwidth: float = HALFWIDTH,
+    halfwidth: float = HALF_POINT,
     *,
     first_stage=None,
 ) -> pd.DataFrame:
@@ -260,7 +264,7 @@ def effects(
         baseline = baselines[factor]
         for level in non_baseline(factor, levels, baselines):
             paired = paired_diffs(finals, factors, factor, level, baseline, metric, matched)
-            row = dict(factor=factor, level=level, baseline=baseline, metric=metric)
+            row = dict(factor=factor, level=level, baseline=baseline, metric=metric.column)
             first = _first(paired, first_stage)
             tested = estimate(paired.to_numpy(), resolution, margin, halfwidth, first)
             rows.append({**row, **tested, "alias": "", "note": ""})
@@ -278,16 +282,21 @@ INTERACTION_COLUMNS = (
 INTERACTION_KEYS = ("n_pairs", "diff", "ci_low", "ci_high", "p_value", "test", "no_spread")
 
 
-def interactions(
-    finals: pd.DataFrame,
-    factors: list[str],
-    baselines: dict,
-    levels: dict,
-    metric: str = "test_acc",
-    resolution: float = 0.0,
-    *,
-    first_stage=None,
-) -> pd.DataFrame:
+@dataclass(frozen=True, eq=False)  # eq=False: frames do not compare to one truth value
+class Layout:
+    """What an analysis of final rows reads besides them: the factors in study order, each
+    one's baseline and levels, the metric, and its resolution (the smallest step it takes:
+    one test sample for accuracy; 0 where unknown)."""
+
+    finals: pd.DataFrame  # each cell's final row (stats.final)
+    factors: list[str]
+    baselines: dict
+    levels: dict
+    metric: Metric = TEST_ACC
+    resolution: float = 0.0
+
+
+def interactions(layout: Layout, *, first_stage=None) -> pd.DataFrame:
     """Does a factor's effect depend on another's level? For each pair of factors (study order)
     and each non-baseline level of each: per setting of the remaining factors where all four
     cells are ok, the first's effect (level - baseline) at the second's baseline
@@ -295,7 +304,8 @@ def interactions(
     interaction contrast), each averaged per seed over the same settings and seeds; paired t
     test (sign-flip where there is no spread), Holm across the table (`analyse`: across effects
     and interactions together). Needs every combination of the pair: full grids only."""
-    ok, rows = finals[finals["status"] == "ok"], []
+    factors, levels, baselines = layout.factors, layout.levels, layout.baselines
+    ok, rows = layout.finals[layout.finals["status"] == "ok"], []
     for i, first in enumerate(factors):
         for by in factors[i + 1 :]:
             pairs = itertools.product(
@@ -303,30 +313,22 @@ def interactions(
             )
             for level, by_level in pairs:
                 contrast = (first, level, baselines[first]), (by, by_level, baselines[by])
-                row = _interaction(ok, factors, *contrast, metric, resolution, first_stage)
-                rows.append(row)
+                rows.append(_interaction(ok, layout, *contrast, first_stage))
     return holm_family(pd.DataFrame(rows, columns=INTERACTION_COLUMNS))
 
 
 def _interaction(
-    ok: pd.DataFrame,
-    factors: list[str],
-    first: tuple,
-    second: tuple,
-    metric: str,
-    resolution,
-    first_stage=None,
+    ok: pd.DataFrame, layout: Layout, first: tuple, second: tuple, first_stage=None
 ) -> dict:
     """One row of `interactions`: `first` and `second` are (factor, level, baseline)."""
-    at_baseline, at_level = _simple_pair(ok, factors, first, second, metric)
+    at_baseline, at_level = _simple_pair(ok, layout.factors, first, second, layout.metric)
     contrast = at_level - at_baseline
-    tested = estimate(
-        contrast.to_numpy(), resolution, None, HALFWIDTH, _first(contrast, first_stage)
-    )
+    first_seeds = _first(contrast, first_stage)
+    tested = estimate(contrast.to_numpy(), layout.resolution, None, HALF_POINT, first_seeds)
     return {
         # factor, level, baseline, by, by_level, by_baseline: the table's first six columns
         **dict(zip(INTERACTION_COLUMNS[:6], (*first, *second), strict=True)),
-        "metric": metric,
+        "metric": layout.metric.column,
         **_mean_and_interval("at_baseline", at_baseline),
         **_mean_and_interval("at_level", at_level),
         **{key: tested[key] for key in INTERACTION_KEYS},
@@ -340,7 +342,7 @@ def _mean_and_interval(name: str, per_seed: pd.Series) -> dict:
     return {name: mean, f"{name}_low": low, f"{name}_high": high}
 
 
-def _simple_pair(ok, factors, first: tuple, second: tuple, metric) -> tuple[pd.Series, pd.Series]:
+def _simple_pair(ok, factors, first: tuple, second: tuple, metric: Metric) -> tuple:
     """Per seed: the first factor's effect at the second's baseline and at its level, over the
     settings of the remaining factors where all four cells are ok."""
     (factor_a, level_a, base_a), (factor_b, level_b, base_b) = first, second
@@ -357,14 +359,14 @@ def _simple_pair(ok, factors, first: tuple, second: tuple, metric) -> tuple[pd.S
     return _per_seed(wide["10"] - wide["00"]), _per_seed(wide["11"] - wide["01"])
 
 
-def curves(df: pd.DataFrame, factors: list[str], metric: str) -> pd.DataFrame:
+def curves(df: pd.DataFrame, factors: list[str], metric: Metric) -> pd.DataFrame:
     """Per design point and epoch: n, mean and t interval of the metric over ok seeds."""
     ok = df[df["status"] == "ok"]
     keys = [(*point, epoch) for point, epoch in zip(points(ok, factors), ok["epoch"], strict=True)]
     columns, rows = [*factors, "epoch", "point", "n", "mean", "ci_low", "ci_high"], []
     for key in dict.fromkeys(keys):
         at_key = ok[[k == key for k in keys]]
-        mean, _, low, high = interval(at_key[metric])
+        mean, _, low, high = interval(at_key[metric.column])
         values = (*key, key[:-1], len(at_key), mean, low, high)  # key[:-1]: the design point
         rows.append(dict(zip(columns, values, strict=True)))
     return pd.DataFrame(rows, columns=columns)
@@ -387,15 +389,10 @@ class Analysis:
 
 
 def analyse(
-    finals: pd.DataFrame,
-    factors: list[str],
-    baselines: dict,
-    levels: dict,
-    metric: str = "test_acc",
+    layout: Layout,
     design: str = "grid",
-    resolution: float = 0.0,
     margin: float | None = None,
-    halfwidth: float = HALFWIDTH,
+    halfwidth: float = HALF_POINT,
     *,
     first_stage=None,
 ) -> Analysis:
@@ -403,17 +400,16 @@ def analyse(
     both (a complete null then flags something on the page in <= 5% of studies), and a note
     on every row a reader could misread. `first_stage`: the seeds `run --until-halfwidth`
     sized its one further round from, whose spread and df every interval then takes (Stein)."""
+    finals, factors, levels = layout.finals, layout.factors, layout.levels
     n_points = len(finals[factors].astype(str).drop_duplicates()) if factors else 1
     full = len(factors) > 1 and n_points == math.prod(len(levels[f]) for f in factors)
     fractional = design == "fractional" and not full
     effect_rows = effects(
-        finals, factors, baselines, levels, metric, not fractional, resolution, margin, halfwidth,
-        first_stage=first_stage,
+        finals, factors, layout.baselines, levels, layout.metric, not fractional,
+        layout.resolution, margin, halfwidth, first_stage=first_stage,
     )  # fmt: skip
     interaction_rows = (
-        interactions(
-            finals, factors, baselines, levels, metric, resolution, first_stage=first_stage
-        )
+        interactions(layout, first_stage=first_stage)
         if full
         else pd.DataFrame(columns=INTERACTION_COLUMNS)
     )

@@ -41,6 +41,7 @@ from . import testhooks
 from .design import Design
 from .errors import AblateError
 from .keys import DATASET_SIZES, JSON_DEFAULTS
+from .metrics import BUILT_IN, TEST_ACC
 
 MANIFEST = "_manifest.json"
 RECORD = "_files.json"
@@ -419,11 +420,10 @@ def read_design(path: str | Path) -> Design:
     return Design.from_manifest(read_manifest(path))
 
 
-# per epoch, after the levels
-ROW_COLUMNS = ("epoch", "train_loss", "test_loss", "test_acc", "seconds", "status")
-METRICS = tuple(c for c in ROW_COLUMNS if c not in ("epoch", "status"))  # the per-epoch numbers
+# per epoch, after the levels: the built-in metrics (metrics.BUILT_IN) in the schema's order
+ROW_COLUMNS = ("epoch", *BUILT_IN, "status")
 REQUIRED = ("study", "cell", "seed", "epoch", "status", "config")
-NUMERIC = ("seed", "epoch", "train_loss", "test_loss", "test_acc", "seconds")
+NUMERIC = ("seed", "epoch", *BUILT_IN)
 
 
 def schema_problem(schema: pa.Schema) -> str:
@@ -503,19 +503,19 @@ def unmeasured(rows: pd.DataFrame, where, warn=None) -> pd.DataFrame:
     edited file), and `warn` saying so in one line naming the file and the first such cell.
     Decided where the store is read, so that report, compare and plan count alike: compare
     showed n 2/4 ("too few seeds") beside a mean of 3 values."""
-    metrics = [m for m in METRICS if m in rows.columns]
+    metrics = [column for column in BUILT_IN if column in rows.columns]
     if not metrics or "status" not in rows.columns:
         return rows
     bad = (rows["status"] == "ok") & rows[metrics].isna().any(axis=1)
     if not bad.any():
         return rows
     first = rows[bad].iloc[0]
-    metric = next(m for m in metrics if pd.isna(first[m]))
+    missing = next(column for column in metrics if pd.isna(first[column]))
     cells = rows.loc[bad, "cell"].unique()
     more = f" ({len(cells)} such cells)" if len(cells) > 1 else ""
     if warn is not None:
         warn(
-            f"{where}: cell {first['cell']} is marked ok but its {metric} is NaN at epoch "
+            f"{where}: cell {first['cell']} is marked ok but its {missing} is NaN at epoch "
             f"{first['epoch']}{more}; the cell is left out of report, compare and plan alike"
         )
     return rows[~rows["cell"].isin(cells)]
@@ -768,5 +768,5 @@ def _scores(final: pd.Series, epoch: int, predicted: np.ndarray, labels: np.ndar
     return (
         final["status"] == "ok"
         and final["epoch"] == epoch
-        and hits / len(labels) == final.get("test_acc")
+        and hits / len(labels) == final.get(TEST_ACC.column)
     )

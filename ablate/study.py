@@ -19,15 +19,15 @@ from .keys import (
     DESIGNS,
     FIRST_KEYS,
     MAX_CELLS,
-    METRICS,
     MODELS,
-    _is_int,
-    _is_num,
+    is_int,
+    is_num,
     normalise,
     normalise_seeds,
     own_keys,
     table,
 )
+from .metrics import OUTCOMES
 
 
 @dataclass(frozen=True)
@@ -382,17 +382,17 @@ def claim_problems(study: Study) -> list[str]:
     out = []
     for c in study.claims:
         where = f"{study.source}: claim {c.source or c.where}"
-        if c.metric not in METRICS:
+        if not isinstance(c.metric, str) or c.metric not in OUTCOMES:
             out.append(
-                f"{where}: metric={c.metric!r} is not allowed; expected one of {', '.join(METRICS)}"
+                f"{where}: metric={c.metric!r} is not allowed; expected one of {', '.join(OUTCOMES)}"
             )
         elif c.kind not in CLAIM_KINDS:
             out.append(
                 f"{where}: kind={c.kind!r} is not allowed; expected one of {', '.join(CLAIM_KINDS)}"
             )
-        elif not _is_num(c.value):  # a finite int or float; True is not a number here
+        elif not is_num(c.value):  # a finite int or float; True is not a number here
             out.append(f"{where}: value={c.value!r} is not a number")
-        elif c.metric == "test_acc" and not 0 <= c.value <= 1:
+        elif OUTCOMES[c.metric].fraction and not 0 <= c.value <= 1:
             out.append(
                 f"{where}: value={c.value!r} is not a fraction; accuracy is stored as a fraction, "
                 f"e.g. {c.value / 100:g} for {c.value:g}%"
@@ -404,7 +404,7 @@ def claim_problems(study: Study) -> list[str]:
             )
             out.append(f"{where}: where={c.where!r} selects no cell of the design ({levels})")
         elif c.epoch is not None and not (
-            _is_int(c.epoch) and 1 <= c.epoch <= max(h["epochs"] for h in hits)
+            is_int(c.epoch) and 1 <= c.epoch <= max(h["epochs"] for h in hits)
         ):
             out.append(
                 f"{where}: epoch={c.epoch!r} is not allowed; expected an int from 1 to "

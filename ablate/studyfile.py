@@ -15,7 +15,7 @@ from typing import Any
 
 from .errors import AblateError, StudyError
 from .keys import MAX_SET
-from .study import Study, check_claims, validate
+from .study import Study, check_claims, claim_problems, validate
 
 
 def parse_set(item: str) -> tuple[str, Any]:
@@ -50,6 +50,24 @@ def override(study: Study, sets: list[str] = (), seeds: int | None = None) -> St
             factors[key] = [value]
     seeds = study.seeds if seeds is None else seeds
     return validate(replace(study, base=base, factors=factors, seeds=seeds))
+
+
+def prepare(
+    study: Study | str | Path, sets=(), seeds: int | None = None, warn=print, named="--set"
+) -> Study:
+    """A study file (or a Study) with --set and --seeds applied, as `ablate run` and ablate.run
+    take it; what they leave doubtful goes to `warn`, where `named` is how the caller's sets are
+    called: a claim a set strands, a fractional design of three factors."""
+    study = override(study if isinstance(study, Study) else load(study), sets, seeds)
+    for problem in claim_problems(study):  # after --set: say so, the quick look goes on
+        warn(f"{problem}; after {named} the report leaves this claim out")
+    if study.design == "fractional" and sum(len(v) == 2 for v in study.factors.values()) == 3:
+        warn(
+            f"{study.source}: a fractional design of three factors aliases each main effect with "
+            "the other two's interaction (A reads A - BC); four or more factors keep main effects "
+            "clear of two-factor ones"
+        )
+    return study
 
 
 class _Exited(BaseException):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .metrics import Metric
 from .stats import unconfirmed
 
 # the columns of each report table that hold the metric, then those that hold a difference
@@ -27,26 +28,21 @@ P_COLUMNS = ("p", "p (unadjusted)", "p_value", "p_signflip", "p_holm", "p_equiva
 P_COLUMNS += ("p_fisher",)
 
 
-def is_fraction(metric: str) -> bool:
-    """A metric in [0, 1] that reads as percent: accuracy."""
-    return metric.endswith("acc")
-
-
 def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def number(value, metric: str, signed: bool = False) -> str:
+def number(value, metric: Metric, signed: bool = False) -> str:
     """One value of `metric` (or a difference of two, signed): 97.49 or +0.31 for accuracy."""
     if _missing(value):
         return ""
     sign = "+" if signed else ""
-    if is_fraction(metric):
-        return f"{100 * value:{sign}.2f}"
+    if metric.fraction:
+        return f"{metric.shown(value):{sign}.2f}"
     return f"{value:{sign}.4g}"
 
 
-def interval(low, high, metric: str, signed: bool = True) -> str:
+def interval(low, high, metric: Metric, signed: bool = True) -> str:
     """[-0.09, +0.09] (a difference's) or [97.31, 97.67]; empty where there is no interval."""
     if _missing(low) or _missing(high):
         return ""
@@ -60,16 +56,18 @@ def p_value(p) -> str:
     return f"{p:.3g}" if p >= 1e-3 else f"{p:.2e}"
 
 
-def unit(metric: str) -> str:
-    return " (%)" if is_fraction(metric) else ""
+def unit(metric: Metric) -> str:
+    """' (%)' after a header or axis that holds a fraction's values (97.30), '' otherwise."""
+    return " (%)" if metric.fraction else ""
 
 
 def readable(
-    df: pd.DataFrame, metric: str, table: str = "", na: str = "", factors=()
+    df: pd.DataFrame, metric: Metric | None = None, table: str = "", na: str = "", factors=()
 ) -> pd.DataFrame:
     """A report table as the page shows it: its metric columns (VALUES[table]) as `number`, p
     values as `p_value`, other floats to four significant figures; `na` where one is missing.
-    Factor columns keep their levels as declared (a factor may be named `p`)."""
+    Factor columns keep their levels as declared (a factor may be named `p`); `metric` may be
+    None for a table with no metric columns."""
     plain, signed = (names.split() for names in VALUES.get(table, ("", "")))
     shown = df.copy()
     for column in shown.columns:
@@ -95,10 +93,10 @@ def seeds_text(seeds: list) -> str:
     return "seed " + str(seeds[0]) if len(seeds) == 1 else "seeds " + ", ".join(map(str, seeds))
 
 
-def summary_rows(summary: pd.DataFrame, factors: list[str], metric: str) -> tuple[list, list]:
+def summary_rows(summary: pd.DataFrame, factors: list[str], metric: Metric) -> tuple[list, list]:
     """Header and rows of the summary table: each point's mean +- sd, its 95% CI and n."""
     diverged = bool(summary["n_diverged"].sum())
-    head = [*factors, f"{metric}{unit(metric)}", "95% CI", "n", *(["diverged"] * diverged)]
+    head = [*factors, f"{metric.column}{unit(metric)}", "95% CI", "n", *(["diverged"] * diverged)]
     rows = []
     for row in summary.itertuples(index=False):
         spread = number(row.std, metric)
@@ -115,12 +113,12 @@ def summary_rows(summary: pd.DataFrame, factors: list[str], metric: str) -> tupl
     return head, rows
 
 
-def effect_rows(effects: pd.DataFrame, metric: str) -> tuple[list, list]:
+def effect_rows(effects: pd.DataFrame, metric: Metric) -> tuple[list, list]:
     """Header and rows of the effects table; the last column marks * significant and
     = equivalent (a row whose own interval excludes 0 but Holm does not flag is no finding:
     the caption counts them)."""
     alias = bool("alias" in effects and effects["alias"].astype(bool).any())
-    points = " (points)" if is_fraction(metric) else ""
+    points = f" ({metric.unit.strip()})" if metric.unit else ""
     head = ["effect", *(["alias"] * alias), "n", f"diff{points}", "95% CI", "p (Holm)", ""]
     rows = []
     for row in effects.itertuples(index=False):
@@ -206,12 +204,12 @@ HOW = {  # what an effect is, for a paper's caption: page.CAPTIONS says it at le
 }
 
 
-def write(folder: Path, rep, study: str, metric: str, factors: list[str]) -> None:
+def write(folder: Path, rep, study: str, metric: Metric, factors: list[str]) -> None:
     """summary.md/.tex always; effects.md/.tex where the report has effects."""
-    how = HOW["single"] if len(factors) == 1 else HOW.get(rep.design, HOW["grid"])
+    how = HOW["single"] if len(factors) == 1 else HOW.get(rep.analysed_as, HOW["grid"])
     n_seeds = sorted(rep.summary["n_seeds"].unique())
     n = str(n_seeds[0]) if len(n_seeds) == 1 else f"{n_seeds[0]}-{n_seeds[-1]}"
-    what = f"Final {metric}{unit(metric)} of {study}"
+    what = f"Final {metric.column}{unit(metric)} of {study}"
     caption = (
         f"{what}: mean ± standard deviation over {n} seeds per point "
         f"({seeds_text(rep.seeds)}) and the 95% t interval of the mean."
@@ -220,10 +218,10 @@ def write(folder: Path, rep, study: str, metric: str, factors: list[str]) -> Non
     _both(folder, "summary", head, rows, caption, f"{study}-summary", len(factors))
     if not len(rep.effects):
         return
-    points = " points" if is_fraction(metric) else ""
+    points = metric.unit
     caption = (
-        f"Effects on the final {metric} of {study}{points and ' (percentage points)'}: {how}, "
-        f"over {n} seeds ({seeds_text(rep.seeds)}); 95% t interval; p Holm-adjusted over the "
+        f"Effects on the final {metric.column} of {study}{points and ' (percentage points)'}: "
+        f"{how}, over {n} seeds ({seeds_text(rep.seeds)}); 95% t interval; p Holm-adjusted over the "
         f"{rep.family} tests of effects and interactions. *: significant at 0.05 after Holm"
     )
     if n := unconfirmed(rep.effects, rep.interactions):

@@ -8,9 +8,9 @@ import pytest
 import statsmodels.formula.api as smf
 from scipy import stats as st
 from statsmodels.stats.anova import AnovaRM, anova_lm
-from test_stats import frame
 
 from ablate import anova, stats
+from helpers import frame
 
 
 def test_a_two_by_two_grid_by_hand():
@@ -110,7 +110,7 @@ def test_a_simple_effect_of_each_sign_is_flagged_and_an_additive_one_is_not():
         for s in range(5)
     }
     fin, base = frame(values, factors=("hidden", "bn")), {"hidden": (32,), "bn": False}
-    simple = anova.sign_changes(fin, ["hidden", "bn"], base, levels)
+    simple = anova.sign_changes(stats.Layout(fin, ["hidden", "bn"], base, levels))
     assert list(simple.columns) == anova.SIMPLE_COLUMNS and simple["n_pairs"].tolist() == [5] * 4
     assert simple["setting"].tolist() == ["bn=False", "bn=True", "hidden=(32,)", "hidden=(64, 32)"]
     assert simple["diff"].tolist() == pytest.approx([0.03, -0.01, -0.01, -0.05], abs=3e-4)
@@ -121,14 +121,14 @@ def test_a_simple_effect_of_each_sign_is_flagged_and_an_additive_one_is_not():
         (a, b, s): 0.9 + 0.02 * a - 0.01 * b + rng.normal(0, 0.001)
         for a, b, s in itertools.product([0, 1], [0, 1], range(5))
     }
-    flat = anova.sign_changes(
-        frame(additive), ["a", "b"], {"a": 0, "b": 0}, {"a": [0, 1], "b": [0, 1]}
-    )
+    layout = stats.Layout(frame(additive), ["a", "b"], {"a": 0, "b": 0}, {"a": [0, 1], "b": [0, 1]})
+    flat = anova.sign_changes(layout)
     none = anova.changes_sign(flat)
     assert none.empty and list(none.columns) == anova.SIGN_COLUMNS
 
 
 @pytest.mark.parametrize("k, reps", [(3, 300), (4, 200), (5, 100)])
+@pytest.mark.slow
 def test_sign_changes_are_rarely_flagged_when_effects_add_up(k, reps):
     # before: unadjusted CIs per setting flagged 2%, 7.5% and 33% of such studies at k = 3, 4, 5
     rng = np.random.default_rng(20261124 + k)
@@ -142,7 +142,8 @@ def test_sign_changes_are_rarely_flagged_when_effects_add_up(k, reps):
             for p in itertools.product([0, 1], repeat=k)
             for s in range(5)
         }
-        simple = anova.sign_changes(frame(values, factors=tuple(names)), list(names), base, levels)
+        fin = frame(values, factors=tuple(names))
+        simple = anova.sign_changes(stats.Layout(fin, list(names), base, levels))
         flagged += not anova.changes_sign(simple).empty
     rate = flagged / reps
     assert rate <= 0.05, (
@@ -157,9 +158,9 @@ def test_seeds_that_agree_exactly_show_no_sign_change():
         (a, b, s): 0.5 + 0.25 * a * (1 if b else -1)
         for a, b, s in itertools.product([0, 1], [0, 1], range(3))
     }
-    simple = anova.sign_changes(
-        frame(values), ["a", "b"], {"a": 0, "b": 0}, {"a": [0, 1], "b": [0, 1]}, resolution=0.25
-    )
+    levels = {"a": [0, 1], "b": [0, 1]}
+    layout = stats.Layout(frame(values), ["a", "b"], {"a": 0, "b": 0}, levels, resolution=0.25)
+    simple = anova.sign_changes(layout)
     assert simple["ci_low"].isna().all() and anova.changes_sign(simple).empty
 
 
@@ -221,8 +222,9 @@ def test_a_sign_change_is_said_only_where_holm_finds_the_factor_interacting():
         for a, b, s in itertools.product([0, 1], [0, 1], range(5))
     }
     fin = frame(values)
-    simple = anova.sign_changes(fin, ["a", "b"], base, levels)
-    found = stats.analyse(fin, ["a", "b"], base, levels).interactions
+    layout = stats.Layout(fin, ["a", "b"], base, levels)
+    simple = anova.sign_changes(layout)
+    found = stats.analyse(layout).interactions
     assert found["significant"].tolist() == [True]
     assert anova.changes_sign(simple, interactions=found)["factor"].tolist() == ["a"]
     quiet = found.assign(significant=False)  # as if Holm had not flagged a:b

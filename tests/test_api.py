@@ -11,13 +11,12 @@ import nbformat
 import pandas as pd
 import pytest
 from nbclient import NotebookClient
-from test_faults import env
 from typer.testing import CliRunner
 
 import ablate
 from ablate.cli import app
 from ablate.store import parquet_files
-from conftest import REPO, TINY, default_sigint, write_study
+from helpers import REPO, TINY, default_sigint, env, write_study
 
 cli = CliRunner()
 
@@ -30,6 +29,7 @@ def reference(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_load_gives_the_rows_and_the_reports_own_tables(reference, tmp_path):
     res = ablate.load(reference)
     assert res.frame.shape[0] == 40 * 10 and res.frame["cell"].nunique() == 40
@@ -68,12 +68,38 @@ def test_a_users_mistake_is_an_ablate_error_of_one_line_without_ablates_frames(t
     message = str(caught.value)
     assert "nowhere: no such results directory" in message and "\n" not in message
     frames = traceback.extract_tb(caught.value.__traceback__)
-    assert [f.name for f in frames][-1] == "wrapper", frames  # raised at the API's edge
-    assert len(frames) <= 2, frames
+    assert [f.name for f in frames][-2:] == ["wrapper", "_one_line"], frames  # at the API's edge
+    assert len(frames) <= 3, frames
     with pytest.raises(ablate.AblateError, match="no metric 'bogus'"):
         ablate.load(REPO / "results" / "mnist_mlp").effects(metric="bogus")
 
 
+def test_margins_and_half_widths_are_typed_in_points_for_accuracy_as_on_the_command_line(
+    reference, tmp_path
+):
+    res = ablate.load(reference)
+    rep = res.analysis(margin=0.5, halfwidth=0.25)  # half a point, a quarter of one
+    assert (rep.margin, rep.halfwidth) == (0.005, 0.0025)
+    result = cli.invoke(app, ["report", str(reference), "--out", str(tmp_path), "--margin", "0.5"])
+    assert result.exit_code == 0, result.output
+    from_cli = pd.read_csv(tmp_path / "effects.csv")
+    assert res.effects(margin=0.5)["p_equivalence"].to_numpy() == pytest.approx(
+        from_cli["p_equivalence"].to_numpy(), nan_ok=True
+    )
+    loss = res.analysis("test_loss", margin=0.01)  # a loss in its own units
+    assert loss.margin == 0.01
+
+
+def test_run_warns_as_the_command_does_of_a_three_factor_fractional_design(tmp_path, capsys):
+    three = "dict(activation=['relu', 'sigmoid'], dropout=[0.0, 0.25], batchnorm=[False, True])"
+    study = write_study(tmp_path, factors=three, design="fractional")
+    (tmp_path / "file").write_text("")  # no folder can be made in it: stops before training
+    with pytest.raises(ablate.AblateError):
+        ablate.run(study, out=tmp_path / "file", progress=False)
+    assert "aliases each main effect" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_run_trains_a_study_declared_in_python_and_a_second_run_trains_nothing(tmp_path, data_dir):
     namespace = {}
     exec(TINY.format(name="inline", epochs=1, seeds=2, design="grid",
@@ -98,6 +124,7 @@ except KeyboardInterrupt as e:
 """
 
 
+@pytest.mark.slow
 def test_an_interrupt_keeps_the_finished_cells_and_says_how_many(tmp_path, data_dir):
     study = write_study(tmp_path, epochs=30)  # long enough to be mid-training
     out = tmp_path / "res"
@@ -120,6 +147,7 @@ def test_an_interrupt_keeps_the_finished_cells_and_says_how_many(tmp_path, data_
     assert "Traceback" not in stderr, stderr
 
 
+@pytest.mark.slow
 def test_the_quickstart_notebook_runs_in_a_real_kernel(tmp_path):
     shutil.copy(REPO / "examples" / "quickstart.ipynb", tmp_path)
     notebook = nbformat.read(tmp_path / "quickstart.ipynb", as_version=4)

@@ -4,9 +4,12 @@ import csv
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import pytest
+
+from helpers import REPO
+
+pytestmark = pytest.mark.slow  # each test runs a benchmark script in a subprocess
 
 
 def test_throughput_benchmark_runs_side_by_side_and_writes_its_table(tmp_path, data_dir):

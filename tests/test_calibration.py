@@ -4,10 +4,14 @@ import itertools
 
 import numpy as np
 import pandas as pd
+import pytest
 from scipy import stats as scipy_stats
 from statsmodels.stats.proportion import proportion_confint
 
 from ablate import anova, curves, inference, seeds, stats
+from ablate.metrics import TEST_ACC
+
+pytestmark = pytest.mark.slow  # Monte Carlo: thousands of simulated studies a test
 
 
 def simulate(rng, points, truth, seeds, noise, factors) -> pd.DataFrame:
@@ -33,7 +37,7 @@ def run(rng, reps, points, truth, estimand, seeds, noise, factors, design="grid"
     covered = rows = false_pages = 0
     for _ in range(reps):
         fin = simulate(rng, points, truth, seeds, noise, factors)
-        out = stats.analyse(fin, factors, base, levels, design=design)
+        out = stats.analyse(stats.Layout(fin, factors, base, levels), design=design)
         eff = out.effects
         want = np.array([estimand(r.factor, r.level) for r in eff.itertuples()])
         covered += int(((eff.ci_low <= want) & (want <= eff.ci_high)).sum())
@@ -62,14 +66,15 @@ def null_page(rng, k: int, unadjusted: bool) -> dict:
     factors, grid = list("abcd")[:k], list(itertools.product([0, 1], repeat=k))
     base, levels = {f: 0 for f in factors}, {f: [0, 1] for f in factors}
     fin = simulate(rng, grid, lambda p: 0.0, 5, normal(), factors)
-    out = stats.analyse(fin, factors, base, levels)
+    layout = stats.Layout(fin, factors, base, levels)
+    out = stats.analyse(layout)
     significant = bool(out.effects.significant.any() or out.interactions.significant.any())
     page = dict(
         finding=significant, footnote=bool(stats.unconfirmed(out.effects, out.interactions))
     )
     simple = None
     if out.interactions.significant.any() or unadjusted:  # the gate needs an interaction
-        simple = anova.sign_changes(fin, factors, base, levels)
+        simple = anova.sign_changes(layout)
         page["finding"] |= bool(len(anova.changes_sign(simple, interactions=out.interactions)))
     if unadjusted:
         page["sign_only"] = bool(len(anova.changes_sign(simple))) and not significant
@@ -502,17 +507,17 @@ def test_the_mean_of_the_last_k_epochs_keeps_coverage_and_nulls_quiet_and_swings
     covered = rows = nulls = flagged = 0
     for _ in range(reps):
         df = curve_rows(rng, effects, 5, 30, 0.004)
-        fin = stats.final(df, 5, "test_acc")
-        out = stats.analyse(fin, ["a", "b"], base, levels)
+        fin = stats.final(df, 5, TEST_ACC)
+        out = stats.analyse(stats.Layout(fin, ["a", "b"], base, levels))
         want = np.array([effects[f] for f in out.effects["factor"]])
         covered += int(((out.effects.ci_low <= want) & (want <= out.effects.ci_high)).sum())
         rows += len(want)
         nulls += bool(
             out.effects.significant[want == 0].any() or out.interactions.significant.any()
         )
-        flagged += bool(len(stats.swings(df, "test_acc")))
+        flagged += bool(len(stats.swings(df, TEST_ACC)))
     found = sum(
-        bool(len(stats.swings(curve_rows(rng, effects, 5, 30, 0.004, collapse=0.1), "test_acc")))
+        bool(len(stats.swings(curve_rows(rng, effects, 5, 30, 0.004, collapse=0.1), TEST_ACC)))
         for _ in range(100)
     )
     said = (
@@ -537,19 +542,17 @@ def test_the_curves_tests_keep_a_null_quiet_cover_the_area_and_find_a_curve_stil
     for planted in (0.0, 0.01):
         for _ in range(reps):
             df = curve_rows(rng, dict(a=planted, b=0.0), 5, 30, 0.004)
-            table, _ = curves.table(df, stats.final(df), ["a", "b"], base, levels, "test_acc", True)
+            table, _ = curves.table(df, stats.final(df), ["a", "b"], base, levels, TEST_ACC)
             area = table[table["measure"] == "area"]
             want = np.where(area["factor"] == "a", planted, 0.0)
             covered += int(((area.ci_low <= want) & (want <= area.ci_high)).sum())
             rows += len(area)
             if planted == 0:
                 quiet += bool(table.significant.any())
-                climbing += bool(
-                    curves.climbing(df, ["a", "b"], "test_acc", True).still_climbing.any()
-                )
+                climbing += bool(curves.climbing(df, ["a", "b"], TEST_ACC).still_climbing.any())
     rising = [  # each point's share found climbing, jitter sd 0.4 point (AR(1), rho 0.5)
         curves.climbing(curve_rows(rng, dict(a=0.0, b=0.0), 5, 30, 0.004, rise=0.003),
-                        ["a", "b"], "test_acc", True).still_climbing.mean()
+                        ["a", "b"], TEST_ACC).still_climbing.mean()
         for _ in range(50)
     ]  # fmt: skip
     said = (

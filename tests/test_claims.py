@@ -4,9 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as st
-from test_stats import frame
 
 from ablate import claims
+from ablate.metrics import TEST_ACC, TEST_LOSS
+from helpers import frame
 
 
 def test_prediction_interval_by_hand():
@@ -67,6 +68,7 @@ def test_a_claim_with_an_epoch_reads_that_epoch_of_longer_cells():
     assert out["epoch"].tolist()[0] == 1
 
 
+@pytest.mark.slow
 def test_a_faithful_rerun_lands_inside_the_prediction_interval_95_percent_of_the_time():
     # the claim is one more run of the same recipe; before, `inside` used the CI of the mean
     rng = np.random.default_rng(20261125)
@@ -83,6 +85,7 @@ def test_a_faithful_rerun_lands_inside_the_prediction_interval_95_percent_of_the
     print("; ".join(lines))
 
 
+@pytest.mark.slow
 def test_the_ci_of_the_mean_covers_the_true_mean_95_percent_of_the_time():
     rng = np.random.default_rng(7)
     rates = []
@@ -164,6 +167,7 @@ def test_a_run_outside_the_prediction_interval_widens_it_and_39_runs_use_order_s
     assert claims.judged_interval(many[:38])[2] == "prediction"
 
 
+@pytest.mark.slow
 def test_the_outlier_flag_is_false_in_at_most_5_percent_of_normal_runs_and_finds_a_bad_basin():
     rng = np.random.default_rng(2806)
     false, found, found_seen, lines = {}, {}, {}, []
@@ -184,6 +188,7 @@ def test_the_outlier_flag_is_false_in_at_most_5_percent_of_normal_runs_and_finds
     assert found[10, 0.1] >= 0.8 and found_seen[10, 0.1] >= 0.9, lines
 
 
+@pytest.mark.slow
 def test_coverage_of_a_new_run_and_the_mean_under_bimodal_runs_before_and_after():
     # before: the t prediction interval whatever the runs; after: widened to the runs below 39,
     # order statistics from 39 on. The CI of the mean is unchanged: its note says the runs split
@@ -231,9 +236,10 @@ def test_an_interval_of_accuracy_never_passes_100_percent_and_says_it_was_clippe
     out = claims.claims(fin, [{"where": {"a": 0}, "value": 1.0}], ["a", "b"])
     assert out.loc[0, "pi_high"] == 1.0 and out.loc[0, "ci_high"] == 1.0 and out.loc[0, "inside"]
     assert out.loc[0, "note"] == "interval clipped to [0, 100]%"
-    assert claims.clipped(-0.5, 2.0, "test_loss") == (-0.5, 2.0, False)  # not a fraction
+    assert claims.clipped(-0.5, 2.0, TEST_LOSS) == (-0.5, 2.0, False)  # not a fraction
 
 
+@pytest.mark.slow
 def test_clipping_keeps_coverage_near_100_percent_where_a_logit_interval_loses_it():
     # runs on 1000 test images near 99.5%: clipping leaves coverage as it was; an interval on
     # the logit scale (runs of 100% moved half a sample in) covers less and is wider
@@ -241,7 +247,7 @@ def test_clipping_keeps_coverage_near_100_percent_where_a_logit_interval_loses_i
     lines = []
     for n in (3, 5, 10):
         samples = rng.binomial(1000, 0.995, (3000, n + 1)) / 1000
-        cut = [claims.clipped(*claims.prediction(s[:-1]), "test_acc") for s in samples]
+        cut = [claims.clipped(*claims.prediction(s[:-1]), TEST_ACC) for s in samples]
         high = max(hi for _, hi, _ in cut)
         by_clip = np.mean([lo <= s[-1] <= hi for (lo, hi, _), s in zip(cut, samples, strict=True)])
         z = np.log(np.clip(samples, 5e-4, 1 - 5e-4) / (1 - np.clip(samples, 5e-4, 1 - 5e-4)))

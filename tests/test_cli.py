@@ -1,16 +1,20 @@
-"""The `ablate` command through Typer's runner: real studies trained on MNIST subsets, real Parquet read back."""
+"""The `ablate` command through Typer's runner: real studies on MNIST subsets, real Parquet."""
 
 import json
+import typing
 
 import numpy as np
 import pandas as pd
 import pytest
+import typer.main
 from typer.testing import CliRunner
 
-from ablate import engine, store, testhooks
+from ablate import engine, seeds, store, testhooks
 from ablate.cli import app
+from ablate.executor import KINDS
+from ablate.metrics import BUILT_IN, OUTCOMES, TEST_ACC
 from ablate.store import MANIFEST
-from conftest import write_study
+from helpers import BLOBS_STUDY, REPO, write_study
 
 cli = CliRunner()
 COLUMNS = [
@@ -103,6 +107,8 @@ def test_set_and_seeds_reshape_the_study(tmp_path):
         (["--set", "lrr=0.1"], 2, ["lrr", "did you mean 'lr'"]),
         (["--set", "dropout=1.5"], 2, ["dropout=1.5", "0 <= p < 1"]),
         (["--seeds", "0"], 2, ["seeds=0"]),
+        (["--metric", "test_loss"], 2, ["--metric test_loss: only used with --until-halfwidth"]),
+        (["--address", "h:1"], 2, ["--address h:1: only used with --executor ray"]),
     ],
 )
 def test_user_mistakes_are_one_line_with_an_exit_code(tmp_path, args, code, words):
@@ -138,6 +144,7 @@ def test_missing_data_is_exit_1_and_writes_nothing(tmp_path, monkeypatch):
     assert not (tmp_path / "res").exists()
 
 
+@pytest.mark.slow
 def test_interrupted_run_keeps_finished_cells_and_the_rerun_finishes_the_rest(
     tmp_path, data_dir, monkeypatch
 ):
@@ -192,6 +199,7 @@ def test_a_cell_that_alone_does_not_fit_is_recorded_and_the_rest_goes_on(
     assert rerun.exit_code == 0 and "training 4 of 4 cells" in rerun.stdout
 
 
+@pytest.mark.slow
 def test_a_factor_added_later_keeps_the_stored_cells_and_reports_their_level(tmp_path, data_dir):
     out = tmp_path / "res"
     run("run", write_study(tmp_path, factors="dict(activation=['relu', 'sigmoid'])"), "--out", out)
@@ -237,6 +245,7 @@ def test_a_changed_study_keeps_unchanged_cells(tmp_path, data_dir):
     assert pd.read_parquet(tmp_path / "res" / "tiny")["cell"].nunique() == 6
 
 
+@pytest.mark.slow
 def test_a_set_run_into_the_same_folder_is_left_out_of_the_report(tmp_path, data_dir):
     out, study = (
         tmp_path / "res",
@@ -263,6 +272,7 @@ def test_a_set_run_into_the_same_folder_is_left_out_of_the_report(tmp_path, data
     assert pd.read_csv(out / "tiny" / "_report" / "summary.csv")["n_seeds"].tolist() == [2, 2]
 
 
+@pytest.mark.slow
 def test_factor_columns_follow_the_seed_whatever_order_the_files_sort_in(tmp_path, data_dir):
     out = tmp_path / "res"
     run("run", write_study(tmp_path, factors="dict(activation=['relu', 'sigmoid'])"), "--out", out)
@@ -296,6 +306,7 @@ def test_factor_columns_follow_the_seed_whatever_order_the_files_sort_in(tmp_pat
     assert len(summary) == 4 and summary["n_seeds"].tolist() == [2, 2, 2, 2]
 
 
+@pytest.mark.slow
 def test_an_edited_claim_reaches_the_report_without_training(tmp_path, data_dir):
     out, study = (
         tmp_path / "res",
@@ -313,6 +324,7 @@ def test_an_edited_claim_reaches_the_report_without_training(tmp_path, data_dir)
     assert "claim tiny: at least 99.00; 0 of 2 runs keep to it" in said and "does not hold" in said
 
 
+@pytest.mark.slow
 def test_a_dropped_factor_and_a_switched_design_leave_one_column_per_factor(tmp_path, data_dir):
     out = tmp_path / "res"
     two = "dict(activation=['relu', 'sigmoid'], normalize=[False, True])"
@@ -340,6 +352,7 @@ def test_a_dropped_factor_and_a_switched_design_leave_one_column_per_factor(tmp_
     ]
 
 
+@pytest.mark.slow
 def test_an_edited_dataset_under_the_same_name_is_not_pooled(tmp_path, data_dir):
     out, study = (
         tmp_path / "res",
@@ -358,8 +371,12 @@ def test_a_set_that_strands_a_claim_says_so(tmp_path, data_dir):
     assert r.exit_code == 0 and "claim tiny" in r.stderr and "selects no cell" in r.stderr
 
 
+@pytest.mark.slow
 def test_a_fractional_study_trains_half_the_grid_and_reports_main_effects(tmp_path, data_dir):
-    four = "dict(activation=['relu', 'sigmoid'], dropout=[0.0, 0.25], batchnorm=[False, True], normalize=[False, True])"
+    four = (
+        "dict(activation=['relu', 'sigmoid'], dropout=[0.0, 0.25], batchnorm=[False, True], "
+        "normalize=[False, True])"
+    )
     r = run(
         "run", write_study(tmp_path, factors=four, design="fractional"), "--out", tmp_path / "res"
     )
@@ -379,6 +396,7 @@ def test_a_fractional_study_trains_half_the_grid_and_reports_main_effects(tmp_pa
     )
 
 
+@pytest.mark.slow
 def test_columns_and_interactions_follow_the_studys_factor_order(tmp_path, data_dir):
     out = (
         tmp_path / "res"
@@ -395,6 +413,7 @@ def test_columns_and_interactions_follow_the_studys_factor_order(tmp_path, data_
     assert inter[["factor", "by"]].values.tolist() == [["dropout", "activation"]]
 
 
+@pytest.mark.slow
 def test_one_at_a_time_reports_no_interactions_and_removes_a_stale_table(tmp_path, data_dir):
     out = tmp_path / "res"
     run(
@@ -445,6 +464,7 @@ study = Study(
 """
 
 
+@pytest.mark.slow
 def test_a_studys_own_keys_run_as_typed_columns_reach_the_report_and_rerun_nothing(tmp_path):
     study = tmp_path / "own.py"
     study.write_text(OWN_STUDY)
@@ -480,43 +500,7 @@ def test_a_studys_own_keys_run_as_typed_columns_reach_the_report_and_rerun_nothi
     assert all(cell in pinned.stdout for cell in ids), pinned.stdout
 
 
-BLOBS_STUDY = """
-import numpy as np
-import torch
-from ablate import Study
-
-CALLS = []
-
-def blobs(config):
-    # three Gaussian blobs in 20 dimensions; `noise` of the training labels are redrawn
-    CALLS.append(dict(config))
-    rng = np.random.default_rng(0)
-    centres = rng.normal(0, 2, (3, 20))
-    def split(n):
-        y = rng.integers(0, 3, n)
-        return (centres[y] + rng.normal(0, 1, (n, 20))).astype(np.float32), y
-    train_x, train_y = split(600)
-    flip = rng.random(600) < config["noise"]
-    train_y = np.where(flip, rng.integers(0, 3, 600), train_y)
-    test_x, test_y = split(300)
-    return train_x, train_y, torch.from_numpy(test_x), torch.from_numpy(test_y)
-
-def net(config):
-    return torch.nn.Sequential(torch.nn.Linear(20, config["width"]), torch.nn.ReLU(),
-                               torch.nn.Linear(config["width"], 3))
-
-study = Study(
-    name="blobs",
-    dataset=blobs,
-    model=net,
-    keys=dict(width=16, noise=0.0),
-    base=dict(epochs=2, lr=0.1, batch_size=50, normalize=True),
-    factors=dict(width=[16, 64], noise=[0.0, 0.3]),
-    seeds=2,
-)
-"""
-
-
+@pytest.mark.slow
 def test_a_dataset_callable_trains_once_per_setting_of_its_keys_and_its_sizes_are_recorded(
     tmp_path,
 ):
@@ -620,6 +604,7 @@ def test_a_run_that_finds_every_cell_stored_once_it_holds_the_lock_trains_nothin
     assert again.exit_code == 0 and "nothing to train: all 2 cells" in again.stdout, again.output
 
 
+@pytest.mark.slow
 def test_a_study_of_no_factors_reports_without_an_error(tmp_path, data_dir):
     study = write_study(tmp_path, seeds=2, factors="dict()")
     assert run("run", study, "--out", tmp_path / "res").exit_code == 0
@@ -669,3 +654,102 @@ def test_a_dataset_callable_whose_file_changed_is_refused_before_new_cells_join_
     manifest = json.loads((res / "pts" / MANIFEST).read_text())
     assert (manifest["classes"], manifest["test_size"]) == (2, 50)
     assert len(pd.read_parquet(res / "pts")["cell"].unique()) == 2
+
+
+def test_every_command_says_what_each_argument_and_option_is_for_in_a_one_line_summary():
+    commands = typer.main.get_command(app).commands
+    assert set(commands) == {"run", "show", "report", "noise", "plan", "compare"}
+    missing = [f"{name} {p.name}" for name, c in commands.items() for p in c.params if not p.help]
+    assert not missing, missing
+    for name, command in commands.items():  # `ablate --help` lists the first paragraph
+        summary = command.help.split("\n\n")[0]
+        assert "\n" not in summary and len(summary) <= 88, (name, summary)
+
+
+def test_the_metric_and_executor_choices_come_from_their_registries():
+    params = {
+        (name, p.name): p for name, c in typer.main.get_command(app).commands.items()
+        for p in c.params
+    }  # fmt: skip
+
+    def choices(command: str, name: str) -> list[str]:
+        annotation = params[command, name].type_descriptor.annotation
+        enum = (typing.get_args(annotation) or (annotation,))[0]  # run's --metric: Enum | None
+        return [choice.value for choice in enum]
+
+    for command in ("report", "plan", "compare", "run"):
+        assert choices(command, "metric") == list(OUTCOMES)
+    assert choices("show", "metric") == list(BUILT_IN)  # seconds too
+    assert choices("run", "executor") == list(KINDS)
+    refused = run("report", REPO / "results" / "xor", "--metric", "seconds")
+    assert refused.exit_code == 2 and refused.stderr.count("\n") == 1, refused.output
+    assert refused.stderr.startswith("error: ") and "'seconds' is not one of" in refused.stderr
+    missing = run("show")  # click's own refusals: one line too, no usage box
+    assert missing.exit_code == 2 and missing.stderr.count("\n") == 1, missing.output
+    assert "Missing argument 'RESULTS_DIR'" in missing.stderr
+
+
+def rich_table(text: str) -> tuple[list[str], list[str]]:
+    """A printed Rich table's header lines (┃) and row lines (│)."""
+    lines = text.splitlines()
+    return [x for x in lines if x.startswith("┃")], [x for x in lines if x.startswith("│")]
+
+
+def assert_whole(text: str, expected: list[list[str]]) -> None:
+    """One header line, one line per row, and each row's cells whole on its line."""
+    heads, rows = rich_table(text)
+    assert "…" not in text and len(heads) == 1 and len(rows) == len(expected), text
+    for cells in expected:
+        assert any(all(f" {c} " in row for c in cells) for row in rows), (cells, text)
+
+
+def points(value: float, signed: bool = False) -> str:
+    return f"{100 * value:{'+' if signed else ''}.2f}"
+
+
+def label(row) -> str:
+    return f"{row.factor}: {row.level} vs {row.baseline}"
+
+
+def test_piped_tables_keep_every_number_whole_and_every_row_on_one_line(tmp_path):
+    # before: Rich fell back to 80 columns off a terminal and printed -18.29 as `-18.2…`
+    results = REPO / "results"
+    df = store.read(results / "mnist_mlp", None)
+    last = df.sort_values("epoch").groupby("cell").tail(1)
+    shown = run("show", results / "mnist_mlp")
+    assert_whole(
+        shown.stdout,
+        [[r.activation, str(r.batchnorm), r.init, str(r.seed), points(r.test_acc)]
+         for r in last.itertuples()],
+    )  # fmt: skip
+    seconds = run("show", results / "mnist_mlp", "--metric", "seconds")
+    assert_whole(seconds.stdout, [[f"{s:.4g}"] for s in last["seconds"]])
+
+    reported = run("report", results / "mnist_mlp", "--out", tmp_path / "report")
+    effects = pd.read_csv(tmp_path / "report" / "effects.csv")
+    assert_whole(
+        reported.stdout,
+        [[label(r), points(r.diff, True), f"[{points(r.ci_low, True)},",
+          f"{points(r.ci_high, True)}]", points(r.mde)] for r in effects.itertuples()],
+    )  # fmt: skip
+
+    planned = run("plan", results / "mnist_mlp")
+    plan, _ = seeds.plan(results / "mnist_mlp", None, TEST_ACC)
+    assert_whole(
+        planned.stdout,
+        [[label(r), str(r.n_pairs), points(r.halfwidth), points(r.std)]
+         for r in plan.itertuples()],
+    )  # fmt: skip
+
+    a, b = results / "digits_mlp", results / "rerun" / "digits_mlp"
+    compared = run("compare", a, b, "--out", tmp_path / "compare")
+    table = pd.read_csv(tmp_path / "compare" / "compare.csv")
+    assert_whole(
+        compared.stdout,
+        [[r.activation, str(r.batchnorm), f"{r.n_a}/{r.n_b}", points(r.mean_a), points(r.mean_b),
+          points(r.diff, True), r.verdict] for r in table.itertuples()],
+    )  # fmt: skip
+
+    noise = run("report", results / "mnist_mlp-noise", "--out", tmp_path / "noise")
+    streams = pd.read_csv(tmp_path / "noise" / "noise.csv")
+    assert_whole(noise.stdout, [[r.stream, f"{r.variance:.3g}"] for r in streams.itertuples()])

@@ -15,11 +15,13 @@ from typer.testing import CliRunner
 
 from ablate import runner, testhooks
 from ablate.cli import app
+from ablate.executor import Progress, RunOptions
 from ablate.study import cells
 from ablate.studyfile import load, override
-from conftest import REPO, default_sigint, write_study
+from helpers import BLOBS_STUDY, REPO, default_sigint, write_study
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow  # a Ray instance started and stopped by each test
 
 EIGHT = "dict(activation=['relu', 'sigmoid'], lr=[0.05, 0.1])"  # x 2 seeds: 8 cells
 VALUES = ["cell", "seed", "epoch", "train_loss", "test_loss", "test_acc", "status", "config"]
@@ -109,10 +111,10 @@ def test_ray_stores_the_same_values_as_in_process(tmp_path, data_dir):
 
 def test_a_worker_killed_mid_group_is_retried_and_every_cell_lands_once(tmp_path, data_dir):
     study = override(load(write_study(tmp_path, epochs=3, factors=EIGHT)), ["train_subset=2048"])
-    runner.run(study, tmp_path / "local", max_group=2, deterministic=True)
+    runner.run(study, RunOptions(tmp_path / "local", max_group=2, deterministic=True))
     killed, stop = [], threading.Event()
 
-    class Seen(runner.Progress):  # epoch events travel from the workers to the driver's progress
+    class Seen(Progress):  # epoch events travel from the workers to the driver's progress
         epochs = []
 
         def epoch(self, cell, epoch, loss):
@@ -140,9 +142,8 @@ def test_a_worker_killed_mid_group_is_retried_and_every_cell_lands_once(tmp_path
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     try:
-        summary = runner.run(
-            study, tmp_path / "ray", max_group=2, deterministic=True, executor="ray", progress=seen
-        )
+        ray_run = RunOptions(tmp_path / "ray", None, 2, True, executor="ray", progress=seen)
+        summary = runner.run(study, ray_run)
     finally:
         stop.set()
         thread.join()
@@ -284,7 +285,8 @@ def test_without_the_extra_the_user_gets_one_line(tmp_path, data_dir, monkeypatc
 def test_the_core_never_imports_ray(tmp_path, data_dir):
     code = (
         "import sys; from ablate import cli, report, runner; from ablate.studyfile import load; "
-        "runner.run(load(sys.argv[1]), sys.argv[2]); "
+        "from ablate.executor import RunOptions; "
+        "runner.run(load(sys.argv[1]), RunOptions(sys.argv[2])); "
         "assert 'ray' not in sys.modules, 'ray was imported'"
     )
     done = subprocess.run(
@@ -299,7 +301,6 @@ def test_the_core_never_imports_ray(tmp_path, data_dir):
 def test_a_study_with_own_keys_and_a_dataset_callable_runs_on_ray_as_in_process(tmp_path):
     # the study file's callables travel to the workers by value; each own-keys setting's data
     # is put in the object store once
-    from test_cli import BLOBS_STUDY
 
     study = tmp_path / "blobs.py"
     study.write_text(BLOBS_STUDY)

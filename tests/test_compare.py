@@ -13,7 +13,9 @@ from typer.testing import CliRunner
 
 from ablate import compare, inference
 from ablate.cli import app
-from conftest import write_study
+from ablate.errors import AblateError
+from ablate.metrics import SECONDS, TEST_ACC
+from helpers import REPO, write_study
 
 cli = CliRunner()
 
@@ -133,7 +135,7 @@ def test_compare_marks_a_shifted_point_differ_and_no_difference_detected_elsewhe
     # sd 0.01 a side, 3 v 3: se 0.0082 at 100/41 df (test_welch_by_hand...); the MDE 80% power
     se = 0.01 * np.sqrt(2 / 3)
     assert table["mde"].iloc[0] == pytest.approx(compare.detectable(100 / 41) * se)
-    line = compare.summary_line(table, ["lr"], "test_acc")
+    line = compare.summary_line(table, ["lr"], TEST_ACC)
     mde = f"{100 * table['mde'].iloc[0]:.2f}"
     assert line.startswith(
         "2 of 3 points show no difference (none detected at 0.05 after Holm over the points' "
@@ -158,7 +160,7 @@ def test_points_only_one_side_holds_are_listed_and_not_tested():
     a, b = finals([0.5, 0.6], [0.5])
     table = compare.compare(a, b, ["lr"])
     assert table["verdict"].tolist() == ["no difference detected", "only in A"]
-    assert "1 only in A" in compare.summary_line(table, ["lr"], "test_acc")
+    assert "1 only in A" in compare.summary_line(table, ["lr"], TEST_ACC)
 
 
 def test_tuple_and_none_levels_are_points_like_any_other():
@@ -174,7 +176,7 @@ def test_tuple_and_none_levels_are_points_like_any_other():
     table = compare.compare(a, b, ["hidden"])
     assert table["hidden"].tolist() == [(64, 32), None]
     assert table["verdict"].tolist() == ["no difference detected"] * 2
-    line = compare.summary_line(table, ["hidden"], "test_acc")
+    line = compare.summary_line(table, ["hidden"], TEST_ACC)
     assert line.startswith("2 of 2 points show no difference"), line
 
 
@@ -187,7 +189,7 @@ def test_one_cell_diverged_on_one_side_shows_and_its_point_is_compared_on_the_re
     p = scipy_stats.boschloo_exact([[0, 3], [1, 2]]).pvalue  # 0 of 3 against 1 of 3
     assert table["p_diverged"].iloc[1] == pytest.approx(p) and np.isnan(table["p_diverged"][0])
     assert table["test"].iloc[1] == "welch" and table["n_a"].iloc[1] == 3
-    line = compare.summary_line(table, ["lr"], "test_acc")
+    line = compare.summary_line(table, ["lr"], TEST_ACC)
     assert "1 cell diverged (0 in A, 1 in B; see p_diverged)" in line, line
 
 
@@ -216,6 +218,7 @@ def diverging(rng, side: str, rate: float, points=8, seeds=5, shifted=-1, lost=0
     return pd.DataFrame(frame).assign(test_acc=0.9 + 0.01 * rng.standard_normal(n))
 
 
+@pytest.mark.slow
 def test_identical_setups_whose_cells_diverge_exit_1_at_most_5_percent_of_the_time():
     # 600 comparisons of 8 points x 5 seeds a side per rate; 3 standard errors of 0.05 at 600
     # is 0.027. Before (issue 28, a cell diverged on one side was a difference): 0.57, 0.80, 0.97
@@ -233,6 +236,7 @@ def test_identical_setups_whose_cells_diverge_exit_1_at_most_5_percent_of_the_ti
     assert max(rates.values()) <= 0.05 + 0.027, said
 
 
+@pytest.mark.slow
 def test_a_point_whose_every_seed_diverged_on_one_side_is_diverged_among_eight_points():
     rng = np.random.default_rng(5)
     a, b = diverging(rng, "a", 0.0), diverging(rng, "b", 0.0, shifted=3, lost=1.0)
@@ -241,7 +245,7 @@ def test_a_point_whose_every_seed_diverged_on_one_side_is_diverged_among_eight_p
         2 / 1024)  # fmt: skip
     # Holm over 7 tested means and this count: 8 * 2 / 1024; Fisher's 8 * 2 / 252 = 0.063
     assert table["p_diverged_holm"][3] == pytest.approx(8 * 2 / 1024)
-    line = compare.summary_line(table, ["lr"], "test_acc")
+    line = compare.summary_line(table, ["lr"], TEST_ACC)
     assert "1 diverged in B: lr=3 (0 of 5 diverged in A, 5 of 5 in B)" in line, line
     found = np.mean([
         compare.compare(diverging(rng, "a", 0.01), diverging(rng, "b", 0.01, 8, 5, 3, 0.8),
@@ -295,6 +299,7 @@ def simulated_differ_rate(points, n_a, n_b, sd_b, noise, studies, seed) -> tuple
         (3, 3, 10.0, "normal"),  # 0.09 with Satterthwaite's df (pinned before issue 28)
     ],
 )
+@pytest.mark.slow
 def test_two_identical_setups_see_some_point_differ_at_most_5_percent_of_the_time(
     n_a, n_b, sd_b, noise
 ):
@@ -354,6 +359,7 @@ def test_holm_rejects_first_is_inference_holm():
     assert holm_rejects_first(p).tolist() == expected
 
 
+@pytest.mark.slow
 def test_welch_df_is_chosen_by_simulation_and_keeps_identical_setups_at_5_percent():
     # 20,000 studies of 8 points a case, Holm: some point differs (identical setups); then one
     # point shifted by 2 sd (root mean square of the two sides'): flagged before Holm at 0.05
@@ -387,6 +393,7 @@ def test_welch_df_is_chosen_by_simulation_and_keeps_identical_setups_at_5_percen
     assert power[chosen] == max(power[name] for name in valid), lines[-1]
 
 
+@pytest.mark.slow
 def test_equivalent_is_said_at_most_5_percent_of_the_time_when_the_shift_is_the_margin():
     rng = np.random.default_rng(7)
     said = np.mean(
@@ -412,6 +419,7 @@ def two_runs(tmp_path_factory, data_dir):
     return tmp
 
 
+@pytest.mark.slow
 def test_two_deterministic_runs_show_no_difference_with_every_cell_identical(two_runs):
     a, b = two_runs / "a" / "tiny", two_runs / "b" / "tiny"
     result = cli.invoke(app, ["compare", str(a), str(b), "--out", str(two_runs / "cmp")])
@@ -467,6 +475,7 @@ def test_cells_diverged_on_one_side_only_exit_1_and_are_named(two_runs, tmp_path
     assert "1 diverged in B: activation=sigmoid, dropout=0.0" in text, text
 
 
+@pytest.mark.slow
 def test_another_studys_folder_is_one_line_and_exit_2(two_runs, tmp_path):
     run_tiny(tmp_path, "other", "--set", "lr=0.1")
     other = tmp_path / "other" / "tiny"
@@ -476,6 +485,7 @@ def test_another_studys_folder_is_one_line_and_exit_2(two_runs, tmp_path):
     assert not (other / "_compare").exists()
 
 
+@pytest.mark.slow
 def test_runs_in_another_precision_are_compared_and_the_line_says_so(two_runs, tmp_path):
     run_tiny(tmp_path, "bf16", "--set", "precision=bf16")  # fp32 vs bf16: the issue's case
     result = cli.invoke(
@@ -493,15 +503,23 @@ def test_mistakes_are_one_line_each(two_runs, tmp_path):
     for args, said in [
         ([a, str(tmp_path / "none")], "no such results directory"),
         ([a, a, "--margin", "0"], "--margin 0"),
-        ([a, a, "--metric", "seconds"], "no metric 'seconds'"),
-        ([a, a, "--metric", "seed"], "no metric 'seed'"),
         ([a, b, "--out", str(two_runs / "a" / "tiny" / "_manifest.json")], "cannot write"),
     ]:
         result = cli.invoke(app, ["compare", *args])
         assert result.exit_code == 2 and said in result.output, result.output
         assert result.output.count("\n") == 1, result.output
+    for metric in ("seconds", "seed"):  # --metric's choices are metrics.OUTCOMES: click refuses
+        result = cli.invoke(app, ["compare", a, a, "--metric", metric])
+        assert result.exit_code == 2 and f"'{metric}' is not one of" in result.output, result.output
 
 
+def test_compare_refuses_a_metric_that_is_no_per_cell_outcome_as_the_report_does(two_runs):
+    a, b = two_runs / "a" / "tiny", two_runs / "b" / "tiny"
+    with pytest.raises(AblateError, match="^--metric: 'seconds' is not a per-cell outcome"):
+        compare.run(a, b, SECONDS)
+
+
+@pytest.mark.slow
 def test_compare_never_imports_torch(two_runs, tmp_path):
     a, b = str(two_runs / "a" / "tiny"), str(two_runs / "b" / "tiny")
     code = (
@@ -548,8 +566,6 @@ def test_a_cell_whose_final_epoch_swung_is_named_and_last_k_compares_its_last_ep
     # and compare still said every point agrees
     import shutil
 
-    from conftest import REPO
-
     folder = tmp_path / "b"
     shutil.copytree(REPO / "results" / "digits_mlp", folder, ignore=shutil.ignore_patterns("_*"))
     shutil.copy(REPO / "results" / "digits_mlp" / "_manifest.json", folder)
@@ -575,6 +591,7 @@ def test_a_cell_whose_final_epoch_swung_is_named_and_last_k_compares_its_last_ep
     assert at["diff"] == pytest.approx((0.392 - 0.934) / 5 / 5, abs=2e-3) and before < 0.85
 
 
+@pytest.mark.slow
 def test_two_runs_with_stored_predictions_say_how_often_they_disagree_on_which_examples(tmp_path):
     from ablate import examples, store
 
@@ -599,7 +616,6 @@ def test_two_runs_with_stored_predictions_say_how_often_they_disagree_on_which_e
     runs_a, runs_b = hits_a.loc[cells(hits_a, a)], hits_b.loc[cells(hits_b, b)]
     by_hand = np.mean([(ra != rb).mean() for ra in runs_a.to_numpy() for rb in runs_b.to_numpy()])
     assert first["disagree_between"] == pytest.approx(by_hand)
-    from conftest import REPO
 
     r = cli.invoke(app, ["compare", str(REPO / "results" / "digits_mlp"), str(b)])
     assert "test examples" not in r.stdout  # the committed run stored no predictions

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from ablate import engine, fused, loop, models, runner
 from ablate.data import load
 from ablate.errors import StudyError
+from ablate.executor import Progress, RunOptions
 from ablate.study import Study, cells, validate
 
 BASE = dict(
@@ -31,6 +32,7 @@ def one_cell(**over):
     return cells(st)[0]
 
 
+@pytest.mark.slow
 def test_per_step_losses_equal_a_plain_pytorch_loop(data_dir):
     d = load("mnist", "cpu", data_dir)
     cell = one_cell()
@@ -75,6 +77,7 @@ def test_a_cell_repeats_exactly_with_dropout_flips_and_normalisation(data_dir):
     assert a[0]["status"] == "ok" and 0.5 < a[0]["test_acc"] <= 1
 
 
+@pytest.mark.slow
 def test_learning_happens(data_dir):
     rows = engine.train_cell(
         one_cell(train_subset=5000, epochs=2), load("mnist", "cpu", data_dir), "mlp", "cpu"
@@ -196,7 +199,7 @@ def test_cpu_out_of_memory_is_an_out_of_memory_error_on_both_paths(data_dir, mon
     assert not engine.is_oom(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
 
 
-class Warnings(runner.Progress):
+class Warnings(Progress):
     def __init__(self):
         self.said = []
 
@@ -204,6 +207,7 @@ class Warnings(runner.Progress):
         self.said.append(message)
 
 
+@pytest.mark.slow
 def test_cpu_out_of_memory_in_a_group_splits_it_and_every_cell_trains(
     tmp_path, data_dir, monkeypatch
 ):
@@ -214,7 +218,7 @@ def test_cpu_out_of_memory_in_a_group_splits_it_and_every_cell_trains(
         Study(name="t", dataset="mnist", base={**BASE, "epochs": 1, "train_subset": 200}, seeds=4)
     )
     progress = Warnings()
-    summary = runner.run(st, tmp_path, "cpu", max_group=4, progress=progress)
+    summary = runner.run(st, RunOptions(tmp_path, "cpu", 4, progress=progress))
     assert summary.trained == 4 and summary.failed == []
     assert (
         progress.said

@@ -235,6 +235,7 @@ def rates(rng, delta, n_seeds, n_examples, reps, boot=False, luck=SIGMA_G) -> di
 CONFIGS = list(itertools.product((500, 2000, 10_000), (3, 5, 10)))
 
 
+@pytest.mark.slow
 def test_seeds_and_examples_cover_the_population_effect_where_seeds_alone_do_not():
     # every interval printed before held the test set fixed: it covers the effect on this
     # test set, not on the population of examples it was drawn from
@@ -253,6 +254,7 @@ def test_seeds_and_examples_cover_the_population_effect_where_seeds_alone_do_not
     assert min(ours) >= 0.93 and min(seed_only) < 0.85, msg + "; ".join(said)
 
 
+@pytest.mark.slow
 def test_a_null_effect_is_flagged_by_seeds_and_examples_in_at_most_5_percent_of_studies():
     # the level helps some examples and hurts as many: 0 on the population, not on a test set
     rng, reps, said, flagged = np.random.default_rng(29), 600, [], []
@@ -270,6 +272,7 @@ def test_a_null_effect_is_flagged_by_seeds_and_examples_in_at_most_5_percent_of_
     assert pooled <= 0.05 and max(flagged) <= 0.06, msg + "; " + "; ".join(said)
 
 
+@pytest.mark.slow
 def test_a_design_points_accuracy_is_covered_with_the_test_set_counted():
     # summary.csv's interval of a point's mean accuracy, against the population's 97.5%: the
     # test set's binomial-like noise is most of its variance. At N = 500 (12 errors expected)
@@ -297,6 +300,7 @@ def test_a_design_points_accuracy_is_covered_with_the_test_set_counted():
     assert min(ours) >= 0.92 and max(seed_only) < 0.9, msg
 
 
+@pytest.mark.slow
 def test_the_two_way_bootstrap_under_covers_where_a_runs_luck_dominates_and_ours_holds():
     # Bouthillier et al. 2021's bootstrap over seeds and examples: where the seeds' spread is
     # mostly per-example churn (the population above) it counts that churn twice and covers
@@ -318,6 +322,7 @@ def test_the_two_way_bootstrap_under_covers_where_a_runs_luck_dominates_and_ours
     assert min(ours) >= 0.93 and boot[0.3, 3] < 0.9, msg
 
 
+@pytest.mark.slow
 def test_mcnemar_rarely_flags_two_runs_of_one_recipe_and_says_what_it_compares():
     # two seeds of one recipe on one test set. Without a run-wide luck the two models have one
     # population accuracy and McNemar holds its 5%; with it (the luck the seed-paired
@@ -351,6 +356,7 @@ def grid_study(rng, n_seeds: int, n_examples: int, delta: float):
     return pd.DataFrame(rows), pd.DataFrame(by_cell).T.rename_axis("cell")
 
 
+@pytest.mark.slow
 def test_a_grids_effect_rows_cover_through_the_report_functions():
     # what the report would print: stats.effects' seed-only row beside examples.effects'
     rng, reps, n_seeds, n_examples = np.random.default_rng(31), 200, 5, 2000
@@ -385,6 +391,7 @@ def test_disagreement_by_hand_and_its_exact_permutation_p():
     assert np.isnan(examples.disagreement(a[:1], b)["p_value"])
 
 
+@pytest.mark.slow
 def test_disagreement_holds_5_percent_on_one_recipe_and_finds_a_change_of_examples():
     # 5 v 5 runs, N = 2000: the same recipe on both sides (its seeds' own churn), and a side
     # whose level helps some examples and hurts as many (the population accuracy unchanged)

@@ -21,31 +21,12 @@ from typer.testing import CliRunner
 from ablate.cli import app
 from ablate.report import MARKER, REPORT
 from ablate.store import MANIFEST, parquet_files, read_manifest
-from conftest import REPO, default_sigint, write_study
+from helpers import REPO, command, default_sigint, env, write_study
 
 cli = CliRunner()
 
 KILLS = 12  # 4 per phase: 173 s for 20 on this machine, the slowest test
 FACTORS = "dict(activation=['relu', 'sigmoid'], dropout=[0.0, 0.25])"
-
-
-def command(study, out):
-    return [
-        sys.executable,
-        "-m",
-        "ablate",
-        "run",
-        str(study),
-        "--out",
-        str(out),
-        "--deterministic",
-        "--max-group",
-        "2",
-    ]
-
-
-def env(data_dir, **extra):
-    return {**os.environ, "ABLATE_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO), **extra}
 
 
 def finish(study, out, data_dir) -> pd.DataFrame:
@@ -59,6 +40,7 @@ def finish(study, out, data_dir) -> pd.DataFrame:
     return pd.read_parquet(folder).sort_values(["cell", "epoch"]).reset_index(drop=True)
 
 
+@pytest.mark.slow
 def test_kill_9_anywhere_then_rerun_loses_and_duplicates_nothing(tmp_path, data_dir):
     study = write_study(tmp_path, epochs=2, factors=FACTORS)
     start = time.perf_counter()
@@ -115,6 +97,7 @@ def test_kill_9_anywhere_then_rerun_loses_and_duplicates_nothing(tmp_path, data_
         ((signal.SIGHUP,), 129),
     ],
 )
+@pytest.mark.slow
 def test_a_signal_stops_fast_keeps_finished_cells_and_says_so(tmp_path, data_dir, signals, code):
     # before: SIGTERM and SIGHUP exited 143/129 without the line; a second Ctrl-C printed a
     # traceback
@@ -181,6 +164,7 @@ def test_report_into_a_users_folder_is_refused_and_deletes_nothing(tiny_results,
     ).read_text() == "precious"
 
 
+@pytest.mark.slow
 def test_a_report_folder_keeps_files_ablate_did_not_write(tiny_results, tmp_path):
     out = tmp_path / "r"
     assert cli.invoke(app, ["report", str(tiny_results), "--out", str(out)]).exit_code == 0
@@ -230,6 +214,7 @@ def fail_on(monkeypatch, target, attribute, errno_, after=0):
 
 
 @pytest.mark.parametrize("errno_", [errno.ENOSPC, errno.EROFS])
+@pytest.mark.slow
 def test_a_full_disk_or_read_only_folder_leaves_the_old_report_whole(
     tiny_results, tmp_path, monkeypatch, errno_
 ):
@@ -326,6 +311,7 @@ def digest(path):
 
 
 @pytest.mark.parametrize("form", ["hashes", "names"])  # names: the marker before the hashes
+@pytest.mark.slow
 def test_a_report_marker_listing_paths_outside_the_folder_deletes_nothing(
     tiny_results, tmp_path, form
 ):
@@ -343,6 +329,7 @@ def test_a_report_marker_listing_paths_outside_the_folder_deletes_nothing(
     assert victim.read_text() == "precious" and elsewhere.read_text() == "precious too"
 
 
+@pytest.mark.slow
 def test_a_received_folder_whose_report_marker_names_a_users_file_deletes_nothing(
     tiny_results, tmp_path
 ):
@@ -380,6 +367,7 @@ def test_a_report_folder_that_is_a_link_is_refused_and_its_target_kept(tiny_resu
     )
 
 
+@pytest.mark.slow
 def test_a_report_refuses_to_replace_files_the_user_added_and_keeps_them(tiny_results, tmp_path):
     results, out = received(tiny_results, tmp_path / "res"), tmp_path / "rep"
     first = ["report", str(results), "--out", str(out), "--metric", "test_loss"]
@@ -393,6 +381,7 @@ def test_a_report_refuses_to_replace_files_the_user_added_and_keeps_them(tiny_re
     assert not list(tmp_path.glob(".rep.tmp-*"))
 
 
+@pytest.mark.slow
 def test_a_terminated_report_leaves_no_temp_folder_and_a_killed_ones_goes_next_time(
     tiny_results, tmp_path, data_dir
 ):
@@ -428,6 +417,7 @@ def sent(tmp_path, name="digits_mlp"):
     [("rep", 2), (".", 2), ("_mine", 0)],
     ids=["a-subfolder", "the-folder-itself", "an-underscore-name"],
 )
+@pytest.mark.slow
 def test_a_report_or_compare_out_inside_a_results_folder_is_refused_unless_readers_skip_it(
     tmp_path, out, expected
 ):

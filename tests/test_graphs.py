@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from ablate import fused, graphs, loop
+from ablate import fused, graphs, loop, optim
 from ablate.data import load
 from ablate.study import Study, cells, validate
 
@@ -116,6 +116,10 @@ def test_only_a_fused_sgd_group_on_a_gpu_without_a_trace_is_captured(monkeypatch
     sgd, adam = fused.group(group(), data, "cpu"), fused.group(group(optimizer="adam"), data, "cpu")
     assert graphs.wanted(sgd, "cuda", None) and not graphs.wanted(sgd, "cpu", None)
     assert not graphs.wanted(adam, "cuda", None)  # Adam counts its steps on the host
+    # captured: a rule that steps in the backward (optim.Rule.product), which counts no steps
+    for name, rule in optim.RULES.items():
+        stack = fused.group(group(optimizer=name), data, "cpu")
+        assert graphs.wanted(stack, "cuda", None) == (rule.product is not None), name
     assert not graphs.wanted(sgd, "cuda", [])  # a trace syncs every step
     monkeypatch.setenv("ABLATE_CUDA_GRAPHS", "0")
     assert not graphs.wanted(sgd, "cuda", None)

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from ablate import keys, models
+from ablate.errors import AblateError
 
 CFG = dict(hidden=(64, 32), activation="relu", dropout=0.5, batchnorm=True, init="default")
 
@@ -96,3 +97,20 @@ def test_the_output_check_leaves_batchnorm_statistics_and_training_mode_alone():
 
 def test_every_activation_the_study_file_accepts_has_a_module_and_no_other():
     assert set(models.ACTIVATIONS) == set(keys.ACTIVATIONS)
+
+
+def test_every_model_kind_the_study_file_accepts_has_a_builder_and_no_other():
+    assert keys.MODELS == tuple(models.KINDS)
+    for name in keys.MODELS:
+        cfg = {**CFG, "layers": ("conv:2:3", "act"), "init": "default"}
+        assert models.build(name, cfg, (1, 6, 6), 3, seed=0)(torch.zeros(2, 1, 6, 6)).shape == (
+            2,
+            3,
+        )
+
+
+def test_an_unknown_model_kind_is_one_line_naming_the_known_ones():
+    with pytest.raises(AblateError) as e:
+        models.build("resnet", CFG, (1, 6, 6), 3, seed=0)
+    known = ", ".join(keys.MODELS)  # mlp, cnn, linear
+    assert str(e.value) == f"unknown model 'resnet'; expected one of {known}"

@@ -4,18 +4,23 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 from scipy import stats as scipy_stats
 from typer.testing import CliRunner
 
-from ablate import noise, report
+from ablate import charts, noise, report
 from ablate.cli import app
+from ablate.design import Design
+from ablate.metrics import TEST_LOSS
+from ablate.page import noise_page
 from ablate.store import MANIFEST, Store
 from ablate.study import Study, cells, validate
-from conftest import write_study
+from helpers import write_study
 
 cli = CliRunner()
 
 
+@pytest.mark.slow
 def test_ablate_noise_varies_one_stream_at_a_time_and_its_all_cells_are_the_ordinary_ones(
     tmp_path, data_dir, monkeypatch
 ):
@@ -206,6 +211,7 @@ def recipe(rng, noise, seeds, sds=(1.0, 1.0, 1.0), amplified=False) -> pd.DataFr
     return pd.DataFrame(dict(stream=streams, seed=seed, status="ok", cell=cell, test_acc=acc))
 
 
+@pytest.mark.slow
 def test_each_variance_interval_covers_under_normal_t5_and_bimodal_noise():
     # before (chi-square on n - 1 df, 20,000 draws): normal 0.950 0.951 0.948, t5 0.904 0.883
     # 0.853, bimodal 0.828 0.846 0.922 at 5, 8, 16 seeds
@@ -228,6 +234,7 @@ def test_each_variance_interval_covers_under_normal_t5_and_bimodal_noise():
     print("variance coverage, 1,200 intervals each:\n" + "\n".join(lines))
 
 
+@pytest.mark.slow
 def test_a_share_interval_counts_the_draws_a_streams_cells_share_with_the_all_cells():
     # before: no interval; a stream's and all's variances correlate (+0.33 with 3 equal streams)
     rng, reps, lines = np.random.default_rng(6), 500, []
@@ -258,6 +265,7 @@ def _says(rng, noise_name, seeds, amplified, reps) -> dict:
     return {words: count / reps for words, count in counts.items()}
 
 
+@pytest.mark.slow
 def test_adds_up_rarely_says_streams_that_add_do_not():
     # before: "do not add up" in 0.009, 0.011 (8 seeds, normal, t5), 0.010, 0.016 (16 seeds)
     rng, lines = np.random.default_rng(7), []
@@ -270,6 +278,7 @@ def test_adds_up_rarely_says_streams_that_add_do_not():
     print("3 streams that add, 1,000 recipes each:\n" + "\n".join(lines))
 
 
+@pytest.mark.slow
 def test_adds_up_no_longer_calls_streams_that_each_give_the_whole_spread_additive():
     # before: "consistent with streams that simply add" in 0.673, 0.597 of recipes (8 seeds,
     # normal, t5), 0.261, 0.302 (16 seeds)
@@ -287,6 +296,7 @@ def test_adds_up_no_longer_calls_streams_that_each_give_the_whole_spread_additiv
     print("3 streams each giving the whole spread, 1,000 recipes each:\n" + "\n".join(lines))
 
 
+@pytest.mark.slow
 def test_under_an_init_by_order_interaction_a_variance_is_the_held_draws_not_the_average():
     # metric = a + b + a b (a: init's draw, b: order's, sd 1): init's cells vary by
     # (1 + b0)^2 at order's held draw b0; averaged over order's draws, by 1 + 1 = 2
@@ -319,3 +329,21 @@ def test_under_an_init_by_order_interaction_a_variance_is_the_held_draws_not_the
     said = noise.adds_up(noise.decompose(rows))
     assert "held at seed 0's draw: it is that draw's conditional contribution, not the " in said
     assert "stream's average over the others' draws" in said, said
+
+
+def test_the_split_reads_its_metrics_column_and_the_page_module_writes_its_page(tmp_path):
+    values = {"init": [1.0, 2.0, 3.0], "all": [2.0, 4.0, 6.0]}  # variances 1 and 4
+    rows = pd.DataFrame(
+        [(s, i + 1, "ok", f"{s}{i}", v[i]) for s, v in values.items() for i in range(3)],
+        columns=["stream", "seed", "status", "cell", "test_loss"],
+    )
+    table = noise.decompose(rows, TEST_LOSS).set_index("stream")
+    assert table.loc["init", "variance"] == 1.0 and table.loc["all", "variance"] == 4.0
+    assert table.loc["init", "share"] == 0.25
+    with charts.style():
+        noise.chart(table.reset_index(), TEST_LOSS, tmp_path)
+    design = Design(study="<b>mine</b>", dataset="wine", model="mlp")
+    page = noise_page(table.reset_index(), design, TEST_LOSS, tmp_path / "res", tmp_path)
+    assert "<title>&lt;b&gt;mine&lt;/b&gt;: ablate noise</title>" in page
+    assert "metric test_loss." in page and 'src="data:image/png;base64,' in page
+    assert noise.adds_up(table.reset_index()) in page.replace("&#x27;", "'")

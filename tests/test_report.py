@@ -1,4 +1,4 @@
-"""The report: every file written, a self-contained page, the documented CSV columns, no torch imported."""
+"""The report: every file written, a self-contained page, the documented CSV columns, no torch."""
 
 import base64
 import io
@@ -14,10 +14,14 @@ import pytest
 from scipy import stats as st
 from typer.testing import CliRunner
 
+from ablate import report
+from ablate.analysis import aimed_halfwidth, check_margin, check_request
 from ablate.cli import app
+from ablate.errors import AblateError
+from ablate.metrics import TEST_ACC, TEST_LOSS
 from ablate.report import REPORT
 from ablate.store import MANIFEST
-from conftest import REPO, write_study
+from helpers import REPO, write_study
 
 cli = CliRunner()
 EVIL = "<script>alert(1)</script>"
@@ -61,6 +65,7 @@ class Collect(HTMLParser):
             self.imgs.append(dict(attrs)["src"])
 
 
+@pytest.mark.slow
 def test_report_writes_every_file_and_a_self_contained_page(results):
     r = cli.invoke(app, ["report", str(results)])
     assert r.exit_code == 0, r.output
@@ -90,6 +95,7 @@ def test_report_writes_every_file_and_a_self_contained_page(results):
     assert pd.read_parquet(results).shape[0] > 0  # the report folder does not disturb readers
 
 
+@pytest.mark.slow
 def test_csvs_have_the_documented_columns(results):
     cli.invoke(app, ["report", str(results)])
     out = results / REPORT
@@ -153,6 +159,7 @@ def test_csvs_have_the_documented_columns(results):
     )  # no setting has 4 ok cells
 
 
+@pytest.mark.slow
 def test_report_never_imports_torch(results, tmp_path):
     code = (
         "import sys; from typer.testing import CliRunner; from ablate.cli import app; "
@@ -171,6 +178,7 @@ def test_report_on_a_missing_or_empty_directory_is_one_line(tmp_path, make):
     assert str(tmp_path / "d") in r.stderr
 
 
+@pytest.mark.slow
 def test_one_seed_says_no_interval_instead_of_a_zero_width_bar(tmp_path):
     r = cli.invoke(
         app, ["run", "studies/xor.py", "--out", str(tmp_path), "--seeds", "1", "--set", "epochs=5"]
@@ -185,6 +193,7 @@ def test_one_seed_says_no_interval_instead_of_a_zero_width_bar(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_the_same_results_give_the_same_files_and_another_metric_leaves_no_stale_ones(
     results, tmp_path
 ):
@@ -208,6 +217,7 @@ def test_the_same_results_give_the_same_files_and_another_metric_leaves_no_stale
     assert "claims.csv" not in names and "claims.png" not in names and "final.png" in names
 
 
+@pytest.mark.slow
 def test_failed_runs_are_counted_per_level_and_the_page_warns_when_they_differ(results):
     assert cli.invoke(app, ["report", str(results)]).exit_code == 0
     fails = pd.read_csv(results / REPORT / "failures.csv").set_index(["factor", "level"])
@@ -220,6 +230,7 @@ def test_failed_runs_are_counted_per_level_and_the_page_warns_when_they_differ(r
     assert "Failed runs differ across the levels of lr" in page and "batchnorm (Fisher" not in page
 
 
+@pytest.mark.slow
 def test_the_reference_study_shows_anova_shares_sign_changes_and_prediction_intervals(tmp_path):
     r = cli.invoke(app, ["report", str(REPO / "results" / "mnist_mlp"), "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output
@@ -252,6 +263,7 @@ def test_the_reference_study_shows_anova_shares_sign_changes_and_prediction_inte
     assert "averaged over the other factors' levels" in page
 
 
+@pytest.mark.slow
 def test_rows_whose_own_ci_excludes_zero_but_holm_does_not_flag_are_one_footnote_not_marks(
     tmp_path,
 ):
@@ -273,12 +285,16 @@ def test_rows_whose_own_ci_excludes_zero_but_holm_does_not_flag_are_one_footnote
     assert "not findings: 3 of the unmarked rows" in (tmp_path / "effects.md").read_text()
 
 
+@pytest.mark.slow
 def test_margin_adds_an_equivalence_test_and_a_bad_margin_is_one_line(results, tmp_path):
+    # typed in points for accuracy: 0.5 is half a point, 0.005 stored
     r = cli.invoke(app, ["report", str(results), "--out", str(tmp_path), "--margin", "0.5"])
     assert r.exit_code == 0, r.output
     effects = pd.read_csv(tmp_path / "effects.csv")
     assert {"mde", "seeds_needed", "p_equivalence", "equivalent"} <= set(effects.columns)
-    assert "equivalent: inside ±50.00 points" in " ".join(r.stdout.split())
+    assert "equivalent: inside ±0.50 points" in " ".join(r.stdout.split())
+    page = " ".join((tmp_path / "index.html").read_text().split())
+    assert "equivalent: inside +-0.50 points by two one-sided t tests" in page
     bad = cli.invoke(app, ["report", str(results), "--out", str(tmp_path / "x"), "--margin", "-1"])
     assert bad.exit_code == 2 and bad.stderr.count("\n") == 1 and "--margin -1" in bad.stderr
     assert not (tmp_path / "x").exists()
@@ -292,6 +308,7 @@ study = Study(name="ts", dataset="digits",
 """
 
 
+@pytest.mark.slow
 def test_a_none_baseline_level_reports_and_shows_as_none(tmp_path):
     # before: KeyError (nan, False) in the report; show printed nan and 300.0
     study = tmp_path / "ts.py"
@@ -323,6 +340,7 @@ def test_a_study_whose_every_cell_diverged_is_one_line_and_writes_nothing(tmp_pa
     )
 
 
+@pytest.mark.slow
 def test_dollar_signs_in_a_claim_are_text_not_math(tmp_path):
     # before: matplotlib parsed "$...$" as TeX: an invalid expression crashed the report
     study = tmp_path / "ts.py"
@@ -347,8 +365,36 @@ def test_seconds_is_no_effect_metric(results):
     r = cli.invoke(
         app, ["report", str(results), "--out", str(results.parent / "sec"), "--metric", "seconds"]
     )
-    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "--metric seconds" in r.stderr
+    assert r.exit_code == 2 and "seconds" in r.stderr and "Traceback" not in r.output, r.output
     assert not (results.parent / "sec").exists()
+    with pytest.raises(AblateError, match="'seconds' is not a per-cell outcome"):
+        report.build(results, results.parent / "sec", "seconds")
+    assert not (results.parent / "sec").exists()
+
+
+def test_a_bad_margin_or_halfwidth_is_said_as_typed_in_points_for_accuracy():
+    with pytest.raises(AblateError, match=r"--margin 150: .* in points, below 100$"):
+        check_margin(1.5, TEST_ACC)
+    with pytest.raises(AblateError, match="--margin -2: .* in test_loss's units$"):
+        check_margin(-2, TEST_LOSS)
+    check_margin(0.005, TEST_ACC)  # half a point
+    check_margin(5.0, TEST_LOSS)  # a loss has no top
+    rows = pd.DataFrame(dict(test_acc=[0.9], status=["ok"], cell=["c"]))
+    with pytest.raises(AblateError, match="--halfwidth -50: expected a positive half-width in "):
+        check_request(rows, "here", TEST_ACC, None, -0.5)
+    with pytest.raises(AblateError, match="here: no metric 'test_loss'; try train_loss, test_"):
+        check_request(rows, "here", TEST_LOSS, None, None)
+
+
+def test_the_default_halfwidth_is_the_metrics_own_from_the_mean_of_the_ok_runs():
+    final = pd.DataFrame(dict(test_loss=[0.31, 0.35, 99.0], status=["ok", "ok", "diverged"]))
+    assert aimed_halfwidth(final, TEST_LOSS, 0.0) == (
+        0.003,
+        "the default for test_loss: 1% of its mean",
+    )
+    final = final.rename(columns=dict(test_loss="test_acc"))
+    assert aimed_halfwidth(final, TEST_ACC, 1 / 4)[0] == 0.25  # one of 4 test samples
+    assert aimed_halfwidth(final, TEST_ACC, 1 / 360)[0] == 0.005  # half a point
 
 
 def test_a_noise_report_keeps_the_users_noise_csv_and_removes_only_what_ablate_wrote(tmp_path):
@@ -398,6 +444,7 @@ def collapsed_digits(tmp_path):
     return folder, rows
 
 
+@pytest.mark.slow
 def test_a_cell_whose_final_epoch_collapses_is_flagged_and_last_k_averages_its_last_epochs(
     tmp_path,
 ):
@@ -424,13 +471,14 @@ def test_the_committed_digits_curves_flag_no_swing_and_a_bad_final_is_one_line(t
     from ablate import stats, store
 
     rows = stats.tidy(store.read(REPO / "results" / "digits_mlp"))
-    assert stats.swings(rows, "test_acc", 1 / 360).empty  # late jitter of 1-4 points is no swing
+    assert stats.swings(rows, TEST_ACC, 1 / 360).empty  # late jitter of 1-4 points is no swing
     for bad in ("last-0", "last-x", "first"):
         r = cli.invoke(app, ["report", str(REPO / "results" / "digits_mlp"), "--final", bad])
         assert r.exit_code == 2 and r.stderr.count("\n") == 1, r.output
         assert f"--final {bad}: expected last" in r.stderr
 
 
+@pytest.mark.slow
 def test_the_default_halfwidth_is_per_metric_in_its_units_and_said_in_the_caption(tmp_path):
     # issue 28: xor's 4 test samples asked for 3,097 seeds at half a point
     r = cli.invoke(app, ["report", str(REPO / "results" / "xor"), "--out", str(tmp_path / "x")])
@@ -452,6 +500,7 @@ def test_the_default_halfwidth_is_per_metric_in_its_units_and_said_in_the_captio
     assert f"half-width {float(f'{0.01 * loss:.1g}'):.4g} (the default for test_loss: 1%" in page
 
 
+@pytest.mark.slow
 def test_the_curves_are_tested_by_area_and_epochs_to_a_threshold_checked_by_hand(tmp_path):
     from ablate import stats, store
 
@@ -475,6 +524,7 @@ def test_the_curves_are_tested_by_area_and_epochs_to_a_threshold_checked_by_hand
     assert "The curves, tested" in page and "epochs to reach 92." in page
 
 
+@pytest.mark.slow
 def test_with_stored_predictions_effects_and_points_count_the_test_set_beside_the_seeds(tmp_path):
     from ablate import examples, stats, store
 

@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 from ablate import __version__
 from ablate.cli import app
 from ablate.store import MANIFEST
-from conftest import write_study
+from helpers import write_study
 
-pytestmark = pytest.mark.repro
+pytestmark = [pytest.mark.repro, pytest.mark.slow]
 cli = CliRunner()
 FACTORS = "dict(activation=['relu', 'sigmoid'], dropout=[0.0, 0.25])"
 VALUES = ["train_loss", "test_loss", "test_acc"]

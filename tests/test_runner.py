@@ -1,6 +1,7 @@
 """The runner: what it says before training, how a study's own model is grouped, and the test
 predictions it stores."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -11,14 +12,15 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from test_fused import branchy
 
-from ablate import data, fused, runner, store
+from ablate import data, executor, fused, runner, store
+from ablate.errors import AblateError
+from ablate.executor import Progress, RunOptions
 from ablate.study import Study, validate
-from conftest import REPO, write_study
+from helpers import REPO, branchy, write_study
 
 
-class Said(runner.Progress):
+class Said(Progress):
     def __init__(self):
         self.warnings = []
 
@@ -43,7 +45,7 @@ def test_a_study_model_vmap_cannot_take_is_said_once_and_its_cells_train_alone(
         )
     )
     said = Said()
-    summary = runner.run(study, tmp_path, device="cpu", progress=said)
+    summary = runner.run(study, RunOptions(tmp_path, "cpu", progress=said))
     assert summary.trained == 8 and not summary.failed
     assert len(said.warnings) == 1, said.warnings
     line = said.warnings[0]
@@ -78,6 +80,39 @@ def test_a_shapes_cells_split_into_the_fewest_groups_of_even_size():
     assert [len(g) for g in runner.groups(cells, 20, "cuda", "mlp")] == [20]
     assert [len(g) for g in runner.groups(cells, 20, "cpu", "mlp")] == [10, 10]
     assert [len(g) for g in runner.groups(cells, 20, "cuda", "cnn")] == [10, 10]
+
+
+def test_every_executor_name_builds_its_class_and_an_unknown_name_is_one_line():
+    assert list(runner.EXECUTORS) == list(executor.KINDS)
+    assert all(isinstance(name, str) for name in runner.EXECUTORS)
+    with pytest.raises(AblateError, match=r"^--executor dask: expected local or ray$"):
+        RunOptions(executor="dask")
+    with pytest.raises(AblateError, match=r"^--address h:1: only used with --executor ray$"):
+        RunOptions(address="h:1")
+    with pytest.raises(AblateError, match=r"^--groups-per-gpu 0: expected 1 or more$"):
+        RunOptions(executor="ray", groups_per_gpu=0)
+
+
+def test_the_run_options_are_one_frozen_value():
+    options = RunOptions("out", "cpu", 4)
+    assert (options.out, options.device, options.max_group, options.executor) == (
+        "out",
+        "cpu",
+        4,
+        "local",
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.device = "cuda"
+
+
+def test_a_local_run_checks_its_models_and_groups_on_its_own_device(tmp_path):
+    said = Said()
+    study = predicting_study()
+    local = runner.EXECUTORS["local"](study, RunOptions(tmp_path, "cpu", progress=said))
+    assert local.device.type == "cpu" and local.label().startswith("cpu: ")
+    local.check(runner.expand(study))  # a built-in MLP that fits the digits: nothing said
+    assert said.warnings == [] and local.classes == 10 and len(local.data.test_y) == 899
+    local.close()
 
 
 def predicting_study(name="preds", seeds=2, lrs=(0.05, 1e30), source="studies/preds.py"):
@@ -120,7 +155,7 @@ def test_a_run_stores_each_ok_cells_test_predictions_scoring_its_final_test_acc_
     tmp_path,
 ):
     said = Said()
-    summary = runner.run(predicting_study(), tmp_path, device="cpu", max_group=4, progress=said)
+    summary = runner.run(predicting_study(), RunOptions(tmp_path, "cpu", 4, progress=said))
     assert summary.trained == 8 and len(summary.diverged) == 4 and not said.warnings
     predicted = check_predictions(tmp_path / "preds")
     assert len(predicted) == 4 and not set(predicted) & set(summary.diverged)
@@ -131,9 +166,9 @@ def test_a_run_stores_each_ok_cells_test_predictions_scoring_its_final_test_acc_
 
 def test_no_predictions_stores_none_and_a_rerun_with_them_resumes_without_training(tmp_path):
     study = predicting_study(lrs=(0.05,), seeds=1)
-    first = runner.run(study, tmp_path, device="cpu", progress=Said(), predictions=False)
+    first = runner.run(study, RunOptions(tmp_path, "cpu", predictions=False, progress=Said()))
     assert first.trained == 2 and not (tmp_path / "preds" / store.PREDICTIONS).exists()
-    again = runner.run(study, tmp_path, device="cpu", progress=Said())
+    again = runner.run(study, RunOptions(tmp_path, "cpu", progress=Said()))
     assert again.skipped == 2 and again.trained == 0  # the option is in no cell's id
     assert store.read_predictions(tmp_path / "preds") == (None, {})  # as a folder from before
 
@@ -156,7 +191,7 @@ def test_the_cli_flag_turns_predictions_off(tmp_path):
 def test_a_test_set_past_the_limit_stores_no_predictions_and_says_so_once(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "MAX_PREDICTED", 100)  # digits has 899 test images
     said = Said()
-    summary = runner.run(predicting_study(lrs=(0.05,)), tmp_path, device="cpu", progress=said)
+    summary = runner.run(predicting_study(lrs=(0.05,)), RunOptions(tmp_path, "cpu", progress=said))
     assert summary.trained == 4 and not (tmp_path / "preds" / store.PREDICTIONS).exists()
     assert said.warnings == [
         "the test set has 899 examples (over 100): this run stores no per-example test predictions"
@@ -179,6 +214,7 @@ study = Study(
 @pytest.mark.parametrize(
     "hook", ["predictions:1:written", "predictions:1:renamed", "record:2:written"]
 )
+@pytest.mark.slow
 def test_kill_9_between_a_groups_predictions_and_its_rows_leaves_no_half_state(tmp_path, hook):
     # record 1 is labels.parquet's, record 2 the first group's predictions'
     body = DIGITS.format(name="killed", seeds=2, lrs=[0.05, 0.1])
@@ -198,9 +234,10 @@ def test_kill_9_between_a_groups_predictions_and_its_rows_leaves_no_half_state(t
     assert not left, left
 
 
+@pytest.mark.slow
 def test_ray_brings_each_groups_predictions_back_to_the_driver(tmp_path):
     pytest.importorskip("ray")
     study = predicting_study(lrs=(0.05, 1e30), seeds=1)
-    summary = runner.run(study, tmp_path, device="cpu", executor="ray", progress=Said())
+    summary = runner.run(study, RunOptions(tmp_path, "cpu", executor="ray", progress=Said()))
     assert summary.trained == 4 and len(summary.diverged) == 2
     assert len(check_predictions(tmp_path / "preds")) == 2

@@ -1,7 +1,6 @@
 """Statistics checked by hand and against scipy, and the intervals' calibration by simulation."""
 
 import itertools
-import json
 
 import numpy as np
 import pandas as pd
@@ -9,29 +8,7 @@ import pytest
 from scipy import stats as st
 
 from ablate import inference, stats
-
-
-def frame(values: dict, factors=("a", "b")) -> pd.DataFrame:
-    """values: (levels..., seed) -> final metric; one row per cell at epoch 1."""
-    rows = []
-    for (*levels, seed), y in values.items():
-        lv = dict(zip(factors, levels, strict=True))
-        rows.append(
-            dict(
-                study="s",
-                cell=json.dumps([*levels, seed]),
-                seed=seed,
-                **lv,
-                epoch=1,
-                train_loss=0.1,
-                test_loss=0.1,
-                test_acc=y,
-                seconds=1.0,
-                status="ok",
-                config=json.dumps(lv),
-            )
-        )
-    return pd.DataFrame(rows)
+from helpers import frame
 
 
 def test_interval_is_student_t_and_says_nothing_for_one_seed():
@@ -173,9 +150,8 @@ def test_a_diverged_point_makes_no_false_interaction():
     }
     fin = frame(values, factors=("a", "b", "c"))
     fin.loc[(fin["a"] == 0) & (fin["b"] == 1) & (fin["c"] == 1), "status"] = "diverged"
-    out = stats.interactions(
-        fin, ["a", "b", "c"], {"a": 0, "b": 0, "c": 0}, {"a": [0, 1, 2], "b": [0, 1], "c": [0, 1]}
-    )
+    levels = {"a": [0, 1, 2], "b": [0, 1], "c": [0, 1]}
+    out = stats.interactions(stats.Layout(fin, ["a", "b", "c"], {"a": 0, "b": 0, "c": 0}, levels))
     found = out[out["significant"]][["factor", "level", "by"]].values.tolist()
     assert found == [["a", 2, "b"]], out
     r = out[(out["factor"] == "a") & (out["level"] == 2) & (out["by"] == "b")].iloc[0]
@@ -185,9 +161,8 @@ def test_a_diverged_point_makes_no_false_interaction():
 
 
 def test_interaction_is_the_difference_of_simple_effects_per_seed():
-    out = stats.interactions(
-        two_by_two(), ["a", "b"], {"a": 0, "b": "x"}, {"a": [0, 1], "b": ["x", "y"]}
-    )
+    levels = {"a": [0, 1], "b": ["x", "y"]}
+    out = stats.interactions(stats.Layout(two_by_two(), ["a", "b"], {"a": 0, "b": "x"}, levels))
     assert len(out) == 1 and list(out.columns) == stats.INTERACTION_COLUMNS
     r = out.iloc[0]
     assert (r["factor"], r["level"], r["by"], r["by_level"], r["n_pairs"]) == ("a", 1, "b", "y", 3)
@@ -204,9 +179,8 @@ def test_no_interaction_when_effects_add_up():
         (a, b, s): 0.9 + 0.02 * a + 0.01 * b + 0.01 * s + rng.normal(0, 0.001)
         for a, b, s in itertools.product([0, 1], [0, 1], range(5))
     }
-    r = stats.interactions(
-        frame(values), ["a", "b"], {"a": 0, "b": 0}, {"a": [0, 1], "b": [0, 1]}
-    ).iloc[0]
+    layout = stats.Layout(frame(values), ["a", "b"], {"a": 0, "b": 0}, {"a": [0, 1], "b": [0, 1]})
+    r = stats.interactions(layout).iloc[0]
     assert r["ci_low"] < 0 < r["ci_high"] and not r["significant"]
     assert r["at_baseline"] == pytest.approx(0.02, abs=0.002) and r["at_level"] == pytest.approx(
         0.02, abs=0.002
@@ -286,9 +260,9 @@ def test_no_spread_is_not_evidence_and_only_the_exact_sign_flip_decides():
     )
     assert six.loc[0, "p_value"] == pytest.approx(2 / 64) and six.loc[0, "significant"]
     assert five.loc[0, "p_value"] == pytest.approx(2 / 32) and not five.loc[0, "significant"]
-    note = stats.analyse(
-        one_factor({0: (0.5, 0.75), 1: (0.6, 0.85)}), ["a", "b"], BASE, LEVELS, resolution=1e-4
-    ).effects.loc[0, "note"]
+    fin = one_factor({0: (0.5, 0.75), 1: (0.6, 0.85)})
+    note = stats.analyse(stats.Layout(fin, ["a", "b"], BASE, LEVELS, resolution=1e-4)).effects
+    note = note.loc[0, "note"]
     assert note.startswith("no spread")
 
 
@@ -304,9 +278,8 @@ def test_the_alias_sign_of_a_half_fraction_is_minus_for_odd_k_and_plus_for_even_
             {(*p, s): 0.9 + 0.005 * code(p) + 0.01 * s for p in half for s in range(3)},
             factors=tuple(names),
         )
-        out = stats.analyse(
-            fin, list(names), {f: 0 for f in names}, {f: [0, 1] for f in names}, design="fractional"
-        )
+        layout = stats.Layout(fin, list(names), {f: 0 for f in names}, {f: [0, 1] for f in names})
+        out = stats.analyse(layout, design="fractional")
         a = out.effects.set_index("factor").loc["a"]
         assert a["alias"] == sign + ":".join(names[1:]), out.effects
         assert a["diff"] == pytest.approx(
@@ -316,9 +289,8 @@ def test_the_alias_sign_of_a_half_fraction_is_minus_for_odd_k_and_plus_for_even_
 
 
 def test_effects_and_interactions_are_one_holm_family():
-    out = stats.analyse(
-        two_by_two(), ["a", "b"], {"a": 0, "b": "x"}, {"a": [0, 1], "b": ["x", "y"]}
-    )
+    levels = {"a": [0, 1], "b": ["x", "y"]}
+    out = stats.analyse(stats.Layout(two_by_two(), ["a", "b"], {"a": 0, "b": "x"}, levels))
     p = [*out.effects["p_value"], *out.interactions["p_value"]]
     assert out.family == 3
     assert [*out.effects["p_holm"], *out.interactions["p_holm"]] == pytest.approx(
@@ -391,9 +363,8 @@ def test_a_pinned_factor_is_no_part_of_a_fractional_alias():
         factors=tuple("abcd"),
     )
     levels = {"a": [0, 1], "b": [0, 1], "c": [0, 1], "d": [7]}
-    out = stats.analyse(
-        fin, list("abcd"), {"a": 0, "b": 0, "c": 0, "d": 7}, levels, design="fractional"
-    )
+    layout = stats.Layout(fin, list("abcd"), {"a": 0, "b": 0, "c": 0, "d": 7}, levels)
+    out = stats.analyse(layout, design="fractional")
     assert out.effects.set_index("factor").loc["a", "alias"] == "-b:c" and out.half_k == 3
 
 
@@ -439,7 +410,7 @@ def test_a_half_fractions_alias_note_gives_the_aliased_interaction_in_the_pages_
     }
     fin = frame(values, factors=("a", "b", "c"))
     levels = {f: [0, 1] for f in "abc"}
-    out = stats.analyse(fin, list("abc"), dict(a=0, b=0, c=0), levels, design="fractional")
+    out = stats.analyse(stats.Layout(fin, list("abc"), dict(a=0, b=0, c=0), levels), "fractional")
     row = out.effects.set_index("factor").loc["a"]
     assert row["diff"] == pytest.approx(-0.01) and row["alias"] == "-b:c"
     assert row["note"].startswith(
@@ -465,6 +436,7 @@ def test_p_greater_is_the_share_of_seeds_above_zero_with_a_clopper_pearson_inter
     assert row["p_greater"] == pytest.approx(3.5 / 4)  # seed 0 ties
 
 
+@pytest.mark.slow
 def test_p_greaters_interval_covers_at_least_95_percent_at_3_to_10_seeds():
     # exact by construction (Clopper-Pearson); simulated so the table's claim is measured
     rng, reps, said = np.random.default_rng(31), 4000, []

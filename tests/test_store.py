@@ -28,8 +28,7 @@ from ablate.store import (
     read_predictions,
 )
 from ablate.study import Study, cells, validate
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
 
 ROWS = [
     dict(
@@ -347,6 +346,7 @@ def predicted_folder(tmp_path_factory):
     """A real run's results: 2 digits cells (899 test images, 10 classes) trained as one group,
     so one predictions file of 2 cells beside labels.parquet."""
     from ablate import runner
+    from ablate.executor import RunOptions
 
     out = tmp_path_factory.mktemp("predicted")
     study = validate(
@@ -359,7 +359,7 @@ def predicted_folder(tmp_path_factory):
             source="studies/p.py",
         )
     )
-    assert runner.run(study, out, device="cpu", max_group=2).trained == 2
+    assert runner.run(study, RunOptions(out=out, device="cpu", max_group=2)).trained == 2
     return study, out / "p"
 
 

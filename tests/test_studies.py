@@ -78,6 +78,7 @@ def test_softmax_before_the_loss_is_cross_entropy_of_probabilities():
         ["--set", "epochs=1", "--set", "train_subset=512", "--set", "loss=cross_entropy"],
     ],
 )
+@pytest.mark.slow
 def test_the_strided_cnn_study_trains_on_a_subset(tmp_path, data_dir, over):
     r = cli.invoke(
         app, ["run", "studies/mnist_cnn.py", "--out", str(tmp_path), "--seeds", "1", *over]
@@ -87,6 +88,7 @@ def test_the_strided_cnn_study_trains_on_a_subset(tmp_path, data_dir, over):
     assert len(df) >= 1 and df["status"].eq("ok").all() and df["test_acc"].between(0, 1).all()
 
 
+@pytest.mark.slow
 def test_xor_perceptron_cannot_pass_75_and_the_mlp_solves_it(tmp_path):
     r = cli.invoke(app, ["run", "studies/xor.py", "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output

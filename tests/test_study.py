@@ -18,7 +18,7 @@ from ablate.study import (
     validate,
 )
 from ablate.studyfile import load, override, parse_set
-from conftest import TINY, write_study
+from helpers import TINY, write_study
 
 
 def make(**kw):

@@ -5,22 +5,24 @@ import shutil
 
 import numpy as np
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from ablate import tables
 from ablate.cli import app
-from conftest import REPO
+from ablate.metrics import TEST_ACC, TEST_LOSS
+from helpers import REPO
 
 cli = CliRunner()
 
 
 def test_accuracy_reads_as_percent_with_two_decimals_and_p_with_three_figures():
-    assert tables.number(0.97491, "test_acc") == "97.49"
-    assert tables.number(0.0031, "test_acc", signed=True) == "+0.31"
-    assert tables.number(0.123456, "test_loss") == "0.1235"
-    assert tables.number(np.nan, "test_acc") == ""
-    assert tables.interval(-0.0009, 0.0009, "test_acc") == "[-0.09, +0.09]"
-    assert tables.interval(0.9742, 0.9757, "test_acc", signed=False) == "[97.42, 97.57]"
+    assert tables.number(0.97491, TEST_ACC) == "97.49"
+    assert tables.number(0.0031, TEST_ACC, signed=True) == "+0.31"
+    assert tables.number(0.123456, TEST_LOSS) == "0.1235"
+    assert tables.number(np.nan, TEST_ACC) == ""
+    assert tables.interval(-0.0009, 0.0009, TEST_ACC) == "[-0.09, +0.09]"
+    assert tables.interval(0.9742, 0.9757, TEST_ACC, signed=False) == "[97.42, 97.57]"
     assert tables.p_value(0.04567) == "0.0457" and tables.p_value(2.3149e-5) == "2.31e-05"
     assert tables.p_value(1.0) == "1" and tables.seeds_text([0, 1, 2, 3, 4]) == "seeds 0–4"
     assert tables.seeds_text([0, 2, 7]) == "seeds 0, 2, 7" and tables.seeds_text([3]) == "seed 3"
@@ -31,7 +33,7 @@ def test_readable_formats_each_column_by_what_it_holds():
         dict(factor=["lr"], n_pairs=[5], diff=[0.0747], ci_low=[-0.001], ci_high=[0.15],
              p_holm=[1.06e-7], mde=[0.0021], seeds_needed=[3.0], note=[""])
     )  # fmt: skip
-    shown = tables.readable(effects, "test_acc", "effects").iloc[0].to_dict()
+    shown = tables.readable(effects, TEST_ACC, "effects").iloc[0].to_dict()
     assert shown == dict(
         factor="lr", n_pairs=5, diff="+7.47", ci_low="-0.10", ci_high="+15.00",
         p_holm="1.06e-07", mde="0.21", seeds_needed="3", note="",
@@ -40,7 +42,7 @@ def test_readable_formats_each_column_by_what_it_holds():
 
 def test_factor_columns_keep_their_levels_even_when_named_like_a_p_value():
     summary = pd.DataFrame(dict(p=[0.0, 1.2345e-4], n_seeds=[2, 2], mean=[0.5, 0.6]))
-    shown = tables.readable(summary, "test_acc", "summary", factors=["p"])
+    shown = tables.readable(summary, TEST_ACC, "summary", factors=["p"])
     assert shown["p"].tolist() == [0.0, 1.2345e-4] and shown["mean"].tolist() == ["50.00", "60.00"]
 
 
@@ -51,7 +53,7 @@ SUMMARY = pd.DataFrame(
 
 
 def test_summary_markdown_by_hand():
-    head, rows = tables.summary_rows(SUMMARY, ["lr"], "test_acc")
+    head, rows = tables.summary_rows(SUMMARY, ["lr"], TEST_ACC)
     text = tables.markdown(head, rows, "Final test_acc (%).", numbers_from=1)
     assert text == (
         "| lr | test_acc (%) | 95% CI | n |\n"
@@ -75,6 +77,7 @@ def test_latex_escapes_a_users_level_and_writes_minus_signs_and_powers_of_ten():
     assert [line for line in lines if "rule" in line] == ["\\toprule", "\\midrule", "\\bottomrule"]
 
 
+@pytest.mark.slow
 def test_a_real_report_writes_paste_ready_tables_and_pdfs_and_the_same_files_twice(tmp_path):
     folder = tmp_path / "mnist_mlp"
     shutil.copytree(REPO / "results" / "mnist_mlp", folder, ignore=shutil.ignore_patterns("_*"))
