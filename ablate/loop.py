@@ -42,7 +42,8 @@ _KEPT: ContextVar[dict | None] = ContextVar("kept_predictions", default=None)
 @contextmanager
 def keep_predictions(on: bool = True):
     """While open, train keeps each cell's argmax class per test example at its final epoch
-    (cfg["epochs"]; none for a diverged cell): yields {cell id: int16 numpy [N]}, or None when off."""
+    (cfg["epochs"]; none for a diverged cell): yields {cell id: int16 numpy [N]}, or None when
+    off."""
     kept = {} if on else None
     token = _KEPT.set(kept)
     try:

@@ -383,9 +383,8 @@ def claim_problems(study: Study) -> list[str]:
     for c in study.claims:
         where = f"{study.source}: claim {c.source or c.where}"
         if not isinstance(c.metric, str) or c.metric not in OUTCOMES:
-            out.append(
-                f"{where}: metric={c.metric!r} is not allowed; expected one of {', '.join(OUTCOMES)}"
-            )
+            allowed = ", ".join(OUTCOMES)
+            out.append(f"{where}: metric={c.metric!r} is not allowed; expected one of {allowed}")
         elif c.kind not in CLAIM_KINDS:
             out.append(
                 f"{where}: kind={c.kind!r} is not allowed; expected one of {', '.join(CLAIM_KINDS)}"

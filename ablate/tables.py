@@ -221,8 +221,8 @@ def write(folder: Path, rep, study: str, metric: Metric, factors: list[str]) -> 
     points = metric.unit
     caption = (
         f"Effects on the final {metric.column} of {study}{points and ' (percentage points)'}: "
-        f"{how}, over {n} seeds ({seeds_text(rep.seeds)}); 95% t interval; p Holm-adjusted over the "
-        f"{rep.family} tests of effects and interactions. *: significant at 0.05 after Holm"
+        f"{how}, over {n} seeds ({seeds_text(rep.seeds)}); 95% t interval; p Holm-adjusted over "
+        f"the {rep.family} tests of effects and interactions. *: significant at 0.05 after Holm"
     )
     if n := unconfirmed(rep.effects, rep.interactions):
         caption += (

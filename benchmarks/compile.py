@@ -8,8 +8,8 @@ the compile time, the steady-state step time of each, their ratio, and how far t
 compiled losses drift from the eager ones (fusion reorders floating-point sums).
 On CUDA the default mode is "reduce-overhead", which replays the step as CUDA graphs.
 
-    python benchmarks/compile.py [--workload reference|fashion] [--group 16] [--steps 600] [--mode ...]
-        [--csv PATH]  (appends one row: the figures printed last)
+    python benchmarks/compile.py [--workload reference|fashion] [--group 16] [--steps 600]
+        [--mode ...] [--csv PATH]  (appends one row: the figures printed last)
 """
 
 from __future__ import annotations
@@ -102,7 +102,8 @@ def main() -> int:
     data = datasets.load(WORKLOADS[args.workload][0], device)
     print(
         f"device: {device_name(device)}; torch {torch.__version__}, {platform.python_version()}; "
-        f"{time.strftime('%Y-%m-%d')}; {args.workload} MLP, G={args.group}, {args.steps} steps, mode {mode}"
+        f"{time.strftime('%Y-%m-%d')}; {args.workload} MLP, G={args.group}, {args.steps} steps, "
+        f"mode {mode}"
     )
     compiled = torch.compile(step_loss, mode=mode, dynamic=False)
     runs: dict[str, list] = {"eager": [], "compiled": []}
@@ -112,7 +113,8 @@ def main() -> int:
             runs[label].append(train(fn, s, opt, cs, data, args.steps, device))
             losses, warm, per_step = runs[label][-1]
             print(
-                f"round {r + 1} {label:9} first {WARMUP} steps {warm:7.2f} s, then {per_step * 1e3:8.3f} ms/step"
+                f"round {r + 1} {label:9} first {WARMUP} steps {warm:7.2f} s, "
+                f"then {per_step * 1e3:8.3f} ms/step"
             )
     eager, comp = (min(t[2] for t in runs[k]) for k in ("eager", "compiled"))
     drift = max(
@@ -120,8 +122,9 @@ def main() -> int:
         for a, b in zip(runs["eager"][0][0], runs["compiled"][0][0], strict=True)
     )
     print(
-        f"best of {args.rounds}: eager {eager * 1e3:.3f} ms/step, compiled {comp * 1e3:.3f} ms/step; compiled is "
-        f"{eager / comp:.2f}x eager's speed; largest relative loss difference over {args.steps} steps: {drift:.1e}"
+        f"best of {args.rounds}: eager {eager * 1e3:.3f} ms/step, compiled {comp * 1e3:.3f} "
+        f"ms/step; compiled is {eager / comp:.2f}x eager's speed; largest relative loss "
+        f"difference over {args.steps} steps: {drift:.1e}"
     )
     if args.csv:
         row = dict(

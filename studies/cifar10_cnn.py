@@ -1,8 +1,8 @@
-# studies/cifar10_cnn.py: the CIFAR-10 tutorials. LeNet-style CNN (conv 6,5 - pool - conv 16,5 - pool -
-# fc120 - fc84 - fc10), SGD lr 0.001 momentum 0.9, batch 4, 2 epochs: 56%. A deeper CNN (32, 64, 128
-# filters, 3x3, padding 1, pooling after each) with dropout 0.5, 20 epochs: 74%. Every cell trains 20
-# epochs; the 2-epoch claim reads epoch 2 of the LeNet cells. Needs CIFAR-10 (torchvision's download
-# into ~/.cache/ablate, or cifar-10-batches-py/ under --data-dir).
+# studies/cifar10_cnn.py: the CIFAR-10 tutorials. LeNet-style CNN (conv 6,5 - pool - conv 16,5 -
+# pool - fc120 - fc84 - fc10), SGD lr 0.001 momentum 0.9, batch 4, 2 epochs: 56%. A deeper CNN
+# (32, 64, 128 filters, 3x3, padding 1, pooling after each) with dropout 0.5, 20 epochs: 74%.
+# Every cell trains 20 epochs; the 2-epoch claim reads epoch 2 of the LeNet cells. Needs CIFAR-10
+# (torchvision's download into ~/.cache/ablate, or cifar-10-batches-py/ under --data-dir).
 from ablate import Claim, Study
 
 LENET = (

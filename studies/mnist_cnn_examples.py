@@ -1,5 +1,6 @@
-# studies/mnist_cnn_examples.py: the PyTorch examples MNIST CNN: conv(10,5)-maxpool-relu-conv(20,5)-dropout2d
-# -maxpool-relu-fc50-relu-dropout-fc10, SGD lr 0.01 momentum 0.5, batch 64, 40 epochs: 99.09%.
+# studies/mnist_cnn_examples.py: the PyTorch examples MNIST CNN:
+# conv(10,5)-maxpool-relu-conv(20,5)-dropout2d-maxpool-relu-fc50-relu-dropout-fc10,
+# SGD lr 0.01 momentum 0.5, batch 64, 40 epochs: 99.09%.
 # The example standardises the images (Normalize((0.1307,), (0.3081,))); the factor `normalize`
 # measures what that is worth against the plain 0..1 scaling.
 from ablate import Claim, Study

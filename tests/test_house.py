@@ -121,3 +121,8 @@ def test_the_readme_opens_with_the_two_commands_and_ci_runs_the_second_within_30
     assert "ablate run studies/" in run_study and "ablate report" in run_study, run_study
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert ci[-1].endswith(run_tests), f".ci/run runs {ci[-1]!r}; the README says {run_tests!r}"
+
+
+def test_the_readmes_study_file_is_studies_mnist_mlp_py_verbatim():
+    study = (ROOT / "studies" / "mnist_mlp.py").read_text()
+    assert f"```python\n{study}```" in (ROOT / "README.md").read_text()
