@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import anova, claims, curves, examples, stats, store
+from . import anova, claims, curves, examples, stats
 from .design import Design, first_stage
-from .errors import AblateError
+from .errors import AblateError, StoreError
 from .keys import DATASET_SIZES
 from .metrics import HALF_POINT, OUTCOMES, TEST_ACC, Metric
 
@@ -86,9 +86,9 @@ def analyse(
 ) -> tuple[Report, pd.DataFrame, pd.DataFrame]:
     """Every table of the report for a design's tidy rows, no files: the Report (path and
     seconds unset), and the rows and final rows in design order (`final`: "last", or "last-k"
-    for each cell's mean over its last k epochs). `predictions`: store.read_predictions' (labels,
-    {cell: predicted}); with them, a per-example metric's (accuracy's) effects and points also
-    get an interval that counts the test set as a sample of examples (examples.py)."""
+    for each cell's mean over its last k epochs). `predictions`: predictions.read_predictions'
+    (labels, {cell: predicted}); with them, a per-example metric's (accuracy's) effects and points
+    also get an interval that counts the test set as a sample of examples (examples.py)."""
     last = last_epochs(final)
     factors, levels, base = setting(design, df)
     df = in_design_order(df, factors, levels)
@@ -167,7 +167,7 @@ def check_request(df, results: Path, metric: Metric, margin, halfwidth) -> None:
             f"{_typed_in(metric)}"
         )
     if not (df["status"] == "ok").any():
-        raise store.StoreError(
+        raise StoreError(
             f"{results}: every one of its {df['cell'].nunique()} cells diverged; nothing to "
             "report (`ablate show` lists them)"
         )

@@ -16,11 +16,12 @@ from typing import NoReturn
 
 import pandas as pd
 
-from . import charts, report, stats, store, tables
+from . import charts, readback, report, stats, tables
 from .analysis import Report, analyse, check_request, in_design_order, setting
 from .errors import AblateError, on_user_error
 from .executor import Progress, RunOptions
 from .metrics import TEST_ACC, Metric, lookup
+from .predictions import read_predictions
 from .progress import NotebookProgress, RichProgress, in_notebook
 from .study import Study
 
@@ -129,8 +130,8 @@ class Results:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.frame: pd.DataFrame = store.read(self.path, _warn)
-        self.design = store.read_design(self.path)
+        self.frame: pd.DataFrame = readback.read(self.path, _warn)
+        self.design = readback.read_design(self.path)
         self._tidy = stats.tidy(self.frame)  # list levels as tuples, once: every table groups them
         self._analysed: dict[tuple, Report] = {}
 
@@ -161,7 +162,7 @@ class Results:
             if self.design.kind == "noise":
                 raise AblateError(f"{self.path}: a noise design; .report() writes its noise.csv")
             check_request(self._tidy, self.path, chosen, margin, halfwidth)
-            predicted = store.read_predictions(self.path, _warn) if chosen.per_example else None
+            predicted = read_predictions(self.path, _warn) if chosen.per_example else None
             analysed = analyse(self._tidy, self.design, chosen, margin, halfwidth, final, predicted)
             self._analysed[key] = analysed[0]
         return self._analysed[key]

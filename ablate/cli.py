@@ -292,14 +292,14 @@ def show(
     metric: StoredName = typer.Option(StoredName("test_acc"), "--metric", help=HELP["show_metric"]),
 ):
     """Final-epoch metrics of every cell in RESULTS_DIR."""
-    from . import store, tables
+    from . import readback, tables
 
     shown = lookup(metric.value, "--metric", BUILT_IN)
-    df = store.read(results_dir, warn)
+    df = readback.read(results_dir, warn)
     if shown.column not in df.columns:
         stored = ", ".join(name for name in BUILT_IN if name in df.columns)
         raise AblateError(f"{results_dir}: no metric '{shown.column}'; try {stored}")
-    factors = [f for f in store.read_design(results_dir).factors or {} if f in df.columns]
+    factors = [f for f in readback.read_design(results_dir).factors or {} if f in df.columns]
     last = df.sort_values("epoch").groupby("cell", sort=False).tail(1)
     last = last.sort_values([*factors, "seed"], key=lambda s: s.astype(str), kind="stable")
     table = Table(title=f"{results_dir}: {len(last)} cells, final epoch")

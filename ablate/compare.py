@@ -42,9 +42,9 @@ from scipy import special
 from scipy import stats as scipy_stats
 from scipy.optimize import brentq
 
-from . import inference, stats, store, tables
+from . import inference, predictions, readback, stats, tables
 from .analysis import check_margin, dataset_sizes, in_design_order, last_epochs, setting
-from .errors import AblateError
+from .errors import AblateError, StoreError
 from .examples import correct, disagreement
 from .inference import ALPHA, LEVEL, POWER, holm, no_spread
 from .metrics import TEST_ACC, Metric, lookup
@@ -327,10 +327,10 @@ def load(path: Path, metric: Metric, warn: Callable[[str], None] | None, last: i
     cells whose final epoch swung far from their last ones (stats.swings); a noise folder or a
     missing metric is a mistake."""
     try:
-        rows = stats.tidy(store.read(path, warn))
+        rows = stats.tidy(readback.read(path, warn))
         final = stats.final(rows, last, metric)
-        design = store.read_design(path)
-    except store.StoreError as e:  # exit 2, as every mistake here: 1 says a point differs
+        design = readback.read_design(path)
+    except StoreError as e:  # exit 2, as every mistake here: 1 says a point differs
         raise AblateError(str(e)) from None
     if design.kind == "noise":
         raise AblateError(f"{path}: a noise design; `ablate report` on it compares its streams")
@@ -438,8 +438,8 @@ def run(
 def _hits(path_a: Path, final_a, path_b: Path, final_b) -> tuple:
     """Each side's ok final rows and its cells' correctness per test example (examples.correct),
     or None for both where a side stored no predictions or the two scored other test sets."""
-    labels_a, predicted_a = store.read_predictions(path_a, None)
-    labels_b, predicted_b = store.read_predictions(path_b, None)
+    labels_a, predicted_a = predictions.read_predictions(path_a, None)
+    labels_b, predicted_b = predictions.read_predictions(path_b, None)
     if not predicted_a or not predicted_b or not np.array_equal(labels_a, labels_b):
         return final_a, final_b, None, None
     return final_a, final_b, correct(predicted_a, labels_a), correct(predicted_b, labels_b)
@@ -494,6 +494,6 @@ def write(comparison: Comparison, out: Path | None, path_b: Path) -> Path:
 
     try:
         write_folder(folder, fill, ("compare.csv",), by_place, "comparison")
-    except store.StoreError as e:  # exit 2, as every mistake here: 1 says a point differs
+    except StoreError as e:  # exit 2, as every mistake here: 1 says a point differs
         raise AblateError(str(e)) from None
     return folder / "compare.csv"

@@ -15,7 +15,7 @@ RECORDED = ("dataset", "model", "design", "base", "factors")
 
 @dataclass(frozen=True)
 class Design:
-    """A results folder's study as its manifest records it, read once (store.read_design): what
+    """A results folder's study as its manifest records it, read once (readback.read_design): what
     store, `ablate show` and the report take instead of each reading the JSON its own way."""
 
     study: str = ""

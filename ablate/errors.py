@@ -16,6 +16,14 @@ class StudyError(AblateError):
     """A study file or Study value that cannot run: a key, level, factor or claim is wrong."""
 
 
+class StoreError(AblateError):
+    """A results folder that cannot be read or written as asked (exit 1; 2: a usage mistake)."""
+
+    def __init__(self, message: str, code: int = 1):  # 2: a usage mistake (another --out)
+        super().__init__(message)
+        self.code = code
+
+
 def on_user_error(handle: Callable[[AblateError], object]):
     """A decorator: an AblateError the function raises goes to handle(error), which raises (the
     CLI's one line and exit code, the notebook API's short traceback)."""

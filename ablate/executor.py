@@ -43,7 +43,7 @@ class Progress:
 class RunOptions:
     """How a study is run, apart from the study: what `ablate run` and `ablate.run` build.
     `device`: "auto", "cpu", "cuda", "cuda:N" or a torch.device. `predictions`: store each
-    cell's argmax class per test example at its final epoch (store.PREDICTIONS); neither it
+    cell's argmax class per test example at its final epoch (predictions.PREDICTIONS); neither it
     nor its absence enters a cell's id, so a rerun with the other setting resumes."""
 
     out: str | Path = "results"  # the results go to OUT/<study name>/

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import charts, claims, noise, stats, store, tables
+from . import charts, claims, noise, predictions, readback, stats, store, tables
 from .analysis import Report, analyse, check_request, claims_about, last_epochs
 from .design import Design
-from .errors import AblateError
+from .errors import AblateError, StoreError
 from .metrics import TEST_ACC, Metric, lookup
 from .page import noise_page, page
 
@@ -54,11 +54,11 @@ def build(
     results = Path(results)
     metric = lookup(metric, where=str(results))
     last = last_epochs(final)
-    df, design = stats.tidy(store.read(results, warn)), store.read_design(results)
+    df, design = stats.tidy(readback.read(results, warn)), readback.read_design(results)
     check_request(df, results, metric, margin, halfwidth)
     if design.kind == "noise":
         return _noise_report(df, design, results, out, metric, start)
-    predicted = store.read_predictions(results, warn) if metric.per_example else None
+    predicted = predictions.read_predictions(results, warn) if metric.per_example else None
     rep, df, final = analyse(
         df, design, metric, margin, halfwidth, final=f"last-{last}", predictions=predicted
     )
@@ -165,10 +165,10 @@ def outside_results(out: Path) -> None:
     fail on the report (`ablate run` refuses the same for results)."""
     resolved = out.resolve()
     for folder in (resolved, *resolved.parents):
-        if (folder / store.MANIFEST).is_file():
+        if (folder / readback.MANIFEST).is_file():
             inside = resolved.relative_to(folder).parts
             if not inside or not inside[0].startswith(("_", ".")):
-                raise store.StoreError(
+                raise StoreError(
                     f"{out}: is inside the results folder {folder}, whose readers would take "
                     "it for rows; choose an --out outside it (or a name beginning with _)",
                     code=2,
@@ -181,9 +181,9 @@ def _fill_and_move(out: Path, fill: Callable[[Path], None], mine: dict, what: st
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
         fill(tmp)
-        new = {p.name: store.sha256(p) for p in sorted(tmp.iterdir())}
+        new = {p.name: readback.sha256(p) for p in sorted(tmp.iterdir())}
         if theirs := [name for name in new if os.path.lexists(out / name) and name not in mine]:
-            raise store.StoreError(
+            raise StoreError(
                 f"{out / theirs[0]}: not a file ablate wrote (or changed since); the {what} "
                 "would replace it: move it aside or choose another --out",
                 code=2,
@@ -199,7 +199,7 @@ def _fill_and_move(out: Path, fill: Callable[[Path], None], mine: dict, what: st
             (out / name).unlink(missing_ok=True)
         _mark(out, {name: [digest] for name, digest in new.items()})
     except OSError as e:
-        raise store.StoreError(f"{out}: cannot write the {what} here ({e.strerror or e})") from None
+        raise StoreError(f"{out}: cannot write the {what} here ({e.strerror or e})") from None
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -209,15 +209,15 @@ def owned(out: Path, names: tuple[str, ...], by_place: bool, what: str = "report
     """The files in `out` that ablate wrote, each with its sha256 as it is now: those MARKER
     records with that very hash, plain files inside `out`. `out` itself, or its MARKER, as a
     link, and a folder holding anything but ablate's, are refused with one line."""
-    store.refuse_link(out)
+    readback.refuse_link(out)
     if out.exists() and not out.is_dir():
-        raise store.StoreError(
+        raise StoreError(
             f"{out}: cannot write the {what} here: it exists and is not a folder; choose "
             "another --out",
             code=2,
         )
     marker = out / MARKER
-    store.refuse_link(marker)
+    readback.refuse_link(marker)
     if not out.is_dir():
         return {}
     if marker.is_file():
@@ -225,7 +225,7 @@ def owned(out: Path, names: tuple[str, ...], by_place: bool, what: str = "report
     elif by_place:  # a default _report from before the marker: ablate's by its place
         recorded = dict.fromkeys(names)
     elif any(out.iterdir()):
-        raise store.StoreError(
+        raise StoreError(
             f"{out}: not empty and not a {what} folder ablate wrote (no {MARKER}); choose a "
             "new or empty --out",
             code=2,
@@ -236,7 +236,7 @@ def owned(out: Path, names: tuple[str, ...], by_place: bool, what: str = "report
     for name, digests in recorded.items():
         file = out / name
         if os.path.isfile(file) and not os.path.islink(file):
-            digest = store.sha256(file)
+            digest = readback.sha256(file)
             if digests is None or digest in digests:
                 mine[name] = digest
     return mine

@@ -23,12 +23,13 @@ from . import __version__, engine, fused
 from . import data as datasets
 from .cluster import Pool
 from .design import Design, design_ids
-from .errors import AblateError, StudyError
+from .errors import AblateError, StoreError, StudyError
 from .executor import Executor, Outcome, Progress, RunOptions, Summary
 from .keys import DATASET_SIZES, key_spec
 from .local import Local
+from .readback import ROW_COLUMNS, parquet_files, read_manifest
 from .sources import Data, check_flips
-from .store import ROW_COLUMNS, Store, StoreError, check_folder, parquet_files, read_manifest
+from .store import Store, check_folder
 from .study import Cell, Study, model_name, own_values
 from .study import cells as expand
 

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
-from . import analysis, inference, stats, store
+from . import analysis, inference, readback, stats
 from .design import first_stage
 from .errors import AblateError
 from .keys import MAX_CELLS, SEED_LIMIT
@@ -50,7 +50,7 @@ def analysed(
     """(effects, rows): the main effects of a results folder as its report computes them
     (seeds_needed at `halfwidth`), each with its CI half-width, and the tidy rows they come
     from; `seeds`: from these seeds' runs alone. No files are written."""
-    df, design = stats.tidy(store.read(path, warn)), store.read_design(path)
+    df, design = stats.tidy(readback.read(path, warn)), readback.read_design(path)
     # the report's refusals: plan took epoch, seed and seconds as metrics, and config raised
     analysis.check_request(df, path, metric, None, halfwidth)
     factors, levels, base = analysis.setting(design, df)
@@ -75,7 +75,7 @@ def _step(design, metric: Metric) -> float:
 def default_halfwidth(path: Path, metric: Metric, warn=None) -> tuple[float, str]:
     """analysis.aimed_halfwidth for a results folder: the half-width the report's seeds_needed
     aims at when none is given, and how it was chosen."""
-    df, design = stats.tidy(store.read(path, warn)), store.read_design(path)
+    df, design = stats.tidy(readback.read(path, warn)), readback.read_design(path)
     analysis.check_request(df, path, metric, None, None)
     halfwidth, said = analysis.aimed_halfwidth(stats.final(df), metric, _step(design, metric))
     if not halfwidth > 0:
@@ -135,7 +135,7 @@ def until_halfwidth(
             f"than the {MAX_CELLS:,} cells one study may hold; at most {MAX_CELLS // points:,}"
         )
     path = runner.results_dir(study, out)
-    recorded = store.read_design(path)  # a rule's record: its rounds and first stage
+    recorded = readback.read_design(path)  # a rule's record: its rounds and first stage
     rounds, by = _recorded_rounds(recorded.rule, len(study.seeds))
     first = sorted(first if (first := first_stage(recorded)) is not None else study.seeds)
     if len(first) < 2:

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 import ablate
 from ablate.cli import app
-from ablate.store import parquet_files
+from ablate.readback import parquet_files
 from helpers import REPO, TINY, default_sigint, env, write_study
 
 cli = CliRunner()

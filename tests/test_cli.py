@@ -9,11 +9,11 @@ import pytest
 import typer.main
 from typer.testing import CliRunner
 
-from ablate import engine, seeds, store, testhooks
+from ablate import engine, readback, seeds, testhooks
 from ablate.cli import app
 from ablate.executor import KINDS
 from ablate.metrics import BUILT_IN, OUTCOMES, TEST_ACC
-from ablate.store import MANIFEST
+from ablate.readback import MANIFEST
 from helpers import BLOBS_STUDY, REPO, write_study
 
 cli = CliRunner()
@@ -212,7 +212,7 @@ def test_a_factor_added_later_keeps_the_stored_cells_and_reports_their_level(tmp
         out,
     )
     assert grown.exit_code == 0 and "training 4 of 8 cells" in grown.stdout
-    df = store.read(
+    df = readback.read(
         out / "tiny"
     )  # the first files had no normalize column; their config says False
     assert df["normalize"].tolist().count(False) == 4 and df["normalize"].tolist().count(True) == 4
@@ -254,7 +254,7 @@ def test_a_set_run_into_the_same_folder_is_left_out_of_the_report(tmp_path, data
     assert run("run", study, "--out", out).exit_code == 0  # 4 cells of 1 epoch
     quick = run("run", study, "--out", out, "--set", "lr=0.01", "--seeds", "1")
     assert quick.exit_code == 0 and "training 2 of 2 cells" in quick.stdout
-    df = store.read(
+    df = readback.read(
         out / "tiny", warn=None
     )  # the manifest now records lr=0.01: the 4 cells of lr 0.05 are not in it
     assert df["cell"].nunique() == 2 and {json.loads(c)["lr"] for c in df["config"]} == {0.01}
@@ -293,7 +293,7 @@ def test_factor_columns_follow_the_seed_whatever_order_the_files_sort_in(tmp_pat
         f.rename(
             f.with_name(f"{'ab'[i > 0]}{i}.parquet")
         )  # the file without `normalize` now sorts first
-    assert list(store.read(out / "tiny").columns[:6]) == [
+    assert list(readback.read(out / "tiny").columns[:6]) == [
         "study",
         "cell",
         "seed",
@@ -338,13 +338,13 @@ def test_a_dropped_factor_and_a_switched_design_leave_one_column_per_factor(tmp_
     assert (
         "training 2 of 6 cells" in one.stdout
     )  # normalize=False cells are kept: same config, same ids
-    df = store.read(out / "tiny", warn=None)
+    df = readback.read(out / "tiny", warn=None)
     assert "normalize" not in df.columns and df["cell"].nunique() == 6  # its level stays in config
     assert run("report", out / "tiny").exit_code == 0
     assert len(pd.read_csv(out / "tiny" / "_report" / "summary.csv")) == 3
     oat = run("run", write_study(tmp_path, factors=two, design="one_at_a_time"), "--out", out)
     assert "nothing to train" in oat.stdout  # base, sigmoid, normalize=True: all stored
-    df = store.read(out / "tiny", warn=None)  # not relu+True: one-at-a-time has no such point
+    df = readback.read(out / "tiny", warn=None)  # not relu+True: one-at-a-time has no such point
     assert sorted(df.groupby(["activation", "normalize"]).groups) == [
         ("relu", False),
         ("relu", True),
@@ -362,7 +362,7 @@ def test_an_edited_dataset_under_the_same_name_is_not_pooled(tmp_path, data_dir)
     study.write_text(study.read_text().replace('dataset="mnist"', 'dataset="fashion_mnist"'))
     assert "training 4 of 4 cells" in run("run", study, "--out", out).stdout
     with pytest.warns(UserWarning, match="4 stored cells are not in the study's current design"):
-        df = store.read(out / "tiny")  # a library caller is warned too
+        df = readback.read(out / "tiny")  # a library caller is warned too
     assert df["cell"].nunique() == 4
 
 
@@ -407,7 +407,7 @@ def test_columns_and_interactions_follow_the_studys_factor_order(tmp_path, data_
         "--out",
         out,
     )
-    assert list(store.read(out / "tiny").columns[3:5]) == ["dropout", "activation"]
+    assert list(readback.read(out / "tiny").columns[3:5]) == ["dropout", "activation"]
     assert run("report", out / "tiny").exit_code == 0
     inter = pd.read_csv(out / "tiny" / "_report" / "interactions.csv")
     assert inter[["factor", "by"]].values.tolist() == [["dropout", "activation"]]
@@ -714,7 +714,7 @@ def label(row) -> str:
 def test_piped_tables_keep_every_number_whole_and_every_row_on_one_line(tmp_path):
     # before: Rich fell back to 80 columns off a terminal and printed -18.29 as `-18.2…`
     results = REPO / "results"
-    df = store.read(results / "mnist_mlp", None)
+    df = readback.read(results / "mnist_mlp", None)
     last = df.sort_values("epoch").groupby("cell").tail(1)
     shown = run("show", results / "mnist_mlp")
     assert_whole(

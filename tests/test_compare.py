@@ -593,7 +593,7 @@ def test_a_cell_whose_final_epoch_swung_is_named_and_last_k_compares_its_last_ep
 
 @pytest.mark.slow
 def test_two_runs_with_stored_predictions_say_how_often_they_disagree_on_which_examples(tmp_path):
-    from ablate import examples, store
+    from ablate import examples, predictions
 
     base = ["run", "studies/digits_mlp.py", "--set", "epochs=3"]
     assert cli.invoke(app, [*base, "--out", str(tmp_path / "a")]).exit_code == 0
@@ -605,8 +605,8 @@ def test_two_runs_with_stored_predictions_say_how_often_they_disagree_on_which_e
     assert "test examples: a run of A and one of B disagree on" in said, r.output
     table = pd.read_csv(tmp_path / "c" / "compare.csv")
     assert {"disagree_between", "p_disagree", "p_disagree_holm"} <= set(table.columns)
-    labels, preds_a = store.read_predictions(a)
-    preds_b = store.read_predictions(b)[1]
+    labels, preds_a = predictions.read_predictions(a)
+    preds_b = predictions.read_predictions(b)[1]
     hits_a, hits_b = examples.correct(preds_a, labels), examples.correct(preds_b, labels)
     first = table.iloc[0]
     cells = lambda hits, folder: [  # noqa: E731

@@ -523,7 +523,7 @@ def test_an_ok_row_with_a_nan_metric_leaves_its_cell_out_with_one_line_naming_fi
     import numpy as np
     import pandas as pd
 
-    from ablate import store
+    from ablate import readback
 
     rows = pd.DataFrame(
         dict(
@@ -536,7 +536,7 @@ def test_an_ok_row_with_a_nan_metric_leaves_its_cell_out_with_one_line_naming_fi
         )
     )
     said = []
-    kept = store.unmeasured(rows, "res/x/g1.parquet", said.append)
+    kept = readback.unmeasured(rows, "res/x/g1.parquet", said.append)
     assert list(kept["cell"]) == ["b", "b", "c"]  # a diverged cell stays, counted as diverged
     assert said == [
         "res/x/g1.parquet: cell a is marked ok but its test_acc is NaN at epoch 2; the cell is "

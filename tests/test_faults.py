@@ -19,8 +19,8 @@ from matplotlib.figure import Figure
 from typer.testing import CliRunner
 
 from ablate.cli import app
+from ablate.readback import MANIFEST, parquet_files, read_manifest
 from ablate.report import MARKER, REPORT
-from ablate.store import MANIFEST, parquet_files, read_manifest
 from helpers import REPO, command, default_sigint, env, write_study
 
 cli = CliRunner()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ablate import store
+from ablate import readback
 from ablate.errors import AblateError
 from ablate.metrics import (
     BUILT_IN,
@@ -100,7 +100,7 @@ def test_direction_is_read_from_the_value():
 
 
 def test_the_store_schema_holds_the_built_in_metrics_in_their_order():
-    assert store.ROW_COLUMNS == ("epoch", *BUILT_IN, "status")
+    assert readback.ROW_COLUMNS == ("epoch", *BUILT_IN, "status")
     assert list(BUILT_IN) == ["train_loss", "test_loss", "test_acc", "seconds"]
     assert all(name == metric.column for name, metric in BUILT_IN.items())
 

@@ -13,7 +13,8 @@ from ablate.cli import app
 from ablate.design import Design
 from ablate.metrics import TEST_LOSS
 from ablate.page import noise_page
-from ablate.store import MANIFEST, Store
+from ablate.readback import MANIFEST
+from ablate.store import Store
 from ablate.study import Study, cells, validate
 from helpers import write_study
 

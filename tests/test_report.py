@@ -19,8 +19,8 @@ from ablate.analysis import aimed_halfwidth, check_margin, check_request
 from ablate.cli import app
 from ablate.errors import AblateError
 from ablate.metrics import TEST_ACC, TEST_LOSS
+from ablate.readback import MANIFEST
 from ablate.report import REPORT
-from ablate.store import MANIFEST
 from helpers import REPO, write_study
 
 cli = CliRunner()
@@ -398,8 +398,8 @@ def test_the_default_halfwidth_is_the_metrics_own_from_the_mean_of_the_ok_runs()
 
 
 def test_a_noise_report_keeps_the_users_noise_csv_and_removes_only_what_ablate_wrote(tmp_path):
+    from ablate.errors import StoreError
     from ablate.report import write_folder
-    from ablate.store import StoreError
 
     def files(**texts):
         return lambda folder: [
@@ -468,9 +468,9 @@ def test_a_cell_whose_final_epoch_collapses_is_flagged_and_last_k_averages_its_l
 
 
 def test_the_committed_digits_curves_flag_no_swing_and_a_bad_final_is_one_line(tmp_path):
-    from ablate import stats, store
+    from ablate import readback, stats
 
-    rows = stats.tidy(store.read(REPO / "results" / "digits_mlp"))
+    rows = stats.tidy(readback.read(REPO / "results" / "digits_mlp"))
     assert stats.swings(rows, TEST_ACC, 1 / 360).empty  # late jitter of 1-4 points is no swing
     for bad in ("last-0", "last-x", "first"):
         r = cli.invoke(app, ["report", str(REPO / "results" / "digits_mlp"), "--final", bad])
@@ -502,11 +502,11 @@ def test_the_default_halfwidth_is_per_metric_in_its_units_and_said_in_the_captio
 
 @pytest.mark.slow
 def test_the_curves_are_tested_by_area_and_epochs_to_a_threshold_checked_by_hand(tmp_path):
-    from ablate import stats, store
+    from ablate import readback, stats
 
     r = cli.invoke(app, ["report", str(REPO / "results" / "digits_mlp"), "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output
-    rows = stats.tidy(store.read(REPO / "results" / "digits_mlp"))
+    rows = stats.tidy(readback.read(REPO / "results" / "digits_mlp"))
     area = rows.groupby(["activation", "batchnorm", "seed"])["test_acc"].mean()
     per_seed = (area.loc["relu"] - area.loc["sigmoid"]).groupby("seed").mean()  # over batchnorm
     table = pd.read_csv(tmp_path / "curve_effects.csv").set_index(["measure", "factor"])
@@ -526,7 +526,7 @@ def test_the_curves_are_tested_by_area_and_epochs_to_a_threshold_checked_by_hand
 
 @pytest.mark.slow
 def test_with_stored_predictions_effects_and_points_count_the_test_set_beside_the_seeds(tmp_path):
-    from ablate import examples, stats, store
+    from ablate import examples, predictions, readback, stats
 
     args = ["run", "studies/digits_mlp.py", "--out", str(tmp_path), "--set", "epochs=3"]
     assert cli.invoke(app, args).exit_code == 0
@@ -536,9 +536,9 @@ def test_with_stored_predictions_effects_and_points_count_the_test_set_beside_th
     effects = pd.read_csv(tmp_path / "rep" / "effects.csv")
     added = ["ci_low_examples", "ci_high_examples", "var_seeds", "var_examples", "share_examples"]
     assert list(effects.columns[-6:]) == [*added, "examples_method"]
-    labels, predicted = store.read_predictions(folder)
+    labels, predicted = predictions.read_predictions(folder)
     hits = examples.correct(predicted, labels)
-    final = stats.final(stats.tidy(store.read(folder)))
+    final = stats.final(stats.tidy(readback.read(folder)))
     by_hand = hits.mean(axis=1)  # each cell's accuracy from its predictions is its test_acc
     assert (by_hand.loc[final["cell"]].to_numpy() == final["test_acc"].to_numpy()).all()
     for row in effects.itertuples():  # wider than the seed-only interval: a second source

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from ablate import __version__
 from ablate.cli import app
-from ablate.store import MANIFEST
+from ablate.readback import MANIFEST
 from helpers import write_study
 
 pytestmark = [pytest.mark.repro, pytest.mark.slow]

@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from ablate import data, executor, fused, runner, store
+from ablate import data, executor, fused, predictions, readback, runner
 from ablate.errors import AblateError
 from ablate.executor import Progress, RunOptions
 from ablate.study import Study, validate
@@ -133,21 +133,21 @@ def check_predictions(folder):
     """Every ok cell's predictions, each scoring its stored final test_acc exactly; no diverged
     cell's; every predictions file recorded in _files.json beside its group's rows file."""
     said = []
-    labels, predicted = store.read_predictions(folder, warn=said.append)
+    labels, predicted = predictions.read_predictions(folder, warn=said.append)
     assert not said, said
-    final = store.read(folder).groupby("cell").tail(1).set_index("cell")
+    final = readback.read(folder).groupby("cell").tail(1).set_index("cell")
     assert set(predicted) == set(final.index[final["status"] == "ok"])
     assert labels.dtype == np.int16 and labels.tolist() == data.load("digits").test_y.tolist()
     for cell, guess in predicted.items():
         assert guess.dtype == np.int16 and guess.shape == labels.shape
         assert np.count_nonzero(guess == labels) / len(labels) == final.loc[cell, "test_acc"]
-    record = json.loads((folder / store.RECORD).read_text())["files"]
-    side = sorted((folder / store.PREDICTIONS).iterdir())
+    record = json.loads((folder / readback.RECORD).read_text())["files"]
+    side = sorted((folder / predictions.PREDICTIONS).iterdir())
     for f in side:
-        assert record[f"{store.PREDICTIONS}/{f.name}"]["sha256"] == store.sha256(f), f
-    rows = {f.name for f in store.parquet_files(folder)}
-    assert {f.name for f in side} - {store.LABELS} <= rows  # each beside its rows file
-    assert len(pd.read_parquet(folder)) == len(store.read(folder))  # readers skip _predictions
+        assert record[f"{predictions.PREDICTIONS}/{f.name}"]["sha256"] == readback.sha256(f), f
+    rows = {f.name for f in readback.parquet_files(folder)}
+    assert {f.name for f in side} - {predictions.LABELS} <= rows  # each beside its rows file
+    assert len(pd.read_parquet(folder)) == len(readback.read(folder))  # readers skip _predictions
     return predicted
 
 
@@ -160,17 +160,17 @@ def test_a_run_stores_each_ok_cells_test_predictions_scoring_its_final_test_acc_
     predicted = check_predictions(tmp_path / "preds")
     assert len(predicted) == 4 and not set(predicted) & set(summary.diverged)
     # a group of 2 ok and 2 diverged cells: one file of 2 cells per shape
-    side = tmp_path / "preds" / store.PREDICTIONS
+    side = tmp_path / "preds" / predictions.PREDICTIONS
     assert sorted(len(pq.read_table(f)) for f in side.glob("g*.parquet")) == [2, 2]
 
 
 def test_no_predictions_stores_none_and_a_rerun_with_them_resumes_without_training(tmp_path):
     study = predicting_study(lrs=(0.05,), seeds=1)
     first = runner.run(study, RunOptions(tmp_path, "cpu", predictions=False, progress=Said()))
-    assert first.trained == 2 and not (tmp_path / "preds" / store.PREDICTIONS).exists()
+    assert first.trained == 2 and not (tmp_path / "preds" / predictions.PREDICTIONS).exists()
     again = runner.run(study, RunOptions(tmp_path, "cpu", progress=Said()))
     assert again.skipped == 2 and again.trained == 0  # the option is in no cell's id
-    assert store.read_predictions(tmp_path / "preds") == (None, {})  # as a folder from before
+    assert predictions.read_predictions(tmp_path / "preds") == (None, {})  # as a folder from before
 
 
 def test_the_cli_flag_turns_predictions_off(tmp_path):
@@ -184,15 +184,15 @@ def test_the_cli_flag_turns_predictions_off(tmp_path):
         app, ["run", str(study), "--out", str(tmp_path / "r"), "--no-predictions"]
     )
     assert result.exit_code == 0, result.output
-    assert not (tmp_path / "r" / "flag" / store.PREDICTIONS).exists()
-    assert len(store.parquet_files(tmp_path / "r" / "flag")) == 1
+    assert not (tmp_path / "r" / "flag" / predictions.PREDICTIONS).exists()
+    assert len(readback.parquet_files(tmp_path / "r" / "flag")) == 1
 
 
 def test_a_test_set_past_the_limit_stores_no_predictions_and_says_so_once(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "MAX_PREDICTED", 100)  # digits has 899 test images
     said = Said()
     summary = runner.run(predicting_study(lrs=(0.05,)), RunOptions(tmp_path, "cpu", progress=said))
-    assert summary.trained == 4 and not (tmp_path / "preds" / store.PREDICTIONS).exists()
+    assert summary.trained == 4 and not (tmp_path / "preds" / predictions.PREDICTIONS).exists()
     assert said.warnings == [
         "the test set has 899 examples (over 100): this run stores no per-example test predictions"
     ]
@@ -224,8 +224,8 @@ def test_kill_9_between_a_groups_predictions_and_its_rows_leaves_no_half_state(t
     killed = subprocess.run([*command, "--max-group", "2"], env=env, capture_output=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()
     folder = tmp_path / "r" / "killed"
-    assert not store.parquet_files(folder)  # no rows: the first group is untrained
-    assert (folder / store.PREDICTIONS / store.LABELS).is_file()
+    assert not readback.parquet_files(folder)  # no rows: the first group is untrained
+    assert (folder / predictions.PREDICTIONS / predictions.LABELS).is_file()
     env.pop("ABLATE_TEST_KILL")
     done = subprocess.run([*command, "--max-group", "2"], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

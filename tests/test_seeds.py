@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from ablate import inference, seeds
 from ablate.cli import app
-from ablate.store import read_manifest
+from ablate.readback import read_manifest
 from helpers import REPO, env, write_study
 from helpers import command as faults_command
 

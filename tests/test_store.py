@@ -1,4 +1,4 @@
-"""The results directory: atomic writes, crash safety, quarantine, the lock and the design filter."""
+"""The results directory: atomic writes, crash safety, quarantine, the lock, the design filter."""
 
 import json
 import os
@@ -14,19 +14,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ablate import store
-from ablate.store import (
-    LABELS,
-    MANIFEST,
-    PREDICTIONS,
-    QUARANTINE,
-    Store,
-    StoreError,
-    atomic_write,
-    parquet_files,
-    read,
-    read_predictions,
-)
+from ablate.errors import StoreError
+from ablate.predictions import LABELS, PREDICTIONS, read_predictions
+from ablate.readback import MANIFEST, QUARANTINE, parquet_files, read, sha256
+from ablate.store import Store, atomic_write
 from ablate.study import Study, cells, validate
 from helpers import REPO
 
@@ -120,7 +111,8 @@ def test_one_writer_at_a_time_and_a_dead_one_holds_nothing(tmp_path):
     with pytest.raises(StoreError, match=f"pid {os.getpid()}"):
         Store(tmp_path / "s").open()
     first.close()
-    code = f"from ablate.store import Store; Store({str(tmp_path / 's')!r}).open(); import os; os._exit(0)"
+    store = str(tmp_path / "s")
+    code = f"from ablate.store import Store; Store({store!r}).open(); import os; os._exit(0)"
     subprocess.run([sys.executable, "-c", code], check=True)
     Store(tmp_path / "s").open().close()
 
@@ -504,5 +496,5 @@ def test_labels_are_written_once_and_never_replaced_by_other_labels(tmp_path):
     )
     assert file.read_bytes() == before
     record = json.loads((tmp_path / "s" / "_files.json").read_text())["files"]
-    assert record[f"{PREDICTIONS}/{LABELS}"]["sha256"] == store.sha256(file)
+    assert record[f"{PREDICTIONS}/{LABELS}"]["sha256"] == sha256(file)
     s.close()
