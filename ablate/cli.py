@@ -71,7 +71,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Ablation studies for PyTorch: many seeds per cell, effects with confidence intervals.",
+    help="Ablation studies for PyTorch: many seeds, effects with confidence intervals.",
 )
 
 # the choices of --metric and --executor, from their registries
@@ -178,7 +178,7 @@ def run(
         True, "--predictions/--no-predictions", help=HELP["predictions"]
     ),
 ):
-    """Train every cell of STUDY not yet in the results directory (resumable)."""
+    """Train every cell of STUDY not yet stored (resumable)."""
     from . import runner  # torch loads here, not for --help
     from . import study as studies
     from .executor import RunOptions
@@ -325,7 +325,7 @@ def report(
     halfwidth: float | None = typer.Option(None, "--halfwidth", help=HELP["halfwidth"]),
     final: str = typer.Option("last", "--final", help=HELP["final"]),
 ):
-    """Charts, CSVs and index.html: does each factor help, by how much, how sure are we."""
+    """Does each factor help, by how much, how sure: charts, tables."""
     from . import console
     from . import report as reports
 
@@ -358,7 +358,7 @@ def noise(
         None, "--data-dir", envvar="ABLATE_DATA_DIR", help=HELP["data_dir"]
     ),
 ):
-    """Where the seed-to-seed noise comes from, one random stream at a time.
+    """Where seed-to-seed noise comes from, one stream at a time.
 
     The study's base point (or the one --set pins) with N seeds varying one random stream at a
     time, the others held at seed 0, and N varying them all (resumable); `ablate report` on the
@@ -395,7 +395,7 @@ def plan(
     halfwidth: float | None = typer.Option(None, "--halfwidth", help=HELP["plan"]),
     metric: OutcomeName = metric_option(),
 ):
-    """From a pilot's spread: the seeds each main effect needs, and what the study would cost."""
+    """The seeds each main effect needs, from a pilot's spread."""
     from . import console, seeds
 
     chosen = lookup(metric.value, "--metric")

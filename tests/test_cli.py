@@ -753,3 +753,12 @@ def test_piped_tables_keep_every_number_whole_and_every_row_on_one_line(tmp_path
     noise = run("report", results / "mnist_mlp-noise", "--out", tmp_path / "noise")
     streams = pd.read_csv(tmp_path / "noise" / "noise.csv")
     assert_whole(noise.stdout, [[r.stream, f"{r.variance:.3g}"] for r in streams.itertuples()])
+
+
+def test_the_help_gives_each_command_one_line_at_80_columns():
+    shown = cli.invoke(app, ["--help"], env={"COLUMNS": "80"}).output.splitlines()
+    commands = shown.index(next(line for line in shown if "Commands" in line))
+    rows = shown[commands + 1 : commands + 7]
+    assert [row.split()[1] for row in rows] == ["run", "show", "report", "noise", "plan", "compare"]
+    assert shown[commands + 7].startswith("╰"), "\n".join(shown)  # no summary wrapped
+    assert len([line for line in shown[:commands] if line.strip()]) == 5, "\n".join(shown)
