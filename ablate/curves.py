@@ -107,11 +107,11 @@ def climbing(df: pd.DataFrame, factors: list[str], metric: Metric) -> pd.DataFra
     test that it is above 0, Holm over the points, and `still_climbing`."""
     ok = df[df["status"] == "ok"].sort_values("epoch", kind="stable")
     tails = ok.groupby("cell", sort=False).tail(CLIMB)
-    sign = 1.0 if metric.higher else -1.0
     slopes, keys = {}, {}
     for cell, rows in tails.groupby("cell", sort=False):
         if len(rows) == CLIMB:
-            slopes[cell] = sign * np.polyfit(rows["epoch"], rows[metric.column].astype(float), 1)[0]
+            values = rows[metric.column].astype(float)
+            slopes[cell] = metric.sign * np.polyfit(rows["epoch"], values, 1)[0]
             keys[cell] = points(rows.tail(1), factors)[0]
     out = []
     for point in dict.fromkeys(keys.values()):

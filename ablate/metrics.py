@@ -48,9 +48,10 @@ class Metric:
         """An option typed as printed (points for a fraction) in the stored units."""
         return None if value is None else value / self.scale
 
-    def better(self, difference: float) -> bool:
-        """Whether a level-minus-baseline difference is an improvement."""
-        return difference > 0 if self.higher else difference < 0
+    @property
+    def sign(self) -> float:
+        """+1 where higher is better, -1 where lower is: sign * difference > 0 is an improvement."""
+        return 1.0 if self.higher else -1.0
 
     def default_halfwidth(self, mean: float, step: float) -> tuple[float, str]:
         """The half-width a plan aims at when none is given, and how it was chosen: half a
